@@ -1,0 +1,1 @@
+"""rayprop cluster: connecting to Ray and placing shard workers."""

@@ -1,0 +1,1 @@
+"""rayprop experiments: tracking, wiring config to pool to coordinator, and the CLI."""
