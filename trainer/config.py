@@ -1,0 +1,301 @@
+"""The run configuration: one frozen dataclass per section, validated from YAML.
+
+Every key has a default except `data.source`. Types come from the annotations
+below and are checked the same way for the YAML file and for `--set key=value`
+overrides, so a wrong key or value is a `ConfigError` naming the dotted key
+(`train.learning_rate: expected a number > 0, got 'fast'`), never a crash later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+
+from trainer.errors import ConfigError
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
+OutputActivation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "linear", "softmax"]
+Cost = Literal["mse", "mae", "binary_cross_entropy", "cross_entropy"]
+
+# The output activation a cost implies when `model.output_activation` is not given.
+DEFAULT_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid",
+                  "mse": "linear", "mae": "linear"}
+# Costs that only make sense with one output activation (their fused delta is yhat - y).
+REQUIRED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+DEFAULT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: list[int] | None = None  # [n_0, ..., n_L]; None: [features, 64, outputs] from the data
+    hidden_activation: Activation = "relu"
+    output_activation: OutputActivation | None = None  # None: the cost's natural output
+    cost: Cost = "cross_entropy"
+    init: Literal["he", "xavier", "normal"] = "he"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str | None = None  # built-in name (xor, spirals, digits, teacher-*) or a path
+    features: list[str] | None = None  # None: every column but the target(s)
+    target: str | list[str] = "y"  # one column, or several for several outputs
+    validation_fraction: float = 0.1  # held out, chosen by split_seed; 0 allowed
+    split_seed: int = 0  # fixed apart from train.seed, so runs compare on one split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["gd", "sgd", "momentum", "adam"] = "sgd"
+    learning_rate: float = 0.1
+    batch_size: int | Literal["full"] | None = None  # None: full for gd, else 256
+    epochs: int = 20
+    seed: int = 0  # initial weights and the per-epoch batch permutation
+    momentum: float = 0.9  # mu of `momentum`
+    beta1: float = 0.9  # Adam
+    beta2: float = 0.999  # Adam
+    epsilon: float = 1e-8  # Adam
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    workers: int = 2
+    address: str | None = None
+    cpus_per_worker: int = 1
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = None  # None: MLflow's default (sqlite:///mlflow.db here)
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: str = "rayprop"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def output_activation(self) -> str:
+        return self.model.output_activation or DEFAULT_OUTPUT[self.model.cost]
+
+    @property
+    def batch_size(self) -> int | None:
+        """Examples per batch; None for the full batch."""
+        bs = self.train.batch_size
+        if bs == "full" or (bs is None and self.train.optimizer == "gd"):
+            return None
+        return DEFAULT_BATCH if bs is None else bs
+
+    def flat(self) -> dict[str, object]:
+        """{'model.layers': [...], 'train.learning_rate': 0.1, ...}: every key, dotted."""
+        return dict(_flatten(dataclasses.asdict(self)))
+
+    def with_overrides(self, pairs: dict[str, object]) -> "Config":
+        merged = _unflatten(self.flat())
+        for key, value in pairs.items():
+            _set_dotted(merged, key, value)
+        return from_dict(merged)
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _unflatten(flat):
+    out: dict = {}
+    for key, v in flat.items():
+        _set_dotted(out, key, v)
+    return out
+
+
+def _set_dotted(d, key, value):
+    *parents, last = key.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+    d[last] = value
+
+
+# ---- type checking against the annotations -------------------------------------------
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (Union, getattr(__import__("types"), "UnionType")):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _check(tp, value):
+    """Return `value` converted to `tp`, or raise TypeError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise TypeError
+    if origin in (Union, getattr(__import__("types"), "UnionType")):
+        for a in args:
+            try:
+                return _check(a, value)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_check(args[0], v) for v in value]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads 1e-3 (no dot) as a string; accept what float() accepts.
+            try:
+                value = float(value)
+            except ValueError:
+                raise TypeError from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise AssertionError(f"config type {tp} is not handled")
+
+
+def _section(cls, raw, prefix):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            values[key] = _section(tp, value, f"{prefix}{key}.")
+            continue
+        try:
+            values[key] = _check(tp, value)
+        except TypeError:
+            raise ConfigError(f"{prefix}{key}: expected {_describe(tp)}, got {value!r}") from None
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> Config:
+    m, d, t, c = cfg.model, cfg.data, cfg.train, cfg.cluster
+
+    def bad(key, msg):
+        raise ConfigError(f"{key}: {msg}")
+
+    if not d.source:
+        bad("data.source", "is required (a built-in set such as spirals, or a .parquet/.csv path)")
+    if m.layers is not None:
+        if len(m.layers) < 2:
+            bad("model.layers", f"needs at least an input and an output size, got {m.layers}")
+        if any(n < 1 for n in m.layers):
+            bad("model.layers", f"every size must be at least 1, got {m.layers}")
+    need = REQUIRED_OUTPUT.get(m.cost)
+    if need and cfg.output_activation != need:
+        bad("model.output_activation", f"{m.cost} needs a {need} output, got {cfg.output_activation}")
+    if cfg.output_activation == "softmax" and m.layers is not None and m.layers[-1] < 2:
+        bad("model.layers", "a softmax output needs at least 2 units")
+    if not 0 <= d.validation_fraction < 1:
+        bad("data.validation_fraction", f"must be in [0, 1), got {d.validation_fraction}")
+    if isinstance(d.target, list) and not d.target:
+        bad("data.target", "names no column")
+    if t.learning_rate <= 0:
+        bad("train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    if isinstance(t.batch_size, int) and t.batch_size < 1:
+        bad("train.batch_size", f"must be at least 1 or 'full', got {t.batch_size}")
+    if t.optimizer == "gd" and isinstance(t.batch_size, int):
+        bad("train.batch_size", "gd uses the full batch; set optimizer: sgd for mini-batches")
+    if t.epochs < 1:
+        bad("train.epochs", f"must be at least 1, got {t.epochs}")
+    if t.checkpoint_every < 1:
+        bad("train.checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
+    for key in ("momentum", "beta1", "beta2"):
+        if not 0 <= getattr(t, key) < 1:
+            bad(f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
+    if t.epsilon <= 0:
+        bad("train.epsilon", f"must be > 0, got {t.epsilon}")
+    if c.workers < 1:
+        bad("cluster.workers", f"must be at least 1, got {c.workers}")
+    if c.cpus_per_worker < 1:
+        bad("cluster.cpus_per_worker", f"must be at least 1, got {c.cpus_per_worker}")
+    return cfg
+
+
+def from_dict(raw: dict) -> Config:
+    """A validated Config from a plain mapping (a parsed YAML file)."""
+    return _validate(_section(Config, raw, ""))
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'train.learning_rate=0.05' -> ('train.learning_rate', 0.05); values are YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # not YAML (e.g. an unbalanced bracket): keep the string, the type check names it
+    return key.strip(), parsed
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (safe_load: no Python objects), apply `--set` overrides, validate."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.__class__.__name__})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (model:, data:, train:, ...)")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    return from_dict(raw)

@@ -1,0 +1,184 @@
+"""The multilayer perceptron: parameter layout, initialization, Eq. 1 forward and
+Eq. 12 backward as SUMS over the columns of one shard.
+
+Conventions (DESIGN section 1): X is (n_0, n) with examples as columns; W[l] is
+(n_l, n_{l-1}), b[l] is (n_l, 1); Z[l] = W[l] A[l-1] + b[l], A[l] = g[l](Z[l]).
+
+All parameters live in ONE flat vector `theta`, layer by layer (W1, b1, W2, b2,
+...), and `W[l]`, `b[l]` are views into it; the gradient sums use the same layout.
+One flat buffer is one message to a worker and one vectorized optimizer update.
+
+Callers pass examples as ROWS (`X_rows` is (n, n_0), as read from a table) and the
+network uses the transposed view `X_rows.T` as A[0]: no copy, and GW[1] =
+delta[1] @ A[0].T = delta[1] @ X_rows reads X_rows contiguously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.activations import ACTIVATIONS
+from trainer.costs import COSTS
+
+INITIALIZERS = ("he", "xavier", "normal")
+NORMAL_INIT_STD = 0.01  # `normal`: W ~ N(0, 0.01^2), the classic small-random start
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What defines a network's shapes and functions; saved as model.json."""
+
+    layers: tuple[int, ...]  # (n_0, n_1, ..., n_L)
+    hidden_activation: str = "relu"
+    output_activation: str = "softmax"
+    cost: str = "cross_entropy"
+    dtype: str = "float32"
+
+    @property
+    def L(self) -> int:
+        return len(self.layers) - 1
+
+    def activation(self, l: int) -> str:
+        """Name of g[l] for l = 1..L."""
+        return self.output_activation if l == self.L else self.hidden_activation
+
+    @property
+    def shapes(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """[(W[l].shape, b[l].shape) for l = 1..L]."""
+        n = self.layers
+        return [((n[l], n[l - 1]), (n[l], 1)) for l in range(1, len(n))]
+
+    @property
+    def size(self) -> int:
+        """Number of parameters, the length of theta."""
+        return sum(w[0] * w[1] + b[0] for w, b in self.shapes)
+
+    def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """W and b views into a flat vector laid out as theta; W[0] is layer 1."""
+        assert flat.shape == (self.size,), f"flat vector of {flat.shape}, spec needs ({self.size},)"
+        Ws, bs, at = [], [], 0
+        for (wshape, bshape) in self.shapes:
+            nw = wshape[0] * wshape[1]
+            Ws.append(flat[at : at + nw].reshape(wshape))
+            at += nw
+            bs.append(flat[at : at + bshape[0]].reshape(bshape))
+            at += bshape[0]
+        return Ws, bs
+
+    def flops_per_example(self) -> int:
+        """Multiply-adds x2 of one forward + backward pass (WORKLOADS.md): 2 per weight
+        forward, 4 backward (dW and dA), less the dA[0] product nobody computes."""
+        weights = [w[0] * w[1] for w, _ in self.shapes]
+        return 6 * sum(weights) - 2 * weights[0]
+
+
+def init_theta(spec: NetworkSpec, init: str = "he", seed: int = 0) -> np.ndarray:
+    """Seeded initial parameters: W by `init`, b = 0.
+
+    he: N(0, 2/n_in); xavier (Glorot normal): N(0, 2/(n_in + n_out)); normal: N(0, 0.01^2).
+    Layers draw in order from one default_rng(seed), in float64, then cast, so the
+    same seed gives the same start in float32 and float64 (and WORKLOADS.md's
+    initial weights are init=he, seed=2).
+    """
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown initializer {init!r}")
+    rng = np.random.default_rng(seed)
+    theta = np.zeros(spec.size, dtype=spec.dtype)
+    Ws, _ = spec.views(theta)
+    for W in Ws:
+        n_out, n_in = W.shape
+        std = {"he": np.sqrt(2.0 / n_in), "xavier": np.sqrt(2.0 / (n_in + n_out)),
+               "normal": NORMAL_INIT_STD}[init]
+        W[...] = rng.standard_normal((n_out, n_in)) * std
+    return theta
+
+
+class Workspace:
+    """Preallocated activations for up to `capacity` columns, reused every step.
+
+    For n <= capacity columns, `A(l, n)` is a contiguous (n_l, n) view of layer l's
+    buffer (the first n_l*n elements, so shards of any size stay BLAS-friendly).
+    Hidden layers keep only A (Z is computed in place, see activations.py); the
+    output layer keeps Z[L] too, because the stable costs read the logits.
+    """
+
+    def __init__(self, spec: NetworkSpec, capacity: int):
+        self.spec, self.capacity = spec, capacity
+        dt = np.dtype(spec.dtype)
+        self._A = [np.empty(n * capacity, dt) for n in spec.layers[1:]]
+        self._ZL = np.empty(spec.layers[-1] * capacity, dt)
+        # dA / delta for the widest layer below the output, reused layer by layer;
+        # two, since dA[l-1] is written while delta[l] is still being read.
+        widest = max(spec.layers[1:])
+        self._D = [np.empty(widest * capacity, dt), np.empty(widest * capacity, dt)]
+
+    @staticmethod
+    def _view(buf, rows, n):
+        return buf[: rows * n].reshape(rows, n)
+
+    def A(self, l: int, n: int) -> np.ndarray:
+        return self._view(self._A[l - 1], self.spec.layers[l], n)
+
+    def ZL(self, n: int) -> np.ndarray:
+        return self._view(self._ZL, self.spec.layers[-1], n)
+
+    def D(self, which: int, rows: int, n: int) -> np.ndarray:
+        return self._view(self._D[which], rows, n)
+
+
+def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
+            ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1 for every layer. Returns (Z[L], A[L]), each (n_L, n).
+
+    With a workspace the results are views into it, valid until its next use.
+    """
+    n = X_rows.shape[0]
+    if ws is None or ws.capacity < n:
+        ws = Workspace(spec, n)
+    Ws, bs = spec.views(theta)
+    A_prev = X_rows.T  # A[0], (n_0, n)
+    for l in range(1, spec.L + 1):
+        W, b = Ws[l - 1], bs[l - 1]
+        A = ws.A(l, n)
+        Z = ws.ZL(n) if l == spec.L else A
+        np.matmul(W, A_prev, out=Z)
+        Z += b
+        ACTIVATIONS[spec.activation(l)].forward(Z, A)
+        A_prev = A
+    return ws.ZL(n), A_prev
+
+
+def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
+                  Y: np.ndarray, grad: np.ndarray, ws: Workspace | None = None) -> float:
+    """Eq. 12 over one shard, as SUMS over its n columns.
+
+    X_rows: (n, n_0) examples as rows; Y: (n_L, n) targets as columns.
+    Writes GW[l] = delta[l] @ A[l-1].T and Gb[l] = sum over columns of delta[l]
+    into `grad` (theta's layout, overwritten) and returns the shard's loss sum.
+    The caller adds the sums of all shards and divides by the batch's m once.
+    """
+    n = X_rows.shape[0]
+    assert Y.shape == (spec.layers[-1], n), f"Y is {Y.shape}, expected {(spec.layers[-1], n)}"
+    if ws is None or ws.capacity < n:
+        ws = Workspace(spec, n)
+    ZL, AL = forward(spec, theta, X_rows, ws)
+    cost = COSTS[spec.cost]
+    loss_sum = cost.loss_sum(Y, AL, ZL)
+
+    Ws, _ = spec.views(theta)
+    GWs, Gbs = spec.views(grad)
+    ones = np.ones(n, dtype=theta.dtype)
+    L = spec.L
+    delta = cost.output_delta(Y, AL, ZL, spec.output_activation, ws.D(0, spec.layers[L], n))
+    for l in range(L, 0, -1):
+        A_prev = X_rows.T if l == 1 else ws.A(l - 1, n)
+        np.matmul(delta, A_prev.T, out=GWs[l - 1])       # GW[l] = delta A[l-1]^T
+        np.matmul(delta, ones, out=Gbs[l - 1][:, 0])      # Gb[l] = row sums of delta
+        if l == 1:
+            break  # dA[0] = W[1]^T delta[1] is never needed
+        dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer
+        np.matmul(Ws[l - 1].T, delta, out=dA)             # dA[l-1] = W[l]^T delta[l]
+        delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev, dA)
+    return loss_sum

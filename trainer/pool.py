@@ -1,0 +1,55 @@
+"""The worker-pool protocol: what the coordinator needs from its shard workers.
+
+The coordinator drives this interface and nothing else, so it runs the same over
+the in-process pool (local mode, and the tests' double) and over Ray actors.
+Results come back in rank order (worker 0 first), which fixes the order of the
+floating-point additions in the reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class ShardSums:
+    """Eq. 12 sums over the batch members in one worker's range."""
+
+    grad: np.ndarray  # flat, theta's layout: GW[l] and Gb[l] summed over the shard's columns
+    loss_sum: float  # sum of per-example losses
+    n: int  # examples summed (may be 0 when no batch member falls in the range)
+    compute_seconds: float = 0.0  # time spent in the worker on this step
+
+
+@dataclass
+class EvalSums:
+    """Forward-only sums over a worker's validation rows."""
+
+    loss_sum: float
+    correct: int  # correct predictions (classification), else 0
+    count: int  # predictions made (examples, or examples x outputs for binary)
+    n: int  # examples
+
+
+class WorkerPool(Protocol):
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def m(self) -> int:
+        """Training examples across all shards."""
+
+    @property
+    def m_val(self) -> int:
+        """Validation examples across all shards."""
+
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+        """Each worker's sums for batch k of `epoch` at parameters theta, in rank order."""
+
+    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+        """Each worker's sums over its validation rows, in rank order."""
+
+    def close(self) -> None: ...
