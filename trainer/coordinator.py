@@ -1,0 +1,127 @@
+"""The coordinator loop: add the shard sums, divide by m once, take one step.
+
+For step t of epoch e it asks the pool for every worker's sums over batch k,
+adds them in rank order into one buffer, divides by the batch's m (the number of
+examples in the batch, counted by the workers and checked against the plan),
+and hands the mean gradient to the optimizer (Eq. 3). It never sees Ray: any
+`WorkerPool` will do.
+
+Listeners (progress bar, MLflow) get every step's loss and each epoch's metrics;
+the coordinator itself prints and logs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from trainer.batches import BatchPlan
+from trainer.optimizers import GradientDescent
+from trainer.pool import ShardSums, WorkerPool
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights stopped being finite."""
+
+
+class Listener(Protocol):
+    def on_step(self, step: int, epoch: int, loss: float, n: int) -> None: ...
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs: int = 0
+    final_loss: float = math.nan  # last epoch's training loss
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    examples_per_second: float = 0.0  # over all epochs' training steps
+    wall_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+
+
+def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
+    """out <- sum_k GW_k (in rank order, in place); returns (n, loss sum)."""
+    n, loss_sum = 0, 0.0
+    first = True
+    for s in sums:
+        if s.n == 0:
+            continue  # no batch member in this worker's range: its sums are zeros
+        if first:
+            np.copyto(out, s.grad)
+            first = False
+        else:
+            out += s.grad
+        n += s.n
+        loss_sum += s.loss_sum
+    if first:
+        out.fill(0)
+    return n, loss_sum
+
+
+def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float | None]:
+    """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
+    parts = pool.evaluate_sums(theta)
+    n = sum(p.n for p in parts)
+    if n == 0:
+        return None, None
+    count = sum(p.count for p in parts)
+    accuracy = sum(p.correct for p in parts) / count if count else None
+    return sum(p.loss_sum for p in parts) / n, accuracy
+
+
+def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
+          epochs: int, listeners: list[Listener] = (), start_epoch: int = 0) -> TrainResult:
+    """Run `epochs` epochs of synchronous data-parallel gradient descent on theta, in place."""
+    assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
+    grad = np.empty_like(theta)
+    result = TrainResult()
+    t_run = time.perf_counter()
+    train_seconds = 0.0
+    for epoch in range(start_epoch, start_epoch + epochs):
+        t_epoch = time.perf_counter()
+        epoch_loss_sum, compute = 0.0, 0.0
+        for k in range(plan.steps_per_epoch):
+            sums = pool.gradient_sums(theta, epoch, k)
+            n, loss_sum = reduce_sums(sums, grad)
+            assert n == plan.batch_size_of(k), f"workers summed {n} examples, batch {k} has {plan.batch_size_of(k)}"
+            grad /= n  # the one division by m (DESIGN section 1)
+            loss = loss_sum / n
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} at step {result.steps + 1} (epoch {epoch + 1})")
+            optimizer.step(theta, grad)
+            result.steps += 1
+            epoch_loss_sum += loss_sum
+            compute += max(s.compute_seconds for s in sums)
+            for lst in listeners:
+                lst.on_step(result.steps, epoch, loss, n)
+        seconds = time.perf_counter() - t_epoch
+        train_seconds += seconds
+        if not np.isfinite(theta).all():
+            raise DivergedError(f"weights stopped being finite in epoch {epoch + 1}")
+        val_loss, val_acc = evaluate(pool, theta)
+        metrics = {"epoch_loss": epoch_loss_sum / plan.m,
+                   "examples_per_second": plan.m / seconds,
+                   "step_seconds": seconds / plan.steps_per_epoch,
+                   # How a step's time splits: the slowest worker's compute, and the rest
+                   # (sending parameters, gathering and adding sums, the optimizer).
+                   "compute_seconds": compute / plan.steps_per_epoch,
+                   "coordination_seconds": max(seconds - compute, 0.0) / plan.steps_per_epoch}
+        if val_loss is not None:
+            metrics["val_loss"] = val_loss
+        if val_acc is not None:
+            metrics["val_accuracy"] = val_acc
+        result.history.append(metrics)
+        result.epochs += 1
+        result.final_loss, result.val_loss, result.val_accuracy = metrics["epoch_loss"], val_loss, val_acc
+        for lst in listeners:
+            lst.on_epoch(epoch, metrics)
+    result.wall_seconds = time.perf_counter() - t_run
+    result.examples_per_second = plan.m * result.epochs / train_seconds if train_seconds else 0.0
+    return result

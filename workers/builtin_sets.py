@@ -1,0 +1,134 @@
+"""Built-in demo sets, generated in memory once per process.
+
+Each is a source (see `sources.Source`) with feature columns x0..x{n-1} and a label
+column y, rows are examples:
+
+- `xor`            4 rows, n=2, y = x0 xor x1, in the natural order 00, 01, 10, 11
+- `spirals`        900 rows, n=2, y in {0,1,2}: three interleaved arms (CS231n)
+- `digits`         1797 rows, n=64 (8x8 pixels / 16, in [0, 1]), y in 0..9 (scikit-learn's file)
+- `teacher-tiny`   10,000 rows, n=2, y in {0,1}       (W-tiny of WORKLOADS.md)
+- `teacher-mnist`  60,000 rows, n=784, y in 0..9      (W-mnist)
+- `teacher-wide`   65,536 rows, n=1024, y in 0..9     (W-wide, 268 MB of float32)
+
+The cached arrays are read-only, so a caller cannot change the set for the next one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from trainer.errors import DataError
+from workers.sources import RangeSource
+
+# (n, n_out, m) per teacher set, from the workload table of WORKLOADS.md.
+TEACHERS = {
+    "teacher-tiny": (2, 1, 10_000),
+    "teacher-mnist": (784, 10, 60_000),
+    "teacher-wide": (1024, 10, 65_536),
+}
+BUILTIN_NAMES = ("xor", "spirals", "digits", *TEACHERS)
+
+
+class MemorySource(RangeSource):
+    """A source over in-memory arrays: X rows (m, n) -> columns x0..x{n-1}, y (m,)."""
+
+    kind = "builtin"
+
+    def __init__(self, name: str, X: np.ndarray, y: np.ndarray):
+        self.name = self.spec = name
+        self.num_rows = len(y)
+        # Column views into X (no copy); read() slices them.
+        self._columns = {f"x{j}": X[:, j] for j in range(X.shape[1])}
+        self._columns["y"] = y
+        self.column_types = {c: str(pa.from_numpy_dtype(a.dtype)) for c, a in self._columns.items()}
+
+    def _read(self, lo, hi, columns):
+        return {c: self._columns[c][lo:hi] for c in columns}
+
+
+def _frozen(*arrays):
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@functools.lru_cache(maxsize=None)
+def teacher_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic teacher set `name`, exactly as WORKLOADS.md generates it.
+
+    Returns X rows (m, n) float32 and y (m,) int64 (argmax over K = max(2, n_out)
+    teacher outputs, so 0/1 when n_out = 1). Read-only and cached per process.
+    """
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher set {name!r} (expected one of {', '.join(TEACHERS)})")
+    n, n_out, m = TEACHERS[name]
+    X = np.random.default_rng(0).standard_normal((m, n), dtype=np.float32)
+    trng = np.random.default_rng(1)
+    T1 = (trng.standard_normal((n, 32)) / np.sqrt(n)).astype(np.float32)
+    T2 = trng.standard_normal((32, max(2, n_out))).astype(np.float32)
+    y = np.argmax(np.tanh(X @ T1) @ T2, axis=1).astype(np.int64)
+    return _frozen(X, y)
+
+
+def xor_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 4 XOR examples: X (4, 2) float64 in order 00, 01, 10, 11; y (4,) int64."""
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+    y = np.array([0, 1, 1, 0], dtype=np.int64)
+    return X, y
+
+
+def spiral_arrays(points_per_class: int = 300, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """CS231n's interleaved spirals: X (N*K, 2) float64, y (N*K,) int64, shuffled.
+
+    Arm k: radius r = linspace(0, 1), angle t = linspace(4k, 4(k+1)) + 0.2 * noise.
+    The rows are shuffled (same seed) so that a tail split is not all one class.
+    """
+    rng = np.random.default_rng(0)
+    N, K = points_per_class, classes
+    X = np.empty((N * K, 2))
+    y = np.repeat(np.arange(K, dtype=np.int64), N)
+    for k in range(K):
+        r = np.linspace(0.0, 1.0, N)
+        t = np.linspace(4.0 * k, 4.0 * (k + 1), N) + rng.standard_normal(N) * 0.2
+        X[k * N:(k + 1) * N] = np.column_stack([r * np.sin(t), r * np.cos(t)])
+    order = rng.permutation(N * K)
+    return X[order], y[order]
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits: X (1797, 64) float64 in [0, 1], y (1797,) int64.
+
+    Read straight from sklearn/datasets/data/digits.csv.gz (64 pixel counts 0..16,
+    then the label) without importing scikit-learn, which takes a second.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source: the built-in set 'digits' needs scikit-learn, which is not "
+                        "installed (pip install scikit-learn)")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if not os.path.exists(path):
+        raise DataError(f"data.source: the built-in set 'digits' needs {path}, which is missing "
+                        "from this scikit-learn installation")
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :64] / 16.0, table[:, 64].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def builtin_source(name: str) -> MemorySource:
+    """The built-in set `name` (one of BUILTIN_NAMES) as a source, cached per process."""
+    if name in TEACHERS:
+        X, y = teacher_arrays(name)
+    elif name == "xor":
+        X, y = _frozen(*xor_arrays())
+    elif name == "spirals":
+        X, y = _frozen(*spiral_arrays())
+    elif name == "digits":
+        X, y = _frozen(*digits_arrays())
+    else:
+        raise DataError(f"data.source: no built-in set {name!r} (built-in sets: {', '.join(BUILTIN_NAMES)})")
+    return MemorySource(name, X, y)

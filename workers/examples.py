@@ -1,0 +1,204 @@
+"""Turning source columns into the network's arrays, and the validation split.
+
+Here rows are examples: `load_examples` returns X (k, n_0) and Y (k, n_L) for k source
+rows; the network transposes them to the columns of DESIGN.md section 1. Values are
+checked on the way in (numeric, finite, labels that fit the output layer), with row
+numbers counted from 0 over the whole source (a CSV header is not a row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.errors import ConfigError, DataError
+from workers.sources import Source, format_columns
+
+# How the cost wants its targets: class labels -> one-hot, 0/1 columns, or real values.
+ENCODINGS = {"cross_entropy": "one_hot", "binary_cross_entropy": "binary", "mse": "numeric", "mae": "numeric"}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Which columns feed the network and how the targets are encoded.
+
+    features: n_in columns -> X (k, n_in); targets: the label column ("one_hot": integer
+    classes 0..n_out-1) or n_out columns ("binary": 0/1, "numeric": real) -> Y (k, n_out).
+    """
+
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    encoding: str
+    n_in: int
+    n_out: int
+
+
+def _columns_phrase(names) -> str:
+    return f"{len(names)} column{'s' if len(names) != 1 else ''} ({format_columns(names)})"
+
+
+def resolve_schema(source: Source, features: list[str] | None, target: str | list[str],
+                   layers: list[int], cost: str) -> Schema:
+    """Check the configured columns against the source and the model; default features
+    are every column but the target(s)."""
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    if not targets:
+        raise DataError("data.target: no target column given")
+    for field, names in (("data.target", targets), ("data.features", features or ())):
+        for name in names:
+            if name not in source.column_names:
+                raise DataError(f"{field}: column {name!r} not in {source.name} "
+                                f"(columns: {format_columns(source.column_names)})")
+        repeated = [n for i, n in enumerate(names) if n in names[:i]]
+        if repeated:
+            raise DataError(f"{field}: column {repeated[0]!r} is listed twice")
+    if features is None:
+        features = tuple(c for c in source.column_names if c not in targets)
+    features = tuple(features)
+    for name in features:
+        if name in targets:
+            raise DataError(f"data.features: column {name!r} is also the target (data.target)")
+    if not features:
+        raise DataError(f"data.features: {source.name} has no columns besides the target "
+                        f"({format_columns(targets)})")
+    if len(features) != layers[0]:
+        raise DataError(f"model.layers[0] is {layers[0]} but data.features has {_columns_phrase(features)}")
+    if cost not in ENCODINGS:
+        raise ConfigError(f"model.cost: unknown cost {cost!r} (expected one of {', '.join(ENCODINGS)})")
+    encoding, n_out = ENCODINGS[cost], layers[-1]
+    if encoding == "one_hot" and len(targets) != 1:
+        raise DataError(f"data.target: cost cross_entropy needs one column of class labels, "
+                        f"got {_columns_phrase(targets)}")
+    if encoding != "one_hot" and len(targets) != n_out:
+        raise DataError(f"model.layers[-1] is {n_out} but data.target has {_columns_phrase(targets)} "
+                        f"(cost {cost} needs one target column per output)")
+    return Schema(features, targets, encoding, len(features), n_out)
+
+
+def _show(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _numeric(source: Source, name: str, values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind not in "biuf":   # bool, int, uint, float
+        kind = source.column_types.get(name, str(values.dtype))
+        raise DataError(f"column {name!r} in {source.name} is not numeric (type {kind})")
+    return values
+
+
+def _finite(source: Source, name: str, values: np.ndarray, lo: int, dtype: np.dtype) -> np.ndarray:
+    """The column cast to dtype, refusing NaN, inf and values that overflow dtype."""
+    values = _numeric(source, name, values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype, copy=False)
+    ok = np.isfinite(cast)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        v, where = values[i], f"column {name!r} in {source.name}"
+        if np.isnan(v):
+            raise DataError(f"{where} has a NaN at row {lo + i}")
+        if np.isinf(v):
+            raise DataError(f"{where} has an infinite value ({_show(v)}) at row {lo + i}")
+        raise DataError(f"{where} has value {_show(v)} at row {lo + i}, too large for {np.dtype(dtype)}")
+    return cast
+
+
+def _labels(source: Source, name: str, values: np.ndarray, lo: int, n_out: int) -> np.ndarray:
+    """Integer class labels in [0, n_out) as int64 (floats like 2.0 are accepted)."""
+    values = _finite(source, name, _numeric(source, name, values), lo, np.float64)
+    where = f"column {name!r} in {source.name}"
+    whole = values == np.floor(values)
+    if not whole.all():
+        i = int(np.argmin(whole))
+        raise DataError(f"{where}: label {_show(values[i])} at row {lo + i} is not a whole class number")
+    fits = (values >= 0) & (values < n_out)
+    if not fits.all():
+        i = int(np.argmin(fits))
+        raise DataError(f"{where}: label {_show(int(values[i]))} at row {lo + i} does not fit an output "
+                        f"layer of {n_out} classes (labels must be 0..{n_out - 1})")
+    return values.astype(np.int64)
+
+
+def load_examples(source: Source, schema: Schema, lo: int, hi: int,
+                  dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows [lo, hi) -> X (hi-lo, n_in), Y (hi-lo, n_out), C-contiguous, of dtype."""
+    dtype = np.dtype(dtype)
+    columns = source.read(lo, hi, [*schema.features, *schema.targets])
+    k = hi - lo
+    X = np.empty((k, schema.n_in), dtype)
+    for j, name in enumerate(schema.features):
+        X[:, j] = _finite(source, name, columns[name], lo, dtype)
+    if schema.encoding == "one_hot":
+        labels = _labels(source, schema.targets[0], columns[schema.targets[0]], lo, schema.n_out)
+        Y = np.zeros((k, schema.n_out), dtype)
+        Y[np.arange(k), labels] = 1
+        return X, Y
+    Y = np.empty((k, schema.n_out), dtype)
+    for j, name in enumerate(schema.targets):
+        Y[:, j] = values = _finite(source, name, columns[name], lo, dtype)
+        if schema.encoding == "binary":
+            binary = (values == 0) | (values == 1)
+            if not binary.all():
+                i = int(np.argmin(binary))
+                raise DataError(f"column {name!r} in {source.name}: target {_show(columns[name][i])} at row "
+                                f"{lo + i} is not 0 or 1 (binary_cross_entropy needs 0/1 targets)")
+    return X, Y
+
+
+def split_rows(num_rows: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of rows 0..num_rows-1 -> (train_rows, val_rows), sorted int64.
+
+    n_val = round(fraction * num_rows) (Python's round: half to even), at least 1 when
+    fraction > 0 and num_rows > 1; the validation rows are the first n_val of
+    default_rng(seed).permutation(num_rows).
+    """
+    if not 0 <= validation_fraction < 1:
+        raise ConfigError(f"data.validation_fraction is {validation_fraction} but must be in [0, 1)")
+    n_val = int(round(validation_fraction * num_rows))
+    if validation_fraction > 0 and num_rows > 1:
+        n_val = max(n_val, 1)
+    if n_val >= num_rows:
+        raise DataError(f"data.validation_fraction {validation_fraction} of {num_rows} rows "
+                        "leaves no rows for training")
+    is_val = np.zeros(num_rows, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(num_rows)[:n_val]] = True
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def train_index_range(train_rows: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """The training indices [tlo, thi) whose source rows lie in [lo, hi).
+
+    Works for any sorted row array (also val_rows): the rows in [lo, hi) are contiguous.
+    """
+    return int(np.searchsorted(train_rows, lo)), int(np.searchsorted(train_rows, hi))
+
+
+def source_row_range(train_rows: np.ndarray, tlo: int, thi: int, num_rows: int) -> tuple[int, int]:
+    """The source rows [lo, hi) a worker owning training indices [tlo, thi) should read.
+
+    The inverse of `train_index_range`, widened so that consecutive index ranges
+    covering 0..m give row ranges tiling 0..num_rows: every validation row then lies
+    in exactly one worker's range.
+    """
+    m = len(train_rows)
+    lo = 0 if tlo == 0 else num_rows if tlo == m else int(train_rows[tlo])
+    if thi <= tlo:
+        return lo, lo
+    return lo, num_rows if thi == m else int(train_rows[thi])
+
+
+def load_split_examples(source: Source, schema: Schema, lo: int, hi: int, train_rows: np.ndarray,
+                        val_rows: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read source rows [lo, hi) once -> (X_train, Y_train, X_val, Y_val), rows ascending.
+
+    X_train holds the training indices train_index_range(train_rows, lo, hi), in order.
+    """
+    X, Y = load_examples(source, schema, lo, hi, dtype)
+    tlo, thi = train_index_range(train_rows, lo, hi)
+    vlo, vhi = train_index_range(val_rows, lo, hi)
+    train, val = train_rows[tlo:thi] - lo, val_rows[vlo:vhi] - lo
+    if len(val) == 0:   # no copy when this range holds no validation rows
+        return X, Y, X[:0], Y[:0]
+    return X[train], Y[train], X[val], Y[val]

@@ -1,0 +1,40 @@
+"""The in-process pool: local mode, and the coordinator's test double.
+
+It calls its shard workers one after the other in this process. With one worker
+it is rayprop's single-process mode; with several it shows, without Ray, that
+uneven shards give the same training as one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.pool import EvalSums, ShardSums
+from workers.shard import ShardWorker
+
+
+class LocalPool:
+    def __init__(self, workers: list[ShardWorker]):
+        assert workers, "a pool needs at least one worker"
+        self.workers = workers
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    @property
+    def m(self) -> int:
+        return sum(w.n_train for w in self.workers)
+
+    @property
+    def m_val(self) -> int:
+        return sum(w.n_val for w in self.workers)
+
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+        return [w.gradient_sums(theta, epoch, k) for w in self.workers]
+
+    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+        return [w.evaluate_sums(theta) for w in self.workers]
+
+    def close(self) -> None:
+        self.workers = []

@@ -1,0 +1,93 @@
+"""The shard worker: Eq. 12 sums over the batch members in its own example range.
+
+A plain class; the Ray pool wraps it as an actor and the local pool calls it in
+process. It holds the training examples with indices [lo, hi) of the batch plan
+(rows of X, target columns of Y) and its part of the validation set. Per step it
+gets theta and (epoch, k), works out the batch members in its range from the plan
+itself, and returns their SUMS; it never divides by m, never updates weights,
+never logs (DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from trainer.batches import BatchPlan
+from trainer.network import NetworkSpec, Workspace, backward_sums, forward
+from trainer.costs import COSTS
+from trainer.pool import EvalSums, ShardSums
+
+EVAL_CHUNK = 4096  # validation forward passes run in chunks of this many columns
+
+
+class ShardWorker:
+    def __init__(self, spec: NetworkSpec, plan: BatchPlan, lo: int, X: np.ndarray,
+                 Y: np.ndarray, X_val: np.ndarray | None = None,
+                 Y_val: np.ndarray | None = None, encoding: str = "one_hot"):
+        """X: (n, n_0) training rows lo..lo+n-1; Y: (n, n_L) their targets as rows.
+
+        Targets are stored as columns (n_L, n) once here, since the network wants
+        them so and a batch gather then copies n_L short rows.
+        """
+        dt = np.dtype(spec.dtype)
+        self.spec, self.plan, self.lo, self.encoding = spec, plan, lo, encoding
+        self.X = np.ascontiguousarray(X, dtype=dt)
+        self.Y = np.ascontiguousarray(Y.T, dtype=dt)
+        self.hi = lo + self.X.shape[0]
+        empty = np.zeros((0, spec.layers[0]), dt), np.zeros((0, spec.layers[-1]), dt)
+        self.X_val = np.ascontiguousarray(X_val if X_val is not None else empty[0], dtype=dt)
+        self.Y_val = np.ascontiguousarray((Y_val if Y_val is not None else empty[1]).T, dtype=dt)
+        self._grad = np.empty(spec.size, dt)
+        cap = min(plan.batch_size, max(self.X.shape[0], 1))
+        self._ws = Workspace(spec, cap)
+        # Gather buffers for mini-batches; the full batch uses X and Y as they are.
+        self._xb = np.empty(cap * spec.layers[0], dt)
+        self._yb = np.empty(cap * spec.layers[-1], dt)
+
+    @property
+    def n_train(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_val(self) -> int:
+        return self.X_val.shape[0]
+
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
+        t0 = time.perf_counter()
+        members = self.plan.shard_batch(epoch, k, self.lo, self.hi)
+        if isinstance(members, slice):
+            X, Y = self.X[members], self.Y[:, members]
+        else:
+            nb = members.size
+            if nb == 0:
+                return ShardSums(np.zeros_like(self._grad), 0.0, 0, time.perf_counter() - t0)
+            X = np.take(self.X, members, axis=0, out=self._xb[: nb * self.X.shape[1]].reshape(nb, -1))
+            Y = np.take(self.Y, members, axis=1, out=self._yb[: nb * self.Y.shape[0]].reshape(-1, nb))
+        loss_sum = backward_sums(self.spec, theta, X, Y, self._grad, self._ws)
+        # The gradient buffer is reused next step; the caller gets its own copy only
+        # when it crosses a process boundary, so hand out the buffer itself here.
+        return ShardSums(self._grad, loss_sum, X.shape[0], time.perf_counter() - t0)
+
+    def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
+        """Loss and correct-prediction sums over this worker's validation rows."""
+        cost = COSTS[self.spec.cost]
+        loss_sum, correct, count = 0.0, 0, 0
+        ws = Workspace(self.spec, min(EVAL_CHUNK, max(self.n_val, 1)))
+        for a in range(0, self.n_val, EVAL_CHUNK):
+            X, Y = self.X_val[a : a + EVAL_CHUNK], self.Y_val[:, a : a + EVAL_CHUNK]
+            ZL, AL = forward(self.spec, theta, X, ws)
+            loss_sum += cost.loss_sum(Y, AL, ZL)
+            c, n = count_correct(AL, Y, self.encoding)
+            correct, count = correct + c, count + n
+        return EvalSums(loss_sum, correct, count, self.n_val)
+
+
+def count_correct(AL: np.ndarray, Y: np.ndarray, encoding: str) -> tuple[int, int]:
+    """(correct, predictions) for classification outputs; (0, 0) for regression."""
+    if encoding == "one_hot":
+        return int((AL.argmax(axis=0) == Y.argmax(axis=0)).sum()), AL.shape[1]
+    if encoding == "binary":
+        return int(((AL > 0.5) == (Y > 0.5)).sum()), AL.size
+    return 0, 0
