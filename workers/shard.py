@@ -91,3 +91,23 @@ def count_correct(AL: np.ndarray, Y: np.ndarray, encoding: str) -> tuple[int, in
     if encoding == "binary":
         return int(((AL > 0.5) == (Y > 0.5)).sum()), AL.size
     return 0, 0
+
+
+def shard_ranges(num_rows: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous source-row ranges, as even as integers allow, one per worker."""
+    cuts = [num_rows * r // workers for r in range(workers + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def open_shard(spec: NetworkSpec, plan: BatchPlan, source, schema, lo: int, hi: int,
+               train_rows: np.ndarray, val_rows: np.ndarray) -> ShardWorker:
+    """A worker over source rows [lo, hi): it reads those rows only, once.
+
+    Its training indices are the contiguous run of train_rows inside [lo, hi)
+    (train_rows is sorted), and its validation rows are the val_rows there.
+    """
+    from workers.examples import load_split_examples, train_index_range
+
+    X, Y, X_val, Y_val = load_split_examples(source, schema, lo, hi, train_rows, val_rows, spec.dtype)
+    tlo, _ = train_index_range(train_rows, lo, hi)
+    return ShardWorker(spec, plan, tlo, X, Y, X_val, Y_val, schema.encoding)

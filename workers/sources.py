@@ -187,6 +187,7 @@ class CsvSource(RangeSource):
     """A CSV file with a header row, streamed in blocks; types fixed once at open."""
 
     kind = "csv"
+    block_size = 1 << 20   # bytes per streamed batch (tests make it small to cross batches)
 
     def __init__(self, path: str):
         self.name = self.spec = path
@@ -216,7 +217,8 @@ class CsvSource(RangeSource):
 
     def _open(self, columns=None):
         convert = pacsv.ConvertOptions(column_types=self._types, include_columns=columns)
-        return pacsv.open_csv(self.name, convert_options=convert)
+        return pacsv.open_csv(self.name, read_options=pacsv.ReadOptions(block_size=self.block_size),
+                              convert_options=convert)
 
     def _explain(self, err: BaseException) -> str:
         """pyarrow says 'CSV column #2'; say the column's name instead."""

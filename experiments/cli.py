@@ -1,0 +1,100 @@
+"""The `rayprop` command line.
+
+Exit codes (DESIGN section 4): 0 done; 2 bad input, with one line on stderr naming
+the field, file or value and nothing written; 1 failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer import __version__
+from trainer.errors import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit 2)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rayprop", description="Data-parallel back-propagation for multilayer "
+                "perceptrons on Ray, tracked in MLflow.")
+    p.add_argument("--version", action="version", version=f"rayprop {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a network from a YAML config",
+                       description="Train a network from a YAML config.")
+    t.add_argument("config", metavar="CONFIG", help="YAML config file")
+    t.add_argument("--local", action="store_true", help="single-process mode, no Ray")
+    t.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="shard workers (default: cluster.workers; 1 with --local)")
+    t.add_argument("--experiment", metavar="NAME", help="experiment name (overrides `experiment:`)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.learning_rate=0.05 (repeatable)")
+    t.add_argument("--init-from", metavar="MODEL.npz", help="start from these weights (shapes checked)")
+    t.add_argument("--output", metavar="DIR", help="where model.npz, model.json, summary.json go "
+                   "(default: runs/EXPERIMENT-TIMESTAMP)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+
+    g = sub.add_parser("gradcheck", help="check Eq. 12 against finite differences",
+                       description="Compare the back-propagated gradient with central finite "
+                       "differences in float64 on a small batch of the config's data.")
+    g.add_argument("config", metavar="CONFIG")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--examples", type=_positive_int, default=16, metavar="N",
+                   help="examples in the batch (default 16)")
+    g.add_argument("--tolerance", type=float, default=None, metavar="TOL",
+                   help="largest relative error that passes (default 1e-6)")
+
+    e = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a data source",
+                       description="Print the loss (and accuracy) of a saved model on a data source, as JSON.")
+    e.add_argument("model", metavar="MODEL", help="a model directory or its model.npz")
+    e.add_argument("data", metavar="DATA", help="built-in set name, .parquet file or directory, or .csv")
+
+    r = sub.add_parser("predict", help="outputs of a saved model for each row of a data source",
+                       description="Write the network's outputs for each row of DATA as CSV "
+                       "(stdout) or to --output FILE (.csv or .parquet).")
+    r.add_argument("model", metavar="MODEL", help="a model directory or its model.npz")
+    r.add_argument("data", metavar="DATA", help="built-in set name, .parquet file or directory, or .csv")
+    r.add_argument("--output", metavar="FILE", help="write .csv or .parquet here instead of stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from experiments import commands  # heavy imports only after the arguments parse
+
+    try:
+        return getattr(commands, args.command)(args)
+    except InputError as e:
+        print(f"rayprop {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"rayprop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,167 @@
+"""What each `rayprop` subcommand does; cli.py parses, this module acts.
+
+Each function returns an exit code. Bad input raises InputError (cli.py turns it
+into exit 2 and one line); nothing is written before the inputs have been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments import job as jobs
+from experiments.progress import ProgressBar, print_summary
+from trainer.config import load_config
+from trainer.coordinator import DivergedError
+from trainer.costs import COSTS
+from trainer.errors import InputError
+from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
+from trainer.model_io import load_model
+from trainer.network import Workspace, forward
+from workers.examples import Schema, load_examples, resolve_schema
+from workers.shard import count_correct
+from workers.sources import open_source
+
+EXIT_OK, EXIT_FAILED = 0, 1
+CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
+
+
+def _config(args):
+    overrides = list(args.overrides)
+    if getattr(args, "experiment", None):
+        overrides.append(f"experiment={args.experiment}")
+    return load_config(args.config, overrides)
+
+
+def train(args) -> int:
+    cfg = _config(args)
+    job = jobs.prepare(cfg, args.init_from)
+    if not args.local:
+        raise InputError("training on Ray is not available in this build yet; add --local")
+    pool = jobs.local_pool(job, args.workers or 1)  # reads and checks every row first
+    out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--output: {out_dir} exists and is not a directory")
+    bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
+    print(f"rayprop: training {list(job.spec.layers)} on {job.source.name} "
+          f"({job.plan.m} examples, {len(job.val_rows)} held out) in local mode, "
+          f"{pool.num_workers} shard{'s' if pool.num_workers != 1 else ''}", file=sys.stderr)
+    try:
+        summary = jobs.run(job, pool, out_dir, [bar])
+    except DivergedError as e:
+        bar.close()
+        print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        bar.close()
+        pool.close()
+    print_summary(summary, out_dir)
+    return EXIT_OK
+
+
+def gradcheck(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    job = jobs.prepare(cfg)
+    n = min(args.examples, job.plan.m)
+    rows = job.train_rows[:n]
+    X, Y = load_examples(job.source, job.schema, int(rows[0]), int(rows[-1]) + 1, np.float64)
+    keep = rows - rows[0]
+    X, Y = X[keep], Y[keep]
+    # Check at a point other than the initial one too: b = 0 there hides bias bugs.
+    theta = job.theta0.astype(np.float64)
+    theta += np.random.default_rng(cfg.train.seed).standard_normal(theta.size) * 0.01
+    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    errors = check_gradients(job.spec, theta, X, Y.T.copy(), seed=cfg.train.seed)
+    print(f"gradcheck: {list(job.spec.layers)} {job.spec.hidden_activation}/"
+          f"{job.spec.output_activation}/{job.spec.cost}, {n} examples, float64, "
+          f"central differences; tolerance {tol:g}")
+    print(f"{'param':<6} {'checked':>8} {'max abs err':>12} {'rel err':>10}")
+    worst = 0.0
+    for err in errors:
+        worst = max(worst, err.rel)
+        flag = "" if err.rel <= tol else "  FAIL"
+        print(f"{err.name:<6} {err.checked:>8} {err.max_abs:>12.3e} {err.rel:>10.3e}{flag}")
+    print(f"{'PASS' if worst <= tol else 'FAIL'}: largest relative error {worst:.3e}")
+    return EXIT_OK if worst <= tol else EXIT_FAILED
+
+
+def _model_and_source(args, need_targets: bool):
+    spec, theta, meta = load_model(args.model)
+    source = open_source(args.data)
+    features = meta.get("features") or []
+    targets = meta.get("targets") or []
+    encoding = meta.get("encoding", "numeric")
+    if need_targets:
+        target = targets[0] if encoding == "one_hot" else targets
+        schema = resolve_schema(source, features, target, list(spec.layers), spec.cost)
+    else:
+        missing = [f for f in features if f not in source.column_names]
+        if missing:
+            raise InputError(f"{source.name} lacks the model's feature column {missing[0]!r}")
+        schema = Schema(tuple(features), (), "numeric", len(features), 0)
+    return spec, theta, meta, source, schema
+
+
+def evaluate(args) -> int:
+    spec, theta, meta, source, schema = _model_and_source(args, need_targets=True)
+    cost = COSTS[spec.cost]
+    ws = Workspace(spec, min(CHUNK, source.num_rows))
+    loss_sum, correct, count = 0.0, 0, 0
+    for lo in range(0, source.num_rows, CHUNK):
+        hi = min(lo + CHUNK, source.num_rows)
+        X, Y = load_examples(source, schema, lo, hi, spec.dtype)
+        Yc = np.ascontiguousarray(Y.T)
+        ZL, AL = forward(spec, theta, X, ws)
+        loss_sum += cost.loss_sum(Yc, AL, ZL)
+        c, k = count_correct(AL, Yc, schema.encoding)
+        correct, count = correct + c, count + k
+    result = {"model": str(args.model), "data": source.name, "rows": source.num_rows,
+              "cost": spec.cost, "loss": loss_sum / source.num_rows}
+    if count:
+        result["accuracy"] = correct / count
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _prediction_columns(spec, meta, AL: np.ndarray) -> dict[str, np.ndarray]:
+    encoding, targets = meta.get("encoding"), meta.get("targets") or []
+    if encoding == "one_hot":
+        cols = {f"p{k}": AL[k] for k in range(AL.shape[0])}
+        cols["prediction"] = AL.argmax(axis=0)
+        return cols
+    names = targets if len(targets) == AL.shape[0] else [f"y{k}" for k in range(AL.shape[0])]
+    cols = {name: AL[k] for k, name in enumerate(names)}
+    if encoding == "binary":
+        cols.update({f"{name}_class": (AL[k] > 0.5).astype(np.int64) for k, name in enumerate(names)})
+    return cols
+
+
+def predict(args) -> int:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    spec, theta, meta, source, schema = _model_and_source(args, need_targets=False)
+    out = Path(args.output).expanduser() if args.output else None
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise InputError(f"--output: {out} must end in .csv or .parquet")
+    ws = Workspace(spec, min(CHUNK, source.num_rows))
+    tables = []
+    for lo in range(0, source.num_rows, CHUNK):
+        hi = min(lo + CHUNK, source.num_rows)
+        X, _ = load_examples(source, schema, lo, hi, spec.dtype)
+        _, AL = forward(spec, theta, X, ws)
+        tables.append(pa.table(_prediction_columns(spec, meta, AL.copy())))
+    table = pa.concat_tables(tables)
+    if out is None:
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif out.suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        pacsv.write_csv(table, out)
+    if out is not None:
+        print(f"rayprop predict: {table.num_rows} rows written to {out}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,114 @@
+"""Wiring a config to a pool and the coordinator: one training job.
+
+`prepare` does every check that can fail on bad input (config, data source,
+columns, labels, --init-from) BEFORE anything is written, so a bad input costs
+nothing; `run` then trains and writes the output files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from trainer import __version__
+from trainer.batches import BatchPlan
+from trainer.config import Config
+from trainer.coordinator import TrainResult, train
+from trainer.errors import InputError
+from trainer.model_io import read_arrays, save_model, theta_from_arrays, write_json
+from trainer.network import NetworkSpec, init_theta
+from trainer.optimizers import make_optimizer
+from workers.examples import Schema, resolve_schema, split_rows
+from workers.local_pool import LocalPool
+from workers.shard import open_shard, shard_ranges
+from workers.sources import Source, open_source
+
+DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
+
+
+@dataclass
+class Job:
+    cfg: Config
+    source: Source
+    schema: Schema
+    spec: NetworkSpec
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    plan: BatchPlan
+    theta0: np.ndarray  # initial parameters
+
+
+def infer_layers(cfg: Config, source: Source) -> list[int]:
+    """[n_features, 64, n_outputs] when model.layers is not given.
+
+    n_outputs is the number of target columns, or for cross-entropy the number of
+    classes, max(label) + 1, read from the target column alone. A missing column
+    is left for resolve_schema to name.
+    """
+    targets = [cfg.data.target] if isinstance(cfg.data.target, str) else list(cfg.data.target)
+    features = cfg.data.features or [c for c in source.column_names if c not in targets]
+    n_out = len(targets)
+    if cfg.model.cost == "cross_entropy" and targets[0] in source.column_names:
+        labels = source.read(0, source.num_rows, targets[:1])[targets[0]]
+        if np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all() and labels.size:
+            n_out = int(labels.max()) + 1  # bad labels are named when the rows are loaded
+    return [len(features), DEFAULT_HIDDEN, max(n_out, 2 if cfg.output_activation == "softmax" else 1)]
+
+
+def prepare(cfg: Config, init_from: str | None = None) -> Job:
+    source = open_source(cfg.data.source)
+    layers = cfg.model.layers or infer_layers(cfg, source)
+    schema = resolve_schema(source, cfg.data.features, cfg.data.target, layers, cfg.model.cost)
+    spec = NetworkSpec(tuple(layers), cfg.model.hidden_activation, cfg.output_activation,
+                       cfg.model.cost, cfg.model.dtype)
+    train_rows, val_rows = split_rows(source.num_rows, cfg.data.validation_fraction, cfg.data.split_seed)
+    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed)
+    if init_from:
+        path = Path(init_from).expanduser()
+        theta0 = theta_from_arrays(spec, read_arrays(path), path)
+    else:
+        theta0 = init_theta(spec, cfg.model.init, cfg.train.seed)
+    return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0)
+
+
+def local_pool(job: Job, workers: int = 1) -> LocalPool:
+    """In-process shard workers; reading their rows is where bad values surface."""
+    return LocalPool([open_shard(job.spec, job.plan, job.source, job.schema, lo, hi,
+                                 job.train_rows, job.val_rows)
+                      for lo, hi in shard_ranges(job.source.num_rows, workers)])
+
+
+def default_output(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.experiment}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def summary_of(job: Job, result: TrainResult, workers: int, run_id: str | None) -> dict:
+    return {"run_id": run_id, "steps": result.steps, "epochs": result.epochs,
+            "final_loss": result.final_loss, "val_loss": result.val_loss,
+            "val_accuracy": result.val_accuracy,
+            "examples_per_second": result.examples_per_second,
+            "wall_seconds": result.wall_seconds, "workers": workers,
+            "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_outputs(job: Job, theta: np.ndarray, out_dir: Path, summary: dict) -> None:
+    columns = {"features": list(job.schema.features), "targets": list(job.schema.targets),
+               "encoding": job.schema.encoding}
+    save_model(out_dir, job.spec, theta, columns)
+    write_json(out_dir / "summary.json", summary)
+
+
+def run(job: Job, pool, out_dir: Path, listeners=()) -> dict:
+    theta = job.theta0.copy()
+    optimizer = make_optimizer(job.cfg.train.optimizer, job.cfg.train.learning_rate,
+                               job.cfg.train.momentum, job.cfg.train.beta1,
+                               job.cfg.train.beta2, job.cfg.train.epsilon)
+    result = train(pool, theta, optimizer, job.plan, job.cfg.train.epochs, list(listeners))
+    summary = summary_of(job, result, pool.num_workers, None)
+    write_outputs(job, theta, out_dir, summary)
+    return summary
