@@ -1,0 +1,116 @@
+"""Config schema, overrides and model files: user mistakes become one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer.config import from_dict, load_config, parse_override
+from trainer.errors import ConfigError, InputError
+from trainer.model_io import load_model, read_arrays, save_model, theta_from_arrays
+from trainer.network import NetworkSpec, init_theta
+
+BASE = {"data": {"source": "xor"}}
+
+
+def test_defaults_fill_every_key_but_the_source():
+    cfg = from_dict(BASE)
+    flat = cfg.flat()
+    assert flat["train.optimizer"] == "sgd" and flat["train.learning_rate"] == 0.1
+    assert cfg.batch_size == 256 and cfg.output_activation == "softmax"
+    gd = from_dict({**BASE, "train": {"optimizer": "gd"}})
+    assert gd.batch_size is None  # gd is the full batch
+    assert from_dict({**BASE, "model": {"cost": "mse"}}).output_activation == "linear"
+    assert from_dict({**BASE, "train": {"batch_size": "full"}}).batch_size is None
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({}, "data.source"),
+    ({**BASE, "model": {"layer": [2, 3]}}, "model.layer: unknown key (did you mean model.layers?)"),
+    ({**BASE, "train": {"learning_rate": "fast"}}, "train.learning_rate: expected a number, got 'fast'"),
+    ({**BASE, "train": {"learning_rate": -1}}, "train.learning_rate: must be > 0"),
+    ({**BASE, "train": {"epochs": 2.5}}, "train.epochs: expected an integer"),
+    ({**BASE, "train": {"batch_size": "half"}}, "train.batch_size"),
+    ({**BASE, "train": {"optimizer": "gd", "batch_size": 32}}, "train.batch_size: gd uses the full batch"),
+    ({**BASE, "train": {"optimizer": "rmsprop"}}, "train.optimizer"),
+    ({**BASE, "model": {"hidden_activation": "softmax"}}, "model.hidden_activation"),
+    ({**BASE, "model": {"cost": "binary_cross_entropy", "output_activation": "softmax"}},
+     "model.output_activation: binary_cross_entropy needs a sigmoid output"),
+    ({**BASE, "model": {"layers": [2]}}, "model.layers"),
+    ({**BASE, "model": {"layers": [2, 0, 1]}}, "model.layers"),
+    ({**BASE, "model": {"layers": [2, "8", 1]}}, "model.layers: expected a list of an integer"),
+    ({**BASE, "data": {"source": "xor", "validation_fraction": 1.0}}, "data.validation_fraction"),
+    ({**BASE, "cluster": {"workers": 0}}, "cluster.workers"),
+    ({**BASE, "train": 5}, "train: expected a mapping"),
+    ({**BASE, "colour": "red"}, "colour: unknown key"),
+])
+def test_bad_config_names_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: spirals}\ntrain: {learning_rate: 1e-3, epochs: 3}\n")
+    cfg = load_config(path, ["train.epochs=7", "model.layers=[2, 16, 3]", "train.batch_size=full"])
+    assert cfg.train.learning_rate == 0.001  # PyYAML reads 1e-3 as a string; accepted as a number
+    assert cfg.train.epochs == 7 and cfg.model.layers == [2, 16, 3] and cfg.batch_size is None
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 'abc'"):
+        load_config(path, ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(path, ["train.epochs"])
+    assert parse_override("data.target=[a, b]") == ("data.target", ["a", "b"])
+
+
+def test_yaml_errors_and_unsafe_tags(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {source: xor\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):  # safe_load refuses to build objects
+        load_config(evil)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_flat_config_round_trips():
+    cfg = from_dict({**BASE, "model": {"layers": [2, 4, 2]}, "train": {"epochs": 9}})
+    assert cfg.with_overrides({}) == cfg
+    assert cfg.with_overrides({"train.epochs": 3}).train.epochs == 3
+
+
+def test_model_files_round_trip_without_pickle(tmp_path):
+    spec = NetworkSpec((3, 5, 2), "tanh", "sigmoid", "binary_cross_entropy", "float64")
+    theta = init_theta(spec, "xavier", 4)
+    theta[-2:] = [0.25, -0.5]  # non-zero biases
+    save_model(tmp_path, spec, theta, {"features": ["a", "b", "c"], "targets": ["y1", "y2"],
+                                       "encoding": "binary"})
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["W1", "W2", "b1", "b2"]
+        assert z["W1"].shape == (5, 3) and z["b2"].shape == (2, 1)
+    spec2, theta2, meta = load_model(tmp_path)
+    assert spec2 == spec and meta["features"] == ["a", "b", "c"]
+    np.testing.assert_array_equal(theta2, theta)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_model_files_refuse_wrong_shapes_pickles_and_junk(tmp_path):
+    spec = NetworkSpec((3, 5, 2), "tanh", "softmax", "cross_entropy", "float32")
+    other = NetworkSpec((3, 4, 2), "tanh", "softmax", "cross_entropy", "float32")
+    save_model(tmp_path, other, init_theta(other), {})
+    with pytest.raises(InputError, match=r"W1 has shape \(4, 3\)"):
+        theta_from_arrays(spec, read_arrays(tmp_path / "model.npz"), tmp_path / "model.npz")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, W1=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(InputError, match="not a model file of plain arrays"):
+        read_arrays(pickled)
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    with pytest.raises(InputError, match="not a model file"):
+        read_arrays(junk)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InputError, match="not a rayprop model description"):
+        load_model(tmp_path)
