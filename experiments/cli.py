@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a network from a YAML config",
                        description="Train a network from a YAML config.")
-    t.add_argument("config", metavar="CONFIG", help="YAML config file")
+    t.add_argument("config", metavar="CONFIG",
+                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
     t.add_argument("--local", action="store_true", help="single-process mode, no Ray")
     t.add_argument("--workers", type=_positive_int, metavar="N",
                    help="shard workers (default: cluster.workers; 1 with --local)")
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gradcheck", help="check Eq. 12 against finite differences",
                        description="Compare the back-propagated gradient with central finite "
                        "differences in float64 on a small batch of the config's data.")
-    g.add_argument("config", metavar="CONFIG")
+    g.add_argument("config", metavar="CONFIG", help="YAML config file or shipped example name")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--examples", type=_positive_int, default=16, metavar="N",
                    help="examples in the batch (default 16)")

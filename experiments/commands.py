@@ -7,11 +7,13 @@ into exit 2 and one line); nothing is written before the inputs have been checke
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from experiments import configs as example_configs
 from experiments import job as jobs
 from experiments.progress import ProgressBar, print_summary
 from trainer.config import load_config
@@ -30,10 +32,23 @@ CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
 
 
 def _config(args):
-    overrides = list(args.overrides)
+    cfg = load_config(example_configs.resolve(args.config), args.overrides)
     if getattr(args, "experiment", None):
-        overrides.append(f"experiment={args.experiment}")
-    return load_config(args.config, overrides)
+        cfg = cfg.with_overrides({"experiment": args.experiment})  # a name, not YAML
+    return cfg
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """InputError now, rather than a failure after training, if `path` cannot become a directory."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what}: {path} exists and is not a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what}: {parent} is not a directory, so {path} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: no permission to write in {parent}")
 
 
 def train(args) -> int:
@@ -43,8 +58,7 @@ def train(args) -> int:
         raise InputError("training on Ray is not available in this build yet; add --local")
     pool = jobs.local_pool(job, args.workers or 1)  # reads and checks every row first
     out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--output: {out_dir} exists and is not a directory")
+    check_writable_dir(out_dir, "--output")
     bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
     print(f"rayprop: training {list(job.spec.layers)} on {job.source.name} "
           f"({job.plan.m} examples, {len(job.val_rows)} held out) in local mode, "
@@ -63,7 +77,7 @@ def train(args) -> int:
 
 
 def gradcheck(args) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     job = jobs.prepare(cfg)
     n = min(args.examples, job.plan.m)
     rows = job.train_rows[:n]
@@ -146,8 +160,13 @@ def predict(args) -> int:
 
     spec, theta, meta, source, schema = _model_and_source(args, need_targets=False)
     out = Path(args.output).expanduser() if args.output else None
-    if out is not None and out.suffix not in (".csv", ".parquet"):
-        raise InputError(f"--output: {out} must end in .csv or .parquet")
+    if out is not None:
+        if out.suffix not in (".csv", ".parquet"):
+            raise InputError(f"--output: {out} must end in .csv or .parquet")
+        if not out.parent.is_dir():
+            raise InputError(f"--output: directory {out.parent} does not exist")
+        if out.is_dir():
+            raise InputError(f"--output: {out} is a directory")
     ws = Workspace(spec, min(CHUNK, source.num_rows))
     tables = []
     for lo in range(0, source.num_rows, CHUNK):

@@ -28,6 +28,7 @@ from workers.shard import open_shard, shard_ranges
 from workers.sources import Source, open_source
 
 DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
+MAX_INFERRED_CLASSES = 10_000  # past this a label column is more likely an id than a class
 
 
 @dataclass
@@ -56,6 +57,9 @@ def infer_layers(cfg: Config, source: Source) -> list[int]:
         labels = source.read(0, source.num_rows, targets[:1])[targets[0]]
         if np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all() and labels.size:
             n_out = int(labels.max()) + 1  # bad labels are named when the rows are loaded
+            if n_out > MAX_INFERRED_CLASSES:
+                raise InputError(f"data.target: column {targets[0]!r} has label {labels.max():g}; "
+                                 f"set model.layers to say how many classes there are")
     return [len(features), DEFAULT_HIDDEN, max(n_out, 2 if cfg.output_activation == "softmax" else 1)]
 
 

@@ -431,7 +431,6 @@ def _setup(tmp: Path, case: str) -> list[str]:
         np.savez(tmp / "m" / "model.npz", **_small_model_arrays())
         (tmp / "m" / "model.json").write_text(json.dumps(MODEL_JSON))
         return ["predict", str(tmp / "m"), "xor", "--output", out + ".txt"]
-    # ---- cases that fail today (see the xfail marks) ----
     if case == "huge label with inferred layers":
         write(tmp / "d.csv", "x0,x1,y\n1,2,0\n2,1,10000000000\n3,4,0\n")
         return train(cfg(f"data: {{source: {tmp / 'd.csv'}}}\n"))
@@ -466,13 +465,8 @@ BAD_INPUTS = [
     ("init-from a pickled model.npz", ["model.npz"]),
     ("evaluate on data without the target", ["'y'", "d.csv"]),
     ("predict to an unknown extension", ["--output", ".csv or .parquet"]),
-    pytest.param("huge label with inferred layers", ["d.csv", "y"], marks=pytest.mark.xfail(
-        strict=True, reason="BUG experiments/job.py infer_layers: a label of 1e10 makes "
-        "model.layers [2, 64, 10000000001]; init_theta then raises MemoryError (traceback, exit 1) "
-        "instead of a one-line DataError")),
-    pytest.param("output under a regular file", ["afile"], marks=pytest.mark.xfail(
-        strict=True, reason="BUG experiments/commands.py train: --output whose parent is a regular "
-        "file is only found by save_model's mkdir AFTER training: NotADirectoryError traceback, exit 1")),
+    ("huge label with inferred layers", ["data.target", "'y'", "model.layers"]),
+    ("output under a regular file", ["--output", "afile", "not a directory"]),
 ]
 
 
@@ -493,20 +487,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case, words):
     assert not (tmp_path / "sprung").exists(), "a pickle in model.npz was unpickled"
 
 
-# ---- behaviours that are bugs today --------------------------------------------------------
+# ---- behaviours that were bugs once -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG experiments/commands.py _config: --experiment NAME is "
-                   "appended as the override 'experiment=NAME' and parsed as YAML, so a name like "
-                   "2024 or yes becomes an int/bool and is refused (exit 2)")
 def test_experiment_name_is_taken_literally(tmp_path):
     cfg = write(tmp_path / "xor.yaml", XOR_YAML)
     ok(rayprop("train", cfg, "--local", "--quiet", "--output", tmp_path / "out",
                "--experiment", "2024", cwd=tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG trainer/config.py _set_dotted: a section left empty "
-                   "in YAML (`train:` -> None) makes --set train.epochs=2 fail with "
-                   "'train.epochs: train is not a section' although the file is valid on its own")
 def test_set_into_an_empty_section(tmp_path):
     cfg = write(tmp_path / "xor.yaml", "data: {source: xor}\ntrain:\n")
     ok(rayprop("train", cfg, "--local", "--quiet", "--output", tmp_path / "out",
@@ -514,9 +502,6 @@ def test_set_into_an_empty_section(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["epochs"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG experiments/commands.py predict: --output into a "
-                   "directory that does not exist raises pyarrow's FileNotFoundError (traceback, "
-                   "exit 1) after computing every prediction")
 def test_predict_into_a_missing_directory(spirals_run, tmp_path):
     _, _, trained, _ = spirals_run
     proc = rayprop("predict", trained, "xor", "--output", tmp_path / "no" / "p.csv", cwd=tmp_path)
@@ -527,9 +512,6 @@ def test_predict_into_a_missing_directory(spirals_run, tmp_path):
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG trainer/model_io.py atomic_write: files come from "
-                   "tempfile.mkstemp (mode 0600) and are renamed into place, so model.npz, "
-                   "model.json and summary.json ignore the umask and other users cannot read them")
 def test_output_files_follow_the_umask(spirals_run):
     _, _, trained, _ = spirals_run
     umask = os.umask(0)

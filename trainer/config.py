@@ -127,7 +127,9 @@ def _unflatten(flat):
 def _set_dotted(d, key, value):
     *parents, last = key.split(".")
     for p in parents:
-        d = d.setdefault(p, {})
+        if d.get(p) is None:  # absent, or an empty `train:` line in the YAML
+            d[p] = {}
+        d = d[p]
         if not isinstance(d, dict):
             raise ConfigError(f"{key}: {p} is not a section")
     d[last] = value
