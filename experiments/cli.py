@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", metavar="CONFIG",
                    help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
     t.add_argument("--local", action="store_true", help="single-process mode, no Ray")
+    t.add_argument("--address", metavar="ADDR",
+                   help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
+                   "(Ray Client); default: RAY_ADDRESS, cluster.address, else a local Ray started "
+                   "for this job")
     t.add_argument("--workers", type=_positive_int, metavar="N",
                    help="shard workers (default: cluster.workers; 1 with --local)")
     t.add_argument("--experiment", metavar="NAME", help="experiment name (overrides `experiment:`)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -51,27 +52,47 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise InputError(f"{what}: no permission to write in {parent}")
 
 
+def _ray_pool(job, conn_address, workers, cpus_per_worker, stack):
+    """Connect to Ray (cluster/) and start the actor pool (workers/); both closed by `stack`."""
+    from cluster.connect import connect
+    from workers.ray_pool import RayPool
+
+    conn = stack.enter_context(connect(conn_address, workers * cpus_per_worker))
+    pool = RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
+                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
+                   cpus_per_worker)
+    stack.callback(pool.close)
+    where = {"local": "a local Ray started for this job", "client": f"Ray Client at {conn.address}",
+             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
+    return pool, where, conn.kind
+
+
 def train(args) -> int:
     cfg = _config(args)
     job = jobs.prepare(cfg, args.init_from)
-    if not args.local:
-        raise InputError("training on Ray is not available in this build yet; add --local")
-    pool = jobs.local_pool(job, args.workers or 1)  # reads and checks every row first
     out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
     check_writable_dir(out_dir, "--output")
-    bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
-    print(f"rayprop: training {list(job.spec.layers)} on {job.source.name} "
-          f"({job.plan.m} examples, {len(job.val_rows)} held out) in local mode, "
-          f"{pool.num_workers} shard{'s' if pool.num_workers != 1 else ''}", file=sys.stderr)
-    try:
-        summary = jobs.run(job, pool, out_dir, [bar])
-    except DivergedError as e:
-        bar.close()
-        print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        bar.close()
-        pool.close()
+    workers = args.workers or (1 if args.local else cfg.cluster.workers)
+    with ExitStack() as stack:
+        if args.local:
+            pool, where, kind = jobs.local_pool(job, workers), "local mode", "none"
+        else:
+            pool, where, kind = _ray_pool(job, args.address or cfg.cluster.address, workers,
+                                          cfg.cluster.cpus_per_worker, stack)
+        nodes = getattr(pool, "num_nodes", 1)
+        bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
+        stack.callback(bar.close)
+        print(f"rayprop: training {list(job.spec.layers)} on {job.source.name} "
+              f"({job.plan.m} examples, {len(job.val_rows)} held out) in {where}: "
+              f"{pool.num_workers} worker{'s' if pool.num_workers != 1 else ''} on "
+              f"{nodes} node{'s' if nodes != 1 else ''}", file=sys.stderr)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below
+                summary = jobs.run(job, pool, out_dir, [bar], extra={"nodes": nodes, "ray": kind})
+        except DivergedError as e:
+            bar.close()
+            print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
+            return EXIT_FAILED
     print_summary(summary, out_dir)
     return EXIT_OK
 

@@ -107,12 +107,12 @@ def write_outputs(job: Job, theta: np.ndarray, out_dir: Path, summary: dict) -> 
     write_json(out_dir / "summary.json", summary)
 
 
-def run(job: Job, pool, out_dir: Path, listeners=()) -> dict:
+def run(job: Job, pool, out_dir: Path, listeners=(), extra: dict | None = None) -> dict:
     theta = job.theta0.copy()
     optimizer = make_optimizer(job.cfg.train.optimizer, job.cfg.train.learning_rate,
                                job.cfg.train.momentum, job.cfg.train.beta1,
                                job.cfg.train.beta2, job.cfg.train.epsilon)
     result = train(pool, theta, optimizer, job.plan, job.cfg.train.epochs, list(listeners))
-    summary = summary_of(job, result, pool.num_workers, None)
+    summary = {**summary_of(job, result, pool.num_workers, None), **(extra or {})}
     write_outputs(job, theta, out_dir, summary)
     return summary

@@ -1,0 +1,36 @@
+"""Ray's auth token, found where Ray looks for it.
+
+Clusters started with `ray start --head` (Ray 2.60) require a token. Ray reads it
+from RAY_AUTH_TOKEN, then the file named by RAY_AUTH_TOKEN_PATH, then
+~/.ray/auth_token; but a client sends it only when RAY_AUTH_MODE=token is set
+(without it Ray Client just times out and Jobs says "Missing authentication
+token"). So when a token is there and the mode is unset, we set the mode.
+The token itself is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def token_source() -> str | None:
+    """Where a token would come from (an env var or a file path), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH ({path})" if Path(path).expanduser().is_file() else None
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def enable_token_mode() -> str | None:
+    """Send the token on connections from this process if one exists; return its source."""
+    source = token_source()
+    if source and not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return source
+
+
+TOKEN_HINT = "set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token to the cluster's token"

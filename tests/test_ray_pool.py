@@ -1,0 +1,84 @@
+"""Shard workers as Ray actors on a real local Ray: same training as local mode."""
+
+import numpy as np
+import pytest
+
+from cluster.connect import connect
+from experiments import job as jobs
+from tests.raydata import config, write_parquet
+from trainer.config import from_dict
+from trainer.coordinator import train
+from trainer.optimizers import make_optimizer
+from workers.ray_pool import RayPool
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    with connect(None, 3) as conn:
+        yield conn
+
+
+def ray_pool(job, workers):
+    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
+                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers)
+
+
+def run(job, pool):
+    theta = job.theta0.copy()
+    t = job.cfg.train
+    result = train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+    return theta, result
+
+
+@pytest.mark.parametrize("optimizer,batch_size", [("gd", None), ("sgd", 64), ("momentum", 64), ("adam", 64)])
+def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_path, optimizer, batch_size):
+    path = write_parquet(tmp_path / "d.parquet")
+    job = jobs.prepare(from_dict(config(path, optimizer, batch_size)))
+    # 1003 rows, 100 held out -> m = 903 = 14 batches of 64 and a last one of 7
+    assert job.plan.m == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
+    ref, ref_result = run(job, jobs.local_pool(job))
+    for workers in (1, 2, 3):
+        pool = ray_pool(job, workers)
+        try:
+            assert pool.num_workers == workers and pool.m == 903 and pool.m_val == 100
+            theta, result = run(job, pool)
+        finally:
+            pool.close()
+        rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+        assert rel <= 1e-9, f"{workers} workers: relative difference {rel:.2e}"
+        assert result.history[-1]["val_loss"] == pytest.approx(ref_result.history[-1]["val_loss"], rel=1e-9)
+        assert result.history[-1]["val_accuracy"] == ref_result.history[-1]["val_accuracy"]
+
+
+def test_each_actor_reads_only_its_rows(ray_session, tmp_path):
+    path = write_parquet(tmp_path / "d.parquet", row_group_size=100)
+    job = jobs.prepare(from_dict(config(path)))
+    pool = ray_pool(job, 3)
+    try:
+        info = pool.info
+    finally:
+        pool.close()
+    # shard_ranges(1003, 3) = [0, 334), [334, 668), [668, 1003)
+    assert [i["rows"] for i in info] == [(0, 334), (334, 668), (668, 1003)]
+    for i in info:
+        lo, hi = i["rows"]
+        assert i["rows_held"] == hi - lo  # reported by the worker from what it holds
+        # the row groups of 100 rows that overlap [lo, hi), as opened by the worker's reader
+        assert i["row_groups_read"] == list(range(lo // 100, (hi - 1) // 100 + 1))
+    assert len({i["pid"] for i in info}) == 3
+
+
+def test_bad_data_in_a_worker_range_is_an_input_error(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.errors import InputError
+
+    path = write_parquet(tmp_path / "d.parquet")
+    table = pq.read_table(path)
+    x0 = table.column("x0").to_numpy().copy()
+    x0[900] = np.nan  # in the last worker's range only
+    pq.write_table(table.set_column(0, "x0", pa.array(x0)), path, row_group_size=100)
+    job = jobs.prepare(from_dict(config(path)))  # the driver reads no rows, so it cannot see it
+    with pytest.raises(InputError, match="NaN at row 900"):
+        ray_pool(job, 3)
