@@ -26,7 +26,10 @@ def token_source() -> str | None:
 
 
 def enable_token_mode() -> str | None:
-    """Send the token on connections from this process if one exists; return its source."""
+    """Send the token on connections from this process if one exists; return its source.
+
+    Call it before Ray is first imported: Ray reads RAY_AUTH_MODE once, at import.
+    """
     source = token_source()
     if source and not os.environ.get("RAY_AUTH_MODE"):
         os.environ["RAY_AUTH_MODE"] = "token"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -79,9 +80,10 @@ def _check_client_auth(address: str) -> None:
 @contextmanager
 def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     """Yield a Connection with Ray initialized; shut down what we started."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    source = enable_token_mode() if address else None  # before Ray is imported: it reads the mode once
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
     log_level = logging.WARNING if quiet else logging.INFO
     if address is None:
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
@@ -90,7 +92,6 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
                  configure_logging=True)
         kind = "local"
     else:
-        source = enable_token_mode()
         if address.startswith("ray://"):
             _check_listening(address)
             _check_client_auth(address)
@@ -101,7 +102,16 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
         else:
             kind = "cluster"
         try:
-            ray.init(address=address, logging_level=log_level)
+            try:
+                ray.init(address=address, logging_level=log_level)
+            except ConnectionError as e:
+                # A Ray Client proxy sometimes fails to start the per-client server on a
+                # first connection just after the head came up; a second try succeeds.
+                if "Starting Ray client server failed" not in str(e):
+                    raise
+                ray.shutdown()
+                time.sleep(2)
+                ray.init(address=address, logging_level=log_level)
         except ConnectionError as e:
             hint = TOKEN_HINT if source is None else f"token from {source}"
             raise InputError(f"--address {address}: cannot connect ({e}); {hint}") from None

@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: runs/EXPERIMENT-TIMESTAMP)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
 
+    s = sub.add_parser("submit", help="run a training job on a remote cluster through Ray Jobs",
+                       description="Submit the same training job to a Ray cluster's Jobs API, "
+                       "ship rayprop and the config (and a small data file) with it, and follow "
+                       "its log to the end; the exit code is the job's.")
+    s.add_argument("config", metavar="CONFIG", help="YAML config file or shipped example name")
+    s.add_argument("--address", metavar="http://HEAD:8265",
+                   help="the cluster's dashboard / Jobs API address (default: RAY_ADDRESS)")
+    s.add_argument("--workers", type=_positive_int, metavar="N")
+    s.add_argument("--experiment", metavar="NAME")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--no-wait", action="store_true", help="print the job id and return")
+
     g = sub.add_parser("gradcheck", help="check Eq. 12 against finite differences",
                        description="Compare the back-propagated gradient with central finite "
                        "differences in float64 on a small batch of the config's data.")

@@ -6,6 +6,7 @@ into exit 2 and one line); nothing is written before the inputs have been checke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,6 +55,10 @@ def check_writable_dir(path: Path, what: str) -> None:
 
 def _ray_pool(job, conn_address, workers, cpus_per_worker, stack):
     """Connect to Ray (cluster/) and start the actor pool (workers/); both closed by `stack`."""
+    from cluster.auth import enable_token_mode
+
+    if conn_address or os.environ.get("RAY_ADDRESS"):
+        enable_token_mode()  # before the first `import ray`: Ray reads RAY_AUTH_MODE once
     from cluster.connect import connect
     from workers.ray_pool import RayPool
 
@@ -95,6 +100,19 @@ def train(args) -> int:
             return EXIT_FAILED
     print_summary(summary, out_dir)
     return EXIT_OK
+
+
+def submit(args) -> int:
+    from cluster.jobs import submit as submit_job
+    from workers.builtin_sets import BUILTIN_NAMES
+
+    cfg = _config(args)  # a bad config fails here, before anything reaches the cluster
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address or not address.startswith(("http://", "https://")):
+        raise InputError(f"--address: expected the Jobs API address http://HEAD:8265, got {address!r}")
+    train_args = [f"--workers {args.workers}"] if args.workers else []
+    return submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
+                      lambda s: s in BUILTIN_NAMES)
 
 
 def gradcheck(args) -> int:

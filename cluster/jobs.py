@@ -1,0 +1,132 @@
+"""`rayprop submit`: the same training job on a remote cluster, through Ray Jobs.
+
+The job's runtime_env ships rayprop's own packages and the resolved config (the
+cluster needs only Ray and the dependencies), plus the data file when it is small
+enough to send; a larger local file is refused with a request for a path or URI
+the cluster can read. The job runs `python -m experiments.cli train` on the
+cluster, which joins it through RAY_ADDRESS, and we follow its log to the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from cluster.auth import TOKEN_HINT, enable_token_mode
+from trainer.errors import InputError
+
+MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
+PACKAGES = ("trainer", "workers", "cluster", "experiments")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SUBMIT_RETRY_SECONDS = 60  # a head that just started answers "no available agent" for a while
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def stage(config: dict, workdir: Path, is_builtin) -> dict:
+    """Copy the packages (and a small data file) into workdir; return the job's config."""
+    import importlib
+
+    for name in PACKAGES:
+        src = Path(importlib.import_module(name).__file__).parent
+        shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    data = dict(config.get("data") or {})
+    source = str(data.get("source") or "")
+    local = Path(source).expanduser()
+    if source and not is_builtin(source) and local.exists():
+        size = _size(local)
+        if size > MAX_SHIPPED_BYTES:
+            raise InputError(f"data.source: {local} is {size / 2**20:.0f} MiB, too large to ship with "
+                             f"the job (limit {MAX_SHIPPED_BYTES // 2**20} MiB); give a path or URI "
+                             "the cluster's nodes can read")
+        target = workdir / "data" / local.name
+        target.parent.mkdir()
+        (shutil.copytree if local.is_dir() else shutil.copy2)(local, target)
+        data["source"] = f"data/{local.name}"
+    return {**config, "data": data}
+
+
+def _client(address: str):
+    token_source = enable_token_mode()  # before Ray is imported: it reads the mode once
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
+        text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if "auth" in text.lower() or "token" in text.lower() or e.__class__.__name__ == "AuthenticationError":
+            hint = TOKEN_HINT if token_source is None else f"the token from {token_source} was refused"
+            raise InputError(f"--address {address}: authentication failed; {hint}") from None
+        raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({text[:200]})") from None
+
+
+def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin) -> int:
+    """Submit, then (if wait) follow the log; returns the exit code to use."""
+    client = _client(address)
+    with tempfile.TemporaryDirectory(prefix="rayprop-job-") as tmp:
+        workdir = Path(tmp)
+        job_config = stage(config, workdir, is_builtin)
+        (workdir / "job.yaml").write_text(yaml.safe_dump(job_config, sort_keys=False))
+        entrypoint = " ".join(["python -m experiments.cli train job.yaml --output output",
+                               *train_args])
+        job_id = _submit_with_retry(
+            client, entrypoint=entrypoint,
+            runtime_env={"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}},
+            metadata={"rayprop": "train", "experiment": str(config.get("experiment", ""))})
+    print(f"rayprop submit: job {job_id} submitted to {address}", file=sys.stderr)
+    if not wait:
+        print(job_id)
+        return 0
+    try:
+        return follow(client, job_id)
+    except KeyboardInterrupt:
+        if sys.stdin is not None and sys.stdin.isatty():
+            answer = input(f"\nstop job {job_id} on the cluster? [y/N] ").strip().lower()
+            if answer in ("y", "yes"):
+                client.stop_job(job_id)
+                print(f"rayprop submit: asked the cluster to stop job {job_id}", file=sys.stderr)
+                return 130
+        print(f"rayprop submit: job {job_id} goes on; follow it with `ray job logs -f {job_id}`",
+              file=sys.stderr)
+        return 130
+
+
+def _submit_with_retry(client, seconds: float = SUBMIT_RETRY_SECONDS, **job) -> str:
+    """submit_job, retried while a freshly started head says it has no job agent yet."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "try again later" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def follow(client, job_id: str) -> int:
+    """Print the job's log as it comes, then map its end to an exit code."""
+    import asyncio
+
+    async def tail():
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    info = client.get_job_info(job_id)
+    while info.status not in TERMINAL:  # the log can end a moment before the status does
+        time.sleep(0.5)
+        info = client.get_job_info(job_id)
+    if info.status == "SUCCEEDED":
+        return 0
+    code = info.driver_exit_code
+    print(f"rayprop submit: job {job_id} {info.status.lower()}"
+          + (f" (exit code {code})" if code is not None else f": {info.message}"), file=sys.stderr)
+    return 2 if code == 2 else 1

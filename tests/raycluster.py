@@ -1,0 +1,92 @@
+"""A real `ray start --head` for tests: own ports, own temp dir, own token; stopped
+by its process group id (never by name)."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+class Head:
+    def __init__(self, log_dir: Path, num_cpus: int = 2):
+        self.token = secrets.token_hex(16)
+        self.gcs_port, self.client_port, self.dashboard_port = free_port(), free_port(), free_port()
+        # Worker ports: a range of our own, clear of the ports Ray Client's proxy hands
+        # out from 23000 up and of the ephemeral range where free_port() finds ports.
+        base = 24000 + secrets.randbelow(8000)
+        # Ray's Unix sockets live under --temp-dir and their paths must stay under
+        # 108 bytes: pytest's tmp_path is too long (the client server then fails).
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))
+        self.log = open(log_dir / "head.log", "wb")
+        bin_dir = Path(sys.executable).parent
+        self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self.env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+             "--node-ip-address", "127.0.0.1", f"--port={self.gcs_port}",
+             f"--ray-client-server-port={self.client_port}",
+             f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
+             f"--min-worker-port={base}", f"--max-worker-port={base + 999}",
+             f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
+             # Every other port of our own too: two heads on one machine must not share
+             # (a busy dashboard-agent port leaves the Jobs API with "no available agent").
+             *(f"--{name}={free_port()}" for name in (
+                 "node-manager-port", "object-manager-port", "runtime-env-agent-port",
+                 "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "metrics-export-port"))],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        ok = wait_listening(self.dashboard_port, 90) and wait_listening(self.client_port, 60)
+        if not ok:
+            self.stop()
+            raise RuntimeError(f"ray head did not come up; see {self.log.name}")
+        time.sleep(2)  # the Jobs API answers a moment after the port opens
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    @property
+    def jobs_address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def stop(self) -> None:
+        """SIGTERM the head's process group (every process it started), then SIGKILL."""
+        pgid = self.proc.pid  # start_new_session: the group id is the head's pid
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait
+            while time.time() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.3)
+        self.proc.wait(timeout=5)
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
