@@ -114,7 +114,8 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
                 ray.init(address=address, logging_level=log_level)
         except ConnectionError as e:
             hint = TOKEN_HINT if source is None else f"token from {source}"
-            raise InputError(f"--address {address}: cannot connect ({e}); {hint}") from None
+            first = (str(e).splitlines() or [e.__class__.__name__])[0]
+            raise InputError(f"--address {address}: cannot connect ({first}); {hint}") from None
         if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
             kind = "job"
     try:
