@@ -92,9 +92,12 @@ def replica_step(worker: ShardWorker, theta, grad_out, opt, epoch, k, clk: Clock
         if l == 1:
             break
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)
-        np.matmul(Ws[l - 1].T, delta, out=dA)
+        if Ws[l - 1].shape[0] == 1:
+            np.multiply(Ws[l - 1].T, delta, out=dA)  # as backward_sums: K = 1 is an outer product
+        else:
+            np.matmul(Ws[l - 1].T, delta, out=dA)
         clk(f"bwd matmul dA{l - 1} = W{l}^T d{l}  {Ws[l - 1].T.shape}x{delta.shape}", "matmul")
-        delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev, dA)
+        delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev)
         clk(f"bwd {spec.activation(l - 1)}' {l - 1}", "elementwise")
     m, _ = reduce_sums([type("S", (), {"n": n, "grad": worker._grad, "loss_sum": loss_sum})()], grad_out)
     clk("coordinator: copy grad (reduce_sums)", "coordinator")

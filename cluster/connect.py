@@ -77,6 +77,26 @@ def _check_client_auth(address: str) -> None:
         channel.close()
 
 
+# A Ray Client proxy sometimes fails to start or initialize the per-client server on
+# a first connection just after the head came up ("Starting Ray client server
+# failed", or "Initialization failure from server:" with an empty reason); a later
+# try succeeds. Auth and "nothing listens" were ruled out by the preflight checks.
+TRANSIENT_CLIENT_ERRORS = ("Starting Ray client server failed", "Initialization failure from server")
+CLIENT_ATTEMPTS = 3
+
+
+def _init_with_retries(ray, address: str, log_level: int) -> None:
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level=log_level)
+            return
+        except ConnectionError as e:
+            if attempt == CLIENT_ATTEMPTS or not any(t in str(e) for t in TRANSIENT_CLIENT_ERRORS):
+                raise
+            ray.shutdown()
+            time.sleep(2 * attempt)
+
+
 @contextmanager
 def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     """Yield a Connection with Ray initialized; shut down what we started."""
@@ -102,16 +122,7 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
         else:
             kind = "cluster"
         try:
-            try:
-                ray.init(address=address, logging_level=log_level)
-            except ConnectionError as e:
-                # A Ray Client proxy sometimes fails to start the per-client server on a
-                # first connection just after the head came up; a second try succeeds.
-                if "Starting Ray client server failed" not in str(e):
-                    raise
-                ray.shutdown()
-                time.sleep(2)
-                ray.init(address=address, logging_level=log_level)
+            _init_with_retries(ray, address, log_level)
         except ConnectionError as e:
             hint = TOKEN_HINT if source is None else f"token from {source}"
             first = (str(e).splitlines() or [e.__class__.__name__])[0]

@@ -1,16 +1,20 @@
 """Activation functions g and their backward step delta = dA * g'(Z) (Eq. 12, first line).
 
 Arrays are (n_l, m): units by examples (DESIGN section 1). Each activation has
-`forward(Z, out)` writing A = g(Z) into `out` (which may be Z itself) and
-`backward(dA, A, out)` writing delta = dA * g'(Z) into `out` (which may be dA).
-Both take preallocated buffers because the training loop reuses its buffers
-every step; both return `out`.
+`forward(Z, out)`, writing A = g(Z) into `out` (which may be Z itself), and
+`backward(dA, A)`, writing delta = dA * g'(Z) into dA. Both work in the training
+loop's preallocated buffers and return the array they wrote.
 
 Every derivative here is a function of A alone (sigmoid' = A(1-A), tanh' = 1-A^2,
 relu' = [A > 0]), so the network keeps no hidden Z: it computes Z into the A
-buffer and applies g in place, which halves the memory traffic. Softmax couples the units of one example, so
-its "derivative" is the Jacobian-vector product, delta = A * (dA - sum_k dA_k A_k);
-with cross-entropy the cost short-cuts it to yhat - y (see costs.py).
+buffer and applies g in place, which halves the memory traffic. `backward` may
+also use A's buffer as scratch (it overwrites A): by the time the backward pass
+reaches g'[l], A[l] has served its last use (GW[l+1] = delta[l+1] A[l]^T), and
+allocating a temporary every step costs more than the arithmetic.
+
+Softmax couples the units of one example, so its "derivative" is the
+Jacobian-vector product, delta = A * (dA - sum_k dA_k A_k); with cross-entropy the
+cost short-cuts it to yhat - y (see costs.py).
 """
 
 from __future__ import annotations
@@ -22,40 +26,40 @@ LEAKY_SLOPE = 0.01  # slope of leaky_relu for Z < 0
 
 class Sigmoid:
     def forward(self, Z, out):
-        # sigmoid(z) = (1 + tanh(z/2)) / 2: same value as 1/(1+exp(-z)), but tanh
-        # never overflows, so large |z| needs no special case.
-        np.multiply(Z, 0.5, out=out)
-        np.tanh(out, out=out)
-        out *= 0.5
-        out += 0.5
-        return out
+        # 1 / (1 + exp(-z)): numpy's float32 exp is vectorized (its tanh is not).
+        # For z < -88, exp(-z) overflows to inf and the result is exactly 0, the
+        # correctly rounded value, so the overflow warning is silenced, not handled.
+        with np.errstate(over="ignore"):
+            np.negative(Z, out=out)
+            np.exp(out, out=out)
+        out += 1.0
+        return np.reciprocal(out, out=out)
 
-    def backward(self, dA, A, out):
-        # g' = A (1 - A); computed as dA*A - dA*A*A without a temporary.
-        np.multiply(dA, A, out=out)
-        tmp = out * A
-        out -= tmp
-        return out
+    def backward(self, dA, A):
+        # g' = A (1 - A), with A's buffer holding (1 - A).
+        np.multiply(dA, A, out=dA)
+        np.subtract(1.0, A, out=A)
+        return np.multiply(dA, A, out=dA)
 
 
 class Tanh:
     def forward(self, Z, out):
         return np.tanh(Z, out=out)
 
-    def backward(self, dA, A, out):
-        # g' = 1 - A^2
-        sq = np.square(A)
-        np.subtract(1.0, sq, out=sq)
-        return np.multiply(dA, sq, out=out)
+    def backward(self, dA, A):
+        # g' = 1 - A^2, computed in A's buffer.
+        np.square(A, out=A)
+        np.subtract(1.0, A, out=A)
+        return np.multiply(dA, A, out=dA)
 
 
 class ReLU:
     def forward(self, Z, out):
         return np.maximum(Z, 0, out=out)
 
-    def backward(self, dA, A, out):
+    def backward(self, dA, A):
         # g' = 1 where Z > 0 (same as A > 0), else 0 (0 at the kink, as frameworks do).
-        return np.multiply(dA, A > 0, out=out)
+        return np.multiply(dA, A > 0, out=dA)
 
 
 class LeakyReLU:
@@ -63,9 +67,9 @@ class LeakyReLU:
         # max(z, a z) for 0 < a < 1
         return np.maximum(Z, Z * LEAKY_SLOPE, out=out)
 
-    def backward(self, dA, A, out):
+    def backward(self, dA, A):
         slope = np.where(A > 0, 1.0, LEAKY_SLOPE).astype(dA.dtype, copy=False)
-        return np.multiply(dA, slope, out=out)
+        return np.multiply(dA, slope, out=dA)
 
 
 class Linear:
@@ -74,10 +78,8 @@ class Linear:
             np.copyto(out, Z)
         return out
 
-    def backward(self, dA, A, out):
-        if out is not dA:
-            np.copyto(out, dA)
-        return out
+    def backward(self, dA, A):
+        return dA  # g' = 1
 
 
 class Softmax:
@@ -90,13 +92,13 @@ class Softmax:
         out /= out.sum(axis=0, keepdims=True)
         return out
 
-    def backward(self, dA, A, out):
+    def backward(self, dA, A):
         # Jacobian of softmax is diag(A) - A A^T per column, so
         # delta = A * (dA - sum_k dA_k A_k).
         dot = np.einsum("ij,ij->j", dA, A)
-        np.subtract(dA, dot, out=out)
-        out *= A
-        return out
+        dA -= dot
+        dA *= A
+        return dA
 
 
 # Registry keyed by the config word (model.hidden_activation / model.output_activation).

@@ -113,6 +113,19 @@ class Workspace:
         # two, since dA[l-1] is written while delta[l] is still being read.
         widest = max(spec.layers[1:])
         self._D = [np.empty(widest * capacity, dt), np.empty(widest * capacity, dt)]
+        self.ones = np.ones(capacity, dt)  # Gb[l] = delta[l] @ ones: row sums as a gemv
+        self._views: dict[int, tuple[np.ndarray, tuple]] = {}
+
+    def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """spec.views(flat), built once per buffer: a step reuses the same theta and
+        gradient buffers, and W-tiny's whole step is ~40 small numpy calls."""
+        key = id(flat)
+        hit = self._views.get(key)
+        if hit is None or hit[0] is not flat:  # the held reference makes an id match exact
+            if len(self._views) >= 3:  # theta and grad; a Ray worker gets a new theta each
+                self._views.clear()         # step, and must not pin old ones in the object store
+            hit = self._views[key] = (flat, self.spec.views(flat))
+        return hit[1]
 
     @staticmethod
     def _view(buf, rows, n):
@@ -137,7 +150,7 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     n = X_rows.shape[0]
     if ws is None or ws.capacity < n:
         ws = Workspace(spec, n)
-    Ws, bs = spec.views(theta)
+    Ws, bs = ws.views(theta)
     A_prev = X_rows.T  # A[0], (n_0, n)
     for l in range(1, spec.L + 1):
         W, b = Ws[l - 1], bs[l - 1]
@@ -167,9 +180,9 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     cost = COSTS[spec.cost]
     loss_sum = cost.loss_sum(Y, AL, ZL)
 
-    Ws, _ = spec.views(theta)
-    GWs, Gbs = spec.views(grad)
-    ones = np.ones(n, dtype=theta.dtype)
+    Ws, _ = ws.views(theta)
+    GWs, Gbs = ws.views(grad)
+    ones = ws.ones[:n]
     L = spec.L
     delta = cost.output_delta(Y, AL, ZL, spec.output_activation, ws.D(0, spec.layers[L], n))
     for l in range(L, 0, -1):
@@ -179,6 +192,13 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         if l == 1:
             break  # dA[0] = W[1]^T delta[1] is never needed
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer
-        np.matmul(Ws[l - 1].T, delta, out=dA)             # dA[l-1] = W[l]^T delta[l]
-        delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev, dA)
+        W = Ws[l - 1]
+        if W.shape[0] == 1:
+            # dA[l-1] = W[l]^T delta[l] with ONE output unit is an outer product; as a
+            # gemm with inner dimension 1, OpenBLAS runs it ~20x slower than this.
+            np.multiply(W.T, delta, out=dA)
+        else:
+            np.matmul(W.T, delta, out=dA)                 # dA[l-1] = W[l]^T delta[l]
+        # A[l-1] is dead after this (GW[l] is done), so g' may use its buffer.
+        delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev)
     return loss_sum

@@ -63,8 +63,10 @@ class ShardWorker:
             nb = members.size
             if nb == 0:
                 return ShardSums(np.zeros_like(self._grad), 0.0, 0, time.perf_counter() - t0)
-            X = np.take(self.X, members, axis=0, out=self._xb[: nb * self.X.shape[1]].reshape(nb, -1))
-            Y = np.take(self.Y, members, axis=1, out=self._yb[: nb * self.Y.shape[0]].reshape(-1, nb))
+            # mode="clip": with the default "raise" and `out=`, numpy gathers into a
+            # temporary and copies it again (2.8x slower); the plan's offsets are in range.
+            X = np.take(self.X, members, axis=0, out=self._xb[: nb * self.X.shape[1]].reshape(nb, -1), mode="clip")
+            Y = np.take(self.Y, members, axis=1, out=self._yb[: nb * self.Y.shape[0]].reshape(-1, nb), mode="clip")
         loss_sum = backward_sums(self.spec, theta, X, Y, self._grad, self._ws)
         # The gradient buffer is reused next step; the caller gets its own copy only
         # when it crosses a process boundary, so hand out the buffer itself here.
