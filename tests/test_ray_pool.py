@@ -18,9 +18,10 @@ def ray_session():
         yield conn
 
 
-def ray_pool(job, workers):
+def ray_pool(job, workers, compiled=None):
     return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers)
+                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
+                   compiled=compiled)
 
 
 def run(job, pool):
@@ -37,15 +38,18 @@ def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_
     # 1003 rows, 100 held out -> m = 903 = 14 batches of 64 and a last one of 7
     assert job.plan.m == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
     ref, ref_result = run(job, jobs.local_pool(job))
-    for workers in (1, 2, 3):
-        pool = ray_pool(job, workers)
+    # Steps through the compiled graph (shared-memory channels), and once through
+    # plain ray.put / ray.get, the path Ray Client drivers use.
+    for workers, compiled in ((1, True), (2, True), (3, True), (2, False)):
+        pool = ray_pool(job, workers, compiled)
         try:
             assert pool.num_workers == workers and pool.m == 903 and pool.m_val == 100
+            assert pool.compiled == compiled
             theta, result = run(job, pool)
         finally:
             pool.close()
         rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
-        assert rel <= 1e-9, f"{workers} workers: relative difference {rel:.2e}"
+        assert rel <= 1e-9, f"{workers} workers (compiled={compiled}): relative difference {rel:.2e}"
         assert result.history[-1]["val_loss"] == pytest.approx(ref_result.history[-1]["val_loss"], rel=1e-9)
         assert result.history[-1]["val_accuracy"] == ref_result.history[-1]["val_accuracy"]
 

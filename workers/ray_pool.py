@@ -5,10 +5,21 @@ driver never loads or ships the data set. Per step the parameters go out once
 (`ray.put`, one object shared by every actor) and the shard sums come back in
 rank order. Actors are spread over the nodes (SPREAD) and each limits its BLAS
 to the CPUs Ray gave it, so two actors on one node do not fight over cores.
+
+Training steps go through a Ray Compiled Graph when Ray can build one: the
+coordinator writes (theta, epoch, k) into shared-memory channels that the actors
+read in a loop, and reads their sums back the same way, with no task submission,
+no object-store put and no scheduler on the path. Measured here
+(benchmarks/ray_workers.py) that cuts the per-step overhead to a fraction of the
+put/get path's. Ray Client drivers cannot run compiled graphs, and a Ray without
+them falls back to the plain path, and so do workers on other nodes than the
+driver's (across nodes the graph's first step hung on this Ray; tests/test_multinode.py
+runs that case); validation (once per epoch) always uses the plain path.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -22,6 +33,28 @@ from workers.examples import Schema, split_rows
 from workers.shard import open_shard, shard_ranges
 from workers.sources import open_source
 
+log = logging.getLogger(__name__)
+
+# How long the coordinator waits for one step's sums through the compiled graph.
+# Ray's default (10 s) is shorter than a wide network's step on a slow node.
+STEP_TIMEOUT_S = 600
+
+
+def _no_torch_in_channels() -> None:
+    """Keep Ray's compiled-graph channels from importing torch in this actor.
+
+    Where torch is installed, the actor's compiled-graph loop imports it (seen: 4-6 s
+    before the first step) only to check for accelerator tensors; rayprop sends numpy
+    arrays. The flag is a private field of Ray's channel context, so any change to it
+    in another Ray version is ignored: it only costs the seconds back.
+    """
+    try:
+        from ray.experimental.channel.common import ChannelContext
+
+        ChannelContext.get_current()._torch_available = False
+    except Exception:
+        pass
+
 
 class ShardActor:
     """The actor body: builds a ShardWorker over rows [lo, hi) of the source."""
@@ -31,6 +64,7 @@ class ShardActor:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
+        _no_torch_in_channels()
         self.lo, self.hi, self.error = lo, hi, None
         try:
             self.source = source = open_source(source_spec)
@@ -61,7 +95,9 @@ class ShardActor:
 class RayPool:
     def __init__(self, spec: NetworkSpec, plan: BatchPlan, source_spec: str, num_rows: int,
                  schema: Schema, split: tuple[float, int], workers: int, cpus_per_worker: int = 1,
-                 strategy: str = "SPREAD"):
+                 strategy: str = "SPREAD", compiled: bool | None = None):
+        """compiled: True requires a compiled graph, False never builds one, None
+        (default) builds one when this driver can and falls back otherwise."""
         actor = ray.remote(ShardActor).options(num_cpus=cpus_per_worker, scheduling_strategy=strategy)
         self.actors = [actor.remote(spec, plan, source_spec, schema, lo, hi, split, cpus_per_worker)
                        for lo, hi in shard_ranges(num_rows, workers)]
@@ -76,6 +112,37 @@ class RayPool:
             raise InputError(errors[0])
         self._m = sum(i["n_train"] for i in self.info)
         self._m_val = sum(i["n_val"] for i in self.info)
+        self._dag = None
+        if compiled is not False:
+            self._dag = self._compile(spec, required=bool(compiled))
+
+    def _compile(self, spec: NetworkSpec, required: bool):
+        why_not = None
+        if ray.util.client.ray.is_connected():
+            why_not = "a Ray Client driver is not on the cluster"
+        elif {i["node_id"] for i in self.info} != {ray.get_runtime_context().get_node_id()}:
+            why_not = "workers on other nodes than the driver's"
+        if why_not:
+            if required:
+                raise RuntimeError(f"no compiled graph: {why_not}")
+            return None
+        try:
+            from ray.dag import InputNode, MultiOutputNode
+
+            with InputNode() as inp:  # execute(theta, epoch, k)
+                dag = MultiOutputNode([a.gradient_sums.bind(inp[0], inp[1], inp[2]) for a in self.actors])
+            # Channels sized for theta and the sums up front, so they never resize.
+            nbytes = spec.size * np.dtype(spec.dtype).itemsize
+            return dag.experimental_compile(_buffer_size_bytes=max(int(1.1 * nbytes) + (1 << 16), 1 << 20))
+        except Exception as e:  # an older Ray, or a cluster that cannot make channels
+            if required:
+                raise
+            log.warning("rayprop: Ray compiled graph unavailable (%s); using ray.put/ray.get", e)
+            return None
+
+    @property
+    def compiled(self) -> bool:
+        return self._dag is not None
 
     @property
     def num_workers(self) -> int:
@@ -94,6 +161,10 @@ class RayPool:
         return self._m_val
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+        if self._dag is not None:
+            # The sums' arrays are views of the channels' buffers, valid until the next
+            # step: the coordinator adds them into its own buffer right away.
+            return [ref.get(timeout=STEP_TIMEOUT_S) for ref in self._dag.execute(theta, epoch, k)]
         theta_ref = ray.put(theta)  # one copy in the object store, read by every actor
         return ray.get([a.gradient_sums.remote(theta_ref, epoch, k) for a in self.actors])
 
@@ -102,6 +173,12 @@ class RayPool:
         return ray.get([a.evaluate_sums.remote(theta_ref) for a in self.actors])
 
     def close(self) -> None:
+        dag, self._dag = getattr(self, "_dag", None), None
+        if dag is not None:
+            try:
+                dag.teardown()
+            except Exception as e:  # an actor already gone; killing them below still frees all
+                log.debug("compiled graph teardown: %s", e)
         for a in getattr(self, "actors", []):
             ray.kill(a)
         self.actors = []
