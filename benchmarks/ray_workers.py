@@ -12,8 +12,10 @@ machine's speed hits all alike, and prints ONE JSON document:
 - how a step splits: `compute_ms` (the slowest worker's time inside gradient_sums, as
   the worker measured it) and `coordination_ms` (the rest: putting theta in the object
   store, the actor calls, getting and adding the sums, the optimizer);
-- `round_trip`: the floor under any Ray step here, measured alone: an empty call to
-  each actor, and a theta-sized array sent to each actor and a same-size one returned.
+- `round_trip`: the floor under a plain Ray step, measured alone: an empty call to
+  each actor, and a theta-sized array sent to each actor and a same-size one returned;
+- each worker count steps through a Ray Compiled Graph (the pool's default on one
+  node), and the largest count also through plain ray.put / ray.get, side by side.
 
 A 1-worker pool gets both CPUs (its BLAS uses 2 threads, as local mode's does); a
 2-worker pool gets one CPU per worker. Validation is off (validation_fraction 0), so
@@ -138,12 +140,16 @@ def bench_workload(name, repeats, worker_counts):
              "epochs_per_repeat": epochs}
     # The pools live side by side (they run in turn), so Ray must have logical CPUs
     # for all of them at once; each pool still limits its BLAS to its own share.
-    with connect(None, CPUS * len(worker_counts)) as conn:
+    with connect(None, CPUS * (len(worker_counts) + 1)) as conn:
         modes = [Mode("local", job, jobs.local_pool(job))]
-        for w in worker_counts:
+        # Each worker count through the compiled graph (the default on one node), and
+        # the largest also through plain ray.put / ray.get, to measure that lever.
+        variants = [(w, None) for w in worker_counts] + [(max(worker_counts), False)]
+        for w, compiled in variants:
             pool = RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                           (0.0, cfg.data.split_seed), w, max(CPUS // w, 1))
-            modes.append(Mode(f"ray_{w}_worker{'s' if w > 1 else ''}", job, pool))
+                           (0.0, cfg.data.split_seed), w, max(CPUS // w, 1), compiled=compiled)
+            label = f"ray_{w}_worker{'s' if w > 1 else ''}" + ("_plain_put_get" if compiled is False else "")
+            modes.append(Mode(label, job, pool))
         try:
             for mode in modes:
                 mode.run(1)  # warm-up: first calls, allocations, BLAS threads
@@ -155,6 +161,7 @@ def bench_workload(name, repeats, worker_counts):
             for mode in modes:
                 entry[mode.label] = mode.report(None if mode.label == "local" else local_step)
                 if mode.label != "local":
+                    entry[mode.label]["compiled_graph"] = mode.pool.compiled
                     entry[mode.label]["round_trip"] = round_trip(mode.pool.num_workers, job.spec.size,
                                                                   job.spec.dtype)
             # Same batches, same start: every mode must end with the same weights.

@@ -104,3 +104,49 @@ def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
     assert summary["workers"] == NODES and summary["nodes"] == NODES and summary["ray"] == "cluster"
     assert "3 workers on 3 nodes" in proc.stderr
     assert Path(out / "model.npz").is_file()
+
+
+class RemoveNode:
+    """A coordinator listener that removes (kills every process of) the node holding
+    worker `rank` after step `at_step`."""
+
+    def __init__(self, cluster, pool, rank, at_step):
+        self.cluster, self.pool, self.rank, self.at_step = cluster, pool, rank, at_step
+        self.removed = None
+
+    def on_step(self, step, epoch, loss, n):
+        if step == self.at_step:
+            node_id = self.pool.info[self.rank]["node_id"]  # as the worker reported it
+            node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+            self.cluster.remove_node(node)
+            self.removed = node_id
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+
+def test_a_removed_node_is_survived_with_the_undisturbed_weights(cluster, tmp_path):
+    path = write_parquet(tmp_path / "d.parquet")
+    job = jobs.prepare(from_dict(config(path, "sgd", 64, epochs=2)))
+    t = job.cfg.train
+    ref = job.theta0.copy()
+    train(jobs.local_pool(job), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+
+    with connect(cluster.address, 2):
+        # Two workers on three one-CPU nodes: one node stays free for a replacement.
+        pool = make_pool(job, 2)
+        try:
+            worker_nodes = {n.node_id for n in cluster.worker_nodes}
+            rank = next(r for r, i in enumerate(pool.info) if i["node_id"] in worker_nodes)
+            remover = RemoveNode(cluster, pool, rank, at_step=5)
+            theta = job.theta0.copy()
+            train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, [remover])
+            assert remover.removed and pool.failures == 1
+            assert pool.info[rank]["node_id"] != remover.removed  # replaced on another node
+            assert pool.info[rank]["rows_held"] == pool.ranges[rank][1] - pool.ranges[rank][0]
+        finally:
+            pool.close()
+    cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)  # back to NODES for later tests
+    cluster.wait_for_nodes()
+    rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+    assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"

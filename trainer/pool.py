@@ -14,6 +14,11 @@ from typing import Protocol
 import numpy as np
 
 
+class WorkerLostError(RuntimeError):
+    """Shard workers were lost beyond what the pool may replace, or no replacement
+    could be placed: training stops (exit 1, run FAILED, last checkpoint kept)."""
+
+
 @dataclass
 class ShardSums:
     """Eq. 12 sums over the batch members in one worker's range."""

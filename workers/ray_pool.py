@@ -28,7 +28,7 @@ import ray
 from trainer.batches import BatchPlan
 from trainer.errors import InputError
 from trainer.network import NetworkSpec
-from trainer.pool import EvalSums, ShardSums
+from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.examples import Schema, split_rows
 from workers.shard import open_shard, shard_ranges
 from workers.sources import open_source
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 # How long the coordinator waits for one step's sums through the compiled graph.
 # Ray's default (10 s) is shorter than a wide network's step on a slow node.
 STEP_TIMEOUT_S = 600
+DEFAULT_MAX_FAILURES = 3  # train.max_worker_failures
+PLACEMENT_TIMEOUT_S = 120  # for a replacement worker to start and read its rows
+ALIVE_TIMEOUT_S = 30  # a worker that cannot answer a ping in this long counts as lost
+# What a dead worker process or node looks like to the driver.
+LOST_WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.RayChannelError)
 
 
 def _no_torch_in_channels() -> None:
@@ -95,12 +100,22 @@ class ShardActor:
 class RayPool:
     def __init__(self, spec: NetworkSpec, plan: BatchPlan, source_spec: str, num_rows: int,
                  schema: Schema, split: tuple[float, int], workers: int, cpus_per_worker: int = 1,
-                 strategy: str = "SPREAD", compiled: bool | None = None):
+                 strategy: str = "SPREAD", compiled: bool | None = None,
+                 max_failures: int = DEFAULT_MAX_FAILURES,
+                 placement_timeout: float = PLACEMENT_TIMEOUT_S):
         """compiled: True requires a compiled graph, False never builds one, None
-        (default) builds one when this driver can and falls back otherwise."""
-        actor = ray.remote(ShardActor).options(num_cpus=cpus_per_worker, scheduling_strategy=strategy)
-        self.actors = [actor.remote(spec, plan, source_spec, schema, lo, hi, split, cpus_per_worker)
-                       for lo, hi in shard_ranges(num_rows, workers)]
+        (default) builds one when this driver can and falls back otherwise.
+        max_failures: workers that may be lost (and replaced) over the pool's life."""
+        self._spec, self._compiled_wanted = spec, compiled
+        self._actor = ray.remote(ShardActor).options(num_cpus=cpus_per_worker, scheduling_strategy=strategy)
+        self._args = (spec, plan, source_spec, schema)
+        self._split, self._cpus = split, cpus_per_worker
+        self.ranges = shard_ranges(num_rows, workers)
+        self.max_failures, self.placement_timeout = max_failures, placement_timeout
+        self.failures = 0
+        self.events: list[str] = []  # one line per worker lost and replaced
+        self._dag = None
+        self.actors = [self._start(lo, hi) for lo, hi in self.ranges]
         try:
             self.info = ray.get([a.ready.remote() for a in self.actors])
         except BaseException:
@@ -112,9 +127,11 @@ class RayPool:
             raise InputError(errors[0])
         self._m = sum(i["n_train"] for i in self.info)
         self._m_val = sum(i["n_val"] for i in self.info)
-        self._dag = None
         if compiled is not False:
             self._dag = self._compile(spec, required=bool(compiled))
+
+    def _start(self, lo: int, hi: int):
+        return self._actor.remote(*self._args, lo, hi, self._split, self._cpus)
 
     def _compile(self, spec: NetworkSpec, required: bool):
         why_not = None
@@ -161,6 +178,14 @@ class RayPool:
         return self._m_val
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+        # A step is a pure function of (theta, epoch, k) (DESIGN section 2), so after
+        # a worker is replaced the same call gives exactly the sums it would have.
+        return self._with_recovery(lambda: self._gradient_sums(theta, epoch, k))
+
+    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+        return self._with_recovery(lambda: self._evaluate_sums(theta))
+
+    def _gradient_sums(self, theta, epoch, k):
         if self._dag is not None:
             # The sums' arrays are views of the channels' buffers, valid until the next
             # step: the coordinator adds them into its own buffer right away.
@@ -168,17 +193,72 @@ class RayPool:
         theta_ref = ray.put(theta)  # one copy in the object store, read by every actor
         return ray.get([a.gradient_sums.remote(theta_ref, epoch, k) for a in self.actors])
 
-    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+    def _evaluate_sums(self, theta):
         theta_ref = ray.put(theta)
         return ray.get([a.evaluate_sums.remote(theta_ref) for a in self.actors])
 
-    def close(self) -> None:
-        dag, self._dag = getattr(self, "_dag", None), None
-        if dag is not None:
+    def _with_recovery(self, call):
+        while True:
             try:
-                dag.teardown()
-            except Exception as e:  # an actor already gone; killing them below still frees all
-                log.debug("compiled graph teardown: %s", e)
+                return call()
+            except LOST_WORKER_ERRORS as e:
+                self._replace_lost_workers(e)
+
+    def _replace_lost_workers(self, cause: Exception) -> None:
+        """Start a new actor over each lost worker's rows (Ray places it wherever a
+        CPU is free, another node if its node is gone); count the losses."""
+        self._teardown_dag()  # a graph with a dead actor in it cannot run again
+        lost = [r for r, a in enumerate(self.actors) if not self._alive(a)]
+        if not lost:
+            raise cause  # nothing to replace: not a lost worker after all
+        self.failures += len(lost)
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0]
+        if self.failures > self.max_failures:
+            raise WorkerLostError(f"{self.failures} worker loss{'es' if self.failures != 1 else ''}, more "
+                                  f"than train.max_worker_failures={self.max_failures} allows "
+                                  f"(last: {reason})")
+        for r in lost:
+            lo, hi = self.ranges[r]
+            ray.kill(self.actors[r])
+            actor = self._start(lo, hi)
+            try:
+                info = ray.get(actor.ready.remote(), timeout=self.placement_timeout)
+            except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
+                ray.kill(actor)
+                raise WorkerLostError(f"worker {r} (rows {lo}-{hi}) was lost and no node could take "
+                                      f"its place within {self.placement_timeout:g} s ({reason})") from None
+            self.actors[r], self.info[r] = actor, info
+            event = (f"worker {r} (rows {lo}-{hi}) lost ({reason}); replaced on node "
+                     f"{info['node_id'][:8]}, the step is recomputed")
+            self.events.append(event)
+            log.warning("rayprop: %s", event)
+        if self._compiled_wanted is not False:
+            self._dag = self._compile(self._spec, required=False)
+
+    @staticmethod
+    def _alive(actor) -> bool:
+        try:
+            ray.get(actor.ready.remote(), timeout=ALIVE_TIMEOUT_S)
+            return True
+        except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
+            return False
+
+    def _teardown_dag(self) -> None:
+        dag, self._dag = self._dag, None
+        if dag is None:
+            return
+        quiet = logging.getLogger("ray.dag.compiled_dag_node")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # Ray logs a traceback for each dead actor here
+        try:
+            dag.teardown()
+        except Exception as e:  # an actor already gone; killing them still frees all
+            log.debug("compiled graph teardown: %s", e)
+        finally:
+            quiet.setLevel(level)
+
+    def close(self) -> None:
+        self._teardown_dag()
         for a in getattr(self, "actors", []):
             ray.kill(a)
         self.actors = []

@@ -1,0 +1,89 @@
+"""A shard worker's process killed mid-training on a real local Ray: the pool starts a
+new worker over the same rows, the step is recomputed, and the weights end exactly as
+an undisturbed run's; past train.max_worker_failures training stops."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from cluster.connect import connect
+from experiments import job as jobs
+from tests.raydata import config, write_parquet
+from trainer.config import from_dict
+from trainer.coordinator import train
+from trainer.optimizers import make_optimizer
+from trainer.pool import WorkerLostError
+from workers.ray_pool import RayPool
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    with connect(None, 3) as conn:
+        yield conn
+
+
+class KillWorker:
+    """A coordinator listener that SIGKILLs worker `rank`'s process a moment after step
+    `at_step` has been taken, i.e. while the next step is being computed."""
+
+    def __init__(self, pool, rank, at_step, delay=0.002):
+        self.pool, self.rank, self.at_step, self.delay = pool, rank, at_step, delay
+        self.killed = []
+
+    def on_step(self, step, epoch, loss, n):
+        if step in self.at_step:
+            pid = self.pool.info[self.rank]["pid"]  # the worker reported its own pid
+            threading.Timer(self.delay, lambda: os.kill(pid, signal.SIGKILL)).start()
+            self.killed.append(pid)
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+
+def make_pool(job, workers, compiled=None, max_failures=3):
+    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
+                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
+                   compiled=compiled, max_failures=max_failures)
+
+
+def run(job, pool, listeners=()):
+    theta = job.theta0.copy()
+    t = job.cfg.train
+    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
+    return theta
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
+    return jobs.prepare(from_dict(config(path, "adam", 64, epochs=2)))
+
+
+@pytest.mark.parametrize("compiled", [None, False], ids=["compiled-graph", "put-get"])
+def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_session, job, compiled):
+    ref = run(job, jobs.local_pool(job))
+    pool = make_pool(job, 2, compiled)
+    try:
+        first_pid = pool.info[1]["pid"]
+        killer = KillWorker(pool, rank=1, at_step={3, 20})  # twice: in epoch 1 and epoch 2
+        theta = run(job, pool, [killer])
+        assert pool.failures == 2 and len(pool.events) == 2
+        assert pool.info[1]["pid"] not in (first_pid, killer.killed[-1])  # a new process
+        assert pool.info[1]["rows"] == (501, 1003) and pool.info[1]["rows_held"] == 502
+        assert "worker 1 (rows 501-1003) lost" in pool.events[0]
+    finally:
+        pool.close()
+    rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+    assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"
+
+
+def test_losses_past_the_limit_stop_training(ray_session, job):
+    pool = make_pool(job, 2, max_failures=0)
+    try:
+        with pytest.raises(WorkerLostError, match="1 worker loss, more than train.max_worker_failures=0 allows"):
+            run(job, pool, [KillWorker(pool, rank=0, at_step={2})])
+    finally:
+        pool.close()
