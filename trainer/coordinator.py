@@ -20,12 +20,21 @@ from typing import Protocol
 import numpy as np
 
 from trainer.batches import BatchPlan
+from trainer.checkpoint import Checkpointer, Position
 from trainer.optimizers import GradientDescent
 from trainer.pool import ShardSums, WorkerPool
 
 
 class DivergedError(RuntimeError):
     """The loss or the weights stopped being finite."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) after a whole step, at `position`."""
+
+    def __init__(self, position: Position):
+        super().__init__(f"stopped after step {position.global_step}")
+        self.position = position
 
 
 class Listener(Protocol):
@@ -77,17 +86,33 @@ def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float |
 
 
 def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
-          epochs: int, listeners: list[Listener] = (), start_epoch: int = 0) -> TrainResult:
-    """Run `epochs` epochs of synchronous data-parallel gradient descent on theta, in place."""
+          epochs: int, listeners: list[Listener] = (), start_epoch: int = 0,
+          resume: Position | None = None, checkpointer: Checkpointer | None = None,
+          should_stop=None) -> TrainResult:
+    """Run synchronous data-parallel gradient descent on theta, in place.
+
+    Epochs start_epoch .. start_epoch + epochs - 1, or, with `resume` (a checkpoint's
+    position), from batch resume.k of epoch resume.epoch to the end of epoch
+    start_epoch + epochs - 1, counting steps on from resume.global_step.
+    `checkpointer` writes checkpoints (trainer/checkpoint.py); `should_stop()` is
+    asked after every step, and when it says so the coordinator writes a checkpoint
+    and raises TrainingStopped: an interrupt loses at most the step in flight.
+    """
     assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
     grad = np.empty_like(theta)
     result = TrainResult()
+    end_epoch = start_epoch + epochs
+    pos = resume or Position(start_epoch, 0, 0)
+    result.steps = pos.global_step
     t_run = time.perf_counter()
     train_seconds = 0.0
-    for epoch in range(start_epoch, start_epoch + epochs):
-        t_epoch = time.perf_counter()
-        epoch_loss_sum, compute = 0.0, 0.0
-        for k in range(plan.steps_per_epoch):
+    for epoch in range(pos.epoch, end_epoch):
+        first_k = pos.k if epoch == pos.epoch else 0
+        # An epoch resumed mid-way carries the sums of its steps before the checkpoint.
+        carried = pos if first_k else Position(epoch, 0, result.steps)
+        t_epoch = time.perf_counter() - carried.epoch_seconds
+        epoch_loss_sum, compute = carried.epoch_loss_sum, carried.epoch_compute
+        for k in range(first_k, plan.steps_per_epoch):
             sums = pool.gradient_sums(theta, epoch, k)
             n, loss_sum = reduce_sums(sums, grad)
             assert n == plan.batch_size_of(k), f"workers summed {n} examples, batch {k} has {plan.batch_size_of(k)}"
@@ -101,6 +126,14 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             compute += max(s.compute_seconds for s in sums)
             for lst in listeners:
                 lst.on_step(result.steps, epoch, loss, n)
+            if k + 1 < plan.steps_per_epoch:
+                here = Position(epoch, k + 1, result.steps, epoch_loss_sum,
+                                time.perf_counter() - t_epoch, compute)
+                if should_stop is not None and should_stop():
+                    _final_checkpoint(checkpointer, theta, optimizer, here)
+                    raise TrainingStopped(here)
+                if checkpointer is not None and np.isfinite(theta).all():
+                    checkpointer.after_step(theta, optimizer, here)
         seconds = time.perf_counter() - t_epoch
         train_seconds += seconds
         if not np.isfinite(theta).all():
@@ -122,6 +155,17 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         result.final_loss, result.val_loss, result.val_accuracy = metrics["epoch_loss"], val_loss, val_acc
         for lst in listeners:
             lst.on_epoch(epoch, metrics)
+        here = Position(epoch + 1, 0, result.steps)
+        if checkpointer is not None:
+            checkpointer.after_epoch(theta, optimizer, here, epoch + 1)
+        if should_stop is not None and should_stop() and epoch + 1 < end_epoch:
+            _final_checkpoint(checkpointer, theta, optimizer, here)
+            raise TrainingStopped(here)
     result.wall_seconds = time.perf_counter() - t_run
     result.examples_per_second = plan.m * result.epochs / train_seconds if train_seconds else 0.0
     return result
+
+
+def _final_checkpoint(checkpointer, theta, optimizer, position: Position) -> None:
+    if checkpointer is not None and np.isfinite(theta).all():
+        checkpointer.save(theta, optimizer, position)
