@@ -67,8 +67,13 @@ def _client(address: str):
         raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({text[:200]})") from None
 
 
-def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin) -> int:
-    """Submit, then (if wait) follow the log; returns the exit code to use."""
+def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin,
+           tracking_note: str | None = None) -> int:
+    """Submit, then (if wait) follow the log; returns the exit code to use.
+
+    `train_args` carry `--tracking-uri` when one was given, so the job logs its MLflow
+    run where the submitter said; `tracking_note` says where, once the job is in.
+    """
     client = _client(address)
     with tempfile.TemporaryDirectory(prefix="rayprop-job-") as tmp:
         workdir = Path(tmp)
@@ -81,6 +86,8 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
             runtime_env={"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}},
             metadata={"rayprop": "train", "experiment": str(config.get("experiment", ""))})
     print(f"rayprop submit: job {job_id} submitted to {address}", file=sys.stderr)
+    if tracking_note:
+        print(f"rayprop submit: {tracking_note}", file=sys.stderr)
     if not wait:
         print(job_id)
         return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from trainer import __version__
 from trainer.errors import InputError
@@ -34,6 +33,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
+    return value
+
+
+def _training_flags(p: argparse.ArgumentParser, output: str) -> None:
+    """The flags `train` and `sweep` share."""
+    p.add_argument("config", metavar="CONFIG",
+                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
+    p.add_argument("--local", action="store_true", help="single-process mode, no Ray")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
+                   "(Ray Client); default: RAY_ADDRESS, cluster.address, else a local Ray started "
+                   "for this job")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="shard workers (default: cluster.workers; 1 with --local)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow store or server: sqlite:///PATH.db, http://HOST:PORT, ... (default: "
+                   "MLFLOW_TRACKING_URI, tracking.uri, else sqlite:///mlflow.db here)")
+    p.add_argument("--experiment", metavar="NAME", help="experiment name (overrides `experiment:`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.learning_rate=0.05 (repeatable)")
+    p.add_argument("--init-from", metavar="MODEL.npz", help="start from these weights (shapes checked)")
+    p.add_argument("--output", metavar="DIR", help=output)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rayprop", description="Data-parallel back-propagation for multilayer "
                 "perceptrons on Ray, tracked in MLflow.")
@@ -41,23 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a network from a YAML config",
-                       description="Train a network from a YAML config.")
-    t.add_argument("config", metavar="CONFIG",
-                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
-    t.add_argument("--local", action="store_true", help="single-process mode, no Ray")
-    t.add_argument("--address", metavar="ADDR",
-                   help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
-                   "(Ray Client); default: RAY_ADDRESS, cluster.address, else a local Ray started "
-                   "for this job")
-    t.add_argument("--workers", type=_positive_int, metavar="N",
-                   help="shard workers (default: cluster.workers; 1 with --local)")
-    t.add_argument("--experiment", metavar="NAME", help="experiment name (overrides `experiment:`)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.learning_rate=0.05 (repeatable)")
-    t.add_argument("--init-from", metavar="MODEL.npz", help="start from these weights (shapes checked)")
-    t.add_argument("--output", metavar="DIR", help="where model.npz, model.json, summary.json go "
-                   "(default: runs/EXPERIMENT-TIMESTAMP)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+                       description="Train a network from a YAML config; the job is one MLflow run.")
+    _training_flags(t, output="where model.npz, model.json, summary.json go "
+                    "(default: runs/EXPERIMENT-TIMESTAMP)")
+
+    w = sub.add_parser("sweep", help="train every combination of the config's sweep: grid",
+                       description="Train every combination of the config's `sweep:` grid (and of "
+                       "--grid axes) as child runs of one MLflow run, on one Ray connection; print "
+                       "the results sorted by validation loss. The parent run records the best child.")
+    _training_flags(w, output="one run-NN folder per combination and sweep.json go here "
+                    "(default: runs/EXPERIMENT-sweep-TIMESTAMP)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="add (or replace) an axis of the grid, values as YAML scalars, e.g. "
+                   "--grid train.learning_rate=0.01,0.1 (repeatable)")
+
+    u = sub.add_parser("ui", help="the MLflow UI on the tracking store",
+                       description="Run the MLflow UI on the tracking store (the same one `train` "
+                       "uses) and wait; Ctrl-C stops it. A tracking server's address is just printed.")
+    u.add_argument("--tracking-uri", metavar="URI",
+                   help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    u.add_argument("--host", default="127.0.0.1", metavar="HOST",
+                   help="interface to bind (default 127.0.0.1, this machine only)")
+    u.add_argument("--port", type=_port, default=5000, metavar="PORT", help="default 5000")
 
     s = sub.add_parser("submit", help="run a training job on a remote cluster through Ray Jobs",
                        description="Submit the same training job to a Ray cluster's Jobs API, "
@@ -68,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cluster's dashboard / Jobs API address (default: RAY_ADDRESS)")
     s.add_argument("--workers", type=_positive_int, metavar="N")
     s.add_argument("--experiment", metavar="NAME")
+    s.add_argument("--tracking-uri", metavar="URI", help="where the job logs its MLflow run "
+                   "(default: MLFLOW_TRACKING_URI here, else tracking.uri); use a server the "
+                   "cluster can reach, http://HOST:PORT")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return")
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from experiments import configs as example_configs
 from experiments import job as jobs
+from experiments import launch, stores
 from experiments.progress import ProgressBar, print_summary
-from trainer.config import load_config
+from trainer.config import load_config, parse_grid
 from trainer.coordinator import DivergedError
 from trainer.costs import COSTS
 from trainer.errors import InputError
@@ -53,23 +56,10 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise InputError(f"{what}: no permission to write in {parent}")
 
 
-def _ray_pool(job, conn_address, workers, cpus_per_worker, stack):
-    """Connect to Ray (cluster/) and start the actor pool (workers/); both closed by `stack`."""
-    from cluster.auth import enable_token_mode
-
-    if conn_address or os.environ.get("RAY_ADDRESS"):
-        enable_token_mode()  # before the first `import ray`: Ray reads RAY_AUTH_MODE once
-    from cluster.connect import connect
-    from workers.ray_pool import RayPool
-
-    conn = stack.enter_context(connect(conn_address, workers * cpus_per_worker))
-    pool = RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   cpus_per_worker)
-    stack.callback(pool.close)
-    where = {"local": "a local Ray started for this job", "client": f"Ray Client at {conn.address}",
-             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
-    return pool, where, conn.kind
+def _tracking_uri(args, cfg) -> str:
+    uri = stores.resolve_uri(args.tracking_uri, cfg.tracking.uri)
+    stores.check(uri)
+    return uri
 
 
 def train(args) -> int:
@@ -77,29 +67,69 @@ def train(args) -> int:
     job = jobs.prepare(cfg, args.init_from)
     out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
     check_writable_dir(out_dir, "--output")
+    uri = _tracking_uri(args, cfg)
     workers = args.workers or (1 if args.local else cfg.cluster.workers)
-    with ExitStack() as stack:
-        if args.local:
-            pool, where, kind = jobs.local_pool(job, workers), "local mode", "none"
-        else:
-            pool, where, kind = _ray_pool(job, args.address or cfg.cluster.address, workers,
-                                          cfg.cluster.cpus_per_worker, stack)
-        nodes = getattr(pool, "num_nodes", 1)
-        bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
-        stack.callback(bar.close)
-        print(f"rayprop: training {list(job.spec.layers)} on {job.source.name} "
-              f"({job.plan.m} examples, {len(job.val_rows)} held out) in {where}: "
-              f"{pool.num_workers} worker{'s' if pool.num_workers != 1 else ''} on "
-              f"{nodes} node{'s' if nodes != 1 else ''}", file=sys.stderr)
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below
-                summary = jobs.run(job, pool, out_dir, [bar], extra={"nodes": nodes, "ray": kind})
-        except DivergedError as e:
-            bar.close()
-            print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
-            return EXIT_FAILED
+    if cfg.sweep:
+        print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
+              "base config once", file=sys.stderr)
+    try:
+        with ExitStack() as stack:
+            # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
+            if args.local:
+                pool, where, kind = jobs.local_pool(job, workers), "local mode", "none"
+            else:
+                conn = launch.connect_ray(args.address or cfg.cluster.address,
+                                          workers * cfg.cluster.cpus_per_worker, stack)
+                pool = launch.ray_pool(job, workers, cfg.cluster.cpus_per_worker)
+                where, kind = launch.where(conn), conn.kind
+            stack.callback(pool.close)
+            from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
+
+            experiment_id = tracking.open_experiment(uri, cfg.experiment)
+            bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
+            stack.callback(bar.close)
+            print(f"rayprop: training {launch.describe(job, pool, where)}", file=sys.stderr)
+            run = stack.enter_context(tracking.TrackedRun(experiment_id))
+            print(f"rayprop: MLflow run {run.run_id} ({run.run_name}) in experiment "
+                  f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
+            summary = launch.train_tracked(job, pool, run, out_dir, [bar], kind)
+    except DivergedError as e:  # the run has ended FAILED, with the reason in rayprop.error
+        print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
+        return EXIT_FAILED
     print_summary(summary, out_dir)
     return EXIT_OK
+
+
+def sweep(args) -> int:
+    from experiments import sweep as sweeps
+
+    cfg = _config(args)
+    if args.grid:
+        cfg = cfg.with_sweep(dict(parse_grid(text) for text in args.grid))
+    if not cfg.sweep:
+        raise InputError(f"{args.config}: no sweep: section to run; add one, or give --grid key=v1,v2")
+    base = cfg.without_sweep()
+    children = []  # every combination is checked and prepared before anything runs
+    for combo in sweeps.combinations(cfg.sweep):
+        try:
+            children.append((combo, jobs.prepare(base.with_overrides(combo), args.init_from)))
+        except InputError as e:
+            raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
+    out_root = (Path(args.output).expanduser() if args.output
+                else Path("runs") / f"{cfg.experiment}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
+    check_writable_dir(out_root, "--output")
+    uri = _tracking_uri(args, cfg)
+    results = sweeps.run(cfg, children, out_root, uri, local=args.local,
+                         address=args.address or cfg.cluster.address, workers=args.workers,
+                         quiet=args.quiet)
+    print(sweeps.table(results))
+    return EXIT_OK if sweeps.best(results) is not None else EXIT_FAILED
+
+
+def ui(args) -> int:
+    from experiments.ui import ui as run_ui
+
+    return run_ui(stores.resolve_uri(args.tracking_uri, None), args.host, args.port)
 
 
 def submit(args) -> int:
@@ -111,8 +141,17 @@ def submit(args) -> int:
     if not address or not address.startswith(("http://", "https://")):
         raise InputError(f"--address: expected the Jobs API address http://HEAD:8265, got {address!r}")
     train_args = [f"--workers {args.workers}"] if args.workers else []
+    # The job logs where this command was told to: the flag, or MLFLOW_TRACKING_URI here
+    # (a config's tracking.uri travels in the config itself).
+    uri = args.tracking_uri or os.environ.get(stores.ENV)
+    if uri:
+        train_args.append(f"--tracking-uri {shlex.quote(uri)}")
+    uri = uri or cfg.tracking.uri or stores.DEFAULT_URI
+    note = f"the job logs its MLflow run to {stores.redact(uri)}"
+    if not stores.is_server(uri):
+        note += " on the cluster's node (give --tracking-uri http://MLFLOW-HOST:PORT to see it here)"
     return submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
-                      lambda s: s in BUILTIN_NAMES)
+                      lambda s: s in BUILTIN_NAMES, note)
 
 
 def gradcheck(args) -> int:

@@ -107,12 +107,20 @@ def write_outputs(job: Job, theta: np.ndarray, out_dir: Path, summary: dict) -> 
     write_json(out_dir / "summary.json", summary)
 
 
-def run(job: Job, pool, out_dir: Path, listeners=(), extra: dict | None = None) -> dict:
+def resolved_config(job: Job) -> Config:
+    """The config as trained: layers and output activation filled in from the data and cost."""
+    return job.cfg.without_sweep().with_overrides(
+        {"model.layers": list(job.spec.layers), "model.output_activation": job.spec.output_activation})
+
+
+def run(job: Job, pool, out_dir: Path, listeners=(), extra: dict | None = None,
+        run_id: str | None = None) -> dict:
+    """Train, then write the model files and summary.json (whose run_id is the MLflow run's)."""
     theta = job.theta0.copy()
     optimizer = make_optimizer(job.cfg.train.optimizer, job.cfg.train.learning_rate,
                                job.cfg.train.momentum, job.cfg.train.beta1,
                                job.cfg.train.beta2, job.cfg.train.epsilon)
     result = train(pool, theta, optimizer, job.plan, job.cfg.train.epochs, list(listeners))
-    summary = {**summary_of(job, result, pool.num_workers, None), **(extra or {})}
+    summary = {**summary_of(job, result, pool.num_workers, run_id), **(extra or {})}
     write_outputs(job, theta, out_dir, summary)
     return summary

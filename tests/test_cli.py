@@ -44,6 +44,16 @@ train: {optimizer: adam, learning_rate: 0.05, batch_size: full, epochs: 300}
 
 # ---- helpers ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def tracking_store(tmp_path_factory):
+    """One MLflow store for this module's runs: a new sqlite file costs seconds to set up,
+    and what a run holds is tested in test_mlflow.py. Bad input never reaches it."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
 def rayprop(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
@@ -434,6 +444,20 @@ def _setup(tmp: Path, case: str) -> list[str]:
     if case == "huge label with inferred layers":
         write(tmp / "d.csv", "x0,x1,y\n1,2,0\n2,1,10000000000\n3,4,0\n")
         return train(cfg(f"data: {{source: {tmp / 'd.csv'}}}\n"))
+    if case == "sweep without a sweep section":
+        return ["sweep", cfg(XOR_YAML), "--local", "--output", out]
+    if case == "sweep grid with a bad value":
+        return ["sweep", cfg(XOR_YAML), "--local", "--output", out, "--grid", "train.epochs=3,many"]
+    if case == "sweep section with an unknown key":
+        return ["sweep", cfg(XOR_YAML + "sweep: {train.epoch: [1, 2]}\n"), "--local", "--output", out]
+    if case == "sweep combination that cannot train":
+        # each value is fine alone; layers [3, ...] do not fit xor's 2 features
+        return ["sweep", cfg(XOR_YAML + "sweep: {model.layers: [[2, 4, 2], [3, 4, 2]]}\n"), "--local",
+                "--output", out]
+    if case == "tracking store in a missing folder":
+        return train(cfg(XOR_YAML), "--tracking-uri", f"sqlite:///{tmp / 'nowhere' / 'm.db'}")
+    if case == "ui port out of range":
+        return ["ui", "--port", "70000"]
     if case == "output under a regular file":
         write(tmp / "afile", "not a directory\n")
         return ["train", cfg(XOR_YAML), "--local", "--output", str(tmp / "afile" / "out")]
@@ -467,6 +491,12 @@ BAD_INPUTS = [
     ("predict to an unknown extension", ["--output", ".csv or .parquet"]),
     ("huge label with inferred layers", ["data.target", "'y'", "model.layers"]),
     ("output under a regular file", ["--output", "afile", "not a directory"]),
+    ("sweep without a sweep section", ["cfg.yaml", "no sweep: section", "--grid"]),
+    ("sweep grid with a bad value", ["sweep.train.epochs", "many"]),
+    ("sweep section with an unknown key", ["sweep.train.epoch", "did you mean sweep.train.epochs"]),
+    ("sweep combination that cannot train", ["layers=[3, 4, 2]", "model.layers[0]"]),
+    ("tracking store in a missing folder", ["tracking URI", "nowhere"]),
+    ("ui port out of range", ["--port", "65535"]),
 ]
 
 
@@ -484,6 +514,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case, words):
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out.txt").exists()
     assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     assert not (tmp_path / "sprung").exists(), "a pickle in model.npz was unpickled"
 
 
@@ -518,3 +549,23 @@ def test_output_files_follow_the_umask(spirals_run):
     os.umask(umask)
     for name in ("model.npz", "model.json", "summary.json"):
         assert (trained / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_help_names_the_tracking_flags_and_commands(tmp_path):
+    top = ok(rayprop("--help", cwd=tmp_path)).stdout
+    assert "sweep" in top and "ui" in top
+    for command in ("train", "sweep", "submit"):
+        assert "--tracking-uri" in ok(rayprop(command, "--help", cwd=tmp_path)).stdout, command
+    assert "--grid" in ok(rayprop("sweep", "--help", cwd=tmp_path)).stdout
+    ui = ok(rayprop("ui", "--help", cwd=tmp_path)).stdout
+    assert "--host" in ui and "--port" in ui and "127.0.0.1" in ui
+
+
+def test_summary_run_id_is_the_mlflow_run(spirals_run, tracking_store):
+    import mlflow
+
+    _, _, out, proc = spirals_run
+    run_id = json.loads((out / "summary.json").read_text())["run_id"]
+    assert f"MLflow run {run_id}" in proc.stderr
+    run = mlflow.MlflowClient(tracking_store).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == str(SPIRALS_EPOCHS)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.config import from_dict, load_config, parse_override
+from trainer.config import from_dict, load_config, parse_grid, parse_override
 from trainer.errors import ConfigError, InputError
 from trainer.model_io import load_model, read_arrays, save_model, theta_from_arrays
 from trainer.network import NetworkSpec, init_theta
@@ -114,3 +114,48 @@ def test_model_files_refuse_wrong_shapes_pickles_and_junk(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="not a rayprop model description"):
         load_model(tmp_path)
+
+
+# ---- the sweep: grid ----------------------------------------------------------------------
+
+def test_sweep_values_are_checked_and_converted_like_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: spirals}\n"
+                    "sweep:\n  train.learning_rate: [1e-3, 0.1]\n  model.layers: [[2, 8, 3], [2, 16, 16, 3]]\n")
+    cfg = load_config(path)
+    assert cfg.sweep == {"train.learning_rate": [0.001, 0.1], "model.layers": [[2, 8, 3], [2, 16, 16, 3]]}
+    assert cfg.train.learning_rate == 0.1  # the base config is untouched by the grid
+    assert "sweep" not in cfg.flat() and not any(k.startswith("sweep") for k in cfg.flat())
+    assert cfg.with_overrides({"train.epochs": 3}).sweep == cfg.sweep
+    assert cfg.without_sweep().sweep == {}
+    wider = cfg.with_sweep({"train.epochs": [1, 2], "train.learning_rate": [0.5]})
+    assert wider.sweep == {"train.learning_rate": [0.5], "model.layers": cfg.sweep["model.layers"],
+                           "train.epochs": [1, 2]}
+
+
+@pytest.mark.parametrize("sweep, words", [
+    ({"train.learnin_rate": [0.1]}, ["sweep.train.learnin_rate", "did you mean sweep.train.learning_rate"]),
+    ({"train.epochs": 3}, ["sweep.train.epochs", "non-empty list"]),
+    ({"train.epochs": []}, ["sweep.train.epochs", "non-empty list"]),
+    ({"train.learning_rate": [0.1, -1]}, ["sweep.train.learning_rate", "-1", "must be > 0"]),
+    ({"model.layers": [[2, 8, 3], "big"]}, ["sweep.model.layers", "'big'"]),
+    ({"experiment": ["a", "b"]}, ["sweep.experiment", "cannot be swept"]),
+    ({"cluster.address": ["auto"]}, ["sweep.cluster.address", "cannot be swept"]),
+    ([0.1, 0.2], ["sweep: expected a mapping"]),
+])
+def test_bad_sweep_names_the_key_and_value(sweep, words):
+    with pytest.raises(ConfigError) as err:
+        from_dict({**BASE, "sweep": sweep})
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_grid_values_are_yaml_scalars():
+    assert parse_grid("train.learning_rate=0.01,1e-3, 0.5") == ("train.learning_rate", [0.01, "1e-3", 0.5])
+    assert parse_grid("train.batch_size=32,full") == ("train.batch_size", [32, "full"])
+    cfg = from_dict(BASE).with_sweep(dict([parse_grid("train.learning_rate=0.01,1e-3")]))
+    assert cfg.sweep == {"train.learning_rate": [0.01, 0.001]}
+    for bad in ("train.learning_rate", "=1,2", "train.epochs="):
+        with pytest.raises(ConfigError, match="--grid"):
+            parse_grid(bad)

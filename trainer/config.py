@@ -4,6 +4,10 @@ Every key has a default except `data.source`. Types come from the annotations
 below and are checked the same way for the YAML file and for `--set key=value`
 overrides, so a wrong key or value is a `ConfigError` naming the dotted key
 (`train.learning_rate: expected a number > 0, got 'fast'`), never a crash later.
+
+The optional `sweep:` section is a grid for `rayprop sweep`: dotted key -> list of
+values, each value checked as an override of that key, so a sweep that would fail
+halfway through is refused before its first run.
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str | None = None  # None: MLflow's default (sqlite:///mlflow.db here)
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
+
+
+# Keys a sweep cannot vary: its runs share one experiment, one store and one Ray connection.
+NOT_SWEPT = ("experiment", "tracking.uri", "cluster.address")
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # `rayprop sweep`'s grid: {"train.learning_rate": [0.01, 0.1], ...}, values checked.
+    sweep: dict[str, list] = field(default_factory=dict)
 
     @property
     def output_activation(self) -> str:
@@ -99,14 +109,28 @@ class Config:
         return DEFAULT_BATCH if bs is None else bs
 
     def flat(self) -> dict[str, object]:
-        """{'model.layers': [...], 'train.learning_rate': 0.1, ...}: every key, dotted."""
-        return dict(_flatten(dataclasses.asdict(self)))
+        """{'model.layers': [...], 'train.learning_rate': 0.1, ...}: every setting, dotted.
+
+        The sweep grid is not a setting (its keys are dotted already): see `sweep`.
+        """
+        settings = dataclasses.asdict(self)
+        del settings["sweep"]
+        return dict(_flatten(settings))
 
     def with_overrides(self, pairs: dict[str, object]) -> "Config":
         merged = _unflatten(self.flat())
         for key, value in pairs.items():
             _set_dotted(merged, key, value)
+        if self.sweep:
+            merged["sweep"] = dict(self.sweep)
         return from_dict(merged)
+
+    def with_sweep(self, axes: dict[str, list]) -> "Config":
+        """This config with `axes` added to (or replacing axes of) its sweep grid."""
+        return dataclasses.replace(self, sweep=_check_sweep(self.without_sweep(), {**self.sweep, **axes}))
+
+    def without_sweep(self) -> "Config":
+        return dataclasses.replace(self, sweep={})
 
 
 def _flatten(d, prefix=""):
@@ -264,9 +288,45 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_sweep(base: Config, raw) -> dict[str, list]:
+    """The sweep grid with every value checked (and converted) as an override of `base`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, got {raw!r}")
+    known = base.flat()
+    grid = {}
+    for key, values in raw.items():
+        if key not in known:
+            same_section = [k for k in known if k.split(".")[0] == str(key).split(".")[0]]
+            close = difflib.get_close_matches(str(key), same_section or list(known), n=1, cutoff=0.5)
+            hint = f" (did you mean sweep.{close[0]}?)" if close else ""
+            raise ConfigError(f"sweep.{key}: unknown key{hint}")
+        if key in NOT_SWEPT:
+            raise ConfigError(f"sweep.{key}: cannot be swept (a sweep's runs share one "
+                              "experiment, tracking store and Ray cluster)")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
+        checked = []
+        for value in values:
+            try:
+                checked.append(base.with_overrides({key: value}).flat()[key])
+            except ConfigError as e:
+                # The override's own message starts with the key it names; keep the reason.
+                reason = str(e).removeprefix(f"{key}: ")
+                raise ConfigError(f"sweep.{key}: value {value!r}: {reason}") from None
+        grid[key] = checked
+    return grid
+
+
 def from_dict(raw: dict) -> Config:
     """A validated Config from a plain mapping (a parsed YAML file)."""
-    return _validate(_section(Config, raw, ""))
+    sweep = None
+    if isinstance(raw, dict) and "sweep" in raw:
+        raw = dict(raw)
+        sweep = raw.pop("sweep")
+    cfg = _validate(_section(Config, raw, ""))
+    return dataclasses.replace(cfg, sweep=_check_sweep(cfg, sweep)) if sweep is not None else cfg
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -278,6 +338,20 @@ def parse_override(text: str) -> tuple[str, object]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value  # not YAML (e.g. an unbalanced bracket): keep the string, the type check names it
+    return key.strip(), parsed
+
+
+def parse_grid(text: str) -> tuple[str, list]:
+    """'train.learning_rate=0.01,0.1' -> ('train.learning_rate', [0.01, 0.1]); YAML scalars."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ConfigError(f"--grid {text!r}: expected key.path=value1,value2,...")
+    parsed = []
+    for item in values.split(","):
+        try:
+            parsed.append(yaml.safe_load(item) if item.strip() else None)
+        except yaml.YAMLError:
+            parsed.append(item)  # the type check names it
     return key.strip(), parsed
 
 

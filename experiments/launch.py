@@ -1,0 +1,60 @@
+"""The parts of starting a training job that `train` and `sweep` share: the Ray
+connection and actor pool, and one training inside an MLflow run.
+
+Ray and MLflow are imported inside the functions: the CLI's checks run first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from experiments import job as jobs
+
+
+def connect_ray(address, cpus, stack):
+    """Connect to Ray (cluster/), closed by `stack`; returns the Connection."""
+    from cluster.auth import enable_token_mode
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        enable_token_mode()  # before the first `import ray`: Ray reads RAY_AUTH_MODE once
+    from cluster.connect import connect
+
+    return stack.enter_context(connect(address, cpus))
+
+
+def where(conn) -> str:
+    return {"local": "a local Ray started for this job", "client": f"Ray Client at {conn.address}",
+            "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
+
+
+def ray_pool(job, workers, cpus_per_worker):
+    """The actor pool (workers/) on the connected Ray; the caller closes it."""
+    from workers.ray_pool import RayPool
+
+    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
+                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
+                   cpus_per_worker)
+
+
+def describe(job, pool, where) -> str:
+    nodes = getattr(pool, "num_nodes", 1)
+    return (f"{list(job.spec.layers)} on {job.source.name} ({job.plan.m} examples, "
+            f"{len(job.val_rows)} held out) in {where}: {pool.num_workers} worker"
+            f"{'s' if pool.num_workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}")
+
+
+def train_tracked(job, pool, run, out_dir, listeners, ray_kind) -> dict:
+    """Train `job` on `pool` inside the MLflow run `run`; returns the summary."""
+    from experiments.run_artifacts import log_outputs
+
+    nodes = getattr(pool, "num_nodes", 1)
+    resolved = jobs.resolved_config(job)
+    run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
+                pool.num_workers, nodes, ray_kind)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
+        summary = jobs.run(job, pool, out_dir, [*listeners, run.metrics],
+                           extra={"nodes": nodes, "ray": ray_kind}, run_id=run.run_id)
+    log_outputs(job, out_dir, resolved)
+    return summary

@@ -1,0 +1,73 @@
+"""What a finished run keeps: the resolved config, the model files, the model as an
+MLflow pyfunc model, and for 2-D inputs a decision-boundary plot.
+
+The pyfunc model is "models from code" (experiments/pyfunc_model.py) and carries
+rayprop's numpy-only `trainer` package in its code_paths, so it loads and serves
+without rayprop installed. Its signature is inferred by MLflow from the input
+example (a few rows of the data's feature columns) and the model's own output on it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+
+import trainer
+from experiments import plots
+from experiments.job import Job
+from experiments.tracking import public_config
+from trainer.model_io import load_model
+from workers.examples import load_examples
+
+MODEL_FILES = ("model.npz", "model.json", "summary.json")
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+EXAMPLE_ROWS = 5     # rows in the model's input example
+PLOT_ROWS = 2000     # rows drawn on the decision-boundary plot
+SLICES = 20          # the plot's rows come from this many slices spread over the source
+
+
+def sample(job: Job, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `rows` examples as (X, Y) rows, read in slices across the source (never all of it)."""
+    n = job.source.num_rows
+    if n <= rows:
+        return load_examples(job.source, job.schema, 0, n, np.float64)
+    per = max(rows // SLICES, 1)
+    starts = np.linspace(0, n - per, min(SLICES, rows), dtype=np.int64)
+    parts = [load_examples(job.source, job.schema, int(s), int(s) + per, np.float64) for s in starts]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def log_pyfunc(job: Job, out_dir: Path) -> None:
+    X, _ = sample(job, EXAMPLE_ROWS)
+    example = pd.DataFrame(X, columns=list(job.schema.features))
+    with tempfile.TemporaryDirectory(prefix="rayprop-model-") as tmp:
+        network = Path(tmp) / "network"  # the artifact the model loads: model.npz + model.json
+        network.mkdir()
+        for name in ("model.npz", "model.json"):
+            shutil.copy2(out_dir / name, network / name)
+        mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
+            code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
+            pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+
+
+def log_outputs(job: Job, out_dir: Path, resolved_cfg) -> None:
+    """Everything a run keeps besides params, tags and metrics (into the active run)."""
+    mlflow.log_text(yaml.safe_dump(public_config(resolved_cfg), sort_keys=False), "config.yaml")
+    for name in MODEL_FILES:
+        mlflow.log_artifact(str(out_dir / name))
+    log_pyfunc(job, out_dir)
+    if job.spec.layers[0] == 2:
+        X, Y = sample(job, PLOT_ROWS)
+        _, theta, _ = load_model(out_dir)  # the weights as saved, not a copy in memory
+        fig = plots.decision_boundary(job.spec, theta, X, Y, job.schema.encoding,
+                                      list(job.schema.features), f"{job.cfg.experiment}: decision boundary")
+        if fig is not None:
+            mlflow.log_figure(fig, "decision_boundary.png")
+
