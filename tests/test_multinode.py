@@ -95,10 +95,11 @@ def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
     cfg_file.write_text(yaml.safe_dump(config(path, "sgd", 64, epochs=1)))
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # run from tmp_path (its mlflow.db goes there)
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", str(cfg_file),
                            "--address", cluster.address, "--workers", str(NODES),
                            "--output", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["workers"] == NODES and summary["nodes"] == NODES and summary["ray"] == "cluster"

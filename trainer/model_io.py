@@ -109,7 +109,8 @@ def load_model(path: str | Path) -> tuple[NetworkSpec, np.ndarray, dict]:
     if not npz.is_file():
         raise InputError(f"model file not found: {npz}")
     if not meta_path.is_file():
-        raise InputError(f"{meta_path} not found: a model needs its model.json beside model.npz")
+        raise InputError(f"{npz}: no model.json beside it ({meta_path} not found); "
+                         "a rayprop model is a model.npz with its model.json")
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, OSError, UnicodeDecodeError):
