@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network from a YAML config; the job is one MLflow run.")
     _training_flags(t, output="where model.npz, model.json, summary.json go "
                     "(default: runs/EXPERIMENT-TIMESTAMP)")
+    t.add_argument("--resume", metavar="RUN_ID",
+                   help="continue this MLflow run from its latest checkpoint (same CONFIG)")
 
     w = sub.add_parser("sweep", help="train every combination of the config's sweep: grid",
                        description="Train every combination of the config's `sweep:` grid (and of "

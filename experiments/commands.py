@@ -20,11 +20,13 @@ import numpy as np
 from experiments import configs as example_configs
 from experiments import job as jobs
 from experiments import launch, stores
+from experiments.interrupts import StopFlag
 from experiments.progress import ProgressBar, print_summary
 from trainer.config import load_config, parse_grid
-from trainer.coordinator import DivergedError
+from trainer.coordinator import DivergedError, TrainingStopped
 from trainer.costs import COSTS
 from trainer.errors import InputError
+from trainer.pool import WorkerLostError
 from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
 from trainer.network import Workspace, forward
@@ -32,7 +34,7 @@ from workers.examples import Schema, load_examples, resolve_schema
 from workers.shard import count_correct
 from workers.sources import open_source
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
 
 
@@ -65,13 +67,23 @@ def _tracking_uri(args, cfg) -> str:
 def train(args) -> int:
     cfg = _config(args)
     job = jobs.prepare(cfg, args.init_from)
-    out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
-    check_writable_dir(out_dir, "--output")
     uri = _tracking_uri(args, cfg)
+    resume, experiment_id = None, None
+    if args.resume:
+        if args.init_from:
+            raise InputError("--resume and --init-from: give one (a resumed run has its own weights)")
+        from experiments.resume import find_checkpoint
+
+        resume, resumed_out, experiment_id = find_checkpoint(uri, args.resume, job)
+        out_dir = Path(args.output).expanduser() if args.output else resumed_out
+    else:
+        out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
+    check_writable_dir(out_dir, "--output")
     workers = args.workers or (1 if args.local else cfg.cluster.workers)
     if cfg.sweep:
         print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
               "base config once", file=sys.stderr)
+    checkpointers, run = [], None
     try:
         with ExitStack() as stack:
             # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
@@ -80,21 +92,36 @@ def train(args) -> int:
             else:
                 conn = launch.connect_ray(args.address or cfg.cluster.address,
                                           workers * cfg.cluster.cpus_per_worker, stack)
-                pool = launch.ray_pool(job, workers, cfg.cluster.cpus_per_worker)
+                pool = launch.ray_pool(job, workers, cfg.cluster.cpus_per_worker,
+                                       cfg.train.max_worker_failures)
                 where, kind = launch.where(conn), conn.kind
             stack.callback(pool.close)
             from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
 
-            experiment_id = tracking.open_experiment(uri, cfg.experiment)
+            if experiment_id is None:
+                experiment_id = tracking.open_experiment(uri, cfg.experiment)
             bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
             stack.callback(bar.close)
             print(f"rayprop: training {launch.describe(job, pool, where)}", file=sys.stderr)
-            run = stack.enter_context(tracking.TrackedRun(experiment_id))
-            print(f"rayprop: MLflow run {run.run_id} ({run.run_name}) in experiment "
+            stop = stack.enter_context(StopFlag())  # before the run: its SIGTERM hook defers to this
+            run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=args.resume))
+            verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
+            print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
-            summary = launch.train_tracked(job, pool, run, out_dir, [bar], kind)
-    except DivergedError as e:  # the run has ended FAILED, with the reason in rayprop.error
-        print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate", file=sys.stderr)
+            summary = launch.train_tracked(job, pool, run, out_dir, [bar], kind, resume=resume,
+                                           should_stop=stop, checkpointer_out=checkpointers)
+    except TrainingStopped as e:  # the run has ended KILLED
+        print(f"rayprop train: stopped after step {e.position.global_step}; checkpoint in "
+              f"{out_dir / 'checkpoints'}; continue with: rayprop train {args.config} "
+              f"--resume {run.run_id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DivergedError, WorkerLostError) as e:  # the run has ended FAILED
+        last = checkpointers[0].latest if checkpointers else None
+        kept = f"; last good checkpoint {last}" if last else ""
+        if isinstance(e, DivergedError):
+            print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate{kept}", file=sys.stderr)
+        else:
+            print(f"rayprop train: {e}{kept}", file=sys.stderr)
         return EXIT_FAILED
     print_summary(summary, out_dir)
     return EXIT_OK

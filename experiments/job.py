@@ -16,6 +16,7 @@ import numpy as np
 
 from trainer import __version__
 from trainer.batches import BatchPlan
+from trainer.checkpoint import Checkpoint, Checkpointer
 from trainer.config import Config
 from trainer.coordinator import TrainResult, train
 from trainer.errors import InputError
@@ -114,13 +115,24 @@ def resolved_config(job: Job) -> Config:
 
 
 def run(job: Job, pool, out_dir: Path, listeners=(), extra: dict | None = None,
-        run_id: str | None = None) -> dict:
-    """Train, then write the model files and summary.json (whose run_id is the MLflow run's)."""
-    theta = job.theta0.copy()
+        run_id: str | None = None, resume: Checkpoint | None = None, should_stop=None,
+        on_checkpoint=None, before_checkpoint=None, checkpointer_out: list | None = None) -> dict:
+    """Train (from `resume` if given), checkpointing into out_dir/checkpoints, then write
+    the model files and summary.json (whose run_id is the MLflow run's)."""
+    theta = resume.theta.astype(job.spec.dtype) if resume else job.theta0.copy()
     optimizer = make_optimizer(job.cfg.train.optimizer, job.cfg.train.learning_rate,
                                job.cfg.train.momentum, job.cfg.train.beta1,
                                job.cfg.train.beta2, job.cfg.train.epsilon)
-    result = train(pool, theta, optimizer, job.plan, job.cfg.train.epochs, list(listeners))
+    if resume:
+        optimizer.load_state(resume.optimizer)
+    checkpointer = Checkpointer(out_dir / "checkpoints", job.cfg.train.checkpoint_every,
+                                {"run_id": run_id, "layers": list(job.spec.layers)},
+                                on_saved=on_checkpoint, before_save=before_checkpoint)
+    if checkpointer_out is not None:
+        checkpointer_out.append(checkpointer)  # so the caller can name the last checkpoint
+    result = train(pool, theta, optimizer, job.plan, job.cfg.train.epochs, list(listeners),
+                   resume=resume.position if resume else None, checkpointer=checkpointer,
+                   should_stop=should_stop)
     summary = {**summary_of(job, result, pool.num_workers, run_id), **(extra or {})}
     write_outputs(job, theta, out_dir, summary)
     return summary

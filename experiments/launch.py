@@ -29,13 +29,13 @@ def where(conn) -> str:
             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
 
 
-def ray_pool(job, workers, cpus_per_worker):
+def ray_pool(job, workers, cpus_per_worker, max_failures=3):
     """The actor pool (workers/) on the connected Ray; the caller closes it."""
     from workers.ray_pool import RayPool
 
     return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
                    (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   cpus_per_worker)
+                   cpus_per_worker, max_failures=max_failures)
 
 
 def describe(job, pool, where) -> str:
@@ -45,16 +45,29 @@ def describe(job, pool, where) -> str:
             f"{'s' if pool.num_workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}")
 
 
-def train_tracked(job, pool, run, out_dir, listeners, ray_kind) -> dict:
-    """Train `job` on `pool` inside the MLflow run `run`; returns the summary."""
+def train_tracked(job, pool, run, out_dir, listeners, ray_kind, resume=None, should_stop=None,
+                  checkpointer_out=None) -> dict:
+    """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
+    given); each checkpoint is also copied to the run's artifacts. Returns the summary."""
+    from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
 
     nodes = getattr(pool, "num_nodes", 1)
     resolved = jobs.resolved_config(job)
-    run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
-                pool.num_workers, nodes, ray_kind)
+    if resume is None:
+        run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
+                    pool.num_workers, nodes, ray_kind)
+    run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
+                  "rayprop.nodes": nodes})
+
+    def to_artifacts(path):
+        run.client.log_artifact(run.run_id, str(path), "checkpoints")
+
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
         summary = jobs.run(job, pool, out_dir, [*listeners, run.metrics],
-                           extra={"nodes": nodes, "ray": ray_kind}, run_id=run.run_id)
+                           extra={"nodes": nodes, "ray": ray_kind}, run_id=run.run_id,
+                           resume=resume, should_stop=should_stop, on_checkpoint=to_artifacts,
+                           before_checkpoint=run.metrics.sync,
+                           checkpointer_out=checkpointer_out)
     log_outputs(job, out_dir, resolved)
     return summary

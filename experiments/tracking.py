@@ -34,6 +34,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from experiments.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
+from trainer.coordinator import TrainingStopped  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from workers.sources import Source  # noqa: E402
 
@@ -134,8 +135,11 @@ class MetricLogger:
     its worker polls once a second, which added ~1 s to the end of every run.)
     """
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, logged_through: tuple[int, int] = (0, 0)):
+        """logged_through: (last `loss` step, last epoch-metric step) the run already
+        holds; a resumed run recomputes those steps but does not log them twice."""
         self.client, self.run_id = client, run_id
+        self.loss_through, self.epoch_through = logged_through
         self.step = 0
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
@@ -146,11 +150,15 @@ class MetricLogger:
 
     def on_step(self, step: int, epoch: int, loss: float, n: int) -> None:
         self.step = step
+        if step <= self.loss_through:
+            return
         self._buffer.append(Metric("loss", float(loss), int(time.time() * 1000), step))
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.step <= self.epoch_through:
+            return
         now = int(time.time() * 1000)
         self._buffer += [Metric(k, float(v), now, self.step) for k, v in metrics.items()]
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
@@ -162,8 +170,21 @@ class MetricLogger:
             self._buffer = []
         self._last_flush = time.monotonic()
 
+    def sync(self) -> None:
+        """Return once every point so far is in the store. Called before each checkpoint:
+        what a checkpoint covers is then logged, and a resumed run logs only what follows."""
+        if not self._sender.is_alive():
+            return
+        self.flush()
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+
     def _send(self) -> None:
         while (batch := self._queue.get()) is not None:
+            if isinstance(batch, threading.Event):
+                batch.set()
+                continue
             if self._error is not None:
                 continue  # the store refused once: drop the rest, close() reports it
             try:
@@ -187,8 +208,10 @@ class TrackedRun:
     """`with TrackedRun(...) as run:` one MLflow run, ended with the right status."""
 
     def __init__(self, experiment_id: str, run_name: str | None = None, nested: bool = False,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, resume_run_id: str | None = None):
+        """resume_run_id: continue that run (rayprop train --resume) instead of a new one."""
         self.experiment_id, self.run_name, self.nested = experiment_id, run_name, nested
+        self.resume_run_id = resume_run_id
         self.tags = tags or {}
         self.client = MlflowClient()
         self.run_id = ""
@@ -196,11 +219,17 @@ class TrackedRun:
         self._old_sigterm = None
 
     def __enter__(self) -> "TrackedRun":
-        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name,
-                               nested=self.nested, tags={k: str(v) for k, v in self.tags.items()})
+        logged = (0, 0)
+        if self.resume_run_id:
+            run = mlflow.start_run(run_id=self.resume_run_id)
+            logged = tuple(max((m.step for m in self.client.get_metric_history(run.info.run_id, key)),
+                               default=0) for key in ("loss", "epoch_loss"))
+        else:
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name,
+                                   nested=self.nested, tags={k: str(v) for k, v in self.tags.items()})
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
-        self.metrics = MetricLogger(self.client, self.run_id)
+        self.metrics = MetricLogger(self.client, self.run_id, logged)
         self._catch_sigterm()
         return self
 
@@ -234,7 +263,7 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "FINISHED"
-        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit, TrainingStopped)):
             status = "KILLED"
         else:
             status = "FAILED"

@@ -105,17 +105,28 @@ class Checkpointer:
     epoch, and after a step when `max_seconds` have passed since the last one."""
 
     def __init__(self, directory: Path, every_epochs: int, meta: dict,
-                 max_seconds: float = DEFAULT_MAX_SECONDS):
+                 max_seconds: float = DEFAULT_MAX_SECONDS, on_saved=None, before_save=None):
+        """before_save() runs before each checkpoint is written (e.g. to get the metrics
+        so far into the tracking store, so a resumed run has them exactly once);
+        on_saved(path) after it is in place (e.g. to copy it to the run's artifacts)."""
         self.directory, self.every_epochs, self.meta = directory, every_epochs, meta
-        self.max_seconds = max_seconds
+        self.max_seconds, self.on_saved, self.before_save = max_seconds, on_saved, before_save
         self.last_time = time.monotonic()
         self.written: list[Path] = []
 
     def save(self, theta: np.ndarray, optimizer, position: Position) -> Path:
+        if self.before_save is not None:
+            self.before_save()
         path = write_checkpoint(self.directory, Checkpoint(theta, optimizer.state(), position, self.meta))
         self.last_time = time.monotonic()
         self.written.append(path)
+        if self.on_saved is not None:
+            self.on_saved(path)
         return path
+
+    @property
+    def latest(self) -> Path | None:
+        return self.written[-1] if self.written else None
 
     def after_step(self, theta, optimizer, position: Position) -> Path | None:
         if time.monotonic() - self.last_time >= self.max_seconds:

@@ -67,6 +67,7 @@ class TrainConfig:
     beta2: float = 0.999  # Adam
     epsilon: float = 1e-8  # Adam
     checkpoint_every: int = 1  # epochs
+    max_worker_failures: int = 3  # shard workers that may be lost and replaced in one run
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,8 @@ def _validate(cfg: Config) -> Config:
         bad("train.epochs", f"must be at least 1, got {t.epochs}")
     if t.checkpoint_every < 1:
         bad("train.checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
+    if t.max_worker_failures < 0:
+        bad("train.max_worker_failures", f"must be 0 or more, got {t.max_worker_failures}")
     for key in ("momentum", "beta1", "beta2"):
         if not 0 <= getattr(t, key) < 1:
             bad(f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")

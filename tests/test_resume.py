@@ -1,0 +1,123 @@
+"""The coordinator killed (SIGKILL) mid-training, or interrupted (SIGINT), then
+`rayprop train CONFIG --resume RUN_ID`: the same MLflow run ends FINISHED with each
+step's `loss` exactly once, and the weights equal an undisturbed run's. Real
+subprocesses, a real sqlite MLflow store, local mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS, BATCH = 12, 8
+CONFIG = f"""\
+experiment: resume-test
+model: {{layers: [2, 16, 3], hidden_activation: tanh, dtype: float64}}
+data: {{source: spirals, validation_fraction: 0.1}}
+train: {{optimizer: adam, learning_rate: 0.01, batch_size: {BATCH}, epochs: {EPOCHS}, seed: 3}}
+"""
+STEPS = EPOCHS * -(-810 // BATCH)  # 810 training rows
+
+
+def cli(*args, cwd):
+    return [sys.executable, "-m", "experiments.cli", *map(str, args)]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    (d / "c.yaml").write_text(CONFIG)
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    ref = subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--output", "ref", "--tracking-uri", uri,
+                             cwd=d), cwd=d, env=env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    return d, uri
+
+
+def weights(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return np.concatenate([z[k].ravel() for k in sorted(z.files)])
+
+
+def start(work, out, uri):
+    return subprocess.Popen(cli("train", "c.yaml", "--local", "--quiet", "--output", out, "--tracking-uri", uri,
+                                cwd=work), cwd=work, env=env(), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_checkpoint(proc, ckpt_dir: Path, min_files=2, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if len(list(ckpt_dir.glob("ckpt-*.npz"))) >= min_files:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def the_run(uri, out: Path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("resume-test")
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("rayprop.output") == str(out.resolve())]
+    assert len(runs) == 1, f"{len(runs)} runs write to {out}"
+    return client, runs[0]
+
+
+def resume_and_check(work, uri, out: Path, run_id: str):
+    proc = subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--resume", run_id, "--tracking-uri", uri,
+                              cwd=work), cwd=work, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming at step" in proc.stderr
+    client, run = the_run(uri, out)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, STEPS + 1)), "each step's loss exactly once"
+    assert len(client.get_metric_history(run_id, "epoch_loss")) == EPOCHS
+    ref = weights(work / "ref" / "model.npz")
+    rel = np.max(np.abs(weights(out / "model.npz") - ref)) / np.max(np.abs(ref))
+    assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"
+    assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
+
+
+def test_coordinator_sigkilled_mid_epoch_then_resumed(work):
+    d, uri = work
+    out = d / "killed"
+    proc = start(d, "killed", uri)
+    wait_for_checkpoint(proc, out / "checkpoints", min_files=2)
+    time.sleep(0.05)  # into the next epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    client, run = the_run(uri, out)
+    assert run.info.status == "RUNNING"  # nobody could end it: that is what --resume is for
+    resume_and_check(d, uri, out, run.info.run_id)
+
+
+def test_sigint_checkpoints_ends_killed_then_resumes(work):
+    d, uri = work
+    out = d / "interrupted"
+    proc = start(d, "interrupted", uri)
+    wait_for_checkpoint(proc, out / "checkpoints", min_files=1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "stopped after step" in err and "--resume" in err
+    client, run = the_run(uri, out)
+    assert run.info.status == "KILLED"
+    resume_and_check(d, uri, out, run.info.run_id)
