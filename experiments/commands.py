@@ -93,7 +93,7 @@ def train(args) -> int:
                 conn = launch.connect_ray(args.address or cfg.cluster.address,
                                           workers * cfg.cluster.cpus_per_worker, stack)
                 pool = launch.ray_pool(job, workers, cfg.cluster.cpus_per_worker,
-                                       cfg.train.max_worker_failures)
+                                       cfg.train.max_worker_failures, cfg.cluster.compiled_graph)
                 where, kind = launch.where(conn), conn.kind
             stack.callback(pool.close)
             from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good

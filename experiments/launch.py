@@ -29,13 +29,14 @@ def where(conn) -> str:
             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
 
 
-def ray_pool(job, workers, cpus_per_worker, max_failures=3):
+def ray_pool(job, workers, cpus_per_worker, max_failures=3, compiled_graph=False):
     """The actor pool (workers/) on the connected Ray; the caller closes it."""
     from workers.ray_pool import RayPool
 
     return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
                    (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   cpus_per_worker, max_failures=max_failures)
+                   cpus_per_worker, max_failures=max_failures,
+                   compiled=None if compiled_graph else False)
 
 
 def describe(job, pool, where) -> str:

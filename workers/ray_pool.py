@@ -6,7 +6,7 @@ driver never loads or ships the data set. Per step the parameters go out once
 rank order. Actors are spread over the nodes (SPREAD) and each limits its BLAS
 to the CPUs Ray gave it, so two actors on one node do not fight over cores.
 
-Training steps go through a Ray Compiled Graph when Ray can build one: the
+Training steps can go through a Ray Compiled Graph (cluster.compiled_graph, opt-in): the
 coordinator writes (theta, epoch, k) into shared-memory channels that the actors
 read in a loop, and reads their sums back the same way, with no task submission,
 no object-store put and no scheduler on the path. Measured here
@@ -104,7 +104,8 @@ class RayPool:
                  max_failures: int = DEFAULT_MAX_FAILURES,
                  placement_timeout: float = PLACEMENT_TIMEOUT_S):
         """compiled: True requires a compiled graph, False never builds one, None
-        (default) builds one when this driver can and falls back otherwise.
+        (default here; the CLI passes False unless cluster.compiled_graph) builds one
+        when this driver can and falls back otherwise.
         max_failures: workers that may be lost (and replaced) over the pool's life."""
         self._spec, self._compiled_wanted = spec, compiled
         self._actor = ray.remote(ShardActor).options(num_cpus=cpus_per_worker, scheduling_strategy=strategy)
@@ -143,6 +144,7 @@ class RayPool:
             if required:
                 raise RuntimeError(f"no compiled graph: {why_not}")
             return None
+        _no_torch_in_channels()  # the driver reads channels too
         try:
             from ray.dag import InputNode, MultiOutputNode
 
@@ -232,8 +234,10 @@ class RayPool:
                      f"{info['node_id'][:8]}, the step is recomputed")
             self.events.append(event)
             log.warning("rayprop: %s", event)
-        if self._compiled_wanted is not False:
-            self._dag = self._compile(self._spec, required=False)
+        # No new compiled graph after a loss: the put/get path from here on. (A graph
+        # torn down with a dead actor in it has crashed the driver at exit on Ray
+        # 2.60; building another only adds to what must be torn down.)
+        self._compiled_wanted = False
 
     @staticmethod
     def _alive(actor) -> bool:
