@@ -76,6 +76,8 @@ def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
 
 def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float | None]:
     """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
+    if pool.m_val == 0:
+        return None, None  # nothing held out: no round trip to the workers
     parts = pool.evaluate_sums(theta)
     n = sum(p.n for p in parts)
     if n == 0:
