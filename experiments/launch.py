@@ -7,10 +7,13 @@ Ray and MLflow are imported inside the functions: the CLI's checks run first.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
 from experiments import job as jobs
+
+ARTIFACT_CHECKPOINT_SECONDS = 60
 
 
 def connect_ray(address, cpus, stack):
@@ -61,8 +64,16 @@ def train_tracked(job, pool, run, out_dir, listeners, ray_kind, resume=None, sho
     run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
                   "rayprop.nodes": nodes})
 
+    last_upload = [-ARTIFACT_CHECKPOINT_SECONDS]
+
     def to_artifacts(path):
-        run.client.log_artifact(run.run_id, str(path), "checkpoints")
+        # A copy in the run's artifacts (for --resume where DIR is gone) at most once per
+        # ARTIFACT_CHECKPOINT_SECONDS: a store round trip per epoch costs more than a
+        # short epoch. Resuming from an older copy is still exact, only longer.
+        now = time.monotonic()
+        if now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
+            run.client.log_artifact(run.run_id, str(path), "checkpoints")
+            last_upload[0] = now
 
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
         summary = jobs.run(job, pool, out_dir, [*listeners, run.metrics],
