@@ -88,13 +88,12 @@ def train(args) -> int:
         with ExitStack() as stack:
             # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
             if args.local:
-                pool, where, kind = jobs.local_pool(job, workers), "local mode", "none"
+                where, kind = "local mode", "none"
             else:
                 conn = launch.connect_ray(args.address or cfg.cluster.address,
                                           workers * cfg.cluster.cpus_per_worker, stack)
-                pool = launch.ray_pool(job, workers, cfg.cluster.cpus_per_worker,
-                                       cfg.train.max_worker_failures, cfg.cluster.compiled_graph)
                 where, kind = launch.where(conn), conn.kind
+            pool = launch.open_pool(job, workers, args.local)
             stack.callback(pool.close)
             from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
 

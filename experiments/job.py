@@ -25,7 +25,7 @@ from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
 from workers.examples import Schema, resolve_schema, split_rows
 from workers.local_pool import LocalPool
-from workers.shard import open_shard, shard_ranges
+from workers.shard import ShardTask
 from workers.sources import Source, open_source
 
 DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
@@ -42,6 +42,12 @@ class Job:
     val_rows: np.ndarray
     plan: BatchPlan
     theta0: np.ndarray  # initial parameters
+
+    @property
+    def task(self) -> ShardTask:
+        """What every shard worker of this job opens (local and Ray pools alike)."""
+        return ShardTask(self.spec, self.plan, self.source.spec, self.source.num_rows, self.schema,
+                         (self.cfg.data.validation_fraction, self.cfg.data.split_seed))
 
 
 def infer_layers(cfg: Config, source: Source) -> list[int]:
@@ -82,9 +88,7 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
 
 def local_pool(job: Job, workers: int = 1) -> LocalPool:
     """In-process shard workers; reading their rows is where bad values surface."""
-    return LocalPool([open_shard(job.spec, job.plan, job.source, job.schema, lo, hi,
-                                 job.train_rows, job.val_rows)
-                      for lo, hi in shard_ranges(job.source.num_rows, workers)])
+    return LocalPool.open(job.task, workers, job.source)
 
 
 def default_output(cfg: Config) -> Path:

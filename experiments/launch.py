@@ -32,18 +32,19 @@ def where(conn) -> str:
             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
 
 
-def ray_pool(job, workers, cpus_per_worker, max_failures=3, compiled_graph=False):
-    """The actor pool (workers/) on the connected Ray; the caller closes it."""
+def open_pool(job, workers: int, local: bool):
+    """The job's pool, which `train` and `sweep` both use: in-process shard workers
+    (local mode) or Ray actors on the connected Ray, configured by the job's config
+    whole. Opening it reads every row (bad data: InputError). The caller closes it."""
+    if local:
+        return jobs.local_pool(job, workers)
     from workers.ray_pool import RayPool
 
-    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   cpus_per_worker, max_failures=max_failures,
-                   compiled=None if compiled_graph else False)
+    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
 
 
 def describe(job, pool, where) -> str:
-    nodes = getattr(pool, "num_nodes", 1)
+    nodes = pool.num_nodes
     return (f"{list(job.spec.layers)} on {job.source.name} ({job.plan.m} examples, "
             f"{len(job.val_rows)} held out) in {where}: {pool.num_workers} worker"
             f"{'s' if pool.num_workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}")
@@ -56,7 +57,7 @@ def train_tracked(job, pool, run, out_dir, listeners, ray_kind, resume=None, sho
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
 
-    nodes = getattr(pool, "num_nodes", 1)
+    nodes = pool.num_nodes
     resolved = jobs.resolved_config(job)
     if resume is None:
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],

@@ -105,14 +105,14 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     pool = None
     with ExitStack() as stack:
         if local:
-            where, kind, new_pool = "local mode", "none", jobs.local_pool
+            where, kind = "local mode", "none"
         else:
             cpus = max(n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children))
             conn = launch.connect_ray(address, cpus, stack)  # one connection for every run
             where, kind = launch.where(conn), conn.kind
 
-            def new_pool(job, n):
-                return launch.ray_pool(job, n, job.cfg.cluster.cpus_per_worker)
+        def new_pool(job, n):
+            return launch.open_pool(job, n, local)
         stack.callback(lambda: pool is not None and pool.close())
         # The first pool reads every row before the parent run exists: bad data is exit 2.
         pool = new_pool(children[0][1], counts[0])

@@ -2,6 +2,7 @@
 shard workers spread over the nodes, each reads only its rows, and training equals
 local mode; the CLI joins the same cluster by address."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -54,10 +55,9 @@ def cluster():
             os.environ["RAY_AUTH_MODE"] = saved_mode
 
 
-def make_pool(job, workers, compiled=None):
-    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   compiled=compiled)
+def make_pool(job, workers, compiled=False):
+    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+    return RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures)
 
 
 def test_workers_spread_over_nodes_read_their_rows_and_train_as_local_mode(cluster, tmp_path):

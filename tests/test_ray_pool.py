@@ -1,5 +1,6 @@
 """Shard workers as Ray actors on a real local Ray: same training as local mode."""
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -18,10 +19,9 @@ def ray_session():
         yield conn
 
 
-def ray_pool(job, workers, compiled=None):
-    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   compiled=compiled)
+def ray_pool(job, workers, compiled=False):
+    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+    return RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures)
 
 
 def run(job, pool):

@@ -2,6 +2,7 @@
 new worker over the same rows, the step is recomputed, and the weights end exactly as
 an undisturbed run's; past train.max_worker_failures training stops."""
 
+import dataclasses
 import os
 import signal
 import threading
@@ -43,10 +44,9 @@ class KillWorker:
         pass
 
 
-def make_pool(job, workers, compiled=None, max_failures=3):
-    return RayPool(job.spec, job.plan, job.source.spec, job.source.num_rows, job.schema,
-                   (job.cfg.data.validation_fraction, job.cfg.data.split_seed), workers,
-                   compiled=compiled, max_failures=max_failures)
+def make_pool(job, workers, compiled=False, max_failures=3):
+    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+    return RayPool(job.task, cluster, workers, max_failures)
 
 
 def run(job, pool, listeners=()):

@@ -44,6 +44,10 @@ class WorkerPool(Protocol):
     def num_workers(self) -> int: ...
 
     @property
+    def num_nodes(self) -> int:
+        """Machines the workers run on (1 in local mode)."""
+
+    @property
     def m(self) -> int:
         """Training examples across all shards."""
 

@@ -10,13 +10,23 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.pool import EvalSums, ShardSums
-from workers.shard import ShardWorker
+from workers.shard import ShardTask, ShardWorker
 
 
 class LocalPool:
     def __init__(self, workers: list[ShardWorker]):
         assert workers, "a pool needs at least one worker"
         self.workers = workers
+
+    @classmethod
+    def open(cls, task: ShardTask, workers: int = 1, source=None) -> "LocalPool":
+        """`workers` shard workers over task's rows, in this process; reading their rows
+        is where bad values surface (an InputError)."""
+        return cls([task.open(lo, hi, source) for lo, hi in task.ranges(workers)])
+
+    @property
+    def num_nodes(self) -> int:
+        return 1
 
     @property
     def num_workers(self) -> int:

@@ -25,12 +25,11 @@ import os
 import numpy as np
 import ray
 
-from trainer.batches import BatchPlan
+from trainer.config import ClusterConfig
 from trainer.errors import InputError
 from trainer.network import NetworkSpec
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
-from workers.examples import Schema, split_rows
-from workers.shard import open_shard, shard_ranges
+from workers.shard import ShardTask
 from workers.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 # How long the coordinator waits for one step's sums through the compiled graph.
 # Ray's default (10 s) is shorter than a wide network's step on a slow node.
 STEP_TIMEOUT_S = 600
-DEFAULT_MAX_FAILURES = 3  # train.max_worker_failures
 PLACEMENT_TIMEOUT_S = 120  # for a replacement worker to start and read its rows
 ALIVE_TIMEOUT_S = 30  # a worker that cannot answer a ping in this long counts as lost
 # What a dead worker process or node looks like to the driver.
@@ -62,19 +60,17 @@ def _no_torch_in_channels() -> None:
 
 
 class ShardActor:
-    """The actor body: builds a ShardWorker over rows [lo, hi) of the source."""
+    """The actor body: builds a ShardWorker over rows [lo, hi) of the task's source."""
 
-    def __init__(self, spec: NetworkSpec, plan: BatchPlan, source_spec: str, schema: Schema,
-                 lo: int, hi: int, split: tuple[float, int], cpus: int):
+    def __init__(self, task: ShardTask, lo: int, hi: int, cpus: int):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
         _no_torch_in_channels()
         self.lo, self.hi, self.error = lo, hi, None
         try:
-            self.source = source = open_source(source_spec)
-            train_rows, val_rows = split_rows(source.num_rows, *split)
-            self.worker = open_shard(spec, plan, source, schema, lo, hi, train_rows, val_rows)
+            self.source = open_source(task.source_spec)
+            self.worker = task.open(lo, hi, self.source)
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
             self.error = str(e)
 
@@ -98,20 +94,16 @@ class ShardActor:
 
 
 class RayPool:
-    def __init__(self, spec: NetworkSpec, plan: BatchPlan, source_spec: str, num_rows: int,
-                 schema: Schema, split: tuple[float, int], workers: int, cpus_per_worker: int = 1,
-                 strategy: str = "SPREAD", compiled: bool | None = None,
-                 max_failures: int = DEFAULT_MAX_FAILURES,
-                 placement_timeout: float = PLACEMENT_TIMEOUT_S):
-        """compiled: True requires a compiled graph, False never builds one, None
-        (default here; the CLI passes False unless cluster.compiled_graph) builds one
-        when this driver can and falls back otherwise.
-        max_failures: workers that may be lost (and replaced) over the pool's life."""
-        self._spec, self._compiled_wanted = spec, compiled
-        self._actor = ray.remote(ShardActor).options(num_cpus=cpus_per_worker, scheduling_strategy=strategy)
-        self._args = (spec, plan, source_spec, schema)
-        self._split, self._cpus = split, cpus_per_worker
-        self.ranges = shard_ranges(num_rows, workers)
+    def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int, max_failures: int,
+                 strategy: str = "SPREAD", placement_timeout: float = PLACEMENT_TIMEOUT_S):
+        """cluster: the config's cluster section, whole (cpus_per_worker, compiled_graph).
+        max_failures: workers that may be lost (and replaced) over the pool's life
+        (train.max_worker_failures)."""
+        spec = task.spec
+        self._actor = ray.remote(ShardActor).options(num_cpus=cluster.cpus_per_worker,
+                                                     scheduling_strategy=strategy)
+        self._task, self._cpus = task, cluster.cpus_per_worker
+        self.ranges = task.ranges(workers)
         self.max_failures, self.placement_timeout = max_failures, placement_timeout
         self.failures = 0
         self.events: list[str] = []  # one line per worker lost and replaced
@@ -128,11 +120,11 @@ class RayPool:
             raise InputError(errors[0])
         self._m = sum(i["n_train"] for i in self.info)
         self._m_val = sum(i["n_val"] for i in self.info)
-        if compiled is not False:
-            self._dag = self._compile(spec, required=bool(compiled))
+        if cluster.compiled_graph:
+            self._dag = self._compile(spec, required=False)
 
     def _start(self, lo: int, hi: int):
-        return self._actor.remote(*self._args, lo, hi, self._split, self._cpus)
+        return self._actor.remote(self._task, lo, hi, self._cpus)
 
     def _compile(self, spec: NetworkSpec, required: bool):
         why_not = None
@@ -237,7 +229,6 @@ class RayPool:
         # No new compiled graph after a loss: the put/get path from here on. (A graph
         # torn down with a dead actor in it has crashed the driver at exit on Ray
         # 2.60; building another only adds to what must be torn down.)
-        self._compiled_wanted = False
 
     @staticmethod
     def _alive(actor) -> bool:

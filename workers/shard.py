@@ -11,6 +11,8 @@ never logs (DESIGN section 3).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +20,9 @@ from trainer.batches import BatchPlan
 from trainer.network import NetworkSpec, Workspace, backward_sums, forward
 from trainer.costs import COSTS
 from trainer.pool import EvalSums, ShardSums
+
+if TYPE_CHECKING:
+    from workers.examples import Schema
 
 EVAL_CHUNK = 4096  # validation forward passes run in chunks of this many columns
 
@@ -101,15 +106,39 @@ def shard_ranges(num_rows: int, workers: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def open_shard(spec: NetworkSpec, plan: BatchPlan, source, schema, lo: int, hi: int,
-               train_rows: np.ndarray, val_rows: np.ndarray) -> ShardWorker:
-    """A worker over source rows [lo, hi): it reads those rows only, once.
+@dataclass(frozen=True)
+class ShardTask:
+    """What a shard worker needs besides its row range: one value that the local pool
+    opens in process and the Ray pool ships to each actor (small: the source's spec
+    string, never its rows).
 
-    Its training indices are the contiguous run of train_rows inside [lo, hi)
-    (train_rows is sorted), and its validation rows are the val_rows there.
+    split is (validation_fraction, split_seed): each worker recomputes the same
+    train/validation split from the source's row count instead of receiving it.
     """
-    from workers.examples import load_split_examples, train_index_range
 
-    X, Y, X_val, Y_val = load_split_examples(source, schema, lo, hi, train_rows, val_rows, spec.dtype)
-    tlo, _ = train_index_range(train_rows, lo, hi)
-    return ShardWorker(spec, plan, tlo, X, Y, X_val, Y_val, schema.encoding)
+    spec: NetworkSpec
+    plan: BatchPlan
+    source_spec: str  # what `open_source` takes: a path or a built-in set's name
+    num_rows: int  # rows in the source, train and validation alike
+    schema: Schema
+    split: tuple[float, int]
+
+    def ranges(self, workers: int) -> list[tuple[int, int]]:
+        return shard_ranges(self.num_rows, workers)
+
+    def open(self, lo: int, hi: int, source=None) -> ShardWorker:
+        """A worker over source rows [lo, hi): it reads those rows only, once.
+
+        Its training indices are the contiguous run of the training rows inside
+        [lo, hi) (they are sorted), and its validation rows are those there.
+        `source` is an already opened source to reuse (local mode); else it is opened here.
+        """
+        from workers.examples import load_split_examples, split_rows, train_index_range
+        from workers.sources import open_source
+
+        source = source or open_source(self.source_spec)
+        train_rows, val_rows = split_rows(self.num_rows, *self.split)
+        X, Y, X_val, Y_val = load_split_examples(source, self.schema, lo, hi, train_rows, val_rows,
+                                                 self.spec.dtype)
+        tlo, _ = train_index_range(train_rows, lo, hi)
+        return ShardWorker(self.spec, self.plan, tlo, X, Y, X_val, Y_val, self.schema.encoding)
