@@ -4,7 +4,7 @@
     python benchmarks/ray_workers.py [--workloads W-tiny,W-mnist] [--repeats N] [--workers 1,2]
 
 For each workload it trains with the product's own pieces (the shipped config,
-`experiments.job.prepare`, the local pool or `workers.ray_pool.RayPool` on a local Ray
+`experiments.training.prepare`, the local pool or `workers.ray_pool.RayPool` on a local Ray
 started by `cluster.connect`), the modes' repeats ALTERNATING so that a drift in the
 machine's speed hits all alike, and prints ONE JSON document:
 
@@ -38,8 +38,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from experiments import job as jobs  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from experiments import training  # noqa: E402
+from experiments.configfile import load_config  # noqa: E402
 from trainer.coordinator import train  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
 
@@ -134,14 +134,14 @@ def bench_workload(name, repeats, worker_counts):
 
     config, epochs = WORKLOADS[name]
     cfg = load_config(configs.resolve(config), ["data.validation_fraction=0"])
-    job = jobs.prepare(cfg)
+    job = training.prepare(cfg)
     entry = {"layers": list(job.spec.layers), "m": job.plan.m, "batch_size": job.plan.batch_size,
              "steps_per_epoch": job.plan.steps_per_epoch, "parameters": job.spec.size,
              "epochs_per_repeat": epochs}
     # The pools live side by side (they run in turn), so Ray must have logical CPUs
     # for all of them at once; each pool still limits its BLAS to its own share.
     with connect(None, CPUS * (len(worker_counts) + 1)) as conn:
-        modes = [Mode("local", job, jobs.local_pool(job))]
+        modes = [Mode("local", job, training.open_pool(job, 1, local=True))]
         # Each worker count through the compiled graph (the default on one node), and
         # the largest also through plain ray.put / ray.get, to measure that lever.
         variants = [(w, None) for w in worker_counts] + [(max(worker_counts), False)]

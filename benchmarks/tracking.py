@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:  # runnable from a checkout without an editable in
 
 import numpy as np  # noqa: E402
 
-from experiments import job as jobs  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from experiments import training  # noqa: E402
+from experiments.configfile import load_config  # noqa: E402
 from trainer.coordinator import train  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
 
@@ -62,7 +62,7 @@ def tracked_once(tracking, experiment_id, job, pool) -> tuple[float, float]:
     """(training loop seconds, whole tracked job seconds) with a real run around it."""
     start = time.perf_counter()
     with tracking.TrackedRun(experiment_id, run_name="benchmark") as run:
-        run.log_job(jobs.resolved_config(job), job.source,
+        run.log_job(job.resolved_cfg, job.source,
                     [*job.schema.features, *job.schema.targets], pool.num_workers, 1, "none")
         seconds = train_once(job, pool, [run.metrics])
     return seconds, time.perf_counter() - start  # __exit__ drained every metric point
@@ -76,10 +76,10 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = load_config(CONFIG, [f"train.epochs={args.epochs}"])
-    job = jobs.prepare(cfg)
+    job = training.prepare(cfg)
     log(f"W-mnist: {job.plan.m} examples, {job.plan.steps_per_epoch} steps per epoch, "
         f"{args.epochs} epochs, {args.repeats} pairs")
-    pool = jobs.local_pool(job, 1)
+    pool = training.open_pool(job, 1, local=True)
     with tempfile.TemporaryDirectory(prefix="rayprop-bench-") as tmp:
         uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
         t = time.perf_counter()
@@ -107,9 +107,9 @@ def main() -> None:
         from experiments.run_artifacts import log_outputs
 
         with tracking.TrackedRun(experiment_id, run_name="benchmark-artifacts"):
-            jobs.write_outputs(job, job.theta0, out, {"run_id": None})
+            training.write_outputs(job, job.theta0, out, {"run_id": None})
             t = time.perf_counter()
-            log_outputs(job, out, jobs.resolved_config(job))
+            log_outputs(job, out, job.resolved_cfg)
             artifacts_seconds = time.perf_counter() - t
         steps = job.plan.steps_per_epoch * args.epochs
         points = steps + args.epochs * 6

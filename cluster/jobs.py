@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from cluster.auth import TOKEN_HINT, enable_token_mode
-from trainer.errors import InputError
+from trainer.errors import InputError, RunError, Stopped, one_line
 
 MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
 PACKAGES = ("trainer", "workers", "cluster", "experiments")
@@ -60,16 +60,18 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
-        text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        text = one_line(e)
         if "auth" in text.lower() or "token" in text.lower() or e.__class__.__name__ == "AuthenticationError":
             hint = TOKEN_HINT if token_source is None else f"the token from {token_source} was refused"
             raise InputError(f"--address {address}: authentication failed; {hint}") from None
-        raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({text[:200]})") from None
+        raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({text})") from None
 
 
 def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin,
-           tracking_note: str | None = None) -> int:
-    """Submit, then (if wait) follow the log; returns the exit code to use.
+           tracking_note: str | None = None) -> None:
+    """Submit, then (if wait) follow the log to the job's end. A job that did not
+    succeed raises: InputError if it ended on bad input, else RunError; Ctrl-C here
+    raises Stopped (after asking whether to stop the job on the cluster).
 
     `train_args` carry `--tracking-uri` when one was given, so the job logs its MLflow
     run where the submitter said; `tracking_note` says where, once the job is in.
@@ -90,19 +92,16 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         print(f"rayprop submit: {tracking_note}", file=sys.stderr)
     if not wait:
         print(job_id)
-        return 0
+        return
     try:
-        return follow(client, job_id)
+        follow(client, job_id)
     except KeyboardInterrupt:
         if sys.stdin is not None and sys.stdin.isatty():
             answer = input(f"\nstop job {job_id} on the cluster? [y/N] ").strip().lower()
             if answer in ("y", "yes"):
                 client.stop_job(job_id)
-                print(f"rayprop submit: asked the cluster to stop job {job_id}", file=sys.stderr)
-                return 130
-        print(f"rayprop submit: job {job_id} goes on; follow it with `ray job logs -f {job_id}`",
-              file=sys.stderr)
-        return 130
+                raise Stopped(f"asked the cluster to stop job {job_id}") from None
+        raise Stopped(f"job {job_id} goes on; follow it with `ray job logs -f {job_id}`") from None
 
 
 def _submit_with_retry(client, seconds: float = SUBMIT_RETRY_SECONDS, **job) -> str:
@@ -117,8 +116,8 @@ def _submit_with_retry(client, seconds: float = SUBMIT_RETRY_SECONDS, **job) -> 
             time.sleep(1)
 
 
-def follow(client, job_id: str) -> int:
-    """Print the job's log as it comes, then map its end to an exit code."""
+def follow(client, job_id: str) -> None:
+    """Print the job's log as it comes; raise if the job did not succeed."""
     import asyncio
 
     async def tail():
@@ -132,8 +131,9 @@ def follow(client, job_id: str) -> int:
         time.sleep(0.5)
         info = client.get_job_info(job_id)
     if info.status == "SUCCEEDED":
-        return 0
+        return
     code = info.driver_exit_code
-    print(f"rayprop submit: job {job_id} {info.status.lower()}"
-          + (f" (exit code {code})" if code is not None else f": {info.message}"), file=sys.stderr)
-    return 2 if code == 2 else 1
+    what = f"job {job_id} {info.status.lower()}" + (f" (exit code {code})" if code is not None
+                                                     else f": {one_line(info.message or '')}")
+    # The job's own one line is in the log above; its kind decides this command's exit code.
+    raise (InputError if code == 2 else RunError)(what)

@@ -1,7 +1,8 @@
 """The `rayprop` command line.
 
-Exit codes (DESIGN section 4): 0 done; 2 bad input, with one line on stderr naming
-the field, file or value and nothing written; 1 failure while running.
+Exit codes (README, "Exit codes"), mapped here and nowhere else from the kind of
+error (trainer/errors.py): 0 done; 2 bad input, with one line on stderr naming the
+field, file or value and nothing written; 1 failure while running; 130 stopped.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 import sys
 
 from trainer import __version__
-from trainer.errors import InputError
+from trainer.errors import InputError, RunError, Stopped, one_line
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,17 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code of how it ended (the only place that maps them)."""
     args = build_parser().parse_args(argv)
     from experiments import commands  # heavy imports only after the arguments parse
 
+    prog = f"rayprop {args.command}"
     try:
-        return getattr(commands, args.command)(args)
+        code = getattr(commands, args.command)(args)
+        return EXIT_OK if code is None else code
     except InputError as e:
-        print(f"rayprop {args.command}: error: {e}", file=sys.stderr)
+        _say(prog, e, "error: ")
         return EXIT_BAD_INPUT
+    except RunError as e:  # the run has ended FAILED
+        _say(prog, e, f"{e.kind}: " if e.kind else "")
+        return EXIT_FAILED
+    except Stopped as e:  # the run has ended KILLED, after a whole step
+        _say(prog, e)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
-        print(f"rayprop {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+
+
+def _say(prog: str, err: Exception, kind: str = "") -> None:
+    """The one line an error becomes: what happened, then what to do about it."""
+    hint = getattr(err, "hint", "")
+    print(f"{prog}: {kind}{one_line(err)}{'; ' + hint if hint else ''}", file=sys.stderr)
 
 
 def entry() -> None:

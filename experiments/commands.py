@@ -1,7 +1,9 @@
 """What each `rayprop` subcommand does; cli.py parses, this module acts.
 
-Each function returns an exit code. Bad input raises InputError (cli.py turns it
-into exit 2 and one line); nothing is written before the inputs have been checked.
+Each function returns when the command succeeded (or an exit code of its own, as
+`ui` and `submit` do). Anything else is an error of a kind (trainer/errors.py)
+that cli.main turns into one line and an exit code; nothing is written before the
+inputs have been checked.
 """
 
 from __future__ import annotations
@@ -11,22 +13,16 @@ import json
 import os
 import shlex
 import sys
-from contextlib import ExitStack
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from experiments import configs as example_configs
-from experiments import job as jobs
-from experiments import launch, stores
-from experiments.interrupts import StopFlag
-from experiments.progress import ProgressBar, print_summary
-from trainer.config import load_config, parse_grid
-from trainer.coordinator import DivergedError, TrainingStopped
+from experiments import stores, training
+from experiments.configfile import load_config, parse_grid
+from experiments.progress import print_summary
 from trainer.costs import COSTS
-from trainer.errors import InputError
-from trainer.pool import WorkerLostError
+from trainer.errors import InputError, RunError
 from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
 from trainer.network import Workspace, forward
@@ -34,7 +30,6 @@ from workers.examples import Schema, load_examples, resolve_schema
 from workers.shard import count_correct
 from workers.sources import open_source
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
 
 
@@ -45,88 +40,16 @@ def _config(args):
     return cfg
 
 
-def check_writable_dir(path: Path, what: str) -> None:
-    """InputError now, rather than a failure after training, if `path` cannot become a directory."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{what}: {path} exists and is not a directory")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{what}: {parent} is not a directory, so {path} cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{what}: no permission to write in {parent}")
-
-
-def _tracking_uri(args, cfg) -> str:
-    uri = stores.resolve_uri(args.tracking_uri, cfg.tracking.uri)
-    stores.check(uri)
-    return uri
-
-
-def train(args) -> int:
+def train(args) -> None:
     cfg = _config(args)
-    job = jobs.prepare(cfg, args.init_from)
-    uri = _tracking_uri(args, cfg)
-    resume, experiment_id = None, None
-    if args.resume:
-        if args.init_from:
-            raise InputError("--resume and --init-from: give one (a resumed run has its own weights)")
-        from experiments.resume import find_checkpoint
-
-        resume, resumed_out, experiment_id = find_checkpoint(uri, args.resume, job)
-        out_dir = Path(args.output).expanduser() if args.output else resumed_out
-    else:
-        out_dir = Path(args.output).expanduser() if args.output else jobs.default_output(cfg)
-    check_writable_dir(out_dir, "--output")
-    workers = args.workers or (1 if args.local else cfg.cluster.workers)
-    if cfg.sweep:
-        print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
-              "base config once", file=sys.stderr)
-    checkpointers, run = [], None
-    try:
-        with ExitStack() as stack:
-            # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
-            if args.local:
-                where, kind = "local mode", "none"
-            else:
-                conn = launch.connect_ray(args.address or cfg.cluster.address,
-                                          workers * cfg.cluster.cpus_per_worker, stack)
-                where, kind = launch.where(conn), conn.kind
-            pool = launch.open_pool(job, workers, args.local)
-            stack.callback(pool.close)
-            from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
-
-            if experiment_id is None:
-                experiment_id = tracking.open_experiment(uri, cfg.experiment)
-            bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, args.quiet)
-            stack.callback(bar.close)
-            print(f"rayprop: training {launch.describe(job, pool, where)}", file=sys.stderr)
-            stop = stack.enter_context(StopFlag())  # before the run: its SIGTERM hook defers to this
-            run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=args.resume))
-            verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
-            print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
-                  f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
-            summary = launch.train_tracked(job, pool, run, out_dir, [bar], kind, resume=resume,
-                                           should_stop=stop, checkpointer_out=checkpointers)
-    except TrainingStopped as e:  # the run has ended KILLED
-        print(f"rayprop train: stopped after step {e.position.global_step}; checkpoint in "
-              f"{out_dir / 'checkpoints'}; continue with: rayprop train {args.config} "
-              f"--resume {run.run_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (DivergedError, WorkerLostError) as e:  # the run has ended FAILED
-        last = checkpointers[0].latest if checkpointers else None
-        kept = f"; last good checkpoint {last}" if last else ""
-        if isinstance(e, DivergedError):
-            print(f"rayprop train: diverged: {e}; try a smaller train.learning_rate{kept}", file=sys.stderr)
-        else:
-            print(f"rayprop train: {e}{kept}", file=sys.stderr)
-        return EXIT_FAILED
+    summary, out_dir = training.train(cfg, training.Options(
+        args.config, workers=args.workers, local=args.local, address=args.address,
+        tracking_uri=args.tracking_uri, init_from=args.init_from, output=args.output,
+        resume=args.resume, quiet=args.quiet))
     print_summary(summary, out_dir)
-    return EXIT_OK
 
 
-def sweep(args) -> int:
+def sweep(args) -> None:
     from experiments import sweep as sweeps
 
     cfg = _config(args)
@@ -138,18 +61,18 @@ def sweep(args) -> int:
     children = []  # every combination is checked and prepared before anything runs
     for combo in sweeps.combinations(cfg.sweep):
         try:
-            children.append((combo, jobs.prepare(base.with_overrides(combo), args.init_from)))
+            children.append((combo, training.prepare(base.with_overrides(combo), args.init_from)))
         except InputError as e:
             raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
-    out_root = (Path(args.output).expanduser() if args.output
-                else Path("runs") / f"{cfg.experiment}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
-    check_writable_dir(out_root, "--output")
-    uri = _tracking_uri(args, cfg)
+    out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
+    training.check_writable_dir(out_root, "--output")
+    uri = training.tracking_uri(args.tracking_uri, cfg)
     results = sweeps.run(cfg, children, out_root, uri, local=args.local,
                          address=args.address or cfg.cluster.address, workers=args.workers,
                          quiet=args.quiet)
     print(sweeps.table(results))
-    return EXIT_OK if sweeps.best(results) is not None else EXIT_FAILED
+    if sweeps.best(results) is None:
+        raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")
 
 
 def ui(args) -> int:
@@ -180,9 +103,9 @@ def submit(args) -> int:
                       lambda s: s in BUILTIN_NAMES, note)
 
 
-def gradcheck(args) -> int:
+def gradcheck(args) -> None:
     cfg = _config(args)
-    job = jobs.prepare(cfg)
+    job = training.prepare(cfg)
     n = min(args.examples, job.plan.m)
     rows = job.train_rows[:n]
     X, Y = load_examples(job.source, job.schema, int(rows[0]), int(rows[-1]) + 1, np.float64)
@@ -203,7 +126,8 @@ def gradcheck(args) -> int:
         flag = "" if err.rel <= tol else "  FAIL"
         print(f"{err.name:<6} {err.checked:>8} {err.max_abs:>12.3e} {err.rel:>10.3e}{flag}")
     print(f"{'PASS' if worst <= tol else 'FAIL'}: largest relative error {worst:.3e}")
-    return EXIT_OK if worst <= tol else EXIT_FAILED
+    if worst > tol:
+        raise RunError(f"largest relative error {worst:.3e} is above the tolerance {tol:g}")
 
 
 def _model_and_source(args, need_targets: bool):
@@ -223,7 +147,7 @@ def _model_and_source(args, need_targets: bool):
     return spec, theta, meta, source, schema
 
 
-def evaluate(args) -> int:
+def evaluate(args) -> None:
     spec, theta, meta, source, schema = _model_and_source(args, need_targets=True)
     cost = COSTS[spec.cost]
     ws = Workspace(spec, min(CHUNK, source.num_rows))
@@ -241,7 +165,6 @@ def evaluate(args) -> int:
     if count:
         result["accuracy"] = correct / count
     print(json.dumps(result, indent=2))
-    return EXIT_OK
 
 
 def _prediction_columns(spec, meta, AL: np.ndarray) -> dict[str, np.ndarray]:
@@ -257,7 +180,7 @@ def _prediction_columns(spec, meta, AL: np.ndarray) -> dict[str, np.ndarray]:
     return cols
 
 
-def predict(args) -> int:
+def predict(args) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -287,4 +210,3 @@ def predict(args) -> int:
         pacsv.write_csv(table, out)
     if out is not None:
         print(f"rayprop predict: {table.num_rows} rows written to {out}", file=sys.stderr)
-    return EXIT_OK

@@ -20,7 +20,7 @@ import yaml
 
 import trainer
 from experiments import plots
-from experiments.job import Job
+from experiments.training import Job
 from experiments.tracking import public_config
 from trainer.model_io import load_model
 from workers.examples import load_examples

@@ -16,14 +16,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import job as jobs
-from experiments import stores
-from experiments.job import Job
+from experiments import stores, training
 from experiments.progress import ProgressBar
+from experiments.training import Job
 from trainer import __version__
 from trainer.config import Config
-from trainer.coordinator import DivergedError
-from trainer.errors import InputError
+from trainer.errors import InputError, RunError, one_line
 from trainer.model_io import write_json
 
 
@@ -97,8 +95,10 @@ def table(results: list[Result]) -> str:
 
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str, local: bool,
         address: str | None, workers: int | None, quiet: bool) -> list[Result]:
-    """Train the prepared `children` one after the other as child runs of one parent run."""
-    from experiments import launch, tracking
+    """Train the prepared `children` one after the other as child runs of one parent run.
+    A child that fails while running (diverged, workers lost) ends FAILED with its one
+    line and the sweep goes on."""
+    from experiments import tracking
 
     counts = [workers or (1 if local else job.cfg.cluster.workers) for _, job in children]
     results = [Result(combo) for combo, _ in children]
@@ -108,14 +108,12 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             where, kind = "local mode", "none"
         else:
             cpus = max(n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children))
-            conn = launch.connect_ray(address, cpus, stack)  # one connection for every run
-            where, kind = launch.where(conn), conn.kind
+            conn = training.connect_ray(address, cpus, stack)  # one connection for every run
+            where, kind = training.where(conn), conn.kind
 
-        def new_pool(job, n):
-            return launch.open_pool(job, n, local)
         stack.callback(lambda: pool is not None and pool.close())
         # The first pool reads every row before the parent run exists: bad data is exit 2.
-        pool = new_pool(children[0][1], counts[0])
+        pool = training.open_pool(children[0][1], counts[0], local)
         experiment_id = tracking.open_experiment(uri, cfg.experiment)
         axes = " x ".join(short_keys(list(cfg.sweep)).values())
         parent = stack.enter_context(tracking.TrackedRun(
@@ -131,24 +129,25 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                 if i:
                     pool.close()
                     pool = None
-                    pool = new_pool(job, n)
-                print(f"rayprop sweep: {name}: {launch.describe(job, pool, where)}", file=sys.stderr)
+                    pool = training.open_pool(job, n, local)
+                print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
                 bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
                 try:
                     with tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
                                              tags={"rayprop.sweep": "child"}) as run:
                         result.run_id = run.run_id
-                        result.summary = launch.train_tracked(
-                            job, pool, run, out_root / f"run-{i + 1:02d}", [bar], kind)
+                        result.summary = training.fit(job, pool, run, out_root / f"run-{i + 1:02d}",
+                                                      [bar], kind)
                     result.status = "FINISHED"
                 finally:
                     bar.close()
-            except DivergedError as e:  # one diverging learning rate does not end the sweep
-                result.error = "diverged"
-                print(f"rayprop sweep: {name} diverged: {e}", file=sys.stderr)
+            except RunError as e:  # one diverging learning rate (or lost worker) does not end the sweep
+                result.error = e.kind or one_line(e, 80)
+                print(f"rayprop sweep: {name}: {e.kind + ': ' if e.kind else ''}{one_line(e)}",
+                      file=sys.stderr)
             except InputError as e:  # only when the sweep varies data.*: a later source's bad row
-                result.error = str(e)
-                print(f"rayprop sweep: {name}: {e}", file=sys.stderr)
+                result.error = one_line(e, 80)
+                print(f"rayprop sweep: {name}: {one_line(e)}", file=sys.stderr)
         _record_best(parent, results)
     write_json(out_root / "sweep.json", {
         "parent_run_id": parent.run_id, "best_run_id": getattr(best(results), "run_id", None),

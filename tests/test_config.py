@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from trainer.config import from_dict, load_config, parse_grid, parse_override
+from experiments.configfile import load_config, parse_grid, parse_override
+from trainer.config import from_dict
 from trainer.errors import ConfigError, InputError
 from trainer.model_io import load_model, read_arrays, save_model, theta_from_arrays
 from trainer.network import NetworkSpec, init_theta

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cluster.connect import connect
-from experiments import job as jobs
+from experiments import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
@@ -62,10 +62,10 @@ def make_pool(job, workers, compiled=False):
 
 def test_workers_spread_over_nodes_read_their_rows_and_train_as_local_mode(cluster, tmp_path):
     path = write_parquet(tmp_path / "d.parquet", row_group_size=100)
-    job = jobs.prepare(from_dict(config(path, "momentum", 64, epochs=2)))
+    job = training.prepare(from_dict(config(path, "momentum", 64, epochs=2)))
     ref = job.theta0.copy()
     t = job.cfg.train
-    train(jobs.local_pool(job), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+    train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
 
     with connect(cluster.address, NODES) as conn:
         assert conn.nodes == NODES and conn.kind == "cluster"
@@ -128,10 +128,10 @@ class RemoveNode:
 
 def test_a_removed_node_is_survived_with_the_undisturbed_weights(cluster, tmp_path):
     path = write_parquet(tmp_path / "d.parquet")
-    job = jobs.prepare(from_dict(config(path, "sgd", 64, epochs=2)))
+    job = training.prepare(from_dict(config(path, "sgd", 64, epochs=2)))
     t = job.cfg.train
     ref = job.theta0.copy()
-    train(jobs.local_pool(job), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+    train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
 
     with connect(cluster.address, 2):
         # Two workers on three one-CPU nodes: one node stays free for a replacement.

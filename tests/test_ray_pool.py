@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cluster.connect import connect
-from experiments import job as jobs
+from experiments import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
@@ -34,10 +34,10 @@ def run(job, pool):
 @pytest.mark.parametrize("optimizer,batch_size", [("gd", None), ("sgd", 64), ("momentum", 64), ("adam", 64)])
 def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_path, optimizer, batch_size):
     path = write_parquet(tmp_path / "d.parquet")
-    job = jobs.prepare(from_dict(config(path, optimizer, batch_size)))
+    job = training.prepare(from_dict(config(path, optimizer, batch_size)))
     # 1003 rows, 100 held out -> m = 903 = 14 batches of 64 and a last one of 7
     assert job.plan.m == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
-    ref, ref_result = run(job, jobs.local_pool(job))
+    ref, ref_result = run(job, training.open_pool(job, 1, local=True))
     # Steps through the compiled graph (shared-memory channels), and once through
     # plain ray.put / ray.get, the path Ray Client drivers use.
     for workers, compiled in ((1, True), (2, True), (3, True), (2, False)):
@@ -56,7 +56,7 @@ def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_
 
 def test_each_actor_reads_only_its_rows(ray_session, tmp_path):
     path = write_parquet(tmp_path / "d.parquet", row_group_size=100)
-    job = jobs.prepare(from_dict(config(path)))
+    job = training.prepare(from_dict(config(path)))
     pool = ray_pool(job, 3)
     try:
         info = pool.info
@@ -83,6 +83,6 @@ def test_bad_data_in_a_worker_range_is_an_input_error(ray_session, tmp_path):
     x0 = table.column("x0").to_numpy().copy()
     x0[900] = np.nan  # in the last worker's range only
     pq.write_table(table.set_column(0, "x0", pa.array(x0)), path, row_group_size=100)
-    job = jobs.prepare(from_dict(config(path)))  # the driver reads no rows, so it cannot see it
+    job = training.prepare(from_dict(config(path)))  # the driver reads no rows, so it cannot see it
     with pytest.raises(InputError, match="NaN at row 900"):
         ray_pool(job, 3)

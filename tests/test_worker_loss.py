@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cluster.connect import connect
-from experiments import job as jobs
+from experiments import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
@@ -59,14 +59,14 @@ def run(job, pool, listeners=()):
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
-    return jobs.prepare(from_dict(config(path, "adam", 64, epochs=2)))
+    return training.prepare(from_dict(config(path, "adam", 64, epochs=2)))
 
 
 # Through put/get only: a compiled graph survives the loss too (checked by hand: same
 # weights), but the pytest process then segfaults at exit inside Ray 2.60, which is why
 # cluster.compiled_graph is off by default.
 def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_session, job):
-    ref = run(job, jobs.local_pool(job))
+    ref = run(job, training.open_pool(job, 1, local=True))
     pool = make_pool(job, 2, compiled=False)
     try:
         first_pid = pool.info[1]["pid"]

@@ -17,10 +17,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Union
-
-import yaml
 
 from trainer.errors import ConfigError
 
@@ -124,7 +121,7 @@ class Config:
     def with_overrides(self, pairs: dict[str, object]) -> "Config":
         merged = _unflatten(self.flat())
         for key, value in pairs.items():
-            _set_dotted(merged, key, value)
+            set_dotted(merged, key, value)
         if self.sweep:
             merged["sweep"] = dict(self.sweep)
         return from_dict(merged)
@@ -135,6 +132,12 @@ class Config:
 
     def without_sweep(self) -> "Config":
         return dataclasses.replace(self, sweep={})
+
+    def resolved(self, layers: list[int], output_activation: str) -> "Config":
+        """The config as trained: the layers and output activation the data and cost
+        chose filled in (both already checked by building the network), no sweep."""
+        model = dataclasses.replace(self.model, layers=list(layers), output_activation=output_activation)
+        return dataclasses.replace(self, model=model, sweep={})
 
 
 def _flatten(d, prefix=""):
@@ -148,11 +151,11 @@ def _flatten(d, prefix=""):
 def _unflatten(flat):
     out: dict = {}
     for key, v in flat.items():
-        _set_dotted(out, key, v)
+        set_dotted(out, key, v)
     return out
 
 
-def _set_dotted(d, key, value):
+def set_dotted(d, key, value):
     *parents, last = key.split(".")
     for p in parents:
         if d.get(p) is None:  # absent, or an empty `train:` line in the YAML
@@ -333,51 +336,3 @@ def from_dict(raw: dict) -> Config:
         sweep = raw.pop("sweep")
     cfg = _validate(_section(Config, raw, ""))
     return dataclasses.replace(cfg, sweep=_check_sweep(cfg, sweep)) if sweep is not None else cfg
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'train.learning_rate=0.05' -> ('train.learning_rate', 0.05); values are YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected key.path=value")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value  # not YAML (e.g. an unbalanced bracket): keep the string, the type check names it
-    return key.strip(), parsed
-
-
-def parse_grid(text: str) -> tuple[str, list]:
-    """'train.learning_rate=0.01,0.1' -> ('train.learning_rate', [0.01, 0.1]); YAML scalars."""
-    key, sep, values = text.partition("=")
-    if not sep or not key.strip() or not values.strip():
-        raise ConfigError(f"--grid {text!r}: expected key.path=value1,value2,...")
-    parsed = []
-    for item in values.split(","):
-        try:
-            parsed.append(yaml.safe_load(item) if item.strip() else None)
-        except yaml.YAMLError:
-            parsed.append(item)  # the type check names it
-    return key.strip(), parsed
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (safe_load: no Python objects), apply `--set` overrides, validate."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} cannot be read ({e.__class__.__name__})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (model:, data:, train:, ...)")
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(raw, key, value)
-    return from_dict(raw)

@@ -21,15 +21,12 @@ import numpy as np
 
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpointer, Position
+from trainer.errors import DivergedError, Stopped
 from trainer.optimizers import GradientDescent
 from trainer.pool import ShardSums, WorkerPool
 
 
-class DivergedError(RuntimeError):
-    """The loss or the weights stopped being finite."""
-
-
-class TrainingStopped(Exception):
+class TrainingStopped(Stopped):
     """Training stopped on request (Ctrl-C, SIGTERM) after a whole step, at `position`."""
 
     def __init__(self, position: Position):

@@ -13,10 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-
-class WorkerLostError(RuntimeError):
-    """Shard workers were lost beyond what the pool may replace, or no replacement
-    could be placed: training stops (exit 1, run FAILED, last checkpoint kept)."""
+from trainer.errors import WorkerLostError  # noqa: F401 (raised by pools, part of the protocol)
 
 
 @dataclass

@@ -1,0 +1,311 @@
+"""One training job, from a config to a trained model inside an MLflow run.
+
+`train` is `rayprop train` whole, in this order: `prepare` (every check that can
+fail on bad input: config, data source, columns, labels, --init-from, the output
+folder, the tracking store, a run to resume), then the Ray connection, the pool
+(which reads and checks every row), the MLflow run, and `fit` (the coordinator,
+checkpoints, the model files). So a bad input costs nothing and writes nothing.
+`rayprop sweep` uses the same parts for each of its child runs.
+
+Ray and MLflow are imported inside the functions: the input checks run first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from experiments import stores
+from trainer import __version__
+from trainer.batches import BatchPlan
+from trainer.checkpoint import Checkpoint, Checkpointer
+from trainer.config import Config
+from trainer.coordinator import TrainingStopped, train as coordinate
+from trainer.errors import InputError, RunError
+from trainer.model_io import read_arrays, save_model, theta_from_arrays, write_json
+from trainer.network import NetworkSpec, init_theta
+from trainer.optimizers import make_optimizer
+from workers.examples import Schema, resolve_schema, split_rows
+from workers.shard import ShardTask
+from workers.sources import Source, open_source
+
+DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
+MAX_INFERRED_CLASSES = 10_000  # past this a label column is more likely an id than a class
+ARTIFACT_CHECKPOINT_SECONDS = 60
+
+
+@dataclass
+class Job:
+    """A checked config with what it resolved to: the data, the network, the batches."""
+
+    cfg: Config
+    source: Source
+    schema: Schema
+    spec: NetworkSpec
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    plan: BatchPlan
+    theta0: np.ndarray  # initial parameters
+
+    @property
+    def task(self) -> ShardTask:
+        """What every shard worker of this job opens (local and Ray pools alike)."""
+        return ShardTask(self.spec, self.plan, self.source.spec, self.source.num_rows, self.schema,
+                         (self.cfg.data.validation_fraction, self.cfg.data.split_seed))
+
+    @property
+    def resolved_cfg(self) -> Config:
+        """The config as trained: layers and output activation filled in from the data and cost."""
+        return self.cfg.resolved(list(self.spec.layers), self.spec.output_activation)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line adds to the config for one `rayprop train`."""
+
+    config_name: str  # as the user gave it, for the "continue with" hint
+    workers: int | None = None  # None: cluster.workers (1 with local)
+    local: bool = False
+    address: str | None = None
+    tracking_uri: str | None = None
+    init_from: str | None = None
+    output: str | None = None
+    resume: str | None = None  # an MLflow run id
+    quiet: bool = False
+
+
+def infer_layers(cfg: Config, source: Source) -> list[int]:
+    """[n_features, 64, n_outputs] when model.layers is not given.
+
+    n_outputs is the number of target columns, or for cross-entropy the number of
+    classes, max(label) + 1, read from the target column alone. A missing column
+    is left for resolve_schema to name.
+    """
+    targets = [cfg.data.target] if isinstance(cfg.data.target, str) else list(cfg.data.target)
+    features = cfg.data.features or [c for c in source.column_names if c not in targets]
+    n_out = len(targets)
+    if cfg.model.cost == "cross_entropy" and targets[0] in source.column_names:
+        labels = source.read(0, source.num_rows, targets[:1])[targets[0]]
+        if np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all() and labels.size:
+            n_out = int(labels.max()) + 1  # bad labels are named when the rows are loaded
+            if n_out > MAX_INFERRED_CLASSES:
+                raise InputError(f"data.target: column {targets[0]!r} has label {labels.max():g}; "
+                                 f"set model.layers to say how many classes there are")
+    return [len(features), DEFAULT_HIDDEN, max(n_out, 2 if cfg.output_activation == "softmax" else 1)]
+
+
+def prepare(cfg: Config, init_from: str | None = None) -> Job:
+    source = open_source(cfg.data.source)
+    layers = cfg.model.layers or infer_layers(cfg, source)
+    schema = resolve_schema(source, cfg.data.features, cfg.data.target, layers, cfg.model.cost)
+    spec = NetworkSpec(tuple(layers), cfg.model.hidden_activation, cfg.output_activation,
+                       cfg.model.cost, cfg.model.dtype)
+    train_rows, val_rows = split_rows(source.num_rows, cfg.data.validation_fraction, cfg.data.split_seed)
+    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed)
+    if init_from:
+        path = Path(init_from).expanduser()
+        theta0 = theta_from_arrays(spec, read_arrays(path), path)
+    else:
+        theta0 = init_theta(spec, cfg.model.init, cfg.train.seed)
+    return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0)
+
+
+# ---- where things go -----------------------------------------------------------------
+
+def tracking_uri(flag: str | None, cfg: Config) -> str:
+    """The MLflow store to use, checked (InputError) without importing MLflow."""
+    uri = stores.resolve_uri(flag, cfg.tracking.uri)
+    stores.check(uri)
+    return uri
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """InputError now, rather than a failure after training, if `path` cannot become a directory."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what}: {path} exists and is not a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what}: {parent} is not a directory, so {path} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: no permission to write in {parent}")
+
+
+def default_output(cfg: Config, kind: str = "") -> Path:
+    """runs/EXPERIMENT-TIMESTAMP (kind "sweep": runs/EXPERIMENT-sweep-TIMESTAMP)."""
+    return Path("runs") / f"{cfg.experiment}{'-' + kind if kind else ''}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+# ---- Ray and the pool ----------------------------------------------------------------
+
+def connect_ray(address, cpus, stack):
+    """Connect to Ray (cluster/), closed by `stack`; returns the Connection."""
+    from cluster.auth import enable_token_mode
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        enable_token_mode()  # before the first `import ray`: Ray reads RAY_AUTH_MODE once
+    from cluster.connect import connect
+
+    return stack.enter_context(connect(address, cpus))
+
+
+def where(conn) -> str:
+    return {"local": "a local Ray started for this job", "client": f"Ray Client at {conn.address}",
+            "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
+
+
+def open_pool(job: Job, workers: int, local: bool):
+    """The job's pool, which `train` and `sweep` both use: in-process shard workers
+    (local mode) or Ray actors on the connected Ray, configured by the job's config
+    whole. Opening it reads every row (bad data: InputError). The caller closes it."""
+    if local:
+        from workers.local_pool import LocalPool
+
+        return LocalPool.open(job.task, workers, job.source)
+    from workers.ray_pool import RayPool
+
+    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
+
+
+def describe(job: Job, pool, where: str) -> str:
+    nodes = pool.num_nodes
+    return (f"{list(job.spec.layers)} on {job.source.name} ({job.plan.m} examples, "
+            f"{len(job.val_rows)} held out) in {where}: {pool.num_workers} worker"
+            f"{'s' if pool.num_workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}")
+
+
+# ---- training ------------------------------------------------------------------------
+
+def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
+    """`rayprop train`: (summary, output folder). Raises InputError before anything is
+    written; RunError (run FAILED) or TrainingStopped (run KILLED) while running, each
+    with a `hint` naming the checkpoint to go on from."""
+    job = prepare(cfg, opts.init_from)
+    uri = tracking_uri(opts.tracking_uri, cfg)
+    resume, experiment_id = None, None
+    if opts.resume:
+        if opts.init_from:
+            raise InputError("--resume and --init-from: give one (a resumed run has its own weights)")
+        from experiments.resume import find_checkpoint
+
+        resume, resumed_out, experiment_id = find_checkpoint(uri, opts.resume, job)
+        out_dir = Path(opts.output).expanduser() if opts.output else resumed_out
+    else:
+        out_dir = Path(opts.output).expanduser() if opts.output else default_output(cfg)
+    check_writable_dir(out_dir, "--output")
+    workers = opts.workers or (1 if opts.local else cfg.cluster.workers)
+    if cfg.sweep:
+        print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
+              "base config once", file=sys.stderr)
+
+    from experiments.interrupts import StopFlag
+    from experiments.progress import ProgressBar
+
+    checkpointers, run = [], None
+    try:
+        with ExitStack() as stack:
+            # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
+            if opts.local:
+                place, kind = "local mode", "none"
+            else:
+                conn = connect_ray(opts.address or cfg.cluster.address,
+                                   workers * cfg.cluster.cpus_per_worker, stack)
+                place, kind = where(conn), conn.kind
+            pool = open_pool(job, workers, opts.local)
+            stack.callback(pool.close)
+            from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
+
+            if experiment_id is None:
+                experiment_id = tracking.open_experiment(uri, cfg.experiment)
+            bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
+            stack.callback(bar.close)
+            print(f"rayprop: training {describe(job, pool, place)}", file=sys.stderr)
+            stop = stack.enter_context(StopFlag())  # before the run: its SIGTERM hook defers to this
+            run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume))
+            verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
+            print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
+                  f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
+            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop,
+                          checkpointer_out=checkpointers)
+    except TrainingStopped as e:  # the run has ended KILLED
+        e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
+                  f"{opts.config_name} --resume {run.run_id}")
+        raise
+    except RunError as e:  # the run has ended FAILED
+        last = checkpointers[0].latest if checkpointers else None
+        if last:
+            e.hint = f"{e.hint}; last good checkpoint {last}" if e.hint else f"last good checkpoint {last}"
+        raise
+    return summary, out_dir
+
+
+def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
+        resume: Checkpoint | None = None, should_stop=None, checkpointer_out: list | None = None) -> dict:
+    """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
+    given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
+    run's artifacts; then write the model files and summary.json. Returns the summary."""
+    from experiments.resume import OUTPUT_TAG
+    from experiments.run_artifacts import log_outputs
+
+    nodes = pool.num_nodes
+    resolved = job.resolved_cfg
+    if resume is None:
+        run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
+                    pool.num_workers, nodes, ray_kind)
+    run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
+                  "rayprop.nodes": nodes})
+
+    last_upload = [-ARTIFACT_CHECKPOINT_SECONDS]
+
+    def to_artifacts(path):
+        # A copy in the run's artifacts (for --resume where DIR is gone) at most once per
+        # ARTIFACT_CHECKPOINT_SECONDS: a store round trip per epoch costs more than a
+        # short epoch. Resuming from an older copy is still exact, only longer.
+        now = time.monotonic()
+        if now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
+            run.client.log_artifact(run.run_id, str(path), "checkpoints")
+            last_upload[0] = now
+
+    t = job.cfg.train
+    theta = resume.theta.astype(job.spec.dtype) if resume else job.theta0.copy()
+    optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.beta1, t.beta2, t.epsilon)
+    if resume:
+        optimizer.load_state(resume.optimizer)
+    checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
+                                {"run_id": run.run_id, "layers": list(job.spec.layers)},
+                                on_saved=to_artifacts, before_save=run.metrics.sync)
+    if checkpointer_out is not None:
+        checkpointer_out.append(checkpointer)  # so the caller can name the last checkpoint
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
+        result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],
+                            resume=resume.position if resume else None, checkpointer=checkpointer,
+                            should_stop=should_stop)
+    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": nodes, "ray": ray_kind}
+    write_outputs(job, theta, out_dir, summary)
+    log_outputs(job, out_dir, resolved)
+    return summary
+
+
+def summary_of(job: Job, result, workers: int, run_id: str | None) -> dict:
+    return {"run_id": run_id, "steps": result.steps, "epochs": result.epochs,
+            "final_loss": result.final_loss, "val_loss": result.val_loss,
+            "val_accuracy": result.val_accuracy,
+            "examples_per_second": result.examples_per_second,
+            "wall_seconds": result.wall_seconds, "workers": workers,
+            "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_outputs(job: Job, theta: np.ndarray, out_dir: Path, summary: dict) -> None:
+    columns = {"features": list(job.schema.features), "targets": list(job.schema.targets),
+               "encoding": job.schema.encoding}
+    save_model(out_dir, job.spec, theta, columns)
+    write_json(out_dir / "summary.json", summary)
