@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from trainer import __version__
+from trainer.config import MAX_WORKERS
 from trainer.errors import InputError, RunError, Stopped, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
@@ -34,6 +35,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS}, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -50,7 +58,7 @@ def _training_flags(p: argparse.ArgumentParser, output: str) -> None:
                    help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
                    "(Ray Client); default: RAY_ADDRESS, cluster.address, else a local Ray started "
                    "for this job")
-    p.add_argument("--workers", type=_positive_int, metavar="N",
+    p.add_argument("--workers", type=_workers, metavar="N",
                    help="shard workers (default: cluster.workers; 1 with --local)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow store or server: sqlite:///PATH.db, http://HOST:PORT, ... (default: "
@@ -102,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", metavar="CONFIG", help="YAML config file or shipped example name")
     s.add_argument("--address", metavar="http://HEAD:8265",
                    help="the cluster's dashboard / Jobs API address (default: RAY_ADDRESS)")
-    s.add_argument("--workers", type=_positive_int, metavar="N")
+    s.add_argument("--workers", type=_workers, metavar="N")
     s.add_argument("--experiment", metavar="NAME")
     s.add_argument("--tracking-uri", metavar="URI", help="where the job logs its MLflow run "
                    "(default: MLFLOW_TRACKING_URI here, else tracking.uri); use a server the "
@@ -136,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code of how it ended (the only place that maps them)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error (its line is printed)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     from experiments import commands  # heavy imports only after the arguments parse
 
     prog = f"rayprop {args.command}"

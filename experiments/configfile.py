@@ -26,7 +26,7 @@ def _expanded_size(node, sizes: dict, path: set) -> int:
     if key in sizes:
         return sizes[key]
     if key in path:
-        raise ConfigError("the YAML refers to itself through an alias (&name ... *name)")
+        raise RecursionError  # an alias inside its own anchor: endless
     path.add(key)
     if isinstance(node, yaml.SequenceNode):
         size = 1 + sum(_expanded_size(child, sizes, path) for child in node.value)
@@ -52,7 +52,8 @@ def parse_yaml(text: str, where: str):
                               "(through YAML aliases?); a config is far smaller")
         return loader.construct_document(node)
     except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+        raise ConfigError(f"{where}: nested too deeply, or refers to itself through an alias "
+                          "(&name ... *name), to be a config") from None
     finally:
         loader.dispose()
 

@@ -1,5 +1,6 @@
 """Config schema, overrides and model files: user mistakes become one-line errors."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -160,3 +161,85 @@ def test_grid_values_are_yaml_scalars():
     for bad in ("train.learning_rate", "=1,2", "train.epochs="):
         with pytest.raises(ConfigError, match="--grid"):
             parse_grid(bad)
+
+
+# ---- hostile configs: refused before anything is built, in one short line -----------------
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi")) + "data: {source: xor}\nmodel: {layers: *i}\n"
+
+
+@pytest.mark.parametrize("yaml_text, argv, words", [
+    ("data: {source: xor}\n", ["--set", "model.layers=[2, 1000000000, 2]"], ["model.layers", "in [1, 1000000]", "1000000000"]),
+    ("data: {source: xor}\n", ["--set", "model.layers=[2, 100000, 100000, 2]"],
+     ["model.layers", "parameters, more than"]),
+    ("data: {source: xor}\nmodel: {layers: " + str([4] * 5000) + "}\n", [], ["model.layers", "at most 1000 sizes"]),
+    (ALIAS_BOMB, [], ["expands to more than", "aliases"]),
+    ("a: &a [*a]\ndata: {source: xor}\n", [], ["c.yaml", "refers to itself"]),
+    ("data: {source: xor}\n" + "x: " + "[" * 5000 + "]" * 5000 + "\n", [], ["c.yaml"]),
+    ("data: {source: xor}\ntrain: {seed: -1}\n", [], ["train.seed", "at least 0", "-1"]),
+    ("data: {source: xor, split_seed: -3}\n", [], ["data.split_seed", "at least 0"]),
+    ("data: {source: xor}\n", ["--experiment", "../../x"], ["experiment", "plain name", "'../../x'"]),
+    ("data: {source: xor}\nexperiment: /tmp/abs\n", [], ["experiment", "plain name"]),
+    ("data: {source: xor}\nexperiment: ..\n", [], ["experiment", "plain name"]),
+    ("data: {source: xor}\n", ["--set", "train.learning_rate=" + "9" * 5000 + "x"],
+     ["train.learning_rate", "expected a number", "..."]),
+    ("data: {source: xor}\ncluster: {workers: 100000}\n", [], ["cluster.workers", "in [1, 1024]"]),
+    ("data: {source: xor}\n", ["--workers", "100000"], ["--workers", "at most 1024"]),
+])
+def test_hostile_config_is_one_short_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
+                                                             yaml_text, argv, words):
+    from experiments import cli
+
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    monkeypatch.chdir(tmp_path)
+    for command in ("train", "sweep"):
+        code = cli.main([command, "c.yaml", "--local", *argv])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.count("\n") == 1 and len(err) < 250 and "Traceback" not in err, err
+        for w in words:
+            assert w in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written
+
+
+def test_config_words_are_the_registries_keys():
+    """Each word the config accepts builds the thing it names, and every registry entry
+    is a word the config accepts (the Literals are made from the registries)."""
+    import typing
+
+    from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
+    from trainer.config import ModelConfig, TrainConfig, natural_output
+    from trainer.costs import COSTS
+    from trainer.network import INITIALIZERS
+    from trainer.optimizers import OPTIMIZERS, make_optimizer
+
+    model, train = typing.get_type_hints(ModelConfig), typing.get_type_hints(TrainConfig)
+    assert set(typing.get_args(model["hidden_activation"])) == set(ACTIVATIONS) - OUTPUT_ONLY
+    output = typing.get_args(model["output_activation"])[0]
+    assert set(typing.get_args(output)) == set(ACTIVATIONS)
+    assert set(typing.get_args(model["cost"])) == set(COSTS)
+    assert set(typing.get_args(model["init"])) == set(INITIALIZERS)
+    assert set(typing.get_args(train["optimizer"])) == set(OPTIMIZERS)
+    spec = NetworkSpec((2, 3, 2), "tanh", "softmax", "cross_entropy", "float64")
+    for init in INITIALIZERS:
+        assert init_theta(spec, init, 0).any()
+    for name in OPTIMIZERS:
+        theta = np.ones(3)
+        make_optimizer(name, 0.5).step(theta, np.ones(3))
+        assert (theta < 1).all(), name  # a step downhill
+    for cost in COSTS:  # the output a cost implies is one it fits, and is accepted
+        assert natural_output(cost) in COSTS[cost].fits
+        assert from_dict({**BASE, "model": {"cost": cost}}).output_activation == natural_output(cost)
+    for cost, needs in (("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid")):
+        with pytest.raises(ConfigError, match=f"{cost} needs a {needs} output"):
+            from_dict({**BASE, "model": {"cost": cost, "output_activation": "linear"}})
+
+
+def test_resolved_config_fills_in_layers_and_output_only():
+    cfg = from_dict({**BASE, "train": {"epochs": 3}, "sweep": {"train.epochs": [1, 2]}})
+    resolved = cfg.resolved([2, 64, 2], "softmax")
+    assert resolved.model.layers == [2, 64, 2] and resolved.model.output_activation == "softmax"
+    assert resolved.sweep == {} and resolved.train == cfg.train and resolved.data == cfg.data
+    assert from_dict(dataclasses.asdict(resolved)) == resolved  # still a valid config

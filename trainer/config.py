@@ -1,9 +1,14 @@
-"""The run configuration: one frozen dataclass per section, validated from YAML.
+"""The run configuration: one frozen dataclass per section, checked from plain values.
 
-Every key has a default except `data.source`. Types come from the annotations
-below and are checked the same way for the YAML file and for `--set key=value`
-overrides, so a wrong key or value is a `ConfigError` naming the dotted key
-(`train.learning_rate: expected a number > 0, got 'fast'`), never a crash later.
+Every key has a default except `data.source`. A value is checked three ways, each
+stated once: its type (the annotations below; the words of `model.cost`,
+`train.optimizer`, ... are the keys of the registries that implement them), its
+range (declared beside the field with `ranged`, as scikit-learn declares
+`_parameter_constraints`), and the few rules that tie keys together (`_validate`).
+So a wrong key or value is a `ConfigError` naming the dotted key
+(`train.learning_rate: must be > 0, got -1`), never a crash later; values are
+never printed back whole. Reading YAML and `--set` text is experiments/configfile.py's
+job: this module sees parsed values only.
 
 The optional `sweep:` section is a grid for `rayprop sweep`: dotted key -> list of
 values, each value checked as an override of that key, so a sweep that would fail
@@ -15,31 +20,73 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from trainer.errors import ConfigError
+from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
+from trainer.costs import COSTS
+from trainer.errors import ConfigError, short
+from trainer.network import INITIALIZERS
+from trainer.optimizers import OPTIMIZERS
 
-Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "linear"]
-OutputActivation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "linear", "softmax"]
-Cost = Literal["mse", "mae", "binary_cross_entropy", "cross_entropy"]
+# The config's words are the keys of the registries that implement them.
+Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
+OutputActivation = Literal[tuple(ACTIVATIONS)]
+Cost = Literal[tuple(COSTS)]
+Initializer = Literal[INITIALIZERS]
+Optimizer = Literal[OPTIMIZERS]
 
-# The output activation a cost implies when `model.output_activation` is not given.
-DEFAULT_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid",
-                  "mse": "linear", "mae": "linear"}
-# Costs that only make sense with one output activation (their fused delta is yhat - y).
-REQUIRED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 DEFAULT_BATCH = 256
+# Past these a config costs memory or hours before its first step: refused up front.
+MAX_UNITS = 1_000_000  # in one layer
+MAX_LAYERS = 1_000
+MAX_PARAMETERS = 100_000_000  # 800 MB per float64 copy; the coordinator and each worker hold several
+MAX_WORKERS = 1_024
+MAX_NAME = 100  # characters of an experiment name
+_NAME = re.compile(r"[^\W_][\w .+=@-]*")  # a name that is also a safe folder name (no / or ..)
+
+
+def natural_output(cost: str) -> str:
+    """The output activation a cost implies when model.output_activation is not given:
+    the one it fits (its fused delta is yhat - y), else linear."""
+    fits = COSTS[cost].fits
+    return fits[0] if len(fits) == 1 else "linear"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a number (or each number of a list) must lie; None is no bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False
+
+    def __contains__(self, x) -> bool:
+        return ((self.lo is None or (x > self.lo if self.lo_open else x >= self.lo))
+                and (self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)))
+
+    def __str__(self) -> str:
+        lo, hi = (str(x) if isinstance(x, int) else f"{x:g}" for x in (self.lo, self.hi or 0))
+        if self.hi is None:
+            return f"> {lo}" if self.lo_open else f"at least {lo}"
+        return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+
+def ranged(default, **bounds):
+    """A field's default and the Range its values must lie in (checked by `_validate`)."""
+    return field(default=default, metadata={"range": Range(**bounds)})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    layers: list[int] | None = None  # [n_0, ..., n_L]; None: [features, 64, outputs] from the data
+    layers: list[int] | None = ranged(None, lo=1, hi=MAX_UNITS)  # [n_0, ..., n_L]; None: [features, 64, outputs]
     hidden_activation: Activation = "relu"
     output_activation: OutputActivation | None = None  # None: the cost's natural output
     cost: Cost = "cross_entropy"
-    init: Literal["he", "xavier", "normal"] = "he"
+    init: Initializer = "he"
     dtype: Literal["float32", "float64"] = "float32"
 
 
@@ -48,30 +95,30 @@ class DataConfig:
     source: str | None = None  # built-in name (xor, spirals, digits, teacher-*) or a path
     features: list[str] | None = None  # None: every column but the target(s)
     target: str | list[str] = "y"  # one column, or several for several outputs
-    validation_fraction: float = 0.1  # held out, chosen by split_seed; 0 allowed
-    split_seed: int = 0  # fixed apart from train.seed, so runs compare on one split
+    validation_fraction: float = ranged(0.1, lo=0, hi=1, hi_open=True)  # held out, chosen by split_seed
+    split_seed: int = ranged(0, lo=0)  # fixed apart from train.seed, so runs compare on one split
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: Literal["gd", "sgd", "momentum", "adam"] = "sgd"
-    learning_rate: float = 0.1
-    batch_size: int | Literal["full"] | None = None  # None: full for gd, else 256
-    epochs: int = 20
-    seed: int = 0  # initial weights and the per-epoch batch permutation
-    momentum: float = 0.9  # mu of `momentum`
-    beta1: float = 0.9  # Adam
-    beta2: float = 0.999  # Adam
-    epsilon: float = 1e-8  # Adam
-    checkpoint_every: int = 1  # epochs
-    max_worker_failures: int = 3  # shard workers that may be lost and replaced in one run
+    optimizer: Optimizer = "sgd"
+    learning_rate: float = ranged(0.1, lo=0, lo_open=True)
+    batch_size: int | Literal["full"] | None = ranged(None, lo=1)  # None: full for gd, else 256
+    epochs: int = ranged(20, lo=1)
+    seed: int = ranged(0, lo=0)  # initial weights and the per-epoch batch permutation
+    momentum: float = ranged(0.9, lo=0, hi=1, hi_open=True)  # mu of `momentum`
+    beta1: float = ranged(0.9, lo=0, hi=1, hi_open=True)  # Adam
+    beta2: float = ranged(0.999, lo=0, hi=1, hi_open=True)  # Adam
+    epsilon: float = ranged(1e-8, lo=0, lo_open=True)  # Adam
+    checkpoint_every: int = ranged(1, lo=1)  # epochs
+    max_worker_failures: int = ranged(3, lo=0)  # shard workers that may be lost and replaced in one run
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    workers: int = 2
+    workers: int = ranged(2, lo=1, hi=MAX_WORKERS)
     address: str | None = None
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = ranged(1, lo=1)
     # Steps through a Ray Compiled Graph on one node: much less per-step overhead, but
     # opt-in: after a worker loss in it, the process segfaulted at exit on Ray 2.60.
     compiled_graph: bool = False
@@ -99,7 +146,7 @@ class Config:
 
     @property
     def output_activation(self) -> str:
-        return self.model.output_activation or DEFAULT_OUTPUT[self.model.cost]
+        return self.model.output_activation or natural_output(self.model.cost)
 
     @property
     def batch_size(self) -> int | None:
@@ -231,7 +278,7 @@ def _section(cls, raw, prefix):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {short(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -239,7 +286,7 @@ def _section(cls, raw, prefix):
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
-            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+            raise ConfigError(f"{prefix}{str(key)[:60]}: unknown key{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             values[key] = _section(tp, value, f"{prefix}{key}.")
@@ -247,53 +294,51 @@ def _section(cls, raw, prefix):
         try:
             values[key] = _check(tp, value)
         except TypeError:
-            raise ConfigError(f"{prefix}{key}: expected {_describe(tp)}, got {value!r}") from None
+            raise ConfigError(f"{prefix}{key}: expected {_describe(tp)}, got {short(value)}") from None
     return cls(**values)
 
 
+def _check_ranges(section, prefix: str) -> None:
+    """Every field declared with `ranged` holds a number (or numbers) in its Range."""
+    for f in dataclasses.fields(section):
+        rng, value = f.metadata.get("range"), getattr(section, f.name)
+        if rng is None or value is None or isinstance(value, str):  # None, "full": no number to check
+            continue
+        if any(v not in rng for v in (value if isinstance(value, list) else [value])):
+            each = "every value " if isinstance(value, list) else ""
+            raise ConfigError(f"{prefix}{f.name}: {each}must be {rng}, got {short(value)}")
+
+
 def _validate(cfg: Config) -> Config:
-    m, d, t, c = cfg.model, cfg.data, cfg.train, cfg.cluster
+    """The declared ranges, then the rules that tie keys together."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    for name in ("model", "data", "train", "cluster"):
+        _check_ranges(getattr(cfg, name), f"{name}.")
 
     def bad(key, msg):
         raise ConfigError(f"{key}: {msg}")
 
+    if not _NAME.fullmatch(cfg.experiment) or len(cfg.experiment) > MAX_NAME:
+        bad("experiment", f"must be a plain name (letters, digits, space, - _ . + = @; at most "
+            f"{MAX_NAME} characters; it names the output folder), got {short(cfg.experiment)}")
     if not d.source:
         bad("data.source", "is required (a built-in set such as spirals, or a .parquet/.csv path)")
-    if m.layers is not None:
-        if len(m.layers) < 2:
-            bad("model.layers", f"needs at least an input and an output size, got {m.layers}")
-        if any(n < 1 for n in m.layers):
-            bad("model.layers", f"every size must be at least 1, got {m.layers}")
-    need = REQUIRED_OUTPUT.get(m.cost)
-    if need and cfg.output_activation != need:
-        bad("model.output_activation", f"{m.cost} needs a {need} output, got {cfg.output_activation}")
-    if cfg.output_activation == "softmax" and m.layers is not None and m.layers[-1] < 2:
-        bad("model.layers", "a softmax output needs at least 2 units")
-    if not 0 <= d.validation_fraction < 1:
-        bad("data.validation_fraction", f"must be in [0, 1), got {d.validation_fraction}")
     if isinstance(d.target, list) and not d.target:
         bad("data.target", "names no column")
-    if t.learning_rate <= 0:
-        bad("train.learning_rate", f"must be > 0, got {t.learning_rate}")
-    if isinstance(t.batch_size, int) and t.batch_size < 1:
-        bad("train.batch_size", f"must be at least 1 or 'full', got {t.batch_size}")
+    if m.layers is not None:
+        if not 2 <= len(m.layers) <= MAX_LAYERS:
+            bad("model.layers", f"needs an input and an output size and at most {MAX_LAYERS} "
+                f"sizes, got {len(m.layers)}")
+        parameters = sum((n_in + 1) * n_out for n_in, n_out in zip(m.layers, m.layers[1:]))
+        if parameters > MAX_PARAMETERS:
+            bad("model.layers", f"{parameters:,} parameters, more than {MAX_PARAMETERS:,}")
+    if cfg.output_activation not in COSTS[m.cost].fits:
+        bad("model.output_activation", f"{m.cost} needs a {' or '.join(COSTS[m.cost].fits)} output, "
+            f"got {cfg.output_activation}")
+    if cfg.output_activation == "softmax" and m.layers is not None and m.layers[-1] < 2:
+        bad("model.layers", "a softmax output needs at least 2 units")
     if t.optimizer == "gd" and isinstance(t.batch_size, int):
         bad("train.batch_size", "gd uses the full batch; set optimizer: sgd for mini-batches")
-    if t.epochs < 1:
-        bad("train.epochs", f"must be at least 1, got {t.epochs}")
-    if t.checkpoint_every < 1:
-        bad("train.checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
-    if t.max_worker_failures < 0:
-        bad("train.max_worker_failures", f"must be 0 or more, got {t.max_worker_failures}")
-    for key in ("momentum", "beta1", "beta2"):
-        if not 0 <= getattr(t, key) < 1:
-            bad(f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
-    if t.epsilon <= 0:
-        bad("train.epsilon", f"must be > 0, got {t.epsilon}")
-    if c.workers < 1:
-        bad("cluster.workers", f"must be at least 1, got {c.workers}")
-    if c.cpus_per_worker < 1:
-        bad("cluster.cpus_per_worker", f"must be at least 1, got {c.cpus_per_worker}")
     return cfg
 
 
@@ -302,7 +347,7 @@ def _check_sweep(base: Config, raw) -> dict[str, list]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, got {raw!r}")
+        raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, got {short(raw)}")
     known = base.flat()
     grid = {}
     for key, values in raw.items():
@@ -310,12 +355,12 @@ def _check_sweep(base: Config, raw) -> dict[str, list]:
             same_section = [k for k in known if k.split(".")[0] == str(key).split(".")[0]]
             close = difflib.get_close_matches(str(key), same_section or list(known), n=1, cutoff=0.5)
             hint = f" (did you mean sweep.{close[0]}?)" if close else ""
-            raise ConfigError(f"sweep.{key}: unknown key{hint}")
+            raise ConfigError(f"sweep.{str(key)[:60]}: unknown key{hint}")
         if key in NOT_SWEPT:
             raise ConfigError(f"sweep.{key}: cannot be swept (a sweep's runs share one "
                               "experiment, tracking store and Ray cluster)")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {short(values)}")
         checked = []
         for value in values:
             try:
@@ -323,7 +368,7 @@ def _check_sweep(base: Config, raw) -> dict[str, list]:
             except ConfigError as e:
                 # The override's own message starts with the key it names; keep the reason.
                 reason = str(e).removeprefix(f"{key}: ")
-                raise ConfigError(f"sweep.{key}: value {value!r}: {reason}") from None
+                raise ConfigError(f"sweep.{key}: value {short(value)}: {reason}") from None
         grid[key] = checked
     return grid
 
