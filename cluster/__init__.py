@@ -1,1 +1,1 @@
-"""rayprop cluster: connecting to Ray and placing shard workers."""
+"""rayprop cluster: connecting to Ray (local, `auto`, `ray://`), auth tokens, Ray Jobs submission."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode
-from trainer.errors import InputError
+from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
 
@@ -125,8 +125,7 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
             _init_with_retries(ray, address, log_level)
         except ConnectionError as e:
             hint = TOKEN_HINT if source is None else f"token from {source}"
-            first = (str(e).splitlines() or [e.__class__.__name__])[0]
-            raise InputError(f"--address {address}: cannot connect ({first}); {hint}") from None
+            raise InputError(f"--address {address}: cannot connect ({one_line(e)}); {hint}") from None
         if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
             kind = "job"
     try:

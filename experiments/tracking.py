@@ -1,6 +1,6 @@
 """One MLflow run per training job: its lifecycle, params, tags, dataset and metrics.
 
-Only the coordinator's process logs (DESIGN section 4); workers never import this.
+Only the coordinator's process logs (README, "MLflow"); workers never import this.
 Importing this module imports mlflow (about 2 s), so commands import it only once
 the inputs have been checked.
 
@@ -100,7 +100,7 @@ def public_config(cfg: Config) -> dict:
 def dataset_of(source: Source, columns: list[str]):
     """An MLflow dataset that describes the source (where, which columns) without its rows.
 
-    The coordinator never holds the whole data set (DESIGN section 3), so this is a
+    The coordinator never holds the whole data set (docs/design.md section 3), so this is a
     MetaDataset: source and schema only, its digest computed from them.
     """
     from mlflow.data.code_dataset_source import CodeDatasetSource

@@ -1,7 +1,8 @@
-"""The `rayprop` CLI end to end (DESIGN.md section 4): a real subprocess of
+"""The `rayprop` CLI end to end (README, "CLI reference"): a real subprocess of
 `python -m experiments.cli` in tmp_path, real files, no mocks.
 
-Training uses `--local` (Ray training is not wired yet). Losses and predictions are
+Training here uses `--local` (Ray training is tested in test_ray_pool.py,
+test_worker_loss.py, test_multinode.py and test_remote.py). Losses and predictions are
 checked against a forward pass written here in plain numpy from model.npz.
 """
 
@@ -80,7 +81,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def check_model_files(out: Path, layers: list[int]) -> tuple[dict, dict, dict]:
-    """model.npz (plain arrays, DESIGN shapes), model.json and summary.json exist and agree."""
+    """model.npz (plain arrays, the shapes of docs/design.md section 1), model.json and summary.json exist and agree."""
     arrays = load_npz(out / "model.npz")
     L = len(layers) - 1
     assert set(arrays) == {f"W{l}" for l in range(1, L + 1)} | {f"b{l}" for l in range(1, L + 1)}
@@ -107,7 +108,7 @@ ACTIVATIONS = {
 
 
 def np_forward(arrays: dict, spec: dict, X_rows: np.ndarray) -> np.ndarray:
-    """Logits Z[L] (n_L, n) in float64, examples as columns (DESIGN section 1)."""
+    """Logits Z[L] (n_L, n) in float64, examples as columns (docs/design.md section 1)."""
     A = np.asarray(X_rows, np.float64).T
     L = len(spec["layers"]) - 1
     for l in range(1, L + 1):

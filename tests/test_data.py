@@ -1,6 +1,5 @@
 """Data layer: range reads from Parquet/CSV/built-ins, schema, encoding, validation split."""
 
-import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +9,7 @@ import pytest
 from trainer.errors import ConfigError, DataError
 from workers import builtin_sets
 from workers.examples import (Schema, load_examples, load_split_examples, resolve_schema,
-                              source_row_range, split_rows, train_index_range)
+                              split_rows, train_index_range)
 from workers.sources import CsvSource, open_source
 
 COLUMNS = ["x0", "x1", "y"]
@@ -207,14 +206,6 @@ def test_open_source_expands_home(tmp_path, monkeypatch, parquet_file):
     assert open_source("~/data.parquet").name == str(parquet_file)
 
 
-def test_sources_pickle_by_reopening(parquet_file):
-    for spec in [str(parquet_file), "xor"]:
-        src = open_source(spec)
-        copy = pickle.loads(pickle.dumps(src))
-        assert type(copy) is type(src) and copy.num_rows == src.num_rows
-        np.testing.assert_array_equal(copy.read(1, 3, ["y"])["y"], src.read(1, 3, ["y"])["y"])
-
-
 def test_read_checks_range_and_columns(parquet_file):
     src = open_source(str(parquet_file))
     with pytest.raises(ValueError):
@@ -363,17 +354,14 @@ def test_split_rows():
         split_rows(10, 1.0, 0)
 
 
-def test_train_index_range_and_source_row_range():
+def test_train_index_range():
     train = np.array([1, 2, 5, 6, 9], dtype=np.int64)
     assert train_index_range(train, 0, 10) == (0, 5)
     assert train_index_range(train, 2, 6) == (1, 3)
     assert train_index_range(train, 3, 5) == (2, 2)
-    # Consecutive index ranges give row ranges that tile 0..10.
-    cuts = [(0, 0), (0, 2), (2, 2), (2, 4), (4, 5), (5, 5)]
-    rows = [source_row_range(train, a, b, 10) for a, b in cuts]
-    assert rows == [(0, 0), (0, 5), (5, 5), (5, 9), (9, 10), (10, 10)]
-    for (a, b), (lo, hi) in zip(cuts, rows):
-        assert train_index_range(train, lo, hi) == (a, b)
+    # Row ranges that tile 0..10 give index ranges that tile 0..5.
+    rows = [(0, 0), (0, 5), (5, 5), (5, 9), (9, 10), (10, 10)]
+    assert [train_index_range(train, lo, hi) for lo, hi in rows] == [(0, 0), (0, 2), (2, 2), (2, 4), (4, 5), (5, 5)]
 
 
 def test_load_split_examples_over_ranges_concatenates_to_whole(parquet_dir):
@@ -386,7 +374,7 @@ def test_load_split_examples_over_ranges_concatenates_to_whole(parquet_dir):
                  for lo, hi in zip(bounds[:-1], bounds[1:])]
         for k, expected in enumerate([X[train], Y[train], X[val], Y[val]]):
             np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), expected)
-    # Shards by training index: the worker's row range holds exactly its indices.
-    lo, hi = source_row_range(train, 10, 20, src.num_rows)
-    Xt, Yt, _, _ = load_split_examples(src, schema, lo, hi, train, val, np.float64)
-    np.testing.assert_array_equal(Xt, X[train[10:20]])
+    # A worker's row range holds exactly the training indices inside it.
+    tlo, thi = train_index_range(train, 10, 20)
+    Xt, Yt, _, _ = load_split_examples(src, schema, 10, 20, train, val, np.float64)
+    np.testing.assert_array_equal(Xt, X[train[tlo:thi]])

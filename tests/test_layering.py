@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md section 3: imports flow one way,
+"""The layering of docs/design.md section 3: imports flow one way,
 `trainer <- workers <- cluster <- experiments`, and only experiments/ imports mlflow.
 
 Two checks:

@@ -1,4 +1,4 @@
-"""Every rayprop job is one MLflow run (DESIGN section 4), checked against a real MLflow:
+"""Every rayprop job is one MLflow run (README, "MLflow"), checked against a real MLflow:
 the embedded sqlite store and a real `mlflow server` on loopback. No mocks.
 
 The CLI runs as a subprocess (`python -m experiments.cli`), in --local mode to stay

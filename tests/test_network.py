@@ -185,7 +185,7 @@ def test_init_is_seeded_and_matches_the_workloads_recipe():
     spec = NetworkSpec((784, 256, 128, 10), "relu", "softmax", "cross_entropy", "float32")
     a, b = init_theta(spec, "he", 2), init_theta(spec, "he", 2)
     np.testing.assert_array_equal(a, b)
-    rng = np.random.default_rng(2)  # WORKLOADS.md: W = N(0,1) * sqrt(2/n_in), b = 0, layer order
+    rng = np.random.default_rng(2)  # docs/workloads.md: W = N(0,1) * sqrt(2/n_in), b = 0, layer order
     Ws, bs = spec.views(a)
     for W, bvec in zip(Ws, bs):
         n_out, n_in = W.shape

@@ -47,6 +47,7 @@ def test_worker_lost_in_a_sweep_fails_that_run_only(tmp_path, monkeypatch, capsy
         KillFirstWorkerOnce.pools.append(pool)
         return pool
 
+    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlruns
     monkeypatch.setattr(training, "open_pool", recording_open_pool)
     monkeypatch.setattr("experiments.sweep.ProgressBar", KillFirstWorkerOnce)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,6 +1,6 @@
 """Activation functions g and their backward step delta = dA * g'(Z) (Eq. 12, first line).
 
-Arrays are (n_l, m): units by examples (DESIGN section 1). Each activation has
+Arrays are (n_l, m): units by examples (docs/design.md section 1). Each activation has
 `forward(Z, out)`, writing A = g(Z) into `out` (which may be Z itself), and
 `backward(dA, A)`, writing delta = dA * g'(Z) into dA. Both work in the training
 loop's preallocated buffers and return the array they wrote.

@@ -1,4 +1,4 @@
-"""The batch plan (DESIGN section 2): which training examples make up each step.
+"""The batch plan (docs/design.md section 2): which training examples make up each step.
 
 The batches of an epoch depend only on (seed, epoch, m, batch_size): a permutation
 of 0..m-1 drawn from default_rng([seed, epoch]) is cut into consecutive batches of

@@ -1,6 +1,6 @@
 """Checkpoints: everything the coordinator needs to go on as if never stopped.
 
-Because a step's batch depends only on (seed, epoch, m, batch_size) (DESIGN
+Because a step's batch depends only on (seed, epoch, m, batch_size) (docs/design.md
 section 2), the state of training is small and exact: the parameters theta, the
 optimizer's buffers, and the position (the next epoch and batch index), plus the
 partial sums of the epoch in progress so its epoch metrics come out whole. A

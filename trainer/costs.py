@@ -2,7 +2,7 @@
 
 Y, A and Z are (n_L, n): outputs by examples. `loss_sum` returns the SUM of the
 per-example losses L(y_j, yhat_j) over the n columns (a Python float, accumulated
-in float64); the caller divides by the batch's m once (DESIGN section 1: the cost
+in float64); the caller divides by the batch's m once (docs/design.md section 1: the cost
 is C = (1/m) sum_j L). `output_delta` returns delta[L] = dL/dZ[L] per column, also
 unscaled by m, so that the backward sums of Eq. 12 are sums over examples; like
 the activations' backward it may overwrite A, which the caller no longer needs.

@@ -1,6 +1,6 @@
 """model.npz / model.json: the trained network as plain arrays and a plain spec.
 
-model.npz holds W1..WL and b1..bL with the shapes of DESIGN section 1, written by
+model.npz holds W1..WL and b1..bL with the shapes of docs/design.md section 1, written by
 np.savez and read with allow_pickle=False, so loading a model never runs code.
 model.json holds the NetworkSpec and what the columns mean (features, targets,
 encoding), so `evaluate` and `predict` need nothing else. Files are written to a

@@ -1,7 +1,7 @@
 """The multilayer perceptron: parameter layout, initialization, Eq. 1 forward and
 Eq. 12 backward as SUMS over the columns of one shard.
 
-Conventions (DESIGN section 1): X is (n_0, n) with examples as columns; W[l] is
+Conventions (docs/design.md section 1): X is (n_0, n) with examples as columns; W[l] is
 (n_l, n_{l-1}), b[l] is (n_l, 1); Z[l] = W[l] A[l-1] + b[l], A[l] = g[l](Z[l]).
 
 All parameters live in ONE flat vector `theta`, layer by layer (W1, b1, W2, b2,
@@ -68,7 +68,7 @@ class NetworkSpec:
         return Ws, bs
 
     def flops_per_example(self) -> int:
-        """Multiply-adds x2 of one forward + backward pass (WORKLOADS.md): 2 per weight
+        """Multiply-adds x2 of one forward + backward pass (docs/workloads.md): 2 per weight
         forward, 4 backward (dW and dA), less the dA[0] product nobody computes."""
         weights = [w[0] * w[1] for w, _ in self.shapes]
         return 6 * sum(weights) - 2 * weights[0]
@@ -79,7 +79,7 @@ def init_theta(spec: NetworkSpec, init: str = "he", seed: int = 0) -> np.ndarray
 
     he: N(0, 2/n_in); xavier (Glorot normal): N(0, 2/(n_in + n_out)); normal: N(0, 0.01^2).
     Layers draw in order from one default_rng(seed), in float64, then cast, so the
-    same seed gives the same start in float32 and float64 (and WORKLOADS.md's
+    same seed gives the same start in float32 and float64 (and docs/workloads.md's
     initial weights are init=he, seed=2).
     """
     if init not in INITIALIZERS:

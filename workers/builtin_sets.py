@@ -6,7 +6,7 @@ column y, rows are examples:
 - `xor`            4 rows, n=2, y = x0 xor x1, in the natural order 00, 01, 10, 11
 - `spirals`        900 rows, n=2, y in {0,1,2}: three interleaved arms (CS231n)
 - `digits`         1797 rows, n=64 (8x8 pixels / 16, in [0, 1]), y in 0..9 (scikit-learn's file)
-- `teacher-tiny`   10,000 rows, n=2, y in {0,1}       (W-tiny of WORKLOADS.md)
+- `teacher-tiny`   10,000 rows, n=2, y in {0,1}       (W-tiny of docs/workloads.md)
 - `teacher-mnist`  60,000 rows, n=784, y in 0..9      (W-mnist)
 - `teacher-wide`   65,536 rows, n=1024, y in 0..9     (W-wide, 268 MB of float32)
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 from trainer.errors import DataError
 from workers.sources import RangeSource
 
-# (n, n_out, m) per teacher set, from the workload table of WORKLOADS.md.
+# (n, n_out, m) per teacher set, from the workload table of docs/workloads.md.
 TEACHERS = {
     "teacher-tiny": (2, 1, 10_000),
     "teacher-mnist": (784, 10, 60_000),
@@ -59,7 +59,7 @@ def _frozen(*arrays):
 
 @functools.lru_cache(maxsize=None)
 def teacher_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic teacher set `name`, exactly as WORKLOADS.md generates it.
+    """The synthetic teacher set `name`, exactly as docs/workloads.md generates it.
 
     Returns X rows (m, n) float32 and y (m,) int64 (argmax over K = max(2, n_out)
     teacher outputs, so 0/1 when n_out = 1). Read-only and cached per process.

@@ -1,7 +1,7 @@
 """Turning source columns into the network's arrays, and the validation split.
 
 Here rows are examples: `load_examples` returns X (k, n_0) and Y (k, n_L) for k source
-rows; the network transposes them to the columns of DESIGN.md section 1. Values are
+rows; the network transposes them to the columns of docs/design.md section 1. Values are
 checked on the way in (numeric, finite, labels that fit the output layer), with row
 numbers counted from 0 over the whole source (a CSV header is not a row).
 """
@@ -173,20 +173,6 @@ def train_index_range(train_rows: np.ndarray, lo: int, hi: int) -> tuple[int, in
     Works for any sorted row array (also val_rows): the rows in [lo, hi) are contiguous.
     """
     return int(np.searchsorted(train_rows, lo)), int(np.searchsorted(train_rows, hi))
-
-
-def source_row_range(train_rows: np.ndarray, tlo: int, thi: int, num_rows: int) -> tuple[int, int]:
-    """The source rows [lo, hi) a worker owning training indices [tlo, thi) should read.
-
-    The inverse of `train_index_range`, widened so that consecutive index ranges
-    covering 0..m give row ranges tiling 0..num_rows: every validation row then lies
-    in exactly one worker's range.
-    """
-    m = len(train_rows)
-    lo = 0 if tlo == 0 else num_rows if tlo == m else int(train_rows[tlo])
-    if thi <= tlo:
-        return lo, lo
-    return lo, num_rows if thi == m else int(train_rows[thi])
 
 
 def load_split_examples(source: Source, schema: Schema, lo: int, hi: int, train_rows: np.ndarray,

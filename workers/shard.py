@@ -5,7 +5,7 @@ process. It holds the training examples with indices [lo, hi) of the batch plan
 (rows of X, target columns of Y) and its part of the validation set. Per step it
 gets theta and (epoch, k), works out the batch members in its range from the plan
 itself, and returns their SUMS; it never divides by m, never updates weights,
-never logs (DESIGN section 3).
+never logs (docs/design.md section 3).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A source is a table of named columns, one example per row. `read(lo, hi, columns)`
 returns rows [lo, hi) of those columns as 1-D numpy arrays of length hi - lo: each
-worker reads only its own range (DESIGN.md section 3), so Parquet sources read only
+worker reads only its own range (docs/design.md section 3), so Parquet sources read only
 the row groups (and, for a directory, only the files) that overlap the range. CSV has
 no index, so a CSV source streams from the top and stops after hi.
 
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from trainer.errors import DataError
+from trainer.errors import DataError, one_line
 
 # What pyarrow raises for bad files: ArrowInvalid & co. derive from ArrowException,
 # ArrowIOError is an OSError.
@@ -49,17 +49,11 @@ def format_columns(names, limit: int = 10) -> str:
     return ", ".join(names[:limit]) + f", ... ({len(names)} columns)"
 
 
-def one_line(err: BaseException) -> str:
-    """The first line of an exception's message (pyarrow's can span several)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 class RangeSource:
     """Shared checks for every source; subclasses set the attributes and `_read`."""
 
     kind = ""
-    spec = ""   # what `open_source` needs to reopen this source (pickling, Ray actors)
+    spec = ""   # what `open_source` needs to reopen this source (a shard worker in a Ray actor reopens it by spec)
     name = ""
     num_rows = 0
     column_types: dict[str, str] = {}
@@ -92,10 +86,6 @@ class RangeSource:
         """The dataset schema as logged with a run: source, kind, rows, column types."""
         return {"source": self.name, "kind": self.kind, "num_rows": self.num_rows,
                 "columns": dict(self.column_types)}
-
-    def __reduce__(self):
-        # Reopen by spec instead of pickling file handles: a Ray actor gets its own reader.
-        return (open_source, (self.spec,))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} rows={self.num_rows}>"

@@ -5,10 +5,6 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def example_names() -> list[str]:
-    return sorted(p.stem for p in HERE.glob("*.yaml"))
-
-
 def resolve(config: str) -> Path:
     """A config path as given, or the shipped example of that name (`spirals`)."""
     path = Path(config).expanduser()
