@@ -24,6 +24,7 @@ from trainer.optimizers import make_optimizer
 from workers.ray_pool import RayPool
 
 NODES = 3
+CPUS_PER_NODE = 2
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,11 @@ def cluster():
     # A short temp dir of our own: Ray's socket paths must stay under 108 bytes.
     temp_dir = tempfile.mkdtemp(prefix="rpmn", dir="/tmp")
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "temp_dir": temp_dir,
+        "num_cpus": CPUS_PER_NODE, "include_dashboard": False, "temp_dir": temp_dir,
         "object_store_memory": 100 * 2**20})
     try:
         for _ in range(NODES - 1):
-            c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+            c.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=100 * 2**20)
         c.wait_for_nodes()
         yield c
     finally:
@@ -55,8 +56,8 @@ def cluster():
             os.environ["RAY_AUTH_MODE"] = saved_mode
 
 
-def make_pool(job, workers, compiled=False):
-    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+def make_pool(job, workers, data_plane="shm"):
+    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
     return RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures)
 
 
@@ -67,26 +68,37 @@ def test_workers_spread_over_nodes_read_their_rows_and_train_as_local_mode(clust
     t = job.cfg.train
     train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
 
-    with connect(cluster.address, NODES) as conn:
+    workers = NODES * CPUS_PER_NODE
+    with connect(cluster.address, workers) as conn:
         assert conn.nodes == NODES and conn.kind == "cluster"
-        pool = make_pool(job, NODES)
-        try:
-            info = pool.info
-            assert not pool.compiled  # across nodes the pool uses ray.put / ray.get
-            theta = job.theta0.copy()
-            train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
-        finally:
-            pool.close()
-    # SPREAD put one worker on each node; the node ids come from the workers themselves.
-    assert pool.num_nodes == NODES
-    assert len({i["node_id"] for i in info}) == NODES
-    for i in info:
-        lo, hi = i["rows"]
-        assert i["rows_held"] == hi - lo  # counted by the worker from what it holds
-        # the Parquet row groups (100 rows each) its own reader opened: only its range's
-        assert i["row_groups_read"] == list(range(lo // 100, (hi - 1) // 100 + 1))
-    rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
-    assert rel <= 1e-9, f"3 nodes vs local mode: relative difference {rel:.2e}"
+        for plane in ("shm", "object_store"):
+            pool = make_pool(job, workers, plane)
+            try:
+                info = pool.info
+                theta = job.theta0.copy()
+                train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+                traffic = pool.traffic
+            finally:
+                pool.close()
+            # Every node full: two workers on each, as the workers themselves report.
+            assert pool.num_nodes == NODES
+            assert sorted(np.unique([i["node_id"] for i in info], return_counts=True)[1]) == [2] * NODES
+            for i in info:
+                lo, hi = i["rows"]
+                assert i["rows_held"] == hi - lo  # counted by the worker from what it holds
+                # the Parquet row groups (100 rows each) its own reader opened: only its range's
+                assert i["row_groups_read"] == list(range(lo // 100, (hi - 1) // 100 + 1))
+            rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+            assert rel <= 1e-9, f"3 nodes ({plane}) vs local mode: relative difference {rel:.2e}"
+            # Per step, the pool's own counters: through the shared-memory planes the
+            # coordinator receives one array of sums per NODE (the workers of a node add
+            # theirs first) and sends theta once per node; through the object store it
+            # receives one per WORKER.
+            steps, size = traffic["steps"], theta.nbytes
+            assert steps == t.epochs * job.plan.steps_per_epoch
+            received = NODES if plane == "shm" else workers
+            assert traffic["bytes_received"] == steps * received * size, (plane, traffic)
+            assert traffic["bytes_sent"] == steps * NODES * size, (plane, traffic)
 
 
 def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
@@ -134,7 +146,7 @@ def test_a_removed_node_is_survived_with_the_undisturbed_weights(cluster, tmp_pa
     train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
 
     with connect(cluster.address, 2):
-        # Two workers on three one-CPU nodes: one node stays free for a replacement.
+        # Two workers spread over three two-CPU nodes: room for a replacement elsewhere.
         pool = make_pool(job, 2)
         try:
             worker_nodes = {n.node_id for n in cluster.worker_nodes}
@@ -147,7 +159,7 @@ def test_a_removed_node_is_survived_with_the_undisturbed_weights(cluster, tmp_pa
             assert pool.info[rank]["rows_held"] == pool.ranges[rank][1] - pool.ranges[rank][0]
         finally:
             pool.close()
-    cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)  # back to NODES for later tests
+    cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=100 * 2**20)  # back to NODES for later tests
     cluster.wait_for_nodes()
     rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
     assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"

@@ -19,8 +19,8 @@ def ray_session():
         yield conn
 
 
-def ray_pool(job, workers, compiled=False):
-    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+def ray_pool(job, workers, data_plane="shm"):
+    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
     return RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures)
 
 
@@ -38,18 +38,21 @@ def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_
     # 1003 rows, 100 held out -> m = 903 = 14 batches of 64 and a last one of 7
     assert job.plan.m == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
     ref, ref_result = run(job, training.open_pool(job, 1, local=True))
-    # Steps through the compiled graph (shared-memory channels), and once through
-    # plain ray.put / ray.get, the path Ray Client drivers use.
-    for workers, compiled in ((1, True), (2, True), (3, True), (2, False)):
-        pool = ray_pool(job, workers, compiled)
+    # Steps through the node's shared-memory plane, and once through Ray's object store.
+    for workers, plane in ((1, "shm"), (2, "shm"), (3, "shm"), (2, "object_store")):
+        pool = ray_pool(job, workers, plane)
         try:
             assert pool.num_workers == workers and pool.m == 903 and pool.m_val == 100
-            assert pool.compiled == compiled
             theta, result = run(job, pool)
+            steps = pool.traffic["steps"]
+            # One node: the coordinator gets one array of sums per step through shared
+            # memory, or one per worker through the object store.
+            per_step = 1 if plane == "shm" else workers
+            assert pool.traffic["bytes_received"] == steps * per_step * theta.nbytes
         finally:
             pool.close()
         rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
-        assert rel <= 1e-9, f"{workers} workers (compiled={compiled}): relative difference {rel:.2e}"
+        assert rel <= 1e-9, f"{workers} workers ({plane}): relative difference {rel:.2e}"
         assert result.history[-1]["val_loss"] == pytest.approx(ref_result.history[-1]["val_loss"], rel=1e-9)
         assert result.history[-1]["val_accuracy"] == ref_result.history[-1]["val_accuracy"]
 

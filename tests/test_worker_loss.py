@@ -44,8 +44,8 @@ class KillWorker:
         pass
 
 
-def make_pool(job, workers, compiled=False, max_failures=3):
-    cluster = dataclasses.replace(job.cfg.cluster, compiled_graph=compiled)
+def make_pool(job, workers, data_plane="shm", max_failures=3):
+    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
     return RayPool(job.task, cluster, workers, max_failures)
 
 
@@ -62,12 +62,10 @@ def job(tmp_path_factory):
     return training.prepare(from_dict(config(path, "adam", 64, epochs=2)))
 
 
-# Through put/get only: a compiled graph survives the loss too (checked by hand: same
-# weights), but the pytest process then segfaults at exit inside Ray 2.60, which is why
-# cluster.compiled_graph is off by default.
-def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_session, job):
+@pytest.mark.parametrize("data_plane", ["shm", "object_store"])
+def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_session, job, data_plane):
     ref = run(job, training.open_pool(job, 1, local=True))
-    pool = make_pool(job, 2, compiled=False)
+    pool = make_pool(job, 2, data_plane)
     try:
         first_pid = pool.info[1]["pid"]
         killer = KillWorker(pool, rank=1, at_step={3, 20})  # twice: in epoch 1 and epoch 2
@@ -83,7 +81,7 @@ def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_sess
 
 
 def test_losses_past_the_limit_stop_training(ray_session, job):
-    pool = make_pool(job, 2, compiled=False, max_failures=0)
+    pool = make_pool(job, 2, max_failures=0)
     try:
         with pytest.raises(WorkerLostError, match="1 worker loss, more than train.max_worker_failures=0 allows"):
             run(job, pool, [KillWorker(pool, rank=0, at_step={2})])

@@ -119,9 +119,9 @@ class ClusterConfig:
     workers: int = ranged(2, lo=1, hi=MAX_WORKERS)
     address: str | None = None
     cpus_per_worker: int = ranged(1, lo=1)
-    # Steps through a Ray Compiled Graph on one node: much less per-step overhead, but
-    # opt-in: after a worker loss in it, the process segfaulted at exit on Ray 2.60.
-    compiled_graph: bool = False
+    # The per-step data path: "shm", one shared-memory plane per node with the node's
+    # sums added before they leave it; "object_store", every worker through ray.put/get.
+    data_plane: Literal["shm", "object_store"] = "shm"
 
 
 @dataclass(frozen=True)

@@ -1,73 +1,73 @@
 """The Ray actor pool: one ShardWorker per actor, same interface as LocalPool.
 
 Each actor opens the data source itself and reads only its own row range, so the
-driver never loads or ships the data set. Per step the parameters go out once
-(`ray.put`, one object shared by every actor) and the shard sums come back in
-rank order. Actors are spread over the nodes (SPREAD) and each limits its BLAS
-to the CPUs Ray gave it, so two actors on one node do not fight over cores.
+driver never loads or ships the data set. Actors are spread over the nodes (SPREAD)
+and each limits its BLAS to the CPUs Ray gave it.
 
-Training steps can go through a Ray Compiled Graph (cluster.compiled_graph, opt-in): the
-coordinator writes (theta, epoch, k) into shared-memory channels that the actors
-read in a loop, and reads their sums back the same way, with no task submission,
-no object-store put and no scheduler on the path. Measured here
-(benchmarks/ray_workers.py) that cuts the per-step overhead to a fraction of the
-put/get path's. Ray Client drivers cannot run compiled graphs, and a Ray without
-them falls back to the plain path, and so do workers on other nodes than the
-driver's (across nodes the graph's first step hung on this Ray; tests/test_multinode.py
-runs that case); validation (once per epoch) always uses the plain path.
+The per-step data path (cluster.data_plane):
+
+- `shm` (default): per node, one shared-memory plane (workers/node_plane.py). On the
+  coordinator's own node the coordinator hosts it: it writes theta into shared memory,
+  wakes its workers with a 12-byte message each, and reads their sums from their
+  slots; Ray is not on that path at all. On every other node the worker of lowest rank
+  hosts its node's plane (the node's *leader*): the coordinator sends theta once per
+  node (one `ray.put`, fetched once by each node's object store), and each leader
+  returns its node's sums already added up. So per step the coordinator sends N and
+  receives N parameter-sized arrays for N nodes, whatever the number of workers
+  (`traffic` counts them). A Ray Client driver is on no node: every node has a leader.
+- `object_store`: every worker through Ray's object store (one `ray.put` of theta,
+  each worker's sums back through `ray.get`): W arrays back for W workers. The
+  fallback where memfd or abstract Unix sockets are missing (not Linux).
+
+Validation (once per epoch) takes the same path as the steps, so each worker computes
+in one thread only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 
 import numpy as np
 import ray
 
 from trainer.config import ClusterConfig
 from trainer.errors import InputError
-from trainer.network import NetworkSpec
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
+from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
 from workers.shard import ShardTask
 from workers.sources import open_source
 
 log = logging.getLogger(__name__)
 
-# How long the coordinator waits for one step's sums through the compiled graph.
-# Ray's default (10 s) is shorter than a wide network's step on a slow node.
-STEP_TIMEOUT_S = 600
+STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
 PLACEMENT_TIMEOUT_S = 120  # for a replacement worker to start and read its rows
+ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 ALIVE_TIMEOUT_S = 30  # a worker that cannot answer a ping in this long counts as lost
 # What a dead worker process or node looks like to the driver.
-LOST_WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.RayChannelError)
+LOST_WORKER_ERRORS = (ray.exceptions.RayActorError, PeerLost)
 
 
-def _no_torch_in_channels() -> None:
-    """Keep Ray's compiled-graph channels from importing torch in this actor.
-
-    Where torch is installed, the actor's compiled-graph loop imports it (seen: 4-6 s
-    before the first step) only to check for accelerator tensors; rayprop sends numpy
-    arrays. The flag is a private field of Ray's channel context, so any change to it
-    in another Ray version is ignored: it only costs the seconds back.
-    """
-    try:
-        from ray.experimental.channel.common import ChannelContext
-
-        ChannelContext.get_current()._torch_available = False
-    except Exception:
-        pass
+def add_evals(replies) -> EvalSums:
+    """One EvalSums from a node's (n, loss_sum, correct, count) replies."""
+    total = EvalSums(0.0, 0, 0, 0)
+    for n, loss_sum, correct, count in replies:
+        total.n, total.loss_sum = total.n + n, total.loss_sum + loss_sum
+        total.correct, total.count = total.correct + correct, total.count + count
+    return total
 
 
 class ShardActor:
-    """The actor body: builds a ShardWorker over rows [lo, hi) of the task's source."""
+    """The actor body: a ShardWorker over rows [lo, hi) of the task's source, and its
+    side of its node's shared-memory plane (a peer, or the host when it leads the node)."""
 
     def __init__(self, task: ShardTask, lo: int, hi: int, cpus: int):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
-        _no_torch_in_channels()
         self.lo, self.hi, self.error = lo, hi, None
+        self.peer = self.plane = None
         try:
             self.source = open_source(task.source_spec)
             self.worker = task.open(lo, hi, self.source)
@@ -86,74 +86,125 @@ class ShardActor:
                         row_groups_read=getattr(self.source, "last_row_groups_read", None))
         return info
 
+    # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
         return self.worker.gradient_sums(theta, epoch, k)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         return self.worker.evaluate_sums(theta)
 
+    # --- the shared-memory plane ---
+    def _step(self, theta, epoch, k, out):
+        s = self.worker.gradient_sums(theta, epoch, k, out)
+        return s.n, s.loss_sum, s.compute_seconds
+
+    def _evaluate(self, theta):
+        e = self.worker.evaluate_sums(theta)
+        return e.n, e.loss_sum, e.correct, e.count
+
+    def attach(self, address: str, slot: int) -> None:
+        """Answer steps from the plane at `address` (in a thread of this actor) from now on."""
+        self.detach()
+        self.peer = PlanePeer(address, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
+
+    def host(self, slots: int) -> str:
+        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own)."""
+        self.detach()
+        spec = self.worker.spec
+        self.plane = PlaneHost(spec.size, spec.dtype, slots)
+        return self.plane.address
+
+    def accept(self, peers: int) -> None:
+        self.plane.accept(peers, ATTACH_TIMEOUT_S)
+
+    def node_step(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
+        """This node's sums for the step: the peers' and this worker's own, added."""
+        plane = self.plane
+        plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
+        own = self._step(plane.theta, epoch, k, plane.sums[0])
+        replies = plane.gather(STEP_TIMEOUT_S)
+        n, loss_sum, seconds = plane.reduce({0: own, **replies})
+        return ShardSums(plane.sums[0], loss_sum, n, seconds)
+
+    def node_evaluate(self, theta: np.ndarray) -> EvalSums:
+        """This node's validation sums: the peers' and this worker's own, added."""
+        self.plane.send(OP_EVAL, theta)
+        own = self._evaluate(self.plane.theta)
+        return add_evals([own, *self.plane.gather(STEP_TIMEOUT_S).values()])
+
+    def detach(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
+        if self.plane is not None:
+            self.plane.close()
+            self.plane = None
+
 
 class RayPool:
     def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int, max_failures: int,
                  strategy: str = "SPREAD", placement_timeout: float = PLACEMENT_TIMEOUT_S):
-        """cluster: the config's cluster section, whole (cpus_per_worker, compiled_graph).
+        """cluster: the config's cluster section, whole (cpus_per_worker, data_plane).
         max_failures: workers that may be lost (and replaced) over the pool's life
         (train.max_worker_failures)."""
-        spec = task.spec
         self._actor = ray.remote(ShardActor).options(num_cpus=cluster.cpus_per_worker,
                                                      scheduling_strategy=strategy)
         self._task, self._cpus = task, cluster.cpus_per_worker
+        self.data_plane = cluster.data_plane
         self.ranges = task.ranges(workers)
         self.max_failures, self.placement_timeout = max_failures, placement_timeout
         self.failures = 0
         self.events: list[str] = []  # one line per worker lost and replaced
-        self._dag = None
+        # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
+        self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
+        self._host: PlaneHost | None = None  # the plane of the coordinator's node
+        self._leaders: list = []  # the actors hosting the other nodes' planes
+        # Actors start (and read their rows) in parallel; ready() waits for all.
         self.actors = [self._start(lo, hi) for lo, hi in self.ranges]
         try:
             self.info = ray.get([a.ready.remote() for a in self.actors])
+            errors = [i["error"] for i in self.info if i["error"]]
+            if errors:
+                raise InputError(errors[0])
+            self._m = sum(i["n_train"] for i in self.info)
+            self._m_val = sum(i["n_val"] for i in self.info)
+            self._wire()
         except BaseException:
             self.close()
             raise
-        errors = [i["error"] for i in self.info if i["error"]]
-        if errors:
-            self.close()
-            raise InputError(errors[0])
-        self._m = sum(i["n_train"] for i in self.info)
-        self._m_val = sum(i["n_val"] for i in self.info)
-        if cluster.compiled_graph:
-            self._dag = self._compile(spec, required=False)
 
     def _start(self, lo: int, hi: int):
         return self._actor.remote(self._task, lo, hi, self._cpus)
 
-    def _compile(self, spec: NetworkSpec, required: bool):
-        why_not = None
-        if ray.util.client.ray.is_connected():
-            why_not = "a Ray Client driver is not on the cluster"
-        elif {i["node_id"] for i in self.info} != {ray.get_runtime_context().get_node_id()}:
-            why_not = "workers on other nodes than the driver's"
-        if why_not:
-            if required:
-                raise RuntimeError(f"no compiled graph: {why_not}")
-            return None
-        _no_torch_in_channels()  # the driver reads channels too
-        try:
-            from ray.dag import InputNode, MultiOutputNode
+    def _wire(self) -> None:
+        """Group the workers by node and give each node its plane (see the module doc)."""
+        self._unwire()
+        if self.data_plane != "shm":
+            return
+        groups: dict[str, list[int]] = defaultdict(list)
+        for rank, info in enumerate(self.info):
+            groups[info["node_id"]].append(rank)
+        here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
+        spec = self._task.spec
+        pending = []
+        for node, ranks in groups.items():
+            if node == here:
+                self._host = PlaneHost(spec.size, spec.dtype, len(ranks))
+                attach = [self.actors[r].attach.remote(self._host.address, s) for s, r in enumerate(ranks)]
+                self._host.accept(len(ranks), ATTACH_TIMEOUT_S)
+                pending += attach
+            else:
+                leader = self.actors[ranks[0]]
+                address = ray.get(leader.host.remote(len(ranks)))
+                pending += [self.actors[r].attach.remote(address, s) for s, r in enumerate(ranks[1:], 1)]
+                pending.append(leader.accept.remote(len(ranks) - 1))
+                self._leaders.append(leader)
+        ray.get(pending, timeout=ATTACH_TIMEOUT_S + 10)
 
-            with InputNode() as inp:  # execute(theta, epoch, k)
-                dag = MultiOutputNode([a.gradient_sums.bind(inp[0], inp[1], inp[2]) for a in self.actors])
-            # Channels sized for theta and the sums up front, so they never resize.
-            nbytes = spec.size * np.dtype(spec.dtype).itemsize
-            return dag.experimental_compile(_buffer_size_bytes=max(int(1.1 * nbytes) + (1 << 16), 1 << 20))
-        except Exception as e:  # an older Ray, or a cluster that cannot make channels
-            if required:
-                raise
-            log.warning("rayprop: Ray compiled graph unavailable (%s); using ray.put/ray.get", e)
-            return None
-
-    @property
-    def compiled(self) -> bool:
-        return self._dag is not None
+    def _unwire(self) -> None:
+        host, self._host, self._leaders = self._host, None, []
+        if host is not None:
+            host.close()
 
     @property
     def num_workers(self) -> int:
@@ -172,22 +223,52 @@ class RayPool:
         return self._m_val
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
-        # A step is a pure function of (theta, epoch, k) (DESIGN section 2), so after
-        # a worker is replaced the same call gives exactly the sums it would have.
-        return self._with_recovery(lambda: self._gradient_sums(theta, epoch, k))
+        # A step is a pure function of (theta, epoch, k) (README: Batches), so after a
+        # worker is replaced the same call gives exactly the sums it would have.
+        call = self._plane_step if self.data_plane == "shm" else self._object_store_step
+        parts = self._with_recovery(lambda: call(theta, epoch, k))
+        self.traffic["steps"] += 1
+        self.traffic["bytes_received"] += sum(p.grad.nbytes for p in parts)
+        return parts
 
     def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
-        return self._with_recovery(lambda: self._evaluate_sums(theta))
+        call = self._plane_evaluate if self.data_plane == "shm" else self._object_store_evaluate
+        return self._with_recovery(lambda: call(theta))
 
-    def _gradient_sums(self, theta, epoch, k):
-        if self._dag is not None:
-            # The sums' arrays are views of the channels' buffers, valid until the next
-            # step: the coordinator adds them into its own buffer right away.
-            return [ref.get(timeout=STEP_TIMEOUT_S) for ref in self._dag.execute(theta, epoch, k)]
+    def _plane_step(self, theta, epoch, k):
+        refs = []
+        if self._leaders:
+            theta_ref = ray.put(theta)  # fetched once by each other node's object store
+            refs = [leader.node_step.remote(theta_ref, epoch, k) for leader in self._leaders]
+        parts = []
+        if self._host is not None:
+            # The coordinator's node: theta into shared memory, sums read in place. The
+            # sums array is slot 0 of the plane, valid until the next step: the
+            # coordinator adds it into its own buffer right away.
+            self._host.send(OP_STEP, theta, epoch, k)
+            n, loss_sum, seconds = self._host.reduce(self._host.gather(STEP_TIMEOUT_S))
+            parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
+        parts += ray.get(refs)
+        self.traffic["bytes_sent"] += theta.nbytes * (len(self._leaders) + (self._host is not None))
+        return parts
+
+    def _plane_evaluate(self, theta):
+        refs = []
+        if self._leaders:
+            theta_ref = ray.put(theta)
+            refs = [leader.node_evaluate.remote(theta_ref) for leader in self._leaders]
+        parts = []
+        if self._host is not None:
+            self._host.send(OP_EVAL, theta)
+            parts.append(add_evals(self._host.gather(STEP_TIMEOUT_S).values()))
+        return parts + ray.get(refs)
+
+    def _object_store_step(self, theta, epoch, k):
         theta_ref = ray.put(theta)  # one copy in the object store, read by every actor
+        self.traffic["bytes_sent"] += theta.nbytes * self.num_nodes
         return ray.get([a.gradient_sums.remote(theta_ref, epoch, k) for a in self.actors])
 
-    def _evaluate_sums(self, theta):
+    def _object_store_evaluate(self, theta):
         theta_ref = ray.put(theta)
         return ray.get([a.evaluate_sums.remote(theta_ref) for a in self.actors])
 
@@ -195,13 +276,15 @@ class RayPool:
         while True:
             try:
                 return call()
-            except LOST_WORKER_ERRORS as e:
+            except (*LOST_WORKER_ERRORS, ray.exceptions.RayTaskError) as e:
+                # A leader's step fails (RayTaskError) when one of its node's workers dies.
                 self._replace_lost_workers(e)
 
     def _replace_lost_workers(self, cause: Exception) -> None:
         """Start a new actor over each lost worker's rows (Ray places it wherever a
-        CPU is free, another node if its node is gone); count the losses."""
-        self._teardown_dag()  # a graph with a dead actor in it cannot run again
+        CPU is free, another node if its node is gone); count the losses; wire the
+        planes anew."""
+        self._unwire()
         lost = [r for r, a in enumerate(self.actors) if not self._alive(a)]
         if not lost:
             raise cause  # nothing to replace: not a lost worker after all
@@ -226,34 +309,18 @@ class RayPool:
                      f"{info['node_id'][:8]}, the step is recomputed")
             self.events.append(event)
             log.warning("rayprop: %s", event)
-        # No new compiled graph after a loss: the put/get path from here on. (A graph
-        # torn down with a dead actor in it has crashed the driver at exit on Ray
-        # 2.60; building another only adds to what must be torn down.)
+        self._wire()
 
     @staticmethod
     def _alive(actor) -> bool:
         try:
             ray.get(actor.ready.remote(), timeout=ALIVE_TIMEOUT_S)
             return True
-        except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
             return False
 
-    def _teardown_dag(self) -> None:
-        dag, self._dag = self._dag, None
-        if dag is None:
-            return
-        quiet = logging.getLogger("ray.dag.compiled_dag_node")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)  # Ray logs a traceback for each dead actor here
-        try:
-            dag.teardown()
-        except Exception as e:  # an actor already gone; killing them still frees all
-            log.debug("compiled graph teardown: %s", e)
-        finally:
-            quiet.setLevel(level)
-
     def close(self) -> None:
-        self._teardown_dag()
+        self._unwire()
         for a in getattr(self, "actors", []):
             ray.kill(a)
         self.actors = []

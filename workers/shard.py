@@ -59,23 +59,27 @@ class ShardWorker:
     def n_val(self) -> int:
         return self.X_val.shape[0]
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int,
+                      out: np.ndarray | None = None) -> ShardSums:
+        """Eq. 12 sums over the members of batch k of `epoch` in this worker's range,
+        written into `out` (flat, theta's layout) or the worker's own buffer."""
         t0 = time.perf_counter()
+        grad = self._grad if out is None else out
         members = self.plan.shard_batch(epoch, k, self.lo, self.hi)
         if isinstance(members, slice):
             X, Y = self.X[members], self.Y[:, members]
         else:
             nb = members.size
             if nb == 0:
-                return ShardSums(np.zeros_like(self._grad), 0.0, 0, time.perf_counter() - t0)
+                return ShardSums(grad, 0.0, 0, time.perf_counter() - t0)  # n = 0: grad is not read
             # mode="clip": with the default "raise" and `out=`, numpy gathers into a
             # temporary and copies it again (2.8x slower); the plan's offsets are in range.
             X = np.take(self.X, members, axis=0, out=self._xb[: nb * self.X.shape[1]].reshape(nb, -1), mode="clip")
             Y = np.take(self.Y, members, axis=1, out=self._yb[: nb * self.Y.shape[0]].reshape(-1, nb), mode="clip")
-        loss_sum = backward_sums(self.spec, theta, X, Y, self._grad, self._ws)
+        loss_sum = backward_sums(self.spec, theta, X, Y, grad, self._ws)
         # The gradient buffer is reused next step; the caller gets its own copy only
         # when it crosses a process boundary, so hand out the buffer itself here.
-        return ShardSums(self._grad, loss_sum, X.shape[0], time.perf_counter() - t0)
+        return ShardSums(grad, loss_sum, X.shape[0], time.perf_counter() - t0)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         """Loss and correct-prediction sums over this worker's validation rows."""
