@@ -40,12 +40,16 @@ def _config(args):
     return cfg
 
 
+def _options(args) -> training.Options:
+    """What the command line adds to the config, for `train` and `sweep`."""
+    return training.Options(args.config, workers=args.workers, local=args.local,
+                            address=args.address, tracking_uri=args.tracking_uri,
+                            init_from=args.init_from, output=args.output,
+                            resume=getattr(args, "resume", None), quiet=args.quiet)
+
+
 def train(args) -> None:
-    cfg = _config(args)
-    summary, out_dir = training.train(cfg, training.Options(
-        args.config, workers=args.workers, local=args.local, address=args.address,
-        tracking_uri=args.tracking_uri, init_from=args.init_from, output=args.output,
-        resume=args.resume, quiet=args.quiet))
+    summary, out_dir = training.train(_config(args), _options(args))
     print_summary(summary, out_dir)
 
 
@@ -67,9 +71,7 @@ def sweep(args) -> None:
     out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
     training.check_writable_dir(out_root, "--output")
     uri = training.tracking_uri(args.tracking_uri, cfg)
-    results = sweeps.run(cfg, children, out_root, uri, local=args.local,
-                         address=args.address or cfg.cluster.address, workers=args.workers,
-                         quiet=args.quiet)
+    results = sweeps.run(cfg, children, out_root, uri, _options(args))
     print(sweeps.table(results))
     if sweeps.best(results) is None:
         raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")

@@ -93,14 +93,15 @@ def table(results: list[Result]) -> str:
 
 
 
-def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str, local: bool,
-        address: str | None, workers: int | None, quiet: bool) -> list[Result]:
+def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
+        opts: training.Options) -> list[Result]:
     """Train the prepared `children` one after the other as child runs of one parent run.
     A child that fails while running (diverged, workers lost) ends FAILED with its one
     line and the sweep goes on."""
     from experiments import tracking
 
-    counts = [workers or (1 if local else job.cfg.cluster.workers) for _, job in children]
+    local = opts.local
+    counts = [opts.workers or (1 if local else job.cfg.cluster.workers) for _, job in children]
     results = [Result(combo) for combo, _ in children]
     pool = None
     with ExitStack() as stack:
@@ -108,7 +109,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             where, kind = "local mode", "none"
         else:
             cpus = max(n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children))
-            conn = training.connect_ray(address, cpus, stack)  # one connection for every run
+            # One connection for every run.
+            conn = training.connect_ray(opts.address or cfg.cluster.address, cpus, stack)
             where, kind = training.where(conn), conn.kind
 
         stack.callback(lambda: pool is not None and pool.close())
@@ -131,7 +133,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                     pool = None
                     pool = training.open_pool(job, n, local)
                 print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
-                bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
+                bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
                 try:
                     with tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
                                              tags={"rayprop.sweep": "child"}) as run:

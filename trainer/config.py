@@ -82,7 +82,8 @@ def ranged(default, **bounds):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    layers: list[int] | None = ranged(None, lo=1, hi=MAX_UNITS)  # [n_0, ..., n_L]; None: [features, 64, outputs]
+    # [n_0, ..., n_L]; None: [features, 64, outputs] from the data
+    layers: list[int] | None = ranged(None, lo=1, hi=MAX_UNITS)
     hidden_activation: Activation = "relu"
     output_activation: OutputActivation | None = None  # None: the cost's natural output
     cost: Cost = "cross_entropy"
