@@ -46,7 +46,7 @@ import numpy as np
 
 from experiments import configs
 from experiments import training
-from trainer.config import load_config
+from experiments.configfile import load_config
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
 
