@@ -263,6 +263,17 @@ def test_teacher_tiny_matches_workloads_recipe():
     np.testing.assert_array_equal(Ys[:, 0], y[100:200])
 
 
+def test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read():
+    X, y = builtin_sets.teacher_arrays("teacher-mnist")
+    src = open_source("teacher-mnist")
+    schema = resolve_schema(src, None, "y", [784, 10], "cross_entropy")
+    assert src._rows == 0  # the driver's checks need no rows
+    Xs, Ys = load_examples(src, schema, 29_000, 30_001, np.float32)
+    assert src._rows == 30_001  # a worker over [29000, 30001) generated 30,001 rows, not 60,000
+    np.testing.assert_array_equal(Xs, X[29_000:30_001])
+    np.testing.assert_array_equal(Ys.argmax(axis=1), y[29_000:30_001])
+
+
 def test_teacher_mnist_shape():
     X, y = builtin_sets.teacher_arrays("teacher-mnist")
     assert X.shape == (60_000, 784) and y.shape == (60_000,)

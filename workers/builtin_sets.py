@@ -57,22 +57,44 @@ def _frozen(*arrays):
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
-def teacher_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic teacher set `name`, exactly as docs/workloads.md generates it.
+def teacher_arrays(name: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic teacher set `name`, exactly as docs/workloads.md generates it, or
+    its first `rows` rows (the same values: X is drawn row after row from one stream,
+    and each label depends on its own row only).
 
     Returns X rows (m, n) float32 and y (m,) int64 (argmax over K = max(2, n_out)
-    teacher outputs, so 0/1 when n_out = 1). Read-only and cached per process.
+    teacher outputs, so 0/1 when n_out = 1). Read-only.
     """
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher set {name!r} (expected one of {', '.join(TEACHERS)})")
     n, n_out, m = TEACHERS[name]
-    X = np.random.default_rng(0).standard_normal((m, n), dtype=np.float32)
+    rows = m if rows is None else min(rows, m)
+    X = np.random.default_rng(0).standard_normal((rows, n), dtype=np.float32)
     trng = np.random.default_rng(1)
     T1 = (trng.standard_normal((n, 32)) / np.sqrt(n)).astype(np.float32)
     T2 = trng.standard_normal((32, max(2, n_out))).astype(np.float32)
     y = np.argmax(np.tanh(X @ T1) @ T2, axis=1).astype(np.int64)
     return _frozen(X, y)
+
+
+class TeacherSource(MemorySource):
+    """A teacher set that generates rows only when read, and only up to the highest
+    row read so far: the driver, which needs the row count and the columns, generates
+    nothing, and a shard worker over rows [lo, hi) generates hi rows, not m."""
+
+    def __init__(self, name: str):
+        n, _, m = TEACHERS[name]
+        self.name = self.spec = name
+        self.num_rows, self._n, self._rows = m, n, 0
+        self.column_types = {**{f"x{j}": "float" for j in range(n)}, "y": "int64"}
+
+    def _read(self, lo, hi, columns):
+        if hi > self._rows:
+            X, y = teacher_arrays(self.name, hi)
+            self._columns = {f"x{j}": X[:, j] for j in range(self._n)}
+            self._columns["y"] = y
+            self._rows = hi
+        return super()._read(lo, hi, columns)
 
 
 def xor_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +144,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def builtin_source(name: str) -> MemorySource:
     """The built-in set `name` (one of BUILTIN_NAMES) as a source, cached per process."""
     if name in TEACHERS:
-        X, y = teacher_arrays(name)
-    elif name == "xor":
+        return TeacherSource(name)
+    if name == "xor":
         X, y = _frozen(*xor_arrays())
     elif name == "spirals":
         X, y = _frozen(*spiral_arrays())
