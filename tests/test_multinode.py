@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,5 +162,52 @@ def test_a_removed_node_is_survived_with_the_undisturbed_weights(cluster, tmp_pa
             pool.close()
     cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=100 * 2**20)  # back to NODES for later tests
     cluster.wait_for_nodes()
+    rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+    assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"
+
+
+class KillRank:
+    """A coordinator listener that SIGKILLs worker `rank`'s process right after step `at_step`."""
+
+    def __init__(self, pool, rank, at_step):
+        self.pool, self.rank, self.at_step, self.killed = pool, rank, at_step, None
+
+    def on_step(self, step, epoch, loss, n):
+        if step == self.at_step:
+            self.killed = self.pool.info[self.rank]["pid"]
+            os.kill(self.killed, signal.SIGKILL)
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+
+def test_a_worker_lost_behind_another_nodes_leader_is_replaced(cluster, tmp_path):
+    """On a node other than the coordinator's, the worker of lowest rank adds its node's
+    sums; a dead worker behind it reaches the coordinator as that leader's failed step."""
+    import ray
+
+    path = write_parquet(tmp_path / "d.parquet")
+    job = training.prepare(from_dict(config(path, "adam", 64, epochs=2)))
+    t = job.cfg.train
+    ref = job.theta0.copy()
+    train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate),
+          job.plan, t.epochs)
+
+    workers = NODES * CPUS_PER_NODE
+    with connect(cluster.address, workers):
+        pool = make_pool(job, workers)
+        try:
+            here = ray.get_runtime_context().get_node_id()
+            remote = [r for r, i in enumerate(pool.info) if i["node_id"] != here]
+            node = pool.info[remote[0]]["node_id"]
+            behind = [r for r in remote if pool.info[r]["node_id"] == node][1]  # not the leader
+            killer = KillRank(pool, behind, at_step=4)
+            theta = job.theta0.copy()
+            train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, [killer])
+            assert killer.killed and pool.failures == 1
+            assert pool.info[behind]["pid"] != killer.killed
+            assert pool.traffic["steps"] == t.epochs * job.plan.steps_per_epoch  # each step counted once
+        finally:
+            pool.close()
     rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
     assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"

@@ -107,6 +107,15 @@ def _peer_that_dies(address):
     time.sleep(60)
 
 
+def test_a_lost_peer_error_survives_pickling():
+    """A node's leader raises it to the coordinator through Ray, which pickles it."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(PeerLost(3, "its process ended")))
+    assert isinstance(err, PeerLost) and err.slot == 3
+    assert str(err) == "worker in slot 3 of its node: its process ended"
+
+
 def test_a_peer_process_that_dies_is_seen_at_once():
     host = PlaneHost(P, np.float32, 1)
     child = multiprocessing.get_context("fork").Process(target=_peer_that_dies, args=(host.address,))

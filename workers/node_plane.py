@@ -46,8 +46,11 @@ class PeerLost(ConnectionError):
     """A peer's socket closed (its process died) or failed mid-step."""
 
     def __init__(self, slot: int, why: str):
-        super().__init__(f"worker in slot {slot} of its node: {why}")
+        super().__init__(slot, why)  # args as given, so the error pickles (a leader's step raises it through Ray)
         self.slot = slot
+
+    def __str__(self) -> str:
+        return f"worker in slot {self.args[0]} of its node: {self.args[1]}"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
