@@ -25,6 +25,9 @@ from cluster.auth import TOKEN_HINT, enable_token_mode
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
+# Ray warns at every start of a local instance that it enabled token auth (its default,
+# which we keep: the instance listens on loopback for this job only). Not the user's concern.
+logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 @dataclass

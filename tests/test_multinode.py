@@ -108,7 +108,6 @@ def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
     cfg_file.write_text(yaml.safe_dump(config(path, "sgd", 64, epochs=1)))
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # run from tmp_path (its mlflow.db goes there)
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", str(cfg_file),
                            "--address", cluster.address, "--workers", str(NODES),
                            "--output", str(out), "--quiet"],

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH = 12, 8
 CONFIG = f"""\
 experiment: resume-test
@@ -32,7 +31,7 @@ def cli(*args, cwd):
 
 
 def env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    return dict(os.environ)
 
 
 @pytest.fixture(scope="module")

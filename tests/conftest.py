@@ -1,0 +1,112 @@
+"""What every test module shares: the in-process `rayprop` runner.
+
+`rayprop(*args)` calls `experiments.cli.main(argv)` in this process, as the installed
+command does, in a working directory of the test's own (so a stray `mlflow.db`,
+`runs/` or output lands there, where the test can look for it), and returns the exit
+code with everything written to stdout and stderr, captured at the file descriptors:
+a line printed by a library's C code or a logging handler counts too. It saves the
+interpreter start and the imports of a subprocess per call; the few tests that must
+prove the installed command itself use `installed_rayprop` (a real subprocess).
+
+The package is installed editable (`pip install -e '.[test]'`, as `.ci/run` does), so
+subprocesses import this checkout without any PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    import experiments
+
+    where = Path(experiments.__file__).resolve().parents[1]
+    if where != REPO:
+        raise pytest.UsageError(f"the tests import rayprop from {where}, not this checkout {REPO}: "
+                                f"install it with  pip install -e '{REPO}[test]'")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def returncode(self) -> int:  # the name subprocess.CompletedProcess uses
+        return self.code
+
+
+class Runner:
+    """Runs `rayprop ARGS` in-process in `cwd`; see the module docstring."""
+
+    def __init__(self, capfd, cwd: Path):
+        self.capfd, self.cwd = capfd, Path(cwd)
+
+    def __call__(self, *args, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
+        from experiments.cli import main
+
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        os.environ.update(env or {})
+        os.chdir(cwd or self.cwd)
+        self.capfd.readouterr()  # drop what earlier steps of the test printed
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, --version, usage errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(saved_cwd)
+            # MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ:
+            # one call must not choose the store of the next.
+            os.environ.clear()
+            os.environ.update(saved_env)
+        out, err = self.capfd.readouterr()
+        _no_run_left_active()
+        return Result(code, out, err)
+
+
+def _no_run_left_active() -> None:
+    """A call that returned must not leave an MLflow run open in this process."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        run = mlflow.active_run()
+        mlflow.end_run()
+        raise AssertionError(f"rayprop left MLflow run {run.info.run_id} active")
+
+
+@pytest.fixture
+def rayprop(capfd, tmp_path) -> Runner:
+    """The in-process CLI, working in this test's tmp_path unless given `cwd=`."""
+    return Runner(capfd, tmp_path)
+
+
+RAYPROP = Path(sys.executable).with_name("rayprop")  # the console script of this venv
+
+
+def installed_rayprop(*args, cwd: Path, env: dict[str, str] | None = None,
+                      timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    """The installed `rayprop` command as a user runs it: a new process, nothing in-process."""
+    return subprocess.run([str(RAYPROP), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def one_line_exit_2(result, *words: str) -> str:
+    """Bad input: exit 2, one line on stderr that names `words`, no traceback, no stdout."""
+    err = result.stderr
+    assert result.returncode == 2, f"exit {result.returncode}; stderr:\n{err[-1500:]}"
+    assert "Traceback" not in err, err[-1500:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err[-1500:]}"
+    assert len(lines[0]) < 300, lines[0]
+    for w in words:
+        assert w in lines[0], f"{w!r} not named in: {lines[0]}"
+    assert result.stdout == "", result.stdout
+    return lines[0]
