@@ -105,7 +105,7 @@ def one_line_exit_2(result, *words: str) -> str:
     assert "Traceback" not in err, err[-1500:]
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err[-1500:]}"
-    assert len(lines[0]) < 300, lines[0]
+    assert len(lines[0]) < 250, f"{len(lines[0])} characters: {lines[0]}"
     for w in words:
         assert w in lines[0], f"{w!r} not named in: {lines[0]}"
     assert result.stdout == "", result.stdout

@@ -106,7 +106,7 @@ def set_(*pairs):
     return [x for pair in pairs for x in ("--set", pair)]
 
 
-# (id, arguments after `rayprop`, words the one line must contain).
+# (id, arguments after `rayprop`, words the one line must contain[, files of the case]).
 # "{port}" in an argument becomes a free loopback port where nothing listens.
 CASES = [
     # -- the config file
@@ -206,6 +206,37 @@ CASES = [
     ("ui: port out of range", ["ui", "--port", "70000"], ["--port", "65535"]),
 ]
 
+# Hostile configs, refused before anything is built (by `train` and `sweep` alike).
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi")) + "data: {source: xor}\nmodel: {layers: *i}\n"
+XOR = "data: {source: xor}\n"
+HOSTILE = [
+    # (id, the file c.yaml, arguments after CONFIG, words)
+    ("a layer of a billion units", XOR, set_("model.layers=[2, 1000000000, 2]"),
+     ["model.layers", "in [1, 1000000]", "1000000000"]),
+    ("too many parameters", XOR, set_("model.layers=[2, 100000, 100000, 2]"),
+     ["model.layers", "parameters, more than"]),
+    ("5000 layers", XOR + "model: {layers: " + str([4] * 5000) + "}\n", [],
+     ["model.layers", "at most 1000 sizes"]),
+    ("YAML alias bomb", ALIAS_BOMB, [], ["expands to more than", "aliases"]),
+    ("YAML self-reference", "a: &a [*a]\n" + XOR, [], ["c.yaml", "refers to itself"]),
+    ("YAML nested 5000 deep", XOR + "x: " + "[" * 5000 + "]" * 5000 + "\n", [], ["c.yaml"]),
+    ("negative seed", XOR + "train: {seed: -1}\n", [], ["train.seed", "at least 0", "-1"]),
+    ("negative split seed", "data: {source: xor, split_seed: -3}\n", [], ["data.split_seed", "at least 0"]),
+    ("experiment name leaves the folder", XOR, ["--experiment", "../../x"],
+     ["experiment", "plain name", "'../../x'"]),
+    ("experiment name absolute", XOR + "experiment: /tmp/abs\n", [], ["experiment", "plain name"]),
+    ("experiment name ..", XOR + "experiment: ..\n", [], ["experiment", "plain name"]),
+    ("a 5000-digit number", XOR, set_("train.learning_rate=" + "9" * 5000 + "x"),
+     ["train.learning_rate", "expected a number", "..."]),
+    ("too many workers in the file", XOR + "cluster: {workers: 100000}\n", [],
+     ["cluster.workers", "in [1, 1024]"]),
+    ("too many workers", XOR, ["--workers", "100000"], ["--workers", "at most 1024"]),
+]
+CASES += [(f"{command}: {name}", [command, "c.yaml", "--local", *argv], words, {"c.yaml": text})
+          for name, text, argv, words in HOSTILE for command in ("train", "sweep")]
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -214,10 +245,14 @@ def files(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("args,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(rayprop, files, tmp_path, args, words):
+@pytest.mark.parametrize("args,words,own_files", [(*c[1:3], c[3] if len(c) > 3 else {}) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(rayprop, files, tmp_path, args, words,
+                                                           own_files):
     for f in files.iterdir():
         (tmp_path / f.name).symlink_to(f)
+    for name, text in own_files.items():
+        (tmp_path / name).write_text(text)
     before = sorted(p.name for p in tmp_path.iterdir())
     if any("{port}" in a for a in args):
         port = free_port()
