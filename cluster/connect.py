@@ -1,7 +1,7 @@
 """Connecting to Ray: a fresh local instance, a running cluster, or Ray Client.
 
-    address None (and no RAY_ADDRESS)  start a local Ray sized for the job, dashboard
-                                       on 127.0.0.1, shut down at the end
+    address None (and no RAY_ADDRESS)  start a local Ray sized for the job (no dashboard),
+                                       shut down at the end
     "auto" or "HOST:PORT"              join a running cluster (as its driver)
     "ray://HOST:PORT"                  Ray Client
 
@@ -110,9 +110,10 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     log_level = logging.WARNING if quiet else logging.INFO
     if address is None:
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
+        # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
+        # on a small machine is most of a short job's start (README: Speed).
         ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
-                 dashboard_host="127.0.0.1", logging_level=log_level,
-                 configure_logging=True)
+                 include_dashboard=False, logging_level=log_level, configure_logging=True)
         kind = "local"
     else:
         if address.startswith("ray://"):
