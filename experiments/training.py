@@ -12,8 +12,10 @@ Ray and MLflow are imported inside the functions: the input checks run first.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -209,6 +211,9 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
     from experiments.interrupts import StopFlag
     from experiments.progress import ProgressBar
 
+    # MLflow takes seconds to import: that happens in the background while Ray starts and
+    # the workers read their rows (an import writes nothing; the run comes after the checks).
+    threading.Thread(target=importlib.import_module, args=("experiments.tracking",), daemon=True).start()
     checkpointers, run = [], None
     try:
         with ExitStack() as stack:
