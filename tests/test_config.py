@@ -188,6 +188,9 @@ def test_config_words_are_the_registries_keys():
         theta = np.ones(3)
         make_optimizer(name, 0.5).step(theta, np.ones(3))
         assert (theta < 1).all(), name  # a step downhill
+    from workers.examples import ENCODINGS
+
+    assert set(ENCODINGS) == set(COSTS)  # how targets are encoded, for every cost
     for cost in COSTS:  # the output a cost implies is one it fits, and is accepted
         assert natural_output(cost) in COSTS[cost].fits
         assert from_dict({**BASE, "model": {"cost": cost}}).output_activation == natural_output(cost)

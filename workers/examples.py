@@ -154,8 +154,7 @@ def split_rows(num_rows: int, validation_fraction: float, seed: int) -> tuple[np
     fraction > 0 and num_rows > 1; the validation rows are the first n_val of
     default_rng(seed).permutation(num_rows).
     """
-    if not 0 <= validation_fraction < 1:
-        raise ConfigError(f"data.validation_fraction is {validation_fraction} but must be in [0, 1)")
+    assert 0 <= validation_fraction < 1, f"validation_fraction {validation_fraction} (the config checks it)"
     n_val = int(round(validation_fraction * num_rows))
     if validation_fraction > 0 and num_rows > 1:
         n_val = max(n_val, 1)
