@@ -214,7 +214,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
     # MLflow takes seconds to import: that happens in the background while Ray starts and
     # the workers read their rows (an import writes nothing; the run comes after the checks).
     threading.Thread(target=importlib.import_module, args=("experiments.tracking",), daemon=True).start()
-    checkpointers, run = [], None
+    run = None
     try:
         with ExitStack() as stack:
             # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
@@ -238,25 +238,20 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
             verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
-            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop,
-                          checkpointer_out=checkpointers)
+            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop)
     except TrainingStopped as e:  # the run has ended KILLED
         e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
                   f"{opts.config_name} --resume {run.run_id}")
-        raise
-    except RunError as e:  # the run has ended FAILED
-        last = checkpointers[0].latest if checkpointers else None
-        if last:
-            e.hint = f"{e.hint}; last good checkpoint {last}" if e.hint else f"last good checkpoint {last}"
         raise
     return summary, out_dir
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
-        resume: Checkpoint | None = None, should_stop=None, checkpointer_out: list | None = None) -> dict:
+        resume: Checkpoint | None = None, should_stop=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
-    run's artifacts; then write the model files and summary.json. Returns the summary."""
+    run's artifacts; then write the model files and summary.json. Returns the summary.
+    A RunError leaves with a hint naming the last good checkpoint."""
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
 
@@ -287,12 +282,15 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers)},
                                 on_saved=to_artifacts, before_save=run.metrics.sync)
-    if checkpointer_out is not None:
-        checkpointer_out.append(checkpointer)  # so the caller can name the last checkpoint
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
-        result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],
-                            resume=resume.position if resume else None, checkpointer=checkpointer,
-                            should_stop=should_stop)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
+            result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],
+                                resume=resume.position if resume else None, checkpointer=checkpointer,
+                                should_stop=should_stop)
+    except RunError as e:  # the run ends FAILED; what is kept
+        if checkpointer.latest:
+            e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {checkpointer.latest}"]))
+        raise
     summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": nodes, "ray": ray_kind}
     write_outputs(job, theta, out_dir, summary)
     log_outputs(job, out_dir, resolved)
