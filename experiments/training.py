@@ -28,7 +28,7 @@ from experiments import stores
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
-from trainer.config import Config
+from trainer.config import Config, check_size
 from trainer.coordinator import TrainingStopped, train as coordinate
 from trainer.errors import InputError, RunError
 from trainer.model_io import read_arrays, save_model, theta_from_arrays, write_json
@@ -105,7 +105,10 @@ def infer_layers(cfg: Config, source: Source) -> list[int]:
 
 def prepare(cfg: Config, init_from: str | None = None) -> Job:
     source = open_source(cfg.data.source)
-    layers = cfg.model.layers or infer_layers(cfg, source)
+    layers = cfg.model.layers
+    if layers is None:
+        layers = infer_layers(cfg, source)
+        check_size(layers)  # the data chose them: still refused before anything is built
     schema = resolve_schema(source, cfg.data.features, cfg.data.target, layers, cfg.model.cost)
     spec = NetworkSpec(tuple(layers), cfg.model.hidden_activation, cfg.output_activation,
                        cfg.model.cost, cfg.model.dtype)

@@ -75,8 +75,11 @@ class Runner:
 
 def _no_run_left_active() -> None:
     """A call that returned must not leave an MLflow run open in this process."""
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None and mlflow.active_run() is not None:
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow  # waits for an import still running in rayprop's background thread
+
+    if mlflow.active_run() is not None:
         run = mlflow.active_run()
         mlflow.end_run()
         raise AssertionError(f"rayprop left MLflow run {run.info.run_id} active")

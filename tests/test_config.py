@@ -205,3 +205,16 @@ def test_resolved_config_fills_in_layers_and_output_only():
     assert resolved.model.layers == [2, 64, 2] and resolved.model.output_activation == "softmax"
     assert resolved.sweep == {} and resolved.train == cfg.train and resolved.data == cfg.data
     assert from_dict(dataclasses.asdict(resolved)) == resolved  # still a valid config
+
+
+def test_layers_inferred_from_the_data_are_held_to_the_same_size_limit(monkeypatch):
+    """A table of a million columns would infer a network past the limit: refused in
+    prepare like a written one (the limit is lowered here to stand for that table)."""
+    import trainer.config
+    from experiments import training
+
+    cfg = from_dict(BASE)  # no model.layers: [2, 64, 2] from xor's columns and labels
+    assert training.prepare(cfg).spec.layers == (2, 64, 2)
+    monkeypatch.setattr(trainer.config, "MAX_PARAMETERS", 2 * 64 + 64 + 64 * 2 + 2 - 1)
+    with pytest.raises(ConfigError, match=r"model.layers: \[2, 64, 2\] has 322 parameters, more than 321"):
+        training.prepare(cfg)

@@ -310,6 +310,18 @@ def _check_ranges(section, prefix: str) -> None:
             raise ConfigError(f"{prefix}{f.name}: {each}must be {rng}, got {short(value)}")
 
 
+def check_size(layers: list[int]) -> None:
+    """ConfigError if a network of these layer sizes is past what rayprop builds: also
+    for the layers inferred from the data (a table of a million columns)."""
+    if not 2 <= len(layers) <= MAX_LAYERS:
+        raise ConfigError(f"model.layers: needs an input and an output size and at most "
+                          f"{MAX_LAYERS} sizes, got {len(layers)}")
+    parameters = sum((n_in + 1) * n_out for n_in, n_out in zip(layers, layers[1:]))
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(f"model.layers: {short(layers)} has {parameters:,} parameters, "
+                          f"more than {MAX_PARAMETERS:,}")
+
+
 def _validate(cfg: Config) -> Config:
     """The declared ranges, then the rules that tie keys together."""
     m, d, t = cfg.model, cfg.data, cfg.train
@@ -327,12 +339,7 @@ def _validate(cfg: Config) -> Config:
     if isinstance(d.target, list) and not d.target:
         bad("data.target", "names no column")
     if m.layers is not None:
-        if not 2 <= len(m.layers) <= MAX_LAYERS:
-            bad("model.layers", f"needs an input and an output size and at most {MAX_LAYERS} "
-                f"sizes, got {len(m.layers)}")
-        parameters = sum((n_in + 1) * n_out for n_in, n_out in zip(m.layers, m.layers[1:]))
-        if parameters > MAX_PARAMETERS:
-            bad("model.layers", f"{parameters:,} parameters, more than {MAX_PARAMETERS:,}")
+        check_size(m.layers)
     if cfg.output_activation not in COSTS[m.cost].fits:
         bad("model.output_activation", f"{m.cost} needs a {' or '.join(COSTS[m.cost].fits)} output, "
             f"got {cfg.output_activation}")
