@@ -12,7 +12,7 @@ import sys
 
 from trainer import __version__
 from trainer.config import MAX_WORKERS
-from trainer.errors import InputError, RunError, Stopped, one_line
+from trainer.errors import InputError, RunError, Stopped, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 
@@ -155,23 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(commands, args.command)(args)
         return EXIT_OK if code is None else code
     except InputError as e:
-        _say(prog, e, "error: ")
+        print(f"{prog}: error: {describe(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunError as e:  # the run has ended FAILED
-        _say(prog, e, f"{e.kind}: " if e.kind else "")
+        print(f"{prog}: {describe(e)}", file=sys.stderr)
         return EXIT_FAILED
     except Stopped as e:  # the run has ended KILLED, after a whole step
-        _say(prog, e)
+        print(f"{prog}: {describe(e)}", file=sys.stderr)
         return EXIT_STOPPED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_STOPPED
-
-
-def _say(prog: str, err: Exception, kind: str = "") -> None:
-    """The one line an error becomes: what happened, then what to do about it."""
-    hint = getattr(err, "hint", "")
-    print(f"{prog}: {kind}{one_line(err)}{'; ' + hint if hint else ''}", file=sys.stderr)
 
 
 def entry() -> None:

@@ -21,7 +21,7 @@ from experiments.progress import ProgressBar
 from experiments.training import Job
 from trainer import __version__
 from trainer.config import Config
-from trainer.errors import InputError, RunError, one_line
+from trainer.errors import InputError, RunError, describe, one_line
 from trainer.model_io import write_json
 
 
@@ -145,11 +145,10 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                     bar.close()
             except RunError as e:  # one diverging learning rate (or lost worker) does not end the sweep
                 result.error = e.kind or one_line(e, 80)
-                print(f"rayprop sweep: {name}: {e.kind + ': ' if e.kind else ''}{one_line(e)}",
-                      file=sys.stderr)
+                print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
             except InputError as e:  # only when the sweep varies data.*: a later source's bad row
                 result.error = one_line(e, 80)
-                print(f"rayprop sweep: {name}: {one_line(e)}", file=sys.stderr)
+                print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
         _record_best(parent, results)
     write_json(out_root / "sweep.json", {
         "parent_run_id": parent.run_id, "best_run_id": getattr(best(results), "run_id", None),

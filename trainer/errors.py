@@ -63,6 +63,14 @@ def one_line(err: BaseException | str, limit: int = MAX_LINE) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+def describe(err: BaseException) -> str:
+    """The line an error becomes for the user: its kind ("diverged: "), its one line,
+    then what to do about it (its hint)."""
+    kind = getattr(err, "kind", "")
+    hint = getattr(err, "hint", "")
+    return f"{kind + ': ' if kind else ''}{one_line(err)}{'; ' + hint if hint else ''}"
+
+
 def short(value, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters: never print a whole (huge) value back."""
     text = repr(value)
