@@ -30,6 +30,17 @@ PREFLIGHT_SECONDS = 5
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
+class _NotTheUsersConcern(logging.Filter):
+    """Ray Client's server calls ray.init off its main thread for every client and says
+    so; the line reaches the client's console through the log stream."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+logging.getLogger("ray.util.client.logsclient").addFilter(_NotTheUsersConcern())
+
+
 @dataclass
 class Connection:
     kind: str  # "local" (started for this job), "cluster" (joined), "client" (ray://), "job"
@@ -133,6 +144,8 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
         if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
             kind = "job"
     try:
+        if kind == "cluster":  # "auto" or RAY_ADDRESS: say which cluster it turned out to be
+            address = ray.get_runtime_context().gcs_address
         resources = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         cpus = resources.get("CPU", 0)

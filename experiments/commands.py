@@ -73,6 +73,8 @@ def sweep(args) -> None:
     uri = training.tracking_uri(args.tracking_uri, cfg)
     results = sweeps.run(cfg, children, out_root, uri, _options(args))
     print(sweeps.table(results))
+    print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "
+          f"{out_root / 'sweep.json'}", file=sys.stderr)
     if sweeps.best(results) is None:
         raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")
 

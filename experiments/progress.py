@@ -2,8 +2,12 @@
 
 Everything goes to stderr, so stdout stays free for machine-readable output.
 With one step per epoch (full-batch GD) one bar spans all epochs; otherwise each
-epoch gets a bar of its steps and leaves one line behind. The bar disables itself
-when stderr is not a terminal; the epoch lines and the summary still print.
+epoch gets a bar of its steps and leaves one line behind (the first MAX_EPOCH_LINES
+and the last; a line says when some are skipped). The bar disables itself when
+stderr is not a terminal; the epoch lines and the summary still print.
+
+The figures carry the names of the MLflow metrics they are: `epoch_loss` is the mean
+loss over an epoch's examples, while MLflow's `loss` curve has one batch's loss per step.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import sys
 
 from tqdm import tqdm
 
+MAX_EPOCH_LINES = 50  # epoch lines after this many would drown the summary
+
 
 def _fmt_metrics(metrics: dict) -> str:
-    parts = [f"loss {metrics['epoch_loss']:.4g}"]
+    parts = [f"epoch_loss {metrics['epoch_loss']:.4g}"]
     if "val_loss" in metrics:
         parts.append(f"val_loss {metrics['val_loss']:.4g}")
     if "val_accuracy" in metrics:
-        parts.append(f"val_acc {metrics['val_accuracy']:.1%}")
+        parts.append(f"val_accuracy {metrics['val_accuracy']:.1%}")
     parts.append(f"{metrics['examples_per_second']:,.0f} ex/s")
     return "  ".join(parts)
 
@@ -32,7 +38,7 @@ class ProgressBar:
         if not quiet and not self.per_epoch:
             self.bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr,
                             disable=None, dynamic_ncols=True)
-        self._lines_left = 50  # epoch lines after this many would drown the summary
+        self._lines_left = MAX_EPOCH_LINES
 
     def on_step(self, step, epoch, loss, n):
         if self.quiet:
@@ -63,7 +69,12 @@ class ProgressBar:
     def _line(self, text, epoch):
         if self._lines_left > 0 or epoch == self.last_epoch:
             tqdm.write(text, file=sys.stderr)
-            self._lines_left -= 1
+        elif self._lines_left == 0:  # once, at the first line left out
+            skipped = (f"epoch {epoch + 1}" if epoch + 1 == self.last_epoch
+                       else f"epochs {epoch + 1} to {self.last_epoch}")
+            tqdm.write(f"... (lines of {skipped} not shown; every epoch's metrics are in MLflow)",
+                       file=sys.stderr)
+        self._lines_left -= 1
 
     def close(self):
         if self.bar is not None:
@@ -77,7 +88,7 @@ def print_summary(summary: dict, out_dir) -> None:
     lines = [f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['wall_seconds']:.1f}s "
              f"({summary['examples_per_second']:,.0f} examples/s, {summary['workers']} worker"
              f"{'s' if summary['workers'] != 1 else ''})",
-             f"  final loss {summary['final_loss']:.4g}"
+             f"  epoch_loss {summary['final_loss']:.4g} (the last epoch's mean)"
              + (f"  val_loss {val:.4g}" if val is not None else "")
              + (f"  val_accuracy {acc:.1%}" if acc is not None else ""),
              f"  model written to {out_dir}/model.npz (+ model.json, summary.json)"]

@@ -29,6 +29,10 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from experiments.stores import quiet_mlflow
+
+    quiet_mlflow()  # no "Downloading artifacts" bars when the checkpoint comes from the store
+
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:

@@ -11,8 +11,12 @@ the job has trained.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import sqlite3
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +28,59 @@ ENV = "MLFLOW_TRACKING_URI"
 PROBE_SECONDS = 5.0
 
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+# Set before MLflow runs: rayprop's console stays rayprop's. MLflow prints "View run ...
+# at: URL" on stdout for a tracking server (stdout is for machine-readable output; rayprop
+# prints the run's page itself) and "Downloading artifacts" bars (on --resume).
+QUIET_MLFLOW_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def quiet_mlflow() -> None:
+    """Call before MLflow is imported (its logger's INFO lines: creating tables, ...)."""
+    for key, value in QUIET_MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def experiment_page(ui: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs (3.x opens an experiment on its GenAI
+    overview otherwise, where training runs are one click away)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def run_page(ui: str, experiment_id: str, run_id: str) -> str:
+    return f"{experiment_page(ui, experiment_id)}/{run_id}"
+
+
+def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run can be looked at: its page on a tracking server, else the store and
+    the command that shows it."""
+    if is_server(uri):
+        return run_page(redact(uri), experiment_id, run_id)
+    return f"{redact(uri)} (see it with: rayprop ui{'' if uri == DEFAULT_URI else ' --tracking-uri ' + redact(uri)})"
+
+
+def experiments_with_runs(ui: str, timeout: float = PROBE_SECONDS) -> list[tuple[str, str]]:
+    """(id, name) of the experiments that hold runs, newest first, asked of a tracking
+    server's REST API (no MLflow import)."""
+
+    def post(path, body):
+        request = urllib.request.Request(f"{ui.rstrip('/')}/api/2.0/mlflow/{path}",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+
+    found = post("experiments/search", {"max_results": 1000, "order_by": ["last_update_time DESC"]})
+    out = []
+    for exp in found.get("experiments", []):
+        runs = post("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1})
+        if runs.get("runs"):
+            out.append((exp["experiment_id"], exp["name"]))
+    return out
 
 
 def resolve_uri(flag: str | None, config_uri: str | None) -> str:
@@ -66,3 +123,51 @@ def check(uri: str) -> None:
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise InputError(f"tracking URI {redact(uri)}: no MLflow server answers ({reason})") from None
+
+
+def start_from_template(uri: str) -> None:
+    """Make a new sqlite store as a copy of an empty one, kept once per MLflow version in
+    the user's cache folder. MLflow makes a new store by running its 60-odd schema
+    migrations: seconds on every first run in a new folder. Any failure here leaves the
+    store to MLflow, which makes it the slow way. Call with MLflow importable."""
+    db = sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rayprop"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        if not template.is_file():
+            _make_template(template)
+        _copy_if_absent(template, db)
+    except (OSError, sqlite3.Error):
+        return
+
+
+def _make_template(template: Path) -> None:
+    from mlflow import MlflowClient
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
+        path = Path(tmp) / "empty.db"
+        MlflowClient(f"sqlite:///{path}").search_experiments()  # MLflow creates its tables
+        # MLflow adds the Default experiment (id 0) with an artifact folder beside the store;
+        # without it, MLflow adds it again on first use, beside the copy.
+        with sqlite3.connect(path) as con:
+            con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+            con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        con.close()
+        os.replace(path, template)  # whole or not at all, if two jobs make it at once
+
+
+def _copy_if_absent(template: Path, db: Path) -> None:
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(template.read_bytes())
+        try:
+            os.link(tmp, db)  # never replaces a store another job made meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)

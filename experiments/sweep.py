@@ -124,7 +124,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         parent.log_params({**tracking.run_params(cfg.without_sweep()),
                            **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()}})
         print(f"rayprop sweep: {len(children)} runs under MLflow run {parent.run_id} in experiment "
-              f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
+              f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, parent.run_id)}",
+              file=sys.stderr)
         for i, ((combo, job), n, result) in enumerate(zip(children, counts, results)):
             name = f"run {i + 1}/{len(children)} {label(combo)}"
             try:

@@ -13,7 +13,6 @@ the inputs have been checked.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import re
@@ -22,14 +21,15 @@ import threading
 import time
 import warnings
 
-# Before mlflow is imported: stdout stays free for machine-readable output (MLflow
-# prints "View run ... at: URL" there for a tracking server), and no download bars.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from experiments import stores
+
+stores.quiet_mlflow()  # before mlflow is imported
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
 from experiments.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
@@ -52,9 +52,8 @@ MLFLOW_TYPES = {"double": "double", "float": "float", "halffloat": "float", "int
                 "uint16": "integer", "uint8": "integer", "bool": "boolean", "string": "string",
                 "large_string": "string", "binary": "binary"}
 
-# MLflow says "creating tables", "creating experiment", "validating input example" at
-# INFO on stderr; rayprop prints where the run went itself. Warnings still show.
-logging.getLogger("mlflow").setLevel(logging.WARNING)
+# MLflow's INFO lines ("creating tables", "creating experiment", "validating input
+# example") are quieted by stores.quiet_mlflow; rayprop prints where the run went itself.
 
 
 def first_line(err: BaseException) -> str:
@@ -64,6 +63,7 @@ def first_line(err: BaseException) -> str:
 
 def open_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name` (created if new)."""
+    stores.start_from_template(uri)  # a new sqlite store in seconds less
     mlflow.set_tracking_uri(uri)
     try:
         return mlflow.set_experiment(name).experiment_id

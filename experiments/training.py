@@ -12,6 +12,7 @@ Ray and MLflow are imported inside the functions: the input checks run first.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -240,7 +241,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
             run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume))
             verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
-                  f"{cfg.experiment!r} at {stores.redact(uri)}", file=sys.stderr)
+                  f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
+                  file=sys.stderr)
             summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop)
     except TrainingStopped as e:  # the run has ended KILLED
         e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
@@ -259,23 +261,27 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     from experiments.run_artifacts import log_outputs
 
     nodes = pool.num_nodes
-    resolved = job.resolved_cfg
+    # The params say what ran: cluster.workers is the pool's size (1 in local mode, or
+    # --workers), as the rayprop.workers tag does.
+    resolved = dataclasses.replace(job.resolved_cfg, cluster=dataclasses.replace(
+        job.resolved_cfg.cluster, workers=pool.num_workers))
     if resume is None:
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
     run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
                   "rayprop.nodes": nodes})
 
-    last_upload = [-ARTIFACT_CHECKPOINT_SECONDS]
+    last_upload, uploaded = [-ARTIFACT_CHECKPOINT_SECONDS], [None]
 
-    def to_artifacts(path):
+    def to_artifacts(path, final=False):
         # A copy in the run's artifacts (for --resume where DIR is gone) at most once per
         # ARTIFACT_CHECKPOINT_SECONDS: a store round trip per epoch costs more than a
-        # short epoch. Resuming from an older copy is still exact, only longer.
+        # short epoch. Resuming from an older copy is still exact, only longer. The
+        # newest one goes at the end (final), whatever the minute rule skipped.
         now = time.monotonic()
-        if now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
+        if final or now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
             run.client.log_artifact(run.run_id, str(path), "checkpoints")
-            last_upload[0] = now
+            last_upload[0], uploaded[0] = now, path
 
     t = job.cfg.train
     theta = resume.theta.astype(job.spec.dtype) if resume else job.theta0.copy()
@@ -294,6 +300,13 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         if checkpointer.latest:
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {checkpointer.latest}"]))
         raise
+    finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
+        if checkpointer.latest is not None and checkpointer.latest != uploaded[0]:
+            try:
+                to_artifacts(checkpointer.latest, final=True)
+            except Exception as err:  # the store failing here must not hide why training ended
+                print(f"rayprop: warning: the last checkpoint did not reach the run's artifacts "
+                      f"({type(err).__name__}); it is in {checkpointer.latest.parent}", file=sys.stderr)
     summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": nodes, "ray": ray_kind}
     write_outputs(job, theta, out_dir, summary)
     log_outputs(job, out_dir, resolved)

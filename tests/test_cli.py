@@ -176,8 +176,10 @@ def test_train_spirals_end_to_end(spirals_run):
     assert math.isfinite(summary["final_loss"]) and summary["final_loss"] < 0.3
     assert math.isfinite(summary["val_loss"]) and summary["val_loss"] < 0.3
     assert summary["examples_per_second"] > 0 and summary["wall_seconds"] > 0
-    # Progress and summary go to stderr; stdout stays free.
+    # Progress and summary go to stderr; stdout stays free. The summary's loss is named
+    # as the MLflow metric it is (the last epoch's mean), not as the per-batch `loss`.
     assert proc.stdout == ""
+    assert f"epoch_loss {summary['final_loss']:.4g} (the last epoch's mean)" in proc.stderr
     assert not (work / "runs").exists()  # --output was honoured
 
 
@@ -357,3 +359,26 @@ def test_installed_command_bad_input_is_one_line(tmp_path):
     proc = installed_rayprop("train", "c.yaml", "--workers", "2", cwd=tmp_path, env=env)
     one_line_exit_2(proc, "d.csv", "NaN", "row 20")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "d.csv"]
+
+
+# ---- what the console says ------------------------------------------------------------------
+
+def test_epoch_lines_say_which_are_skipped(capsys):
+    from experiments.progress import MAX_EPOCH_LINES, ProgressBar
+
+    epochs = MAX_EPOCH_LINES + 30
+    bar = ProgressBar(epochs, steps_per_epoch=3)
+    metrics = {"epoch_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.75, "examples_per_second": 1000.0}
+    for epoch in range(epochs):
+        for step in range(3):
+            bar.on_step(epoch * 3 + step + 1, epoch, 0.5, 10)
+        bar.on_epoch(epoch, metrics)
+    bar.close()
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    shown = [int(l.split()[1].split("/")[0]) for l in lines if l.startswith("epoch ")]
+    assert shown == [*range(1, MAX_EPOCH_LINES + 1), epochs]
+    skipped = [l for l in lines if "not shown" in l]
+    assert skipped == [f"... (lines of epochs {MAX_EPOCH_LINES + 1} to {epochs - 1} not shown; "
+                       "every epoch's metrics are in MLflow)"]
+    assert lines.index(skipped[0]) == MAX_EPOCH_LINES  # between the last shown and the final line
+    assert lines[0] == f"epoch 1/{epochs}  epoch_loss 0.5  val_loss 0.25  val_accuracy 75.0%  1,000 ex/s"

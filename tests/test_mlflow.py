@@ -136,6 +136,7 @@ def check_run(mlflow, uri: str, experiment: str, out: Path, tmp: Path):
     assert t["rayprop.version"] == "0.1.0" and t["rayprop.workers"] == "1"
     assert t["rayprop.nodes"] == "1" and t["rayprop.ray"] == "none"
     assert t["rayprop.data.source"] == "spirals" and t["rayprop.data.rows"] == str(SPIRALS_ROWS)
+    assert p["cluster.workers"] == t["rayprop.workers"]  # what ran, not the config's default
     # the dataset as an input: source and schema, no rows
     (ds_input,) = run.inputs.dataset_inputs
     assert ds_input.dataset.name == "spirals"
@@ -175,6 +176,10 @@ def check_run(mlflow, uri: str, experiment: str, out: Path, tmp: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     npz = Path(client.download_artifacts(run.info.run_id, "model.npz", str(tmp)))
     assert npz.read_bytes() == (out / "model.npz").read_bytes()
+    # the newest checkpoint reached the artifacts too (the once-a-minute rule skipped the others)
+    newest = sorted((out / "checkpoints").glob("ckpt-*.npz"))[-1]
+    ckpt = Path(client.download_artifacts(run.info.run_id, f"checkpoints/{newest.name}", str(tmp)))
+    assert ckpt.read_bytes() == newest.read_bytes()
 
     # the pyfunc model: same outputs as numpy's forward pass on model.npz
     arrays = load_npz(npz)
@@ -221,12 +226,16 @@ def test_train_logs_a_complete_run_to_a_tracking_server(tmp_path, server, mlflow
                       env_uri=server.uri, cwd=tmp_path))
     assert proc.stdout == ""  # no "View run at" line from MLflow on stdout
     run = check_run(mlflow_mod, server.uri, "on-server", tmp_path / "out", tmp_path / "dl")
+    # The job names its run's page (MLflow 3 would open the experiment on its GenAI overview).
+    page = f"{server.uri}/#/experiments/{run.info.experiment_id}"
+    assert f"{page}/runs/{run.info.run_id}" in proc.stderr, proc.stderr
     # The artifacts went through the server into its own folder, not into our cwd.
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     assert any((server.root / "artifacts").rglob("model.npz"))
     # `rayprop ui` on a server URI: the server is the UI already.
     proc = ok(rayprop("ui", "--tracking-uri", server.uri, cwd=tmp_path, timeout=60))
     assert server.uri in proc.stdout
+    assert f"experiment 'on-server': {page}/runs\n" in proc.stdout, proc.stdout
     assert run.info.run_id
 
 
@@ -291,6 +300,34 @@ def test_the_default_store_and_the_config_store(tmp_path, template_db, mlflow_mo
     (run,) = runs_of(mlflow_mod.MlflowClient(uri), "where")
     assert run.data.params["tracking.uri"] == uri
     assert len(runs_of(mlflow_mod.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "where")) == 1
+
+
+def test_a_new_store_starts_from_a_template(tmp_path, template_db, mlflow_mod, monkeypatch):
+    """A new sqlite store is a copy of an empty one MLflow made once (kept in the cache
+    folder): the same tables and schema version as MLflow's own, the runs land in it, and
+    the Default experiment's artifacts go beside the store, not beside the template."""
+    import sqlite3
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = write(tmp_path / "xor.yaml", "experiment: fresh\ndata: {source: xor, validation_fraction: 0}\n"
+                "model: {layers: [2, 4, 2]}\ntrain: {optimizer: gd, epochs: 2}\n")
+
+    def schema(db):
+        with sqlite3.connect(db) as con:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            return tables, con.execute("SELECT version_num FROM alembic_version").fetchall()
+
+    for folder in ("a", "b"):  # a: the template is made; b: it is copied
+        (tmp_path / folder).mkdir()
+        ok(rayprop("train", cfg, "--local", "--quiet", "--output", "out", cwd=tmp_path / folder))
+        db = tmp_path / folder / "mlflow.db"
+        assert schema(db) == schema(template_db)
+        client = mlflow_mod.MlflowClient(f"sqlite:///{db}")
+        assert len(runs_of(client, "fresh")) == 1
+        default = client.get_experiment("0").artifact_location
+        assert str(tmp_path / folder) in default, default
+    (template,) = (tmp_path / "cache" / "rayprop").glob("mlflow-*-empty.db")
+    assert schema(template) == schema(template_db)
 
 
 def test_uri_precedence_and_secrets():
@@ -391,6 +428,7 @@ def test_sweep_makes_a_parent_and_children_and_records_the_best(tmp_path, templa
     rows = [line.split() for line in proc.stdout.strip().splitlines()[1:]]
     assert [row[-1] for row in rows[:2]] == sorted(val, key=val.get)
     assert all("FAILED" in row for row in rows[2:]) and len(rows) == 4
+    assert f"{tmp_path / 'out'}/run-NN/" in proc.stderr and f"{tmp_path / 'out' / 'sweep.json'}" in proc.stderr
     sweep_json = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert sweep_json["best_run_id"] == best and sweep_json["parent_run_id"] == parent.info.run_id
     for i in (1, 2):  # the grid's first axis varies slowest: runs 1 and 2 are layers [2, 8, 1]
@@ -399,8 +437,12 @@ def test_sweep_makes_a_parent_and_children_and_records_the_best(tmp_path, templa
 
 # ---- rayprop ui ------------------------------------------------------------------------------
 
-def test_ui_serves_the_store_on_loopback_and_stops(tmp_path, template_db):
+def test_ui_serves_the_store_on_loopback_and_stops(tmp_path, template_db, mlflow_mod):
     uri = new_store(template_db, tmp_path / "store")
+    client = mlflow_mod.MlflowClient(uri)
+    seen = client.create_experiment("seen")
+    client.set_terminated(client.create_run(seen).info.run_id)
+    client.create_experiment("empty")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "ui", "--tracking-uri", uri,
@@ -409,6 +451,9 @@ def test_ui_serves_the_store_on_loopback_and_stops(tmp_path, template_db):
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() else "")
+        log = Path(line.split("server log: ")[1].rstrip(")\n"))
+        # Each experiment with runs, with the address of its runs page; nothing else.
+        assert proc.stdout.readline() == f"  experiment 'seen': http://127.0.0.1:{port}/#/experiments/{seen}/runs\n"
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
                                       "?max_results=10", timeout=10).read()
         assert b"experiments" in body
@@ -425,3 +470,6 @@ def test_ui_serves_the_store_on_loopback_and_stops(tmp_path, template_db):
     assert code == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    # The server's own log went to its file, not to the console.
+    assert proc.stdout.read() == "" and proc.stderr.read() == ""
+    assert "Uvicorn running" in log.read_text() or "Listening at" in log.read_text(), log.read_text()[-2000:]

@@ -107,12 +107,14 @@ def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(config(path, "sgd", 64, epochs=1)))
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # `--address auto` joins the cluster RAY_ADDRESS names; the job says which one that is.
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", str(cfg_file),
-                           "--address", cluster.address, "--workers", str(NODES),
+                           "--address", "auto", "--workers", str(NODES),
                            "--output", str(out), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"in the Ray cluster at {cluster.address}:" in proc.stderr, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["workers"] == NODES and summary["nodes"] == NODES and summary["ray"] == "cluster"
     assert "3 workers on 3 nodes" in proc.stderr

@@ -51,6 +51,7 @@ def test_train_through_ray_client_with_token(head, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["ray"] == "client" and summary["workers"] == 2 and summary["epochs"] == 2
     assert "Ray Client" in proc.stderr
+    assert "SIGTERM handler" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("token", [None, "0123456789abcdef0123456789abcdef"])
