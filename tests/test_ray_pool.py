@@ -1,6 +1,9 @@
 """Shard workers as Ray actors on a real local Ray: same training as local mode."""
 
 import dataclasses
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,9 @@ from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
+from trainer.pool import WorkerLostError
 from workers.ray_pool import RayPool
+from workers.shard import ShardTask
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +94,21 @@ def test_bad_data_in_a_worker_range_is_an_input_error(ray_session, tmp_path):
     job = training.prepare(from_dict(config(path)))  # the driver reads no rows, so it cannot see it
     with pytest.raises(InputError, match="NaN at row 900"):
         ray_pool(job, 3)
+
+
+class DyingTask(ShardTask):
+    """A shard whose worker process dies while it reads its rows."""
+
+    def open(self, lo, hi, source=None):
+        os._exit(1)
+
+
+def test_a_worker_that_dies_while_starting_is_a_lost_worker(ray_session, tmp_path):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor unpickles DyingTask
+    path = write_parquet(tmp_path / "d.parquet")
+    job = training.prepare(from_dict(config(path)))
+    task = DyingTask(*(getattr(job.task, f.name) for f in dataclasses.fields(job.task)))
+    with pytest.raises(WorkerLostError, match="a shard worker died while starting"):
+        RayPool(task, job.cfg.cluster, 2, 3)

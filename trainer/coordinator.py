@@ -115,7 +115,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             sums = pool.gradient_sums(theta, epoch, k)
             n, loss_sum = reduce_sums(sums, grad)
             assert n == plan.batch_size_of(k), f"workers summed {n} examples, batch {k} has {plan.batch_size_of(k)}"
-            grad /= n  # the one division by m (DESIGN section 1)
+            grad /= n  # the one division by m (docs/design.md, section 1)
             loss = loss_sum / n
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} at step {result.steps + 1} (epoch {epoch + 1})")

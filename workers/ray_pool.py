@@ -33,7 +33,7 @@ import numpy as np
 import ray
 
 from trainer.config import ClusterConfig
-from trainer.errors import InputError
+from trainer.errors import InputError, one_line
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
 from workers.shard import ShardTask
@@ -162,7 +162,10 @@ class RayPool:
         # Actors start (and read their rows) in parallel; ready() waits for all.
         self.actors = [self._start(lo, hi) for lo, hi in self.ranges]
         try:
-            self.info = ray.get([a.ready.remote() for a in self.actors])
+            try:
+                self.info = ray.get([a.ready.remote() for a in self.actors])
+            except ray.exceptions.RayActorError as e:  # died while starting (out of memory, killed)
+                raise WorkerLostError(f"a shard worker died while starting ({one_line(e)})") from None
             errors = [i["error"] for i in self.info if i["error"]]
             if errors:
                 raise InputError(errors[0])
@@ -289,7 +292,7 @@ class RayPool:
         if not lost:
             raise cause  # nothing to replace: not a lost worker after all
         self.failures += len(lost)
-        reason = (str(cause).splitlines() or [type(cause).__name__])[0]
+        reason = one_line(cause)
         if self.failures > self.max_failures:
             raise WorkerLostError(f"{self.failures} worker loss{'es' if self.failures != 1 else ''}, more "
                                   f"than train.max_worker_failures={self.max_failures} allows "
