@@ -112,6 +112,23 @@ def _init_with_retries(ray, address: str, log_level: int) -> None:
 
 
 @contextmanager
+def _loopback_node(ray):
+    """A local Ray for one job listens on 127.0.0.1 only. Ray 2.60's ray.init replaces
+    a loopback _node_ip_address with the machine's address, and GCS, raylet, workers
+    and agents then listen on every interface; its own single-machine mode (the
+    default on macOS and Windows, ENABLE_RAY_CLUSTER off) keeps the node on loopback.
+    Switched on for ray.init only; tests/test_listeners.py checks every socket."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextmanager
 def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     """Yield a Connection with Ray initialized; shut down what we started."""
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -123,8 +140,10 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
         # on a small machine is most of a short job's start (README: Speed).
-        ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
-                 include_dashboard=False, logging_level=log_level, configure_logging=True)
+        with _loopback_node(ray):
+            ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
+                     include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=log_level, configure_logging=True)
         kind = "local"
     else:
         if address.startswith("ray://"):
