@@ -290,7 +290,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         optimizer.load_state(resume.optimizer)
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers)},
-                                on_saved=to_artifacts, before_save=run.metrics.sync)
+                                on_saved=to_artifacts, before_save=run.metrics.sync,
+                                min_seconds=t.checkpoint_seconds)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],

@@ -18,11 +18,11 @@ SPEC = NetworkSpec((3, 8, 4), "tanh", "softmax", "cross_entropy", "float64")
 M, BATCH, EPOCHS = 203, 32, 3  # 7 batches per epoch, the last of 11
 
 
-def pool_and_plan(workers=2, spec=SPEC):
+def pool_and_plan(workers=2, spec=SPEC, batch=BATCH):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((M, 3))
     Y = np.eye(4)[rng.integers(0, 4, M)]
-    plan = BatchPlan(M, BATCH, seed=5)
+    plan = BatchPlan(M, batch, seed=5)
     cuts = [0, 90, M] if workers == 2 else [0, M]
     return LocalPool([ShardWorker(spec, plan, lo, X[lo:hi], Y[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]), plan
 
@@ -125,3 +125,53 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
         train(pool, theta, opt, plan, EPOCHS, checkpointer=ck.Checkpointer(tmp_path, 1, {}, max_seconds=0))
     c = ck.latest_checkpoint(tmp_path)
     assert c is not None and np.isfinite(c.theta).all()
+
+
+class Clock:
+    """Training time as a listener sees it: `per_step` seconds per step, exactly."""
+
+    def __init__(self, per_step):
+        self.per_step, self.steps = per_step, 0
+
+    def __call__(self):
+        return self.steps * self.per_step
+
+    def on_step(self, step, epoch, loss, n):
+        self.steps = step
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+
+@pytest.mark.parametrize("min_seconds, expected", [(0.0, 400), (2.0, 400 * 0.02 // 2.0)])
+def test_one_step_epochs_checkpoint_by_wall_time(tmp_path, min_seconds, expected):
+    # Full-batch epochs of one step each, 20 ms apiece: every epoch is due a checkpoint,
+    # but with a floor of 2 s only one per 100 steps is written.
+    pool, plan = pool_and_plan(batch=M)
+    theta, opt = fresh("sgd")
+    clock = Clock(0.02)
+    ckpt = ck.Checkpointer(tmp_path, 1, {"run_id": "r"}, min_seconds=min_seconds, clock=clock)
+    train(pool, theta, opt, plan, 400, listeners=[clock], checkpointer=ckpt)
+    assert len(ckpt.written) == expected
+    assert len(ck.checkpoint_files(tmp_path)) == min(expected, ck.KEEP)
+
+
+def test_a_run_prunes_only_its_own_checkpoints(tmp_path):
+    theta, opt = fresh()
+    for step in (100, 101, 102):  # another run's, with higher step numbers
+        ck.write_checkpoint(tmp_path, ck.Checkpoint(theta, opt.state(), ck.Position(9, 0, step), {"run_id": "B"}))
+    a = ck.Checkpointer(tmp_path, 1, {"run_id": "A"})
+    for step in range(1, 5):
+        a.save(theta * step, opt, ck.Position(step, 0, step))
+    names = sorted(p.name for p in ck.checkpoint_files(tmp_path))
+    assert names == [f"ckpt-{s:09d}.npz" for s in (2, 3, 4, 100, 101, 102)]
+    # resumed in a new process, run A goes on pruning its own older files
+    again = ck.Checkpointer(tmp_path, 1, {"run_id": "A"})
+    again.save(theta * 5, opt, ck.Position(5, 0, 5))
+    assert [ck.run_of(p) for p in ck.checkpoint_files(tmp_path)] == ["B"] * 3 + ["A"] * 3
+    warnings = []
+    latest = ck.latest_checkpoint(tmp_path, warnings.append, run_id="A")
+    assert latest.position.global_step == 5 and np.array_equal(latest.theta, theta * 5)
+    assert len(warnings) == 1 and "another run" in warnings[0]
+    assert ck.latest_checkpoint(tmp_path, run_id="B").position.global_step == 102
+    assert ck.latest_checkpoint(tmp_path, run_id="C", warn=warnings.append) is None

@@ -112,6 +112,8 @@ class TrainConfig:
     beta2: float = ranged(0.999, lo=0, hi=1, hi_open=True)  # Adam
     epsilon: float = ranged(1e-8, lo=0, lo_open=True)  # Adam
     checkpoint_every: int = ranged(1, lo=1)  # epochs
+    # ... but not sooner than this after the last one (one-step epochs would spend their time writing)
+    checkpoint_seconds: float = ranged(2.0, lo=0)
     max_worker_failures: int = ranged(3, lo=0)  # shard workers that may be lost and replaced in one run
 
 
