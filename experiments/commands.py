@@ -20,6 +20,7 @@ import numpy as np
 from experiments import configs as example_configs
 from experiments import stores, training
 from experiments.configfile import load_config, parse_grid
+from experiments.output_folder import OutputClaim
 from experiments.progress import print_summary
 from trainer.costs import COSTS
 from trainer.errors import InputError, RunError
@@ -70,6 +71,8 @@ def sweep(args) -> None:
             raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
     out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
     training.check_writable_dir(out_root, "--output")
+    for i in range(len(children)):  # each run's folder must be free (one run per folder)
+        OutputClaim(sweeps.run_dir(out_root, i)).check()
     uri = training.tracking_uri(args.tracking_uri, cfg)
     results = sweeps.run(cfg, children, out_root, uri, _options(args))
     print(sweeps.table(results))

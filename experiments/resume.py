@@ -4,6 +4,13 @@ The run's output directory is recorded in its `rayprop.output` tag; its checkpoi
 are there, and also in the run's artifacts under `checkpoints/`, which are used when
 the directory is gone (another machine, a cleaned-up disk). A corrupt newest
 checkpoint falls back to the one before (trainer/checkpoint.py), with a warning.
+Only the run's own checkpoints count: each names its run, and another run's file in
+the same folder is skipped.
+
+The config must be the run's: any setting that changes the result (data, model,
+optimizer, batch size, seed, split, epochs...) is compared with the run's logged
+params and a difference is refused, naming the key. Where and how it runs
+(cluster.*, --workers, --local, tracking.*) may change: the result does not.
 Everything here is a check that can fail on bad input, so it runs before training.
 """
 
@@ -17,10 +24,29 @@ from trainer.checkpoint import Checkpoint, latest_checkpoint
 from trainer.errors import InputError
 
 OUTPUT_TAG = "rayprop.output"
+# Settings that do not change the trained weights (DESIGN section 2): free to differ.
+FREE_PREFIXES = ("cluster.", "tracking.")
+FREE_KEYS = {"experiment", "train.checkpoint_every", "train.checkpoint_seconds", "train.max_worker_failures"}
+SHOWN = 60  # characters of a value shown in a refusal
 
 
 def _warn(message: str) -> None:
     print(f"rayprop train: warning: {message}", file=sys.stderr)
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= SHOWN else value[:SHOWN - 3] + "..."
+
+
+def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str]) -> None:
+    """InputError naming the first setting that changes the result and differs from
+    the run's logged params. Keys only one side has (another rayprop version) pass."""
+    for key in sorted(params.keys() & logged.keys()):
+        if key in FREE_KEYS or key.startswith(FREE_PREFIXES):
+            continue
+        if params[key] != logged[key]:
+            raise InputError(f"--resume {run_id}: {key} is {_short(params[key])} here but "
+                             f"{_short(logged[key])} in the run; resume with the run's config")
 
 
 def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
@@ -44,13 +70,16 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
     out = run.data.tags.get(OUTPUT_TAG)
     if not out:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
+    from experiments.tracking import run_params
+
+    check_same_config(run_id, run.data.params, run_params(job.resolved_cfg))
     out_dir = Path(out)
-    ckpt = latest_checkpoint(out_dir / "checkpoints", _warn)
+    ckpt = latest_checkpoint(out_dir / "checkpoints", _warn, run_id=run_id)
     if ckpt is None:
         tmp = Path(tempfile.mkdtemp(prefix="rayprop-resume-"))
         try:
             local = client.download_artifacts(run_id, "checkpoints", str(tmp))
-            ckpt = latest_checkpoint(Path(local), _warn)
+            ckpt = latest_checkpoint(Path(local), _warn, run_id=run_id)
         except (MlflowException, OSError):
             ckpt = None
     if ckpt is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments import stores, training
+from experiments.output_folder import OutputClaim
 from experiments.progress import ProgressBar
 from experiments.training import Job
 from trainer import __version__
@@ -93,6 +94,11 @@ def table(results: list[Result]) -> str:
 
 
 
+def run_dir(out_root: Path, i: int) -> Path:
+    """The folder of the sweep's i-th run (from 0): DIR/run-01, DIR/run-02, ..."""
+    return out_root / f"run-{i + 1:02d}"
+
+
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         opts: training.Options) -> list[Result]:
     """Train the prepared `children` one after the other as child runs of one parent run.
@@ -136,11 +142,12 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                 print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
                 bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
                 try:
-                    with tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
-                                             tags={"rayprop.sweep": "child"}) as run:
+                    with OutputClaim(run_dir(out_root, i)) as claim, \
+                            tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
+                                                tags={"rayprop.sweep": "child"}) as run:
+                        claim.record(run.run_id)
                         result.run_id = run.run_id
-                        result.summary = training.fit(job, pool, run, out_root / f"run-{i + 1:02d}",
-                                                      [bar], kind)
+                        result.summary = training.fit(job, pool, run, run_dir(out_root, i), [bar], kind)
                     result.status = "FINISHED"
                 finally:
                     bar.close()

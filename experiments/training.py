@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import stores
+from experiments.output_folder import OutputClaim
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -207,6 +208,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
     else:
         out_dir = Path(opts.output).expanduser() if opts.output else default_output(cfg)
     check_writable_dir(out_dir, "--output")
+    claim = OutputClaim(out_dir, opts.resume)
+    claim.check()  # another run's folder: refused before Ray starts
     workers = opts.workers or (1 if opts.local else cfg.cluster.workers)
     if cfg.sweep:
         print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
@@ -234,11 +237,13 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
 
             if experiment_id is None:
                 experiment_id = tracking.open_experiment(uri, cfg.experiment)
+            stack.enter_context(claim)  # the folder is this job's until the run has ended
             bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
             stack.callback(bar.close)
             print(f"rayprop: training {describe(job, pool, place)}", file=sys.stderr)
             stop = stack.enter_context(StopFlag())  # before the run: its SIGTERM hook defers to this
             run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume))
+            claim.record(run.run_id)
             verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",

@@ -433,6 +433,12 @@ def test_sweep_makes_a_parent_and_children_and_records_the_best(tmp_path, templa
     assert sweep_json["best_run_id"] == best and sweep_json["parent_run_id"] == parent.info.run_id
     for i in (1, 2):  # the grid's first axis varies slowest: runs 1 and 2 are layers [2, 8, 1]
         assert (tmp_path / "out" / f"run-{2 * i - 1:02d}" / "model.npz").is_file()
+    # A second sweep into the same folder would overwrite these runs' files: refused up front.
+    again = rayprop("sweep", cfg, "--local", "--quiet", "--tracking-uri", uri, "--output",
+                    tmp_path / "out", *sets(mse), "--grid", "train.learning_rate=0.01", cwd=tmp_path)
+    first = json.loads((tmp_path / "out" / "run-01" / "summary.json").read_text())["run_id"]
+    one_line_exit_2(again, "run-01", first)
+    assert len(runs_of(client, "swept")) == 5
 
 
 # ---- rayprop ui ------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ CONFIG = f"""\
 experiment: resume-test
 model: {{layers: [2, 16, 3], hidden_activation: tanh, dtype: float64}}
 data: {{source: spirals, validation_fraction: 0.1}}
-train: {{optimizer: adam, learning_rate: 0.01, batch_size: {BATCH}, epochs: {EPOCHS}, seed: 3}}
+train: {{optimizer: adam, learning_rate: 0.01, batch_size: {BATCH}, epochs: {EPOCHS}, seed: 3,
+        checkpoint_seconds: 0}}
 """
 STEPS = EPOCHS * -(-810 // BATCH)  # 810 training rows
 
@@ -85,6 +86,11 @@ def resume_and_check(work, uri, out: Path, run_id: str):
                               cwd=work), cwd=work, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming at step" in proc.stderr
+    check_resumed(work, uri, out, run_id)
+    return proc
+
+
+def check_resumed(work, uri, out: Path, run_id: str):
     client, run = the_run(uri, out)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
@@ -94,7 +100,6 @@ def resume_and_check(work, uri, out: Path, run_id: str):
     rel = np.max(np.abs(weights(out / "model.npz") - ref)) / np.max(np.abs(ref))
     assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"
     assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
-    return proc
 
 
 def test_coordinator_sigkilled_mid_epoch_then_resumed(work):
@@ -129,3 +134,110 @@ def test_sigint_checkpoints_ends_killed_then_resumes(work):
     shutil.rmtree(out / "checkpoints")
     proc = resume_and_check(d, uri, out, run.info.run_id)
     assert "Downloading" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
+
+
+# --- A checkpoint names its run; a folder belongs to one run; --resume keeps the config ---
+
+def runs_of(uri):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("resume-test")
+    return {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])}
+
+
+def train_in(work, out, uri, *extra):
+    return subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--output", out, "--tracking-uri", uri,
+                              *extra, cwd=work), cwd=work, env=env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def one_line_exit_2(proc, *words):
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines[0]) < 250, lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def folder_state(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def stopped(work):
+    """A run stopped by SIGINT (KILLED, its checkpoint in `stopped/`), resumed last."""
+    d, uri = work
+    proc = start(d, "stopped", uri)
+    wait_for_checkpoint(proc, d / "stopped" / "checkpoints", min_files=1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    _, run = the_run(uri, d / "stopped")
+    return d, uri, run.info.run_id
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.seed=4", "train.seed"), ("model.layers=[2,8,3]", "model.layers"),
+    ("train.batch_size=16", "train.batch_size"), ("data.validation_fraction=0.2", "data.validation_fraction"),
+    ("train.optimizer=momentum", "train.optimizer"), ("train.epochs=13", "train.epochs")])
+def test_resume_refuses_a_config_that_changes_the_result(stopped, override, key):
+    d, uri, run_id = stopped
+    before = runs_of(uri)
+    proc = subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--resume", run_id, "--tracking-uri", uri,
+                              "--set", override, cwd=d), cwd=d, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    one_line_exit_2(proc, f"--resume {run_id}", key)
+    assert runs_of(uri) == before  # the run is still KILLED, no new run
+
+
+@pytest.mark.parametrize("folder", ["stopped", "ref"])
+def test_a_second_run_in_a_run_folder_is_refused_naming_the_run(work, stopped, folder):
+    d, uri, stopped_id = stopped
+    owner = json.loads((d / "ref" / "summary.json").read_text())["run_id"] if folder == "ref" else stopped_id
+    before_runs, before_files = runs_of(uri), folder_state(d / folder)
+    proc = train_in(d, folder, uri, "--set", "train.seed=4")
+    one_line_exit_2(proc, f"--output {folder}", owner, *(["--resume"] if folder == "stopped" else []))
+    assert runs_of(uri) == before_runs and folder_state(d / folder) == before_files
+
+
+def test_two_jobs_at_once_on_one_folder(work):
+    d, uri = work
+    first = subprocess.Popen(cli("train", "c.yaml", "--local", "--quiet", "--output", "busy", "--tracking-uri", uri,
+                                 "--set", "train.epochs=100000", cwd=d), cwd=d, env=env(),
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_checkpoint(first, d / "busy" / "checkpoints", min_files=1)
+        first_id = json.loads((d / "busy" / ".rayprop-run").read_text())["run_id"]
+        before = runs_of(uri)
+        second = train_in(d, "busy", uri, "--set", "train.seed=4")
+        one_line_exit_2(second, "--output busy", first_id, "writing there now")
+        assert runs_of(uri) == before
+        assert first.poll() is None, "the first job must go on"
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-2000:]
+    from trainer.checkpoint import checkpoint_files, run_of
+    assert {run_of(p) for p in checkpoint_files(d / "busy" / "checkpoints")} == {first_id}
+
+
+def test_resume_uses_only_its_own_checkpoints_and_may_change_workers(stopped):
+    """Another run's checkpoint with a higher step in the folder (as an older rayprop
+    could leave) is skipped; the run resumes with 2 in-process workers instead of 1."""
+    from trainer.checkpoint import Checkpoint, Position, latest_checkpoint, write_checkpoint
+
+    d, uri, run_id = stopped
+    own = latest_checkpoint(d / "stopped" / "checkpoints")
+    foreign = Checkpoint(np.full_like(own.theta, 0.5), own.optimizer,
+                         Position(EPOCHS - 1, 0, STEPS - 102), {"run_id": "f" * 32, "layers": [2, 16, 3]})
+    write_checkpoint(d / "stopped" / "checkpoints", foreign)
+    proc = subprocess.run(cli("train", "c.yaml", "--local", "--workers", "2", "--quiet", "--resume", run_id,
+                              "--tracking-uri", uri, cwd=d), cwd=d, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "another run" in proc.stderr and f"resuming at step {own.position.global_step}" in proc.stderr
+    check_resumed(d, uri, d / "stopped", run_id)
