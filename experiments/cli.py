@@ -15,6 +15,7 @@ from trainer.config import MAX_WORKERS
 from trainer.errors import InputError, RunError, Stopped, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
+EXIT_UNDELIVERED = 3  # trained and the files written, but the tracking store did not get everything
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,6 +20,7 @@ import numpy as np
 from experiments import configs as example_configs
 from experiments import stores, training
 from experiments.configfile import load_config, parse_grid
+from experiments.cli import EXIT_UNDELIVERED
 from experiments.output_folder import OutputClaim
 from experiments.progress import print_summary
 from trainer.costs import COSTS
@@ -49,9 +50,13 @@ def _options(args) -> training.Options:
                             resume=getattr(args, "resume", None), quiet=args.quiet)
 
 
-def train(args) -> None:
-    summary, out_dir = training.train(_config(args), _options(args))
+def train(args) -> int | None:
+    summary, out_dir, undelivered = training.train(_config(args), _options(args))
     print_summary(summary, out_dir)
+    if undelivered:  # trained and written, but the tracking store missed some: said last
+        print(undelivered, file=sys.stderr)
+        return EXIT_UNDELIVERED
+    return None
 
 
 def sweep(args) -> None:

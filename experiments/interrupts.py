@@ -2,7 +2,14 @@
 
 The first SIGINT or SIGTERM only raises a flag the coordinator reads after every
 step (it then writes a checkpoint and raises TrainingStopped, and the MLflow run
-ends KILLED); a second one gives Python's default behaviour back and exits at once.
+ends KILLED). A second one means "now": it raises KeyboardInterrupt wherever the
+job is, sets `hurry` (the cleanup then only writes local files and skips a store
+that is not answering) and gives the signals their default action back, so a third
+kills the process outright.
+
+Once training is over the job only talks to the tracking store; inside
+`interruptible()` the first signal already raises KeyboardInterrupt, so a Ctrl-C
+never waits on a store that does not answer.
 """
 
 from __future__ import annotations
@@ -10,22 +17,42 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 
 class StopFlag:
     def __init__(self):
         self.signal_name: str | None = None
+        self.hurry = False  # a second signal came: exit now, local work only
+        self._raise_now = False
         self._saved: dict[int, object] = {}
 
     def __call__(self) -> bool:
         return self.signal_name is not None
 
     def _on_signal(self, signum, frame) -> None:
-        if self.signal_name is not None:  # the second one: stop now
+        first = self.signal_name is None
+        if first:
+            self.signal_name = signal.Signals(signum).name
+        if self._raise_now:
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        if not first:  # the second one: stop now
+            self.hurry = True
+            for sig in self._saved:
+                signal.signal(sig, signal.SIG_DFL)
+            raise KeyboardInterrupt
         print(f"\nrayprop: {self.signal_name}: stopping after this step and writing a checkpoint "
               "(again to stop at once)", file=sys.stderr)
+
+    @contextmanager
+    def interruptible(self):
+        """A signal inside the block raises KeyboardInterrupt at once (a call to the
+        store after training: there is no step to finish)."""
+        saved, self._raise_now = self._raise_now, True
+        try:
+            yield
+        finally:
+            self._raise_now = saved
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

@@ -144,10 +144,13 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                 try:
                     with OutputClaim(run_dir(out_root, i)) as claim, \
                             tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
-                                                tags={"rayprop.sweep": "child"}) as run:
+                                                tags={"rayprop.sweep": "child"},
+                                                out_dir=run_dir(out_root, i)) as run:
                         claim.record(run.run_id)
                         result.run_id = run.run_id
                         result.summary = training.fit(job, pool, run, run_dir(out_root, i), [bar], kind)
+                    if run.report:
+                        print(run.report, file=sys.stderr)
                     result.status = "FINISHED"
                 finally:
                     bar.close()

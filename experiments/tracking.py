@@ -7,23 +7,36 @@ the inputs have been checked.
 - `TrackedRun` starts a run and always ends it: FINISHED, FAILED on an error
   (the error's first line in the tag `rayprop.error`), KILLED on Ctrl-C or SIGTERM.
 - `MetricLogger` is the coordinator listener: every step's `loss` and each epoch's
-  metrics go into a buffer that a sender thread passes to `log_batch` every
-  FLUSH_SECONDS and at the end, so the training loop never waits for the store.
+  metrics go into a buffer handed every FLUSH_SECONDS to an outbox whose thread
+  passes them to `log_batch` (experiments/outbox.py), so the training loop never
+  waits for the store, even a store that died.
+- When the store fails, training goes on; at the end the run says in one line what
+  the store did not get and where it is kept (`TrackedRun.undelivered`): metric
+  points in DIR/mlflow-undelivered/, the model files in DIR, and whether the run
+  could not be ended (it then stays RUNNING in the store until `--resume`).
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
+from contextlib import nullcontext
+from pathlib import Path
 
 from experiments import stores
 
 stores.quiet_mlflow()  # before mlflow is imported
+# A store that stopped answering costs seconds per call, not MLflow's default of
+# minutes of retries (7 retries, backoff factor 2, 120 s timeout): the outbox retries
+# metrics itself, and the calls at the end of a job must not hold it for long.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -31,6 +44,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
+from experiments.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
 from experiments.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
@@ -39,8 +53,8 @@ from trainer.errors import InputError  # noqa: E402
 from workers.sources import Source  # noqa: E402
 
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
-MAX_METRICS = 1000    # per log_batch call (MLflow's limit)
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
+CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
 
 # Config keys whose values must never reach a store: credentials go by environment.
 SECRET_KEY = re.compile(r"token|passw|secret|credential|private|apikey|api_key|access_key|(^|_)key$",
@@ -125,28 +139,27 @@ def dataset_of(source: Source, columns: list[str]):
 
 
 class MetricLogger:
-    """Coordinator listener: buffered, batched metric logging on a thread of its own.
+    """Coordinator listener: buffered, batched metric logging through an Outbox.
 
     `loss` gets exactly one point per step (step = global step). The epoch metrics
     are logged at step = the global step at the epoch's end, so they share the
     x axis of the loss curve. The training thread only appends to a list; every
-    FLUSH_SECONDS the list goes to a sender thread that calls `log_batch`, so a slow
-    store never stalls a step. (MLflow's own `synchronous=False` does the same but
-    its worker polls once a second, which added ~1 s to the end of every run.)
+    FLUSH_SECONDS the list goes to the outbox, whose thread calls `log_batch`, so
+    a slow or dead store never stalls a step. (MLflow's own `synchronous=False` does
+    the same but its worker polls once a second, which added ~1 s to every run, and
+    it does not keep what a dead store refused.)
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: tuple[int, int] = (0, 0)):
+    def __init__(self, client: MlflowClient, run_id: str, logged_through: tuple[int, int] = (0, 0),
+                 spool: Path | None = None):
         """logged_through: (last `loss` step, last epoch-metric step) the run already
-        holds; a resumed run recomputes those steps but does not log them twice."""
-        self.client, self.run_id = client, run_id
+        holds; a resumed run recomputes those steps but does not log them twice.
+        spool: the local file for points the store has not taken."""
         self.loss_through, self.epoch_through = logged_through
         self.step = 0
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._sender = threading.Thread(target=self._send, name="rayprop-metrics", daemon=True)
-        self._sender.start()
+        self.outbox = Outbox(lambda points: client.log_batch(run_id, metrics=points), spool)
 
     def on_step(self, step: int, epoch: int, loss: float, n: int) -> None:
         self.step = step
@@ -165,63 +178,56 @@ class MetricLogger:
             self.flush()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._queue.put(self._buffer)
-            self._buffer = []
+        self.outbox.put(self._buffer)
+        self._buffer = []
         self._last_flush = time.monotonic()
 
-    def sync(self) -> None:
-        """Return once every point so far is in the store. Called before each checkpoint:
-        what a checkpoint covers is then logged, and a resumed run logs only what follows."""
-        if not self._sender.is_alive():
-            return
+    def before_checkpoint(self) -> None:
+        """Every point a checkpoint covers is in the store or in the spool file, so a
+        run resumed from it (even after kill -9) logs each step once. Never waits."""
         self.flush()
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait()
+        self.outbox.keep_locally()
 
-    def _send(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            if isinstance(batch, threading.Event):
-                batch.set()
-                continue
-            if self._error is not None:
-                continue  # the store refused once: drop the rest, close() reports it
-            try:
-                for i in range(0, len(batch), MAX_METRICS):
-                    self.client.log_batch(self.run_id, metrics=batch[i:i + MAX_METRICS])
-            except Exception as e:
-                self._error = e
-
-    def close(self) -> None:
-        """Send what is buffered and wait until the store has it all (raises if it refused)."""
-        if self._sender.is_alive():
-            self.flush()
-            self._queue.put(None)
-            self._sender.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+    def close(self, seconds: float = CLOSE_SECONDS) -> int:
+        """Deliver what is left within `seconds`; returns the points kept locally."""
+        self.flush()
+        return self.outbox.close(seconds)
 
 
 class TrackedRun:
-    """`with TrackedRun(...) as run:` one MLflow run, ended with the right status."""
+    """`with TrackedRun(...) as run:` one MLflow run, ended with the right status when
+    the store lets it; what the store did not get is kept locally and said once."""
 
     def __init__(self, experiment_id: str, run_name: str | None = None, nested: bool = False,
-                 tags: dict[str, str] | None = None, resume_run_id: str | None = None):
-        """resume_run_id: continue that run (rayprop train --resume) instead of a new one."""
+                 tags: dict[str, str] | None = None, resume_run_id: str | None = None,
+                 out_dir: Path | None = None, stop=None):
+        """resume_run_id: continue that run (rayprop train --resume) instead of a new one.
+        out_dir: the job's folder (the spool of undelivered metrics goes there).
+        stop: the job's StopFlag (experiments/interrupts.py): a Ctrl-C during a call
+        to the store after training abandons the store, not the job's files."""
         self.experiment_id, self.run_name, self.nested = experiment_id, run_name, nested
-        self.resume_run_id = resume_run_id
+        self.resume_run_id, self.out_dir, self.stop = resume_run_id, out_dir, stop
         self.tags = tags or {}
         self.client = MlflowClient()
         self.run_id = ""
         self.metrics: MetricLogger | None = None
+        self.undelivered: list[str] = []  # what the store did not get (artifacts, status)
+        self.report: str | None = None  # the one line saying so, set at the end (printed
+        # here when the run ends by an exception; a finished run's caller prints it)
+        self._failed = False
         self._old_sigterm = None
+
+    @property
+    def spool(self) -> Path | None:
+        return self.out_dir / SPOOL_DIR / SPOOL_FILE if self.out_dir is not None else None
 
     def __enter__(self) -> "TrackedRun":
         logged = (0, 0)
         if self.resume_run_id:
             run = mlflow.start_run(run_id=self.resume_run_id)
+            if self.spool is not None and self.spool.exists():  # what a lost store missed last time
+                n = replay(self.client, run.info.run_id, self.spool)
+                print(f"rayprop: delivered {n} metric points kept in {self.spool}", file=sys.stderr)
             logged = tuple(max((m.step for m in self.client.get_metric_history(run.info.run_id, key)),
                                default=0) for key in ("loss", "epoch_loss"))
         else:
@@ -229,7 +235,7 @@ class TrackedRun:
                                    nested=self.nested, tags={k: str(v) for k, v in self.tags.items()})
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
-        self.metrics = MetricLogger(self.client, self.run_id, logged)
+        self.metrics = MetricLogger(self.client, self.run_id, logged, self.spool)
         self._catch_sigterm()
         return self
 
@@ -241,6 +247,33 @@ class TrackedRun:
             def stop(signum, frame):
                 raise SystemExit(128 + signum)
             self._old_sigterm = signal.signal(signal.SIGTERM, stop)
+
+    @property
+    def store_failed(self) -> bool:
+        return self._failed or (self.metrics is not None and not self.metrics.outbox.store_ok)
+
+    def deliver(self, what: str, call) -> bool:
+        """call() against the store once training is over. Skipped once the store has
+        failed; a failure, or a Ctrl-C while it waits, leaves `what` undelivered (said
+        at the end) and the store alone from then on. True if it went through."""
+        if self.store_failed:
+            self.undelivered.append(what)
+            return False
+        try:
+            with self.stop.interruptible() if self.stop is not None else nullcontext():
+                call()
+            return True
+        except (Exception, KeyboardInterrupt):
+            self._failed = True
+            self.undelivered.append(what)
+            return False
+
+    def upload_later(self, path: str, artifact_path: str) -> None:
+        """Copy a file to the run's artifacts from the outbox's thread (training goes on)."""
+        def upload():
+            if os.path.exists(path):  # a checkpoint pruned meanwhile has a newer one
+                self.client.log_artifact(self.run_id, path, artifact_path)
+        self.metrics.outbox.put_task(upload)
 
     def log_params(self, params: dict[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
@@ -260,6 +293,21 @@ class TrackedRun:
                        "rayprop.data.rows": source.num_rows})
         mlflow.log_input(dataset_of(source, columns), context="training")
 
+    def _close_metrics(self) -> int:
+        """Points kept locally after delivering what the store takes in time."""
+        hurry = self.stop is not None and self.stop.hurry
+        try:
+            with self.stop.interruptible() if self.stop is not None else nullcontext():
+                kept = self.metrics.close(0 if hurry else CLOSE_SECONDS)
+        except KeyboardInterrupt:  # stop waiting for the store; keep the rest locally
+            self._failed = True
+            kept = self.metrics.close(0)
+        if kept and self.metrics.outbox.store_ok and not self.store_failed and not hurry:
+            # points that went only to the file while the store was away: send them now
+            if self.deliver("metrics", lambda: replay(self.client, self.run_id, self.spool)):
+                kept = 0
+        return kept
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "FINISHED"
@@ -267,21 +315,45 @@ class TrackedRun:
             status = "KILLED"
         else:
             status = "FAILED"
-        close_error = None
         try:
-            self.metrics.close()  # the points so far reach the store, whatever happened
-        except BaseException as e:  # a second Ctrl-C while draining must not skip end_run
-            close_error = e
-        failure = exc if exc is not None else close_error
-        if exc is None and close_error is not None:
-            status = "KILLED" if isinstance(close_error, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        try:
-            if failure is not None and status == "FAILED":
-                self.set_tags({"rayprop.error": first_line(failure)[:5000]})
+            kept = self._close_metrics()
+            if exc is not None and status == "FAILED":
+                self.deliver("the error tag", lambda: self.set_tags({"rayprop.error": first_line(exc)[:5000]}))
+            ended = self.deliver("the run's status", lambda: mlflow.end_run(status))
         finally:
-            mlflow.end_run(status)
+            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
+                _forget_active_run()
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
-        if exc is None and close_error is not None:
-            raise close_error
+        if kept or self.undelivered or not ended:
+            self.report = self._report(kept, ended, status)
+            if exc is not None:  # otherwise the caller says it last, after its summary
+                print(self.report, file=sys.stderr)
         return False
+
+    def _report(self, kept: int, ended: bool, status: str) -> str:
+        parts = []
+        if kept:
+            parts.append(f"{kept} metric points kept in {self.spool}")
+        files = [w for w in self.undelivered if w not in ("metrics", "the error tag", "the run's status")]
+        if files:
+            parts.append(f"{', '.join(dict.fromkeys(files))} not uploaded (the files are in {self.out_dir})")
+        if not ended:
+            parts.append(f"run {self.run_id} left RUNNING, not {status}")
+        return f"rayprop: the tracking store did not get everything: {'; '.join(parts)}"
+
+
+def _forget_active_run() -> None:
+    """Drop the run from MLflow's active-run stack without calling the store (which
+    failed): mlflow.end_run pops it and then calls the store; this does the pop."""
+    from mlflow.tracking import fluent
+
+    try:
+        stack = fluent._active_run_stack.get()
+        if stack:
+            stack.pop()
+    except AttributeError:  # another MLflow: fall back to end_run, which may raise
+        try:
+            mlflow.end_run()
+        except Exception:
+            pass

@@ -191,8 +191,9 @@ def describe(job: Job, pool, where: str) -> str:
 
 # ---- training ------------------------------------------------------------------------
 
-def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
-    """`rayprop train`: (summary, output folder). Raises InputError before anything is
+def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
+    """`rayprop train`: (summary, output folder, the line saying what the tracking store
+    did not get, or None). Raises InputError before anything is
     written; RunError (run FAILED) or TrainingStopped (run KILLED) while running, each
     with a `hint` naming the checkpoint to go on from."""
     job = prepare(cfg, opts.init_from)
@@ -242,7 +243,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
             stack.callback(bar.close)
             print(f"rayprop: training {describe(job, pool, place)}", file=sys.stderr)
             stop = stack.enter_context(StopFlag())  # before the run: its SIGTERM hook defers to this
-            run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume))
+            run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
+                                                          out_dir=out_dir, stop=stop))
             claim.record(run.run_id)
             verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
@@ -253,7 +255,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path]:
         e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
                   f"{opts.config_name} --resume {run.run_id}")
         raise
-    return summary, out_dir
+    return summary, out_dir, run.report
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
@@ -284,8 +286,11 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         # short epoch. Resuming from an older copy is still exact, only longer. The
         # newest one goes at the end (final), whatever the minute rule skipped.
         now = time.monotonic()
-        if final or now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
-            run.client.log_artifact(run.run_id, str(path), "checkpoints")
+        if final:  # at the end, in this thread; a store that failed gets it in the report
+            run.deliver("the last checkpoint", lambda: run.client.log_artifact(run.run_id, str(path), "checkpoints"))
+            uploaded[0] = path
+        elif now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
+            run.upload_later(str(path), "checkpoints")  # from the outbox's thread: no wait
             last_upload[0], uploaded[0] = now, path
 
     t = job.cfg.train
@@ -295,7 +300,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         optimizer.load_state(resume.optimizer)
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers)},
-                                on_saved=to_artifacts, before_save=run.metrics.sync,
+                                on_saved=to_artifacts, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
@@ -315,7 +320,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                       f"({type(err).__name__}); it is in {checkpointer.latest.parent}", file=sys.stderr)
     summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": nodes, "ray": ray_kind}
     write_outputs(job, theta, out_dir, summary)
-    log_outputs(job, out_dir, resolved)
+    run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
 
 
