@@ -31,15 +31,13 @@ class StopFlag:
         return self.signal_name is not None
 
     def _on_signal(self, signum, frame) -> None:
-        first = self.signal_name is None
-        if first:
-            self.signal_name = signal.Signals(signum).name
-        if self._raise_now:
-            raise KeyboardInterrupt
-        if not first:  # the second one: stop now
+        if self.signal_name is not None:  # the second one: stop now
             self.hurry = True
             for sig in self._saved:
                 signal.signal(sig, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        if self._raise_now:
             raise KeyboardInterrupt
         print(f"\nrayprop: {self.signal_name}: stopping after this step and writing a checkpoint "
               "(again to stop at once)", file=sys.stderr)

@@ -80,7 +80,9 @@ class Outbox:
         self._pending_points = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._overflow = False  # some points went to the spool file only
+        # Some points are in the spool file only (sent there when memory was full, or
+        # left by an earlier process): the file then stays until it is replayed.
+        self._overflow = spool is not None and spool.exists()
         self.failures = 0  # consecutive failed deliveries (0: the store is answering)
         self.error: BaseException | None = None  # the last one
         self._thread = threading.Thread(target=self._run, name="rayprop-metrics", daemon=True)

@@ -226,8 +226,12 @@ class TrackedRun:
         if self.resume_run_id:
             run = mlflow.start_run(run_id=self.resume_run_id)
             if self.spool is not None and self.spool.exists():  # what a lost store missed last time
-                n = replay(self.client, run.info.run_id, self.spool)
-                print(f"rayprop: delivered {n} metric points kept in {self.spool}", file=sys.stderr)
+                try:
+                    n = replay(self.client, run.info.run_id, self.spool)
+                    print(f"rayprop: delivered {n} metric points kept in {self.spool}", file=sys.stderr)
+                except Exception as e:  # kept: the outbox keeps the file and tries again at the end
+                    print(f"rayprop: warning: the metric points kept in {self.spool} could not be "
+                          f"delivered yet ({first_line(e)[:100]})", file=sys.stderr)
             logged = tuple(max((m.step for m in self.client.get_metric_history(run.info.run_id, key)),
                                default=0) for key in ("loss", "epoch_loss"))
         else:
@@ -254,8 +258,9 @@ class TrackedRun:
 
     def deliver(self, what: str, call) -> bool:
         """call() against the store once training is over. Skipped once the store has
-        failed; a failure, or a Ctrl-C while it waits, leaves `what` undelivered (said
-        at the end) and the store alone from then on. True if it went through."""
+        failed; a failure or a Ctrl-C while it waits leaves `what` undelivered (said at
+        the end); after a failure or a second Ctrl-C the store is left alone. True if
+        it went through."""
         if self.store_failed:
             self.undelivered.append(what)
             return False
@@ -263,7 +268,11 @@ class TrackedRun:
             with self.stop.interruptible() if self.stop is not None else nullcontext():
                 call()
             return True
-        except (Exception, KeyboardInterrupt):
+        except KeyboardInterrupt:  # a first Ctrl-C gives this up; a second, the store
+            self._failed = self.stop is None or self.stop.hurry
+            self.undelivered.append(what)
+            return False
+        except Exception:
             self._failed = True
             self.undelivered.append(what)
             return False
@@ -300,7 +309,7 @@ class TrackedRun:
             with self.stop.interruptible() if self.stop is not None else nullcontext():
                 kept = self.metrics.close(0 if hurry else CLOSE_SECONDS)
         except KeyboardInterrupt:  # stop waiting for the store; keep the rest locally
-            self._failed = True
+            self._failed = self.stop is None or self.stop.hurry
             kept = self.metrics.close(0)
         if kept and self.metrics.outbox.store_ok and not self.store_failed and not hurry:
             # points that went only to the file while the store was away: send them now

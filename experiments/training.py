@@ -211,6 +211,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
     check_writable_dir(out_dir, "--output")
     claim = OutputClaim(out_dir, opts.resume)
     claim.check()  # another run's folder: refused before Ray starts
+    if resume is not None and resume.position.epoch >= cfg.train.epochs:
+        return deliver_only(job, opts, uri, experiment_id, out_dir, claim)
     workers = opts.workers or (1 if opts.local else cfg.cluster.workers)
     if cfg.sweep:
         print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
@@ -258,6 +260,31 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
     return summary, out_dir, run.report
 
 
+def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, out_dir: Path,
+                 claim: OutputClaim) -> tuple[dict, Path, str | None]:
+    """--resume of a run whose training is complete (the tracking store died at its end):
+    send the store what it missed (kept metric points, model artifacts) and end the run."""
+    import json
+
+    from experiments import tracking
+    from experiments.interrupts import StopFlag
+    from experiments.run_artifacts import log_outputs
+
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("run_id") != opts.resume:
+        raise InputError(f"--resume {opts.resume}: its training is complete but {out_dir / 'summary.json'} "
+                         "is not this run's; nothing to resume")
+    print(f"rayprop: run {opts.resume} finished training; sending the tracking store what it missed",
+          file=sys.stderr)
+    with claim, StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
+                                                        out_dir=out_dir, stop=stop) as run:
+        run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+    return summary, out_dir, run.report
+
+
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         resume: Checkpoint | None = None, should_stop=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
@@ -301,7 +328,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers)},
                                 on_saved=to_artifacts, before_save=run.metrics.before_checkpoint,
-                                min_seconds=t.checkpoint_seconds)
+                                min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],

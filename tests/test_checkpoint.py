@@ -143,14 +143,17 @@ class Clock:
         pass
 
 
-@pytest.mark.parametrize("min_seconds, expected", [(0.0, 400), (2.0, 400 * 0.02 // 2.0)])
-def test_one_step_epochs_checkpoint_by_wall_time(tmp_path, min_seconds, expected):
-    # Full-batch epochs of one step each, 20 ms apiece: every epoch is due a checkpoint,
-    # but with a floor of 2 s only one per 100 steps is written.
+@pytest.mark.parametrize("min_seconds, last_epoch, expected", [
+    (0.0, None, 400), (2.0, None, 5), (2.0, 400, 6)])
+def test_one_step_epochs_checkpoint_by_wall_time(tmp_path, min_seconds, last_epoch, expected):
+    # Full-batch epochs of one step each, 30 ms apiece: every epoch is due a checkpoint,
+    # but with a floor of 2 s only steps 67, 134, 201, 268, 335 write one (12 s in all),
+    # and the run's last epoch when it is named.
     pool, plan = pool_and_plan(batch=M)
     theta, opt = fresh("sgd")
-    clock = Clock(0.02)
-    ckpt = ck.Checkpointer(tmp_path, 1, {"run_id": "r"}, min_seconds=min_seconds, clock=clock)
+    clock = Clock(0.03)
+    ckpt = ck.Checkpointer(tmp_path, 1, {"run_id": "r"}, min_seconds=min_seconds, clock=clock,
+                           last_epoch=last_epoch)
     train(pool, theta, opt, plan, 400, listeners=[clock], checkpointer=ckpt)
     assert len(ckpt.written) == expected
     assert len(ck.checkpoint_files(tmp_path)) == min(expected, ck.KEEP)

@@ -138,13 +138,15 @@ class Checkpointer:
 
     def __init__(self, directory: Path, every_epochs: int, meta: dict,
                  max_seconds: float = DEFAULT_MAX_SECONDS, on_saved=None, before_save=None,
-                 min_seconds: float = 0.0, clock=time.monotonic):
+                 min_seconds: float = 0.0, clock=time.monotonic, last_epoch: int | None = None):
         """before_save() runs before each checkpoint is written (e.g. to get the metrics
         so far into the tracking store, so a resumed run has them exactly once);
-        on_saved(path) after it is in place (e.g. to copy it to the run's artifacts)."""
+        on_saved(path) after it is in place (e.g. to copy it to the run's artifacts).
+        last_epoch: the run's last epoch always gets one, floor or not, so a run whose
+        store died at its end resumes with nothing left to train."""
         self.directory, self.every_epochs, self.meta = directory, every_epochs, meta
         self.max_seconds, self.on_saved, self.before_save = max_seconds, on_saved, before_save
-        self.min_seconds, self.clock = min_seconds, clock
+        self.min_seconds, self.clock, self.last_epoch = min_seconds, clock, last_epoch
         self.last_time = clock()
         self.written: list[Path] = []
         # This run's checkpoints already there (a resumed run's), oldest first: pruned
@@ -177,6 +179,7 @@ class Checkpointer:
         return None
 
     def after_epoch(self, theta, optimizer, position: Position, epochs_done: int) -> Path | None:
-        if epochs_done % self.every_epochs == 0 and self.clock() - self.last_time >= self.min_seconds:
+        due = epochs_done % self.every_epochs == 0 and self.clock() - self.last_time >= self.min_seconds
+        if due or epochs_done == self.last_epoch:
             return self.save(theta, optimizer, position)
         return None
