@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 LISTEN = "0A"  # TCP state in /proc/net/tcp
 
 
@@ -85,7 +84,6 @@ def is_loopback(ip: str) -> bool:
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
 def test_a_local_ray_job_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    env["PYTHONPATH"] = str(REPO)
     cmd = [sys.executable, "-m", "experiments.cli", "train", "spirals", "--workers", "2", "--quiet",
            "--set", "train.epochs=100000", "--output", "out",
            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import one_line_exit_2
+
 EPOCHS, BATCH = 12, 8
 CONFIG = f"""\
 experiment: resume-test
@@ -148,21 +150,6 @@ def runs_of(uri):
     return {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])}
 
 
-def train_in(work, out, uri, *extra):
-    return subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--output", out, "--tracking-uri", uri,
-                              *extra, cwd=work), cwd=work, env=env(), capture_output=True, text=True,
-                          timeout=300)
-
-
-def one_line_exit_2(proc, *words):
-    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines[0]) < 250, lines[0]
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def folder_state(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
@@ -184,27 +171,27 @@ def stopped(work):
     ("train.seed=4", "train.seed"), ("model.layers=[2,8,3]", "model.layers"),
     ("train.batch_size=16", "train.batch_size"), ("data.validation_fraction=0.2", "data.validation_fraction"),
     ("train.optimizer=momentum", "train.optimizer"), ("train.epochs=13", "train.epochs")])
-def test_resume_refuses_a_config_that_changes_the_result(stopped, override, key):
+def test_resume_refuses_a_config_that_changes_the_result(stopped, rayprop, override, key):
     d, uri, run_id = stopped
     before = runs_of(uri)
-    proc = subprocess.run(cli("train", "c.yaml", "--local", "--quiet", "--resume", run_id, "--tracking-uri", uri,
-                              "--set", override, cwd=d), cwd=d, env=env(), capture_output=True, text=True,
-                          timeout=300)
-    one_line_exit_2(proc, f"--resume {run_id}", key)
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--resume", run_id, "--tracking-uri", uri,
+                     "--set", override, cwd=d)
+    one_line_exit_2(result, f"--resume {run_id}", key)
     assert runs_of(uri) == before  # the run is still KILLED, no new run
 
 
 @pytest.mark.parametrize("folder", ["stopped", "ref"])
-def test_a_second_run_in_a_run_folder_is_refused_naming_the_run(work, stopped, folder):
+def test_a_second_run_in_a_run_folder_is_refused_naming_the_run(work, stopped, rayprop, folder):
     d, uri, stopped_id = stopped
     owner = json.loads((d / "ref" / "summary.json").read_text())["run_id"] if folder == "ref" else stopped_id
     before_runs, before_files = runs_of(uri), folder_state(d / folder)
-    proc = train_in(d, folder, uri, "--set", "train.seed=4")
-    one_line_exit_2(proc, f"--output {folder}", owner, *(["--resume"] if folder == "stopped" else []))
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--output", folder, "--tracking-uri", uri,
+                     "--set", "train.seed=4", cwd=d)
+    one_line_exit_2(result, f"--output {folder}", owner, *(["--resume"] if folder == "stopped" else []))
     assert runs_of(uri) == before_runs and folder_state(d / folder) == before_files
 
 
-def test_two_jobs_at_once_on_one_folder(work):
+def test_two_jobs_at_once_on_one_folder(work, rayprop):
     d, uri = work
     first = subprocess.Popen(cli("train", "c.yaml", "--local", "--quiet", "--output", "busy", "--tracking-uri", uri,
                                  "--set", "train.epochs=100000", cwd=d), cwd=d, env=env(),
@@ -213,7 +200,8 @@ def test_two_jobs_at_once_on_one_folder(work):
         wait_for_checkpoint(first, d / "busy" / "checkpoints", min_files=1)
         first_id = json.loads((d / "busy" / ".rayprop-run").read_text())["run_id"]
         before = runs_of(uri)
-        second = train_in(d, "busy", uri, "--set", "train.seed=4")
+        second = rayprop("train", "c.yaml", "--local", "--quiet", "--output", "busy", "--tracking-uri", uri,
+                         "--set", "train.seed=4", cwd=d)
         one_line_exit_2(second, "--output busy", first_id, "writing there now")
         assert runs_of(uri) == before
         assert first.poll() is None, "the first job must go on"

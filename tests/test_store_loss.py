@@ -22,7 +22,6 @@ import pytest
 
 from tests.mlflowserver import MlflowServer
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH, TRAIN_ROWS = 40, 8, 810
 STEPS = EPOCHS * -(-TRAIN_ROWS // BATCH)
 CONFIG = f"""\
@@ -36,7 +35,6 @@ train: {{optimizer: adam, learning_rate: 0.01, batch_size: {BATCH}, epochs: {EPO
 
 def start_job(work: Path, uri: str, *extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", "c.yaml", "--local", "--quiet",
                              "--output", "out", "--tracking-uri", uri, *extra], cwd=work, env=env,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
