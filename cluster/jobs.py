@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -81,8 +82,10 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         workdir = Path(tmp)
         job_config = stage(config, workdir, is_builtin)
         (workdir / "job.yaml").write_text(yaml.safe_dump(job_config, sort_keys=False))
-        entrypoint = " ".join(["python -m experiments.cli train job.yaml --output output",
-                               *train_args])
+        # A folder of its own: Ray unpacks identical working_dirs into one shared folder,
+        # and an output folder belongs to one run (a second job would be refused).
+        output = f"output-{uuid.uuid4().hex[:12]}"
+        entrypoint = " ".join(["python -m experiments.cli train job.yaml --output", output, *train_args])
         job_id = _submit_with_retry(
             client, entrypoint=entrypoint,
             runtime_env={"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}},
