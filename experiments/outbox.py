@@ -67,8 +67,19 @@ def replay(client, run_id: str, path: Path) -> int:
             missing.append(m)
     for i in range(0, len(missing), MAX_POINTS_PER_CALL):
         client.log_batch(run_id, metrics=missing[i:i + MAX_POINTS_PER_CALL])
-    path.unlink(missing_ok=True)
+    drop_spool(path)
     return len(missing)
+
+
+def drop_spool(path: Path | None) -> None:
+    """Delete the spool file, and its folder once empty (a healthy run leaves neither)."""
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:  # not empty, or already gone
+        pass
 
 
 class Outbox:
@@ -119,8 +130,7 @@ class Outbox:
         (no waiting on the store); with nothing waiting, the file goes."""
         with self._cond:
             if not self._pending and not self._overflow:
-                if self.spool is not None:
-                    self.spool.unlink(missing_ok=True)
+                drop_spool(self.spool)
                 return
             self._append_to_spool([b for b in self._pending if isinstance(b, Batch) and not b.spooled])
 
@@ -180,7 +190,7 @@ class Outbox:
                 self._append_to_spool([b for b in batches if not b.spooled])
             elif not self._overflow and self.spool is not None and self.spool.exists() \
                     and not self._thread.is_alive():
-                self.spool.unlink(missing_ok=True)  # everything it held was delivered
+                drop_spool(self.spool)  # everything it held was delivered
         if self.spool is None or not self.spool.exists():
             return 0
         return len({(m.key, m.step) for m in read_spool(self.spool)})

@@ -102,6 +102,7 @@ def check_resumed(work, uri, out: Path, run_id: str):
     rel = np.max(np.abs(weights(out / "model.npz") - ref)) / np.max(np.abs(ref))
     assert rel <= 1e-9, f"relative difference to the undisturbed run {rel:.2e}"
     assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
+    assert not (out / "mlflow-undelivered").exists(), "a store that took everything leaves no spool"
 
 
 def test_coordinator_sigkilled_mid_epoch_then_resumed(work):
