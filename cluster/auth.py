@@ -11,6 +11,7 @@ The token itself is never printed or logged.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -37,3 +38,15 @@ def enable_token_mode() -> str | None:
 
 
 TOKEN_HINT = "set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token to the cluster's token"
+
+
+# user:password@ after a scheme (anywhere in a text: Ray's messages quote the address),
+# or at the start of a bare HOST:PORT address.
+_URI_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+_BARE_USERINFO = re.compile(r"^[^\s/@:]+:[^\s/@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password@ of an address or URI in it replaced by ***@:
+    for messages, run params and tags, which must never show a password."""
+    return _BARE_USERINFO.sub("***@", _URI_USERINFO.sub(r"\1***@", text))

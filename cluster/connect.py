@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from cluster.auth import TOKEN_HINT, enable_token_mode
+from cluster.auth import TOKEN_HINT, enable_token_mode, redact
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
@@ -52,7 +52,7 @@ class Connection:
 def _host_port(address: str) -> tuple[str, int]:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
-        raise InputError(f"--address {address}: expected HOST:PORT (e.g. ray://10.0.0.5:10001)")
+        raise InputError(f"--address {redact(address)}: expected HOST:PORT (e.g. ray://10.0.0.5:10001)")
     return parsed.hostname, parsed.port
 
 
@@ -62,7 +62,7 @@ def _check_listening(address: str) -> None:
         with socket.create_connection((host, port), timeout=PREFLIGHT_SECONDS):
             pass
     except OSError:
-        raise InputError(f"--address {address}: nothing listens at {host}:{port}") from None
+        raise InputError(f"--address {redact(address)}: nothing listens at {host}:{port}") from None
 
 
 def _check_client_auth(address: str) -> None:
@@ -83,9 +83,9 @@ def _check_client_auth(address: str) -> None:
                          timeout=PREFLIGHT_SECONDS)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise InputError(f"--address {address}: the cluster refused the auth token "
+            raise InputError(f"--address {redact(address)}: the cluster refused the auth token "
                              f"(missing or wrong); {TOKEN_HINT}") from None
-        raise InputError(f"--address {address}: no Ray Client server answers there "
+        raise InputError(f"--address {redact(address)}: no Ray Client server answers there "
                          f"({e.code().name})") from None
     finally:
         channel.close()
@@ -159,7 +159,7 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
             _init_with_retries(ray, address, log_level)
         except ConnectionError as e:
             hint = TOKEN_HINT if source is None else f"token from {source}"
-            raise InputError(f"--address {address}: cannot connect ({one_line(e)}); {hint}") from None
+            raise InputError(f"--address {redact(address)}: cannot connect ({redact(one_line(e))}); {hint}") from None
         if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
             kind = "job"
     try:
@@ -169,8 +169,8 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         cpus = resources.get("CPU", 0)
         if cpus < cpus_needed:
-            raise InputError(f"the cluster at {address} has {cpus:g} CPUs, the job needs {cpus_needed} "
+            raise InputError(f"the cluster at {redact(address)} has {cpus:g} CPUs, the job needs {cpus_needed} "
                              "(lower --workers or cluster.cpus_per_worker)")
-        yield Connection(kind, address or "local", cpus, nodes)
+        yield Connection(kind, redact(address) if address else "local", cpus, nodes)
     finally:
         ray.shutdown()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.auth import TOKEN_HINT, enable_token_mode
+from cluster.auth import TOKEN_HINT, enable_token_mode, redact
 from trainer.errors import InputError, RunError, Stopped, one_line
 
 MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
@@ -61,11 +61,11 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
-        text = one_line(e)
+        text = redact(one_line(e))
         if "auth" in text.lower() or "token" in text.lower() or e.__class__.__name__ == "AuthenticationError":
             hint = TOKEN_HINT if token_source is None else f"the token from {token_source} was refused"
-            raise InputError(f"--address {address}: authentication failed; {hint}") from None
-        raise InputError(f"--address {address}: cannot reach the Ray Jobs API ({text})") from None
+            raise InputError(f"--address {redact(address)}: authentication failed; {hint}") from None
+        raise InputError(f"--address {redact(address)}: cannot reach the Ray Jobs API ({text})") from None
 
 
 def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin,
@@ -90,7 +90,7 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
             client, entrypoint=entrypoint,
             runtime_env={"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}},
             metadata={"rayprop": "train", "experiment": str(config.get("experiment", ""))})
-    print(f"rayprop submit: job {job_id} submitted to {address}", file=sys.stderr)
+    print(f"rayprop submit: job {job_id} submitted to {redact(address)}", file=sys.stderr)
     if tracking_note:
         print(f"rayprop submit: {tracking_note}", file=sys.stderr)
     if not wait:

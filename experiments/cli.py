@@ -8,6 +8,7 @@ field, file or value and nothing written; 1 failure while running; 130 stopped.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer import __version__
@@ -16,6 +17,7 @@ from trainer.errors import InputError, RunError, Stopped, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 EXIT_UNDELIVERED = 3  # trained and the files written, but the tracking store did not get everything
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `cat` when `| head` stops reading
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"rayprop {args.command}"
     try:
         code = getattr(commands, args.command)(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return EXIT_OK if code is None else code
     except InputError as e:
         print(f"{prog}: error: {describe(e)}", file=sys.stderr)
@@ -167,6 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_STOPPED
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_PIPE_CLOSED
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout has gone (`rayprop predict ... | head -1`): say nothing, as
+    Unix tools do, and point stdout at /dev/null so that the flush at exit does not
+    raise BrokenPipeError again (Python's documented recipe, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in tests)
+        pass
 
 
 def entry() -> None:

@@ -20,8 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.checkpoint import Checkpoint, latest_checkpoint
+from experiments import stores
+from trainer.checkpoint import Checkpoint, check_resumable, latest_checkpoint
 from trainer.errors import InputError
+from trainer.optimizers import make_optimizer
 
 OUTPUT_TAG = "rayprop.output"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
@@ -55,10 +57,10 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from experiments.stores import quiet_mlflow
-
-    quiet_mlflow()  # no "Downloading artifacts" bars when the checkpoint comes from the store
-
+    stores.quiet_mlflow()  # no "Downloading artifacts" bars when the checkpoint comes from the store
+    db = stores.sqlite_path(uri)
+    if db is not None and not db.exists():  # MLflow would create it just to look
+        raise InputError(f"--resume {run_id}: no such run (no tracking store at {db})")
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
@@ -74,20 +76,29 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
 
     check_same_config(run_id, run.data.params, run_params(job.resolved_cfg))
     out_dir = Path(out)
-    ckpt = latest_checkpoint(out_dir / "checkpoints", _warn, run_id=run_id)
+    skipped = []  # unreadable checkpoints: warnings if a good one is found, else the error
+    ckpt = latest_checkpoint(out_dir / "checkpoints", skipped.append, run_id=run_id)
     if ckpt is None:
         tmp = Path(tempfile.mkdtemp(prefix="rayprop-resume-"))
         try:
             local = client.download_artifacts(run_id, "checkpoints", str(tmp))
-            ckpt = latest_checkpoint(Path(local), _warn, run_id=run_id)
+            ckpt = latest_checkpoint(Path(local), skipped.append, run_id=run_id)
         except (MlflowException, OSError):
             ckpt = None
     if ckpt is None:
+        newest = f"; newest: {skipped[0].split(';')[0]}" if skipped else ""
         raise InputError(f"--resume {run_id}: the run has no readable checkpoint "
-                         f"(in {out_dir / 'checkpoints'} or its artifacts)")
-    if ckpt.theta.size != job.spec.size or ckpt.meta.get("layers", list(job.spec.layers)) != list(job.spec.layers):
+                         f"(in {out_dir / 'checkpoints'} or its artifacts){newest}")
+    for message in skipped:
+        _warn(message)
+    if ckpt.meta.get("layers", list(job.spec.layers)) != list(job.spec.layers):
         raise InputError(f"--resume {run_id}: its checkpoint is of layers {ckpt.meta.get('layers')}, "
                          f"the config says {list(job.spec.layers)}")
     if ckpt.position.epoch > job.cfg.train.epochs:
         raise InputError(f"--resume {run_id}: the checkpoint is past train.epochs={job.cfg.train.epochs}")
+    try:  # a checkpoint edited by hand, or another optimizer's, must not reach training
+        check_resumable(ckpt, job.spec.size, make_optimizer(job.cfg.train.optimizer, 1.0).state(),
+                        job.plan.steps_per_epoch)
+    except ValueError as e:
+        raise InputError(f"--resume {run_id}: checkpoint {e}") from None
     return ckpt, out_dir, run.info.experiment_id

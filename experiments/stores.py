@@ -11,23 +11,23 @@ the job has trained.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from cluster.auth import redact
 from trainer.errors import InputError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ENV = "MLFLOW_TRACKING_URI"
 PROBE_SECONDS = 5.0
-
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
 # Set before MLflow runs: rayprop's console stays rayprop's. MLflow prints "View run ...
@@ -91,11 +91,6 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def redact(uri: str) -> str:
-    """The URI with any user:password@ removed, for printing and for run params."""
-    return _USERINFO.sub(r"\1***@", uri)
-
-
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (relative to the working directory or absolute)."""
     if not uri.startswith("sqlite:///"):
@@ -114,14 +109,13 @@ def check(uri: str) -> None:
             raise InputError(f"tracking URI {uri}: cannot create {db} (no writable directory {folder})")
         return
     if is_server(uri):
-        probe = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(probe, timeout=PROBE_SECONDS):
+            with urllib.request.urlopen(_health_request(uri), timeout=PROBE_SECONDS):
                 pass
         except urllib.error.HTTPError:
             pass  # something answered (an auth proxy, an older server): MLflow takes it from here
         except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
+            reason = redact(str(getattr(e, "reason", e)))
             raise InputError(f"tracking URI {redact(uri)}: no MLflow server answers ({reason})") from None
 
 
@@ -171,3 +165,15 @@ def _copy_if_absent(template: Path, db: Path) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET /health of the server, with user:password@ sent as HTTP basic auth, as
+    MLflow's client (requests) does with such a URI; urllib would take it for a host."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    headers = {}
+    if parts.username is not None or parts.password is not None:
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    return urllib.request.Request(urllib.parse.urlunsplit(parts), headers=headers)

@@ -33,7 +33,7 @@ from trainer.checkpoint import Checkpoint, Checkpointer
 from trainer.config import Config, check_size
 from trainer.coordinator import TrainingStopped, train as coordinate
 from trainer.errors import InputError, RunError
-from trainer.model_io import read_arrays, save_model, theta_from_arrays, write_json
+from trainer.model_io import expected_shapes, read_arrays, save_model, theta_from_arrays, write_json
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
 from workers.examples import Schema, resolve_schema, split_rows
@@ -118,7 +118,7 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
     plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed)
     if init_from:
         path = Path(init_from).expanduser()
-        theta0 = theta_from_arrays(spec, read_arrays(path), path)
+        theta0 = theta_from_arrays(spec, read_arrays(path, expected_shapes(spec)), path)
     else:
         theta0 = init_theta(spec, cfg.model.init, cfg.train.seed)
     return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0)

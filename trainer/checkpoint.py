@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.model_io import atomic_write
+from trainer.model_io import NPZ_ERRORS, array_headers, atomic_write
 
 KEEP = 3  # checkpoints kept per run; its older ones are removed after a newer one is written
 PREFIX, SUFFIX = "ckpt-", ".npz"
@@ -93,20 +93,72 @@ def run_of(path: Path) -> str | None:
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """One checkpoint; ValueError if the file is not a whole checkpoint of ours."""
+    """One checkpoint; ValueError if the file is not a whole checkpoint of ours.
+
+    A checkpoint may have been edited or swapped: every array's type and shape is
+    checked here; whether it fits the job at hand is `check_resumable`'s to say."""
+    try:
+        headers = array_headers(path)  # shapes and dtypes, before loading anything
+    except NPZ_ERRORS as e:
+        raise ValueError(f"{path.name}: not a readable checkpoint ({e.__class__.__name__})") from None
+    _check_headers(path.name, headers)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         epoch, k, step = (int(x) for x in arrays["position"])
         loss_sum, seconds, compute = (float(x) for x in arrays["epoch_partial"])
         meta = json.loads(str(arrays["meta"]))
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except (*NPZ_ERRORS, KeyError, RecursionError) as e:
         raise ValueError(f"{path.name}: not a readable checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.name}: its 'meta' is not a JSON object")
+    if min(epoch, k, step) < 0:
+        raise ValueError(f"{path.name}: position (epoch {epoch}, batch {k}, step {step}) is negative")
     theta = arrays["theta"]
-    if theta.ndim != 1 or not np.isfinite(theta).all():
+    if not np.isfinite(theta).all():
         raise ValueError(f"{path.name}: parameters are not a finite vector")
     optimizer = {key[4:]: v for key, v in arrays.items() if key.startswith("opt_")}
     return Checkpoint(theta, optimizer, Position(epoch, k, step, loss_sum, seconds, compute), meta, path)
+
+
+# The arrays every checkpoint holds: (dtype kinds allowed, shape; None: any 1-D).
+REQUIRED = {"theta": ("f", None), "position": ("iu", (3,)), "epoch_partial": ("f", (3,)), "meta": ("U", ())}
+
+
+def _check_headers(name: str, headers: dict) -> None:
+    for key, (kinds, shape) in REQUIRED.items():
+        if key not in headers:
+            raise ValueError(f"{name}: not a checkpoint: no {key!r} array")
+        got, dtype = headers[key]
+        if dtype.kind not in kinds or (len(got) != 1 if shape is None else got != shape):
+            raise ValueError(f"{name}: {key!r} is {dtype.name[:20]} of shape {got}, not a checkpoint's")
+    for key, (_, dtype) in headers.items():
+        if key.startswith("opt_") and dtype.kind not in "iuf":
+            raise ValueError(f"{name}: {key!r} holds {dtype.name[:20]} values")
+
+
+def check_resumable(ckpt: Checkpoint, theta_size: int, optimizer_state: dict[str, np.ndarray],
+                    steps_per_epoch: int) -> None:
+    """ValueError naming what does not fit if `ckpt` cannot continue this job: the
+    parameter count, the optimizer's buffers (`optimizer_state`: a fresh optimizer's
+    `state()`, for the names) and a position on this job's batch plan."""
+    name = ckpt.path.name if ckpt.path else "checkpoint"
+    if ckpt.theta.size != theta_size:
+        raise ValueError(f"{name}: {ckpt.theta.size} parameters, the network has {theta_size}")
+    if set(ckpt.optimizer) != set(optimizer_state):
+        raise ValueError(f"{name}: holds the state of another optimizer (buffers "
+                         f"{sorted(ckpt.optimizer) or 'none'}; this one has {sorted(optimizer_state)})")
+    p = ckpt.position
+    for key, value in ckpt.optimizer.items():
+        if key == "t":  # steps taken: one per global step
+            if value.shape != () or int(value) != p.global_step:
+                raise ValueError(f"{name}: optimizer step count does not match step {p.global_step}")
+        elif value.shape not in ((0,), (theta_size,)) or not np.isfinite(value).all():
+            raise ValueError(f"{name}: optimizer buffer {key!r} is not {theta_size} finite numbers")
+    # Epoch e, batch k is global step e * steps_per_epoch + k (the plan starts at epoch 0).
+    if p.k >= steps_per_epoch or p.global_step != p.epoch * steps_per_epoch + p.k:
+        raise ValueError(f"{name}: position (epoch {p.epoch}, batch {p.k}, step {p.global_step}) "
+                         f"is not on this job's batch plan ({steps_per_epoch} batches per epoch)")
 
 
 def latest_checkpoint(directory: Path, warn=print, run_id: str | None = None) -> Checkpoint | None:

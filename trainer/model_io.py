@@ -5,6 +5,11 @@ np.savez and read with allow_pickle=False, so loading a model never runs code.
 model.json holds the NetworkSpec and what the columns mean (features, targets,
 encoding), so `evaluate` and `predict` need nothing else. Files are written to a
 temporary name and renamed, so a crash never leaves a half-written model.
+
+Both files may have been edited by hand or by an adversary: every field of
+model.json is checked for its type and range, and the arrays' shapes and dtypes
+are read from the .npy headers inside model.npz BEFORE any array is loaded, so a
+file that claims a huge array costs nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from trainer.costs import COSTS
 from trainer.network import NetworkSpec
 
 FORMAT = "rayprop-mlp"
+ENCODINGS = ("one_hot", "binary", "numeric")  # how targets are encoded (workers/examples.py)
+MAX_JSON_BYTES = 16 * 2**20  # model.json holds a spec and column names: far below this
 
 
 def theta_arrays(spec: NetworkSpec, theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -67,23 +74,74 @@ def save_model(out_dir: Path, spec: NetworkSpec, theta: np.ndarray, columns: dic
         **columns})
 
 
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file, refusing pickles; InputError if it is not one."""
+NPZ_ERRORS = (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError)
+
+
+def array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{name: (shape, dtype)} of the arrays in an .npz, from their .npy headers only.
+
+    ValueError if a member is not a .npy array (np.load would hand back its bytes)."""
+    headers = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename[:40]!r} is not an array")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+            headers[info.filename[:-4]] = (shape, dtype)
+    return headers
+
+
+def read_arrays(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
+                what: str = "a model file") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, refusing pickles; InputError if it is not one.
+
+    With `expected` ({name: shape}), the names, shapes and a floating dtype are
+    checked from the headers before anything is loaded."""
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:
+        headers = array_headers(path)
+    except NPZ_ERRORS as e:
+        raise InputError(f"{path} is not {what} of plain arrays ({e.__class__.__name__})") from None
+    if expected is not None:
+        if set(headers) != set(expected):
+            raise InputError(f"{path} holds arrays {_names(headers)}, expected {_names(expected)}")
+        for name, shape in expected.items():
+            got, dtype = headers[name]
+            if tuple(got) != tuple(shape):
+                raise InputError(f"{path}: {name} has shape {tuple(got)}, expected {tuple(shape)}")
+            if dtype.kind != "f":
+                raise InputError(f"{path}: {name} holds {dtype.name[:20]} values, not floating-point numbers")
+    try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise InputError(f"{path} is not a model file of plain arrays ({e.__class__.__name__})") from None
+    except NPZ_ERRORS as e:
+        raise InputError(f"{path} is not {what} of plain arrays ({e.__class__.__name__})") from None
+
+
+def _names(names) -> str:
+    names = sorted(str(n)[:20] for n in names)
+    return "[" + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") + "]"
+
+
+def expected_shapes(spec: NetworkSpec) -> dict[str, tuple[int, int]]:
+    """{'W1': (n_1, n_0), 'b1': (n_1, 1), ...}: what model.npz holds for `spec`."""
+    out = {}
+    for l, (wshape, bshape) in enumerate(spec.shapes, start=1):
+        out[f"W{l}"], out[f"b{l}"] = wshape, bshape
+    return out
 
 
 def theta_from_arrays(spec: NetworkSpec, arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:
     """Pack W1..WL, b1..bL into a flat theta for `spec`, checking names and shapes."""
-    expected = {f"{p}{l}" for l in range(1, spec.L + 1) for p in "Wb"}
+    expected = set(expected_shapes(spec))
     if set(arrays) != expected:
-        raise InputError(f"{path} holds {sorted(arrays)}, a network of layers "
-                         f"{list(spec.layers)} needs {sorted(expected)}")
+        raise InputError(f"{path} holds {_names(arrays)}, a network of layers "
+                         f"{list(spec.layers)} needs {_names(expected)}")
     theta = np.empty(spec.size, dtype=spec.dtype)
     Ws, bs = spec.views(theta)
     for l in range(1, spec.L + 1):
@@ -111,19 +169,44 @@ def load_model(path: str | Path) -> tuple[NetworkSpec, np.ndarray, dict]:
     if not meta_path.is_file():
         raise InputError(f"{npz}: no model.json beside it ({meta_path} not found); "
                          "a rayprop model is a model.npz with its model.json")
+    if meta_path.stat().st_size > MAX_JSON_BYTES:
+        raise InputError(f"{meta_path} is {meta_path.stat().st_size / 2**20:.0f} MiB, "
+                         "too large for a model description")
     try:
         meta = json.loads(meta_path.read_text())
-    except (ValueError, OSError, UnicodeDecodeError):
+    except (ValueError, OSError, RecursionError):   # RecursionError: "[[[[..." nested deep
         raise InputError(f"{meta_path} is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{meta_path} is not a rayprop model description")
-    try:
-        spec = NetworkSpec(tuple(int(n) for n in meta["layers"]), meta["hidden_activation"],
-                           meta["output_activation"], meta["cost"], meta["dtype"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{meta_path} lacks a valid network spec") from None
-    if (spec.hidden_activation not in ACTIVATIONS or spec.output_activation not in ACTIVATIONS
-            or spec.cost not in COSTS or spec.dtype not in ("float32", "float64")
-            or spec.L < 1 or min(spec.layers) < 1):
-        raise InputError(f"{meta_path} describes a network rayprop cannot build")
-    return spec, theta_from_arrays(spec, read_arrays(npz), npz), meta
+    spec = spec_from_meta(meta, meta_path)
+    arrays = read_arrays(npz, expected_shapes(spec))
+    return spec, theta_from_arrays(spec, arrays, npz), meta
+
+
+def _is_names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def spec_from_meta(meta: dict, meta_path: Path) -> NetworkSpec:
+    """The NetworkSpec of a model.json, every field checked; InputError naming the field."""
+    def bad(field: str, want: str) -> InputError:
+        return InputError(f"{meta_path}: {field!r} must be {want}")
+
+    layers = meta.get("layers")
+    if (not isinstance(layers, list) or len(layers) < 2
+            or not all(type(n) is int and n >= 1 for n in layers)):
+        raise bad("layers", "a list of at least 2 whole numbers >= 1")
+    for field, names in (("hidden_activation", ACTIVATIONS), ("output_activation", ACTIVATIONS),
+                         ("cost", COSTS), ("dtype", ("float32", "float64"))):
+        if not isinstance(meta.get(field), str) or meta[field] not in names:
+            raise bad(field, "one of " + ", ".join(names))
+    features, targets, encoding = meta.get("features"), meta.get("targets"), meta.get("encoding")
+    if not _is_names(features) or len(features) != layers[0]:
+        raise bad("features", f"a list of {layers[0]} column names (layers[0])")
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        raise bad("encoding", "one of " + ", ".join(ENCODINGS))
+    n_targets = 1 if encoding == "one_hot" else layers[-1]
+    if not _is_names(targets) or len(targets) != n_targets:
+        raise bad("targets", f"a list of {n_targets} column name{'s' if n_targets > 1 else ''}")
+    return NetworkSpec(tuple(layers), meta["hidden_activation"], meta["output_activation"],
+                       meta["cost"], meta["dtype"])

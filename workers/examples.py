@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.errors import ConfigError, DataError
-from workers.sources import Source, format_columns
+from workers.sources import Source, format_columns, show_name
 
 # How the cost wants its targets: class labels -> one-hot, 0/1 columns, or real values.
 ENCODINGS = {"cross_entropy": "one_hot", "binary_cross_entropy": "binary", "mse": "numeric", "mae": "numeric"}
@@ -83,8 +83,8 @@ def _show(value) -> str:
 
 def _numeric(source: Source, name: str, values: np.ndarray) -> np.ndarray:
     if values.dtype.kind not in "biuf":   # bool, int, uint, float
-        kind = source.column_types.get(name, str(values.dtype))
-        raise DataError(f"column {name!r} in {source.name} is not numeric (type {kind})")
+        kind = show_name(source.column_types.get(name, str(values.dtype)))  # a struct's type is long
+        raise DataError(f"column {show_name(name)!r} in {source.name} is not numeric (type {kind})")
     return values
 
 

@@ -6,14 +6,18 @@ worker reads only its own range (docs/design.md section 3), so Parquet sources r
 the row groups (and, for a directory, only the files) that overlap the range. CSV has
 no index, so a CSV source streams from the top and stops after hi.
 
-Every user-caused problem (missing or unreadable file, unknown extension, no rows) is
-a `DataError` with one line naming the path; pyarrow's own errors never leak.
+Every user-caused problem (missing or unreadable file, unknown extension, no rows, a
+FIFO or device where a file should be, compressed bytes under a .csv name, a header
+that is not UTF-8, two columns of one name, a directory whose files disagree on a
+column's type) is a `DataError` with one line naming the path; pyarrow's own errors
+never leak.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Protocol
 
 import numpy as np
@@ -41,12 +45,57 @@ class Source(Protocol):
     def describe(self) -> dict: ...
 
 
+# Leading bytes of formats that pyarrow's CSV reader would take for (garbled) text.
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
+                    b"\xfd7zXZ\x00": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed",
+                    b"\x04\x22\x4d\x18": "lz4-compressed", b"PK\x03\x04": "a zip archive",
+                    b"PAR1": "Parquet"}
+MAX_NAME = 40  # characters of a column name shown in a message (a header can hold anything)
+
+
+def show_name(name: str) -> str:
+    """A column name for a message: control characters escaped, long names cut."""
+    text = name if name.isprintable() else repr(name)[1:-1]
+    return text if len(text) <= MAX_NAME else text[:MAX_NAME - 3] + "..."
+
+
 def format_columns(names, limit: int = 10) -> str:
     """'a, b, y', shortened to the first `limit` names for wide tables (784 pixels)."""
-    names = list(names)
+    names = [show_name(n) for n in names]
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names)} columns)"
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse what is not a regular file (after symlinks) before opening it: reading a
+    FIFO blocks until someone writes, and /dev/zero or /dev/urandom never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataError(f"data.source: cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+        raise DataError(f"data.source: {path} is {kind}, not a data file")
+
+
+def named_types(path: str, schema: pa.Schema) -> dict[str, str]:
+    """{column: arrow type} of a file's schema, refusing names that are not UTF-8 or
+    appear twice (a dict would silently keep only the last of two same-named columns)."""
+    try:
+        names = [f.name for f in schema]
+    except UnicodeDecodeError as err:   # pyarrow decodes names lazily, here
+        raise DataError(f"data.source: {path}: column names are not UTF-8 text "
+                        f"(byte 0x{err.object[err.start]:02x}); save the file as UTF-8") from None
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"data.source: {path} has two columns named {show_name(name)!r}; "
+                            "column names must be unique")
+        seen.add(name)
+    return {f.name: str(f.type) for f in schema}
 
 
 class RangeSource:
@@ -120,7 +169,7 @@ class ParquetFileSource(RangeSource):
         # starts[g] is the first row of group g; starts[-1] == num_rows.
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.num_rows = int(meta.num_rows)
-        self.column_types = {f.name: str(f.type) for f in self._file.schema_arrow}
+        self.column_types = named_types(path, self._file.schema_arrow)
         self.last_row_groups_read: list[int] = []   # for tests: which groups the last read opened
 
     def _read(self, lo, hi, columns):
@@ -146,12 +195,21 @@ class ParquetDirSource(RangeSource):
         names = sorted(n for n in os.listdir(path) if n.endswith(".parquet") and not n.startswith("."))
         if not names:
             raise DataError(f"data.source: no .parquet files in directory {path}")
+        for n in names:
+            check_regular_file(os.path.join(path, n))
         self._files = [ParquetFileSource(os.path.join(path, n)) for n in names]
         first = self._files[0]
         for f in self._files[1:]:
             if f.column_names != first.column_names:
                 raise DataError(f"data.source: {f.name} has columns ({format_columns(f.column_names)}) "
                                 f"but {first.name} has ({format_columns(first.column_names)})")
+            for column, kind in f.column_types.items():
+                # Read as one table, a column must have one type; pyarrow would fail
+                # mid-training on the first range that spans both files.
+                if kind != first.column_types[column]:
+                    raise DataError(f"data.source: {f.name} has column {show_name(column)!r} of type "
+                                    f"{show_name(kind)}, but {os.path.basename(first.name)} has "
+                                    f"{show_name(first.column_types[column])}")
         self._starts = np.concatenate([[0], np.cumsum([f.num_rows for f in self._files], dtype=np.int64)])
         self.num_rows = int(self._starts[-1])
         self.column_types = dict(first.column_types)
@@ -182,10 +240,11 @@ class CsvSource(RangeSource):
     def __init__(self, path: str):
         self.name = self.spec = path
         self._types = None
+        _refuse_binary(path)
         try:
             reader = self._open()
             inferred = reader.schema
-            self.column_types = {f.name: str(f.type) for f in inferred}
+            self.column_types = named_types(path, inferred)
             try:
                 self.num_rows = _count_rows(reader)
             except pa.ArrowInvalid as err:
@@ -235,6 +294,20 @@ class CsvSource(RangeSource):
         return table_to_numpy(pa.Table.from_batches(batches, schema=reader.schema), columns)
 
 
+def _refuse_binary(path: str) -> None:
+    """A compressed file (or Parquet) named .csv would be parsed as text and fail
+    somewhere deep in pyarrow; say what it is instead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as err:
+        raise DataError(f"data.source: cannot read {path}: {err.strerror}") from None
+    for magic, what in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"data.source: {path} holds {what} data, not CSV text; "
+                            + ("name it .parquet" if what == "Parquet" else "decompress it first"))
+
+
 def _count_rows(reader) -> int:
     try:
         return sum(batch.num_rows for batch in reader)
@@ -255,6 +328,8 @@ def open_source(spec: str) -> Source:
         raise DataError(f"data.source: no such file: {path} "
                         f"(built-in sets: {', '.join(builtin_sets.BUILTIN_NAMES)})")
     extension = os.path.splitext(path)[1].lower()
+    if not os.path.isdir(path):
+        check_regular_file(path)
     if os.path.isdir(path):
         source = ParquetDirSource(path)
     elif extension == ".parquet":
