@@ -8,14 +8,23 @@
 A bare `ray.init()` is never used: it silently joins whatever cluster `ray start`
 last recorded on this machine, even a dead one. Connection problems a user can fix
 (nothing listening, missing or wrong token, too few CPUs) become one-line
-InputErrors instead of tracebacks or 30-second time-outs.
+InputErrors instead of tracebacks or 30-second time-outs: before `ray.init`, one
+PING to the Ray Client server (ray://) or the GCS (auto, HOST:PORT) with the token.
+
+SIGTERM while connected is Ctrl-C: KeyboardInterrupt, so the CLI says so in one line
+and exits 130, and Ray is shut down on the way out (Ray's own handler, set inside
+`ray.init`, would exit with code 15 and no word). While `ray.init` runs, a first
+SIGINT or SIGTERM waits for it to return: interrupted half-way, it left Ray's
+dashboard and runtime-env agents running with no parent.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +100,89 @@ def _check_client_auth(address: str) -> None:
         channel.close()
 
 
+def _check_gcs(address: str) -> None:
+    """Ask the GCS at HOST:PORT for the cluster id with the token, as Ray's driver
+    will, so a missing or wrong token is one line in a second rather than Ray's
+    retries for half a minute. Skipped if this Ray lacks the helpers."""
+    try:
+        import grpc
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # another Ray version: let ray.init report what it finds
+        return
+    host, port = _host_port(address)
+    channel = init_grpc_channel(f"{host}:{port}", options=[], asynchronous=False)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=PREFLIGHT_SECONDS)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise InputError(f"--address {redact(address)}: the cluster refused the auth token "
+                             f"(missing or wrong); {TOKEN_HINT}") from None
+        raise InputError(f"--address {redact(address)}: no Ray cluster (GCS) answers there "
+                         f"({e.code().name})") from None
+    finally:
+        channel.close()
+
+
+def _running_cluster() -> str:
+    """The GCS address `auto` stands for: the cluster `ray start` last recorded here."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError):
+        raise InputError("--address auto: no running Ray cluster on this machine "
+                         "(start one with `ray start --head`, or give HOST:PORT)") from None
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C (see the module docstring)
+
+
+@contextmanager
+def _sigterm_is_ctrl_c():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+@contextmanager
+def _stop_deferred(ray):
+    """Hold a first SIGINT/SIGTERM until the block ends, then raise KeyboardInterrupt;
+    a second one interrupts at once. ray.init would set a SIGTERM handler of its own
+    (sys.exit(15), whenever it comes): that is skipped for the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+
+    def hold(signum, frame):
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    saved = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    utils = ray._private.utils
+    ray_sets_handler = getattr(utils, "set_sigterm_handler", None)
+    if ray_sets_handler is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if ray_sets_handler is not None:
+            utils.set_sigterm_handler = ray_sets_handler
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
 # A Ray Client proxy sometimes fails to start or initialize the per-client server on
 # a first connection just after the head came up ("Starting Ray client server
 # failed", or "Initialization failure from server:" with an empty reason); a later
@@ -135,7 +227,25 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     source = enable_token_mode() if address else None  # before Ray is imported: it reads the mode once
     import ray
 
-    log_level = logging.WARNING if quiet else logging.INFO
+    with _sigterm_is_ctrl_c():
+        try:
+            with _stop_deferred(ray):
+                kind = _start(ray, address, source, logging.WARNING if quiet else logging.INFO, cpus_needed)
+            if kind == "cluster":  # "auto" or RAY_ADDRESS: say which cluster it turned out to be
+                address = ray.get_runtime_context().gcs_address
+            resources = ray.cluster_resources()
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            cpus = resources.get("CPU", 0)
+            if cpus < cpus_needed:
+                raise InputError(f"the cluster at {redact(address)} has {cpus:g} CPUs, the job needs "
+                                 f"{cpus_needed} (lower --workers or cluster.cpus_per_worker)")
+            yield Connection(kind, redact(address) if address else "local", cpus, nodes)
+        finally:
+            ray.shutdown()  # also after an interrupted start
+
+
+def _start(ray, address: str | None, source: str | None, log_level: int, cpus_needed: int) -> str:
+    """ray.init for `address` after the preflight checks; returns the Connection kind."""
     if address is None:
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
@@ -144,33 +254,21 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=log_level, configure_logging=True)
-        kind = "local"
+        return "local"
+    if address.startswith("ray://"):
+        _check_listening(address)
+        _check_client_auth(address)
+        kind = "client"
     else:
-        if address.startswith("ray://"):
-            _check_listening(address)
-            _check_client_auth(address)
-            kind = "client"
-        elif address != "auto":
-            _check_listening(address)
-            kind = "cluster"
-        else:
-            kind = "cluster"
-        try:
-            _init_with_retries(ray, address, log_level)
-        except ConnectionError as e:
-            hint = TOKEN_HINT if source is None else f"token from {source}"
-            raise InputError(f"--address {redact(address)}: cannot connect ({redact(one_line(e))}); {hint}") from None
-        if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
-            kind = "job"
+        gcs = _running_cluster() if address == "auto" else address
+        _check_listening(gcs)
+        _check_gcs(gcs)
+        kind = "cluster"
     try:
-        if kind == "cluster":  # "auto" or RAY_ADDRESS: say which cluster it turned out to be
-            address = ray.get_runtime_context().gcs_address
-        resources = ray.cluster_resources()
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        cpus = resources.get("CPU", 0)
-        if cpus < cpus_needed:
-            raise InputError(f"the cluster at {redact(address)} has {cpus:g} CPUs, the job needs {cpus_needed} "
-                             "(lower --workers or cluster.cpus_per_worker)")
-        yield Connection(kind, redact(address) if address else "local", cpus, nodes)
-    finally:
-        ray.shutdown()
+        _init_with_retries(ray, address, log_level)
+    except ConnectionError as e:
+        hint = TOKEN_HINT if source is None else f"token from {source}"
+        raise InputError(f"--address {redact(address)}: cannot connect ({redact(one_line(e))}); {hint}") from None
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
+        kind = "job"
+    return kind

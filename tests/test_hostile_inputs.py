@@ -310,6 +310,43 @@ def test_a_tracking_uri_with_a_password_works_and_is_never_shown(files, tmp_path
     assert "s3cret" not in logged
 
 
+# ---- SIGTERM while the local Ray starts ---------------------------------------------------
+
+def _ray_processes_of(pid: int) -> list[str]:
+    """Processes of the Ray a driver `pid` started: its children, and every process of
+    its session (Ray names the session ..._PID and puts that path in their arguments)."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()[1:]
+            if line.split()[1] == str(pid) or f"_{pid}/" in line or line.endswith(f"_{pid}")]
+
+
+def test_sigterm_while_ray_starts_leaves_no_ray_behind(files, tmp_path):
+    import signal
+    import time
+
+    for f in ("good.yaml", "data.csv"):
+        (tmp_path / f).symlink_to(files / f)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", "good.yaml", "--workers", "1",
+                             "--output", "out"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("gcs_server" in p for p in _ray_processes_of(proc.pid)):  # Ray is starting
+            assert proc.poll() is None and time.monotonic() < deadline, "Ray never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=180)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "rayprop train: interrupted", err
+    time.sleep(2)  # a process that outlives the driver would still be there
+    assert _ray_processes_of(proc.pid) == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 # ---- until tests/conftest.py provides them ------------------------------------------------
 
 @pytest.fixture

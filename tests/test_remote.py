@@ -64,6 +64,26 @@ def test_ray_client_without_the_right_token_is_one_line(head, tmp_path, token):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("how", ["auto", "HOST:PORT"])
+@pytest.mark.parametrize("token", [None, "0123456789abcdef0123456789abcdef"])
+def test_joining_without_the_right_token_is_one_line(head, tmp_path, how, token):
+    """`--address auto` (the cluster `ray start` recorded) and the GCS address itself:
+    a missing or wrong token is the preflight's one line, not Ray's retries and logs."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SPIRALS)
+    env = client_env(tmp_path, token)
+    # `auto` reads RAY_TMPDIR/ray/ray_current_cluster: point it at this head's record,
+    # not at whatever another cluster on this machine wrote to /tmp/ray.
+    (tmp_path / "rt").mkdir()
+    (tmp_path / "rt" / "ray").symlink_to(head.temp_dir)
+    env["RAY_TMPDIR"] = str(tmp_path / "rt")
+    address = "auto" if how == "auto" else f"127.0.0.1:{head.gcs_port}"
+    proc = rayprop("train", cfg, "--address", address, "--output", tmp_path / "out",
+                   env=env, cwd=tmp_path, timeout=120)
+    one_line_error(proc, "refused the auth token", "RAY_AUTH_TOKEN")
+    assert not (tmp_path / "out").exists()
+
+
 def test_nothing_listening_is_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(SPIRALS)

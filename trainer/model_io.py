@@ -108,12 +108,15 @@ def read_arrays(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
     except NPZ_ERRORS as e:
         raise InputError(f"{path} is not {what} of plain arrays ({e.__class__.__name__})") from None
     if expected is not None:
+        L = len(expected) // 2
+        layers = [expected["W1"][1], *(expected[f"W{l}"][0] for l in range(1, L + 1))]
         if set(headers) != set(expected):
-            raise InputError(f"{path} holds arrays {_names(headers)}, expected {_names(expected)}")
+            raise InputError(f"{path} holds arrays {_names(headers)}, a network of layers {layers} "
+                             f"needs {_names(expected)}")
         for name, shape in expected.items():
             got, dtype = headers[name]
             if tuple(got) != tuple(shape):
-                raise InputError(f"{path}: {name} has shape {tuple(got)}, expected {tuple(shape)}")
+                raise InputError(f"{path}: {name} has shape {tuple(got)}, layers {layers} need {tuple(shape)}")
             if dtype.kind != "f":
                 raise InputError(f"{path}: {name} holds {dtype.name[:20]} values, not floating-point numbers")
     try:
