@@ -5,6 +5,10 @@ cluster needs only Ray and the dependencies), plus the data file when it is smal
 enough to send; a larger local file is refused with a request for a path or URI
 the cluster can read. The job runs `python -m experiments.cli train` on the
 cluster, which joins it through RAY_ADDRESS, and we follow its log to the end.
+
+It first runs `cluster/depcheck.py`: a cluster whose Python lacks a dependency is
+one line naming it and how to provide it (install it on the nodes, or `--pip`: a
+runtime_env pip list of rayprop's dependencies, installed by Ray for the job).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from cluster import depcheck
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
 from trainer.errors import InputError, RunError, Stopped, one_line
 
@@ -68,8 +73,20 @@ def _client(address: str):
         raise InputError(f"--address {redact(address)}: cannot reach the Ray Jobs API ({text})") from None
 
 
+def pip_requirements() -> list[str]:
+    """rayprop's runtime dependencies as pip requirements (Ray aside: the cluster runs it)."""
+    from importlib import metadata
+
+    try:
+        wanted = metadata.requires("rayprop") or []
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return list(depcheck.DEPENDENCIES.values())
+    return [r.split(";")[0].strip() for r in wanted
+            if "extra ==" not in r and not r.lower().startswith("ray")]
+
+
 def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin,
-           tracking_note: str | None = None) -> None:
+           tracking_note: str | None = None, pip: bool = False) -> None:
     """Submit, then (if wait) follow the log to the job's end. A job that did not
     succeed raises: InputError if it ended on bad input, else RunError; Ctrl-C here
     raises Stopped (after asking whether to stop the job on the cluster).
@@ -85,10 +102,13 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         # A folder of its own: Ray unpacks identical working_dirs into one shared folder,
         # and an output folder belongs to one run (a second job would be refused).
         output = f"output-{uuid.uuid4().hex[:12]}"
-        entrypoint = " ".join(["python -m experiments.cli train job.yaml --output", output, *train_args])
+        entrypoint = " ".join(["python -m cluster.depcheck && python -m experiments.cli train job.yaml",
+                               "--output", output, *train_args])
+        runtime_env = {"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}}
+        if pip:
+            runtime_env["pip"] = pip_requirements()
         job_id = _submit_with_retry(
-            client, entrypoint=entrypoint,
-            runtime_env={"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}},
+            client, entrypoint=entrypoint, runtime_env=runtime_env,
             metadata={"rayprop": "train", "experiment": str(config.get("experiment", ""))})
     print(f"rayprop submit: job {job_id} submitted to {redact(address)}", file=sys.stderr)
     if tracking_note:
@@ -136,7 +156,21 @@ def follow(client, job_id: str) -> None:
     if info.status == "SUCCEEDED":
         return
     code = info.driver_exit_code
+    if code == depcheck.EXIT_MISSING:
+        missing = _missing_on_cluster(client, job_id)
+        if missing:
+            raise InputError(missing)
     what = f"job {job_id} {info.status.lower()}" + (f" (exit code {code})" if code is not None
                                                      else f": {one_line(info.message or '')}")
     # The job's own one line is in the log above; its kind decides this command's exit code.
     raise (InputError if code == 2 else RunError)(what)
+
+
+def _missing_on_cluster(client, job_id: str) -> str | None:
+    """The one line for a job whose Python lacked dependencies (depcheck's line in its log)."""
+    lines = [l for l in client.get_job_logs(job_id).splitlines() if l.startswith(depcheck.MARKER)]
+    if not lines:
+        return None
+    names = lines[-1][len(depcheck.MARKER):].split("(for")[0].split()
+    return (f"the cluster's Python lacks {', '.join(names)}: pip install {' '.join(names)} on its nodes, "
+            "or submit with --pip (Ray then installs rayprop's dependencies for the job)")

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "cluster can reach, http://HOST:PORT")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    s.add_argument("--pip", action="store_true", help="have Ray pip-install rayprop's dependencies "
+                   "for the job (runtime_env pip), for a cluster whose Python lacks them")
 
     g = sub.add_parser("gradcheck", help="check Eq. 12 against finite differences",
                        description="Compare the back-propagated gradient with central finite "

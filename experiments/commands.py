@@ -112,7 +112,7 @@ def submit(args) -> int:
     if not stores.is_server(uri):
         note += " on the cluster's node (give --tracking-uri http://MLFLOW-HOST:PORT to see it here)"
     return submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
-                      lambda s: s in BUILTIN_NAMES, note)
+                      lambda s: s in BUILTIN_NAMES, note, pip=args.pip)
 
 
 def gradcheck(args) -> None:

@@ -86,9 +86,11 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
         except (MlflowException, OSError):
             ckpt = None
     if ckpt is None:
-        newest = f"; newest: {skipped[0].split(';')[0]}" if skipped else ""
+        if skipped:  # name what is wrong with the newest; the line has no room for the folder too
+            raise InputError(f"--resume {run_id}: no readable checkpoint in the run's folder or artifacts; "
+                             f"newest: {skipped[0].split(';')[0].removeprefix('checkpoint ')}")
         raise InputError(f"--resume {run_id}: the run has no readable checkpoint "
-                         f"(in {out_dir / 'checkpoints'} or its artifacts){newest}")
+                         f"(in {out_dir / 'checkpoints'} or its artifacts)")
     for message in skipped:
         _warn(message)
     if ckpt.meta.get("layers", list(job.spec.layers)) != list(job.spec.layers):

@@ -31,7 +31,7 @@ def wait_listening(port: int, seconds: float) -> bool:
 
 
 class Head:
-    def __init__(self, log_dir: Path, num_cpus: int = 2):
+    def __init__(self, log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None):
         self.token = secrets.token_hex(16)
         self.gcs_port, self.client_port, self.dashboard_port = free_port(), free_port(), free_port()
         # Worker ports: a range of our own, clear of the ports Ray Client's proxy hands
@@ -43,7 +43,7 @@ class Head:
         self.log = open(log_dir / "head.log", "wb")
         bin_dir = Path(sys.executable).parent
         self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
             [str(bin_dir / "ray"), "start", "--head", "--block", "--disable-usage-stats",

@@ -347,6 +347,46 @@ def test_sigterm_while_ray_starts_leaves_no_ray_behind(files, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+# ---- rayprop submit to a cluster whose Python lacks a dependency ---------------------------
+
+@pytest.fixture(scope="module")
+def head_without_pyarrow(tmp_path_factory):
+    """A real `ray start --head` whose Python cannot import pyarrow: a module on its
+    PYTHONPATH raises ModuleNotFoundError as a missing one does (Ray itself runs
+    without pyarrow; it checks for that very error)."""
+    from tests.raycluster import Head
+
+    shim = tmp_path_factory.mktemp("shim")
+    (shim / "pyarrow").mkdir()
+    (shim / "pyarrow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
+    head = Head(tmp_path_factory.mktemp("head"), num_cpus=1, env={"PYTHONPATH": str(shim)})
+    yield head
+    head.stop()
+
+
+def test_submit_to_a_cluster_without_pyarrow_names_it_and_the_way_out(files, tmp_path, head_without_pyarrow):
+    (tmp_path / "good.yaml").symlink_to(files / "good.yaml")
+    (tmp_path / "data.csv").symlink_to(files / "data.csv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=head_without_pyarrow.token)
+    # A process of its own: Ray reads the auth mode once per process, at import.
+    result = subprocess.run([sys.executable, "-m", "experiments.cli", "submit", "good.yaml", "--address",
+                             head_without_pyarrow.jobs_address], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "lacks pyarrow" in last and "pip install pyarrow" in last and "--pip" in last, last
+
+
+def test_submit_pip_lists_rayprops_dependencies_but_not_ray():
+    from cluster.jobs import pip_requirements
+
+    names = [r.split(">")[0].split("=")[0].split("[")[0].lower() for r in pip_requirements()]
+    assert {"numpy", "pyarrow", "mlflow", "pyyaml"} <= set(names) and "ray" not in names
+
+
 # ---- until tests/conftest.py provides them ------------------------------------------------
 
 @pytest.fixture
