@@ -33,7 +33,8 @@ from trainer.checkpoint import Checkpoint, Checkpointer
 from trainer.config import Config, check_size
 from trainer.coordinator import TrainingStopped, train as coordinate
 from trainer.errors import InputError, RunError
-from trainer.model_io import expected_shapes, read_arrays, save_model, theta_from_arrays, write_json
+from trainer.model_io import (expected_shapes, probe_write, read_arrays, save_model, theta_from_arrays,
+                              write_json)
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
 from workers.examples import Schema, resolve_schema, split_rows
@@ -144,6 +145,10 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise InputError(f"{what}: {parent} is not a directory, so {path} cannot be created")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{what}: no permission to write in {parent}")
+    try:  # root passes os.access everywhere; /proc, a read-only or full disk refuse a real write
+        probe_write(parent)
+    except OSError as e:
+        raise InputError(f"{what}: cannot write in {parent} ({e.strerror})") from None
 
 
 def default_output(cfg: Config, kind: str = "") -> Path:

@@ -3,7 +3,9 @@ name says, model files and checkpoints edited by hand. Each case is exit 2 and O
 short line naming the file (and the column, field or array), no traceback, and
 nothing written in the working directory: no output, no `mlflow.db`, no run.
 
-The cases run in-process through `experiments.cli.main`; the files are real.
+The cases run in-process through `experiments.cli.main` (tests/conftest.py), except
+where a process of its own is the point (a closed pipe, SIGTERM, Ray's auth mode read
+once per process); the files, the Ray heads and the MLflow server are real.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -22,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import RAYPROP, installed_rayprop, one_line_exit_2
 from trainer.model_io import save_model
 from trainer.network import NetworkSpec, init_theta
 
-REPO = Path(__file__).resolve().parents[1]
 CSV = "x0,x1,y\n" + "".join(f"{i * 0.1:.1f},{(i % 3) * 0.5:.1f},{i % 3}\n" for i in range(12))
 CONFIG = """\
 experiment: hostile
@@ -138,6 +139,10 @@ CASES = [
       for name, words in [("array_missing", ["b2"]), ("array_ints", ["W1", "int64"]),
                           ("array_text", ["b1"]), ("array_shape", ["W2", "shape"]),
                           ("array_nan", ["b2", "finite"]), ("not_npy_member", ["plain arrays"])]],
+    ("output under /proc", ["train", "good.yaml", "--local", "--output", "/proc/rayprop-out"],
+     ["--output", "/proc"]),
+    ("output under /sys", ["train", "good.yaml", "--local", "--output", "/sys/kernel/rayprop-out"],
+     ["--output", "/sys/kernel"]),
     ("init-from with W1 of ints", ["train", "good.yaml", "--local", "--init-from", "array_ints/model.npz"],
      ["array_ints", "W1"]),
 ]
@@ -254,8 +259,8 @@ def test_resume_takes_the_untampered_checkpoint(killed_run, rayprop):
 
 def test_predict_into_a_pipe_closed_early_is_quiet(files):
     """`rayprop predict MODEL DATA | head -1`: the first line arrives, then no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "predict", files / "good_model",
-                             "teacher-tiny"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([RAYPROP, "predict", files / "good_model", "teacher-tiny"], cwd=files,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does after its line
     err = proc.stderr.read().decode()
@@ -328,8 +333,8 @@ def test_sigterm_while_ray_starts_leaves_no_ray_behind(files, tmp_path):
         (tmp_path / f).symlink_to(files / f)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", "good.yaml", "--workers", "1",
-                             "--output", "out"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([RAYPROP, "train", "good.yaml", "--workers", "1", "--output", "out"], cwd=tmp_path,
+                            env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not any("gcs_server" in p for p in _ray_processes_of(proc.pid)):  # Ray is starting
@@ -371,9 +376,8 @@ def test_submit_to_a_cluster_without_pyarrow_names_it_and_the_way_out(files, tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=head_without_pyarrow.token)
     # A process of its own: Ray reads the auth mode once per process, at import.
-    result = subprocess.run([sys.executable, "-m", "experiments.cli", "submit", "good.yaml", "--address",
-                             head_without_pyarrow.jobs_address], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = installed_rayprop("submit", "good.yaml", "--address", head_without_pyarrow.jobs_address,
+                               cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -387,47 +391,45 @@ def test_submit_pip_lists_rayprops_dependencies_but_not_ray():
     assert {"numpy", "pyarrow", "mlflow", "pyyaml"} <= set(names) and "ray" not in names
 
 
-# ---- until tests/conftest.py provides them ------------------------------------------------
+# ---- an output folder on a full disk ------------------------------------------------------
 
 @pytest.fixture
-def rayprop(capfd, tmp_path):
-    from dataclasses import dataclass
+def small_disk(tmp_path):
+    """A 128 KiB tmpfs of the test's own (needs root, as these machines give)."""
+    import subprocess as sp
 
-    @dataclass
-    class Result:
-        returncode: int
-        stdout: str
-        stderr: str
-
-    def run(*args, cwd=None, env=None):
-        from experiments.cli import main
-
-        saved_env, saved_cwd = dict(os.environ), os.getcwd()
-        os.environ.update(env or {})
-        os.chdir(cwd or tmp_path)
-        capfd.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        finally:
-            os.chdir(saved_cwd)
-            os.environ.clear()
-            os.environ.update(saved_env)
-        out, err = capfd.readouterr()
-        return Result(code, out, err)
-
-    return run
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if sp.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    sp.run(["umount", str(mount)], check=True)
 
 
-def one_line_exit_2(result, *words: str) -> str:
-    err = result.stderr
-    assert result.returncode == 2, f"exit {result.returncode}; stderr:\n{err[-1500:]}"
-    assert "Traceback" not in err, err[-1500:]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err[-1500:]}"
-    assert len(lines[0]) < 300, lines[0]
-    for w in words:
-        assert w in lines[0], f"{w!r} not named in: {lines[0]}"
-    assert result.stdout == "", result.stdout
-    return lines[0]
+def test_output_on_a_full_disk_is_refused_before_training(files, tmp_path, rayprop, small_disk):
+    (small_disk / "filler").write_bytes(bytes(128 * 1024 - 4096))  # what is left is less than a model
+    for f in ("good.yaml", "data.csv"):
+        (tmp_path / f).symlink_to(files / f)
+    result = rayprop("train", "good.yaml", "--local", "--output", small_disk / "out",
+                     env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    one_line_exit_2(result, "--output", str(small_disk), "No space left")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_disk_that_fills_during_training_fails_the_run_in_one_line(files, tmp_path, rayprop, small_disk):
+    """Room for the start, not for the model: 4096 hidden units of float64 are 196 KB."""
+    import mlflow
+
+    for f in ("good.yaml", "data.csv"):
+        (tmp_path / f).symlink_to(files / f)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = rayprop("train", "good.yaml", "--local", "--quiet", "--output", small_disk / "out",
+                     "--set", "model.layers=[2,4096,3]", env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and "No space left on device" in last and str(small_disk) in last
+    assert not [p for p in small_disk.rglob("*") if p.is_file()]  # no half-written file left
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("hostile").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]

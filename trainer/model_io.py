@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import __version__
-from trainer.errors import InputError
+from trainer.errors import InputError, RunError
 from trainer.activations import ACTIVATIONS
 from trainer.costs import COSTS
 from trainer.network import NetworkSpec
@@ -42,8 +42,14 @@ def theta_arrays(spec: NetworkSpec, theta: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call write(file_object) on a temp file beside `path`, then rename it into place.
+
+    A file system that refuses (full, read-only) is a RunError naming the file, and
+    the temp file is removed: the previous version of `path` stays whole."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror}") from e
     try:
         # mkstemp makes 0600 files; give the result the mode open() would (0666 & ~umask).
         umask = os.umask(0)
@@ -54,9 +60,28 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunError(f"cannot write {path}: {e.strerror}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+PROBE_BYTES = 64 * 1024  # what the write probe puts on disk (and removes) to find a full one
+
+
+def probe_write(directory: Path) -> None:
+    """Write PROBE_BYTES to a temporary file in `directory`, sync, remove it. OSError if
+    the file system refuses: full, read-only, or not for files at all (/proc, /sys)."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rayprop-probe-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj) -> None:
