@@ -126,14 +126,15 @@ def _check_gcs(address: str) -> None:
 
 
 def _running_cluster() -> str:
-    """The GCS address `auto` stands for: the cluster `ray start` last recorded here."""
-    from ray._private.services import canonicalize_bootstrap_address
+    """The GCS address `auto` stands for: the cluster `ray start` last recorded here
+    (Ray's own lookup would also log a warning when other clusters run here)."""
+    from ray._private.services import find_bootstrap_address
 
-    try:
-        return canonicalize_bootstrap_address("auto")
-    except (ConnectionError, ValueError):
-        raise InputError("--address auto: no running Ray cluster on this machine "
-                         "(start one with `ray start --head`, or give HOST:PORT)") from None
+    recorded = find_bootstrap_address(None)
+    if not recorded:
+        raise InputError("--address auto: no running Ray cluster recorded on this machine "
+                         "(start one with `ray start --head`, or give HOST:PORT)")
+    return recorded
 
 
 def _interrupt(signum, frame):
@@ -260,9 +261,10 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
         _check_client_auth(address)
         kind = "client"
     else:
-        gcs = _running_cluster() if address == "auto" else address
-        _check_listening(gcs)
-        _check_gcs(gcs)
+        if address == "auto":
+            address = _running_cluster()  # ray.init gets it resolved: one lookup, no warnings
+        _check_listening(address)
+        _check_gcs(address)
         kind = "cluster"
     try:
         _init_with_retries(ray, address, log_level)

@@ -91,6 +91,14 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def hide_links_if_secret(uri: str) -> None:
+    """MLflow prints run and model links to stdout with the tracking URI as given
+    ("View run ... at: http://user:password@..."); with a password in it, it must not."""
+    if redact(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        os.environ["MLFLOW_PRINT_MODEL_URLS_ON_CREATION"] = "false"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (relative to the working directory or absolute)."""
     if not uri.startswith("sqlite:///"):

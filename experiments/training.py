@@ -131,6 +131,7 @@ def tracking_uri(flag: str | None, cfg: Config) -> str:
     """The MLflow store to use, checked (InputError) without importing MLflow."""
     uri = stores.resolve_uri(flag, cfg.tracking.uri)
     stores.check(uri)
+    stores.hide_links_if_secret(uri)
     return uri
 
 

@@ -76,6 +76,9 @@ def test_joining_without_the_right_token_is_one_line(head, tmp_path, how, token)
     # not at whatever another cluster on this machine wrote to /tmp/ray.
     (tmp_path / "rt").mkdir()
     (tmp_path / "rt" / "ray").symlink_to(head.temp_dir)
+    deadline = time.time() + 60  # `ray start` records it a moment after its ports open
+    while not (head.temp_dir / "ray_current_cluster").exists() and time.time() < deadline:
+        time.sleep(0.5)
     env["RAY_TMPDIR"] = str(tmp_path / "rt")
     address = "auto" if how == "auto" else f"127.0.0.1:{head.gcs_port}"
     proc = rayprop("train", cfg, "--address", address, "--output", tmp_path / "out",
