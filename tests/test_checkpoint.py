@@ -9,6 +9,7 @@ import pytest
 from trainer import checkpoint as ck
 from trainer.batches import BatchPlan
 from trainer.coordinator import DivergedError, TrainingStopped, train
+from trainer.errors import RunError
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
 from workers.local_pool import LocalPool
@@ -108,7 +109,7 @@ def test_a_write_that_fails_midway_leaves_the_last_good_checkpoint(tmp_path, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.np, "savez", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(RunError, match="cannot write .*ckpt-000000008.npz: disk full"):
         ck.write_checkpoint(tmp_path, ck.Checkpoint(theta * 2, opt.state(), ck.Position(1, 1, 8)))
     monkeypatch.undo()
     assert ck.checkpoint_files(tmp_path) == [good]  # no partial file under a checkpoint name

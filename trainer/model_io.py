@@ -49,7 +49,7 @@ def atomic_write(path: Path, write) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror}") from e
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         # mkstemp makes 0600 files; give the result the mode open() would (0666 & ~umask).
         umask = os.umask(0)
@@ -62,7 +62,7 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise RunError(f"cannot write {path}: {e.strerror}") from e
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
