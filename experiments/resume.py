@@ -16,7 +16,6 @@ Everything here is a check that can fail on bad input, so it runs before trainin
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -81,7 +80,6 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
     ckpt = latest_checkpoint(out_dir / "checkpoints", skipped.append, run_id=run_id)
     if ckpt is None:
         tmp = Path(tempfile.mkdtemp(prefix="rayprop-resume-"))
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar is not one line
         try:
             local = client.download_artifacts(run_id, "checkpoints", str(tmp))
             ckpt = latest_checkpoint(Path(local), skipped.append, run_id=run_id)
