@@ -54,6 +54,7 @@ CPUS = 2
 # workload -> (shipped config, epochs per repeat)
 WORKLOADS = {"W-tiny": ("w-tiny", 50), "W-mnist": ("w-mnist", 1), "W-wide": ("w-wide", 1)}
 JOB_EPOCHS = 5
+SWITCH_PAUSE_S = 0.5
 
 
 def log(*parts):
@@ -390,6 +391,9 @@ def bench_workload(name, modes, repeats, profile_dir):
                     rt = {"workers": 2, "step_ms": med_ms(steps),
                           "examples_per_second": rnd(job.plan.batch_size / statistics.median(steps))}
                 for run in runs:
+                    # An idle gap at each switch: OpenBLAS's and OpenMP's threads spin for a
+                    # while after their last call, and would take the next mode's cores.
+                    time.sleep(SWITCH_PAUSE_S)
                     run.run(epochs)
                     log(f"  {name} {run.label} repeat {r + 1}/{repeats}: {statistics.median(run.steps[-job.plan.steps_per_epoch * epochs:]) * 1e3:.3f} ms/step")
             local = statistics.median(runs[0].steps) if runs[0].label == "local" else None
