@@ -74,55 +74,57 @@ def _check_listening(address: str) -> None:
         raise InputError(f"--address {redact(address)}: nothing listens at {host}:{port}") from None
 
 
-def _check_client_auth(address: str) -> None:
-    """Ask the Ray Client server for a PING the way Ray's client will, so a bad
-    token fails in milliseconds with a clear message rather than after Ray's 30 s
-    of retries. Uses Ray's channel helper (it adds the token); skipped if absent."""
+def _ask_with_token(address: str, what: str, ask) -> None:
+    """Ask the server at `address` one question the way Ray will (Ray's channel helper
+    adds the token), so a missing or wrong token, or the wrong kind of server, is one
+    line in a second rather than after Ray's half a minute of retries. `ask(channel)`
+    makes the call; skipped if this Ray lacks the helpers."""
     try:
         import grpc
         from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
     except ImportError:  # another Ray version: let ray.init report what it finds
         return
     host, port = _host_port(address)
     channel = init_grpc_channel(f"{host}:{port}", options=[], asynchronous=False)
     try:
-        stub = ray_client_pb2_grpc.RayletDriverStub(channel)
-        stub.ClusterInfo(ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
-                         timeout=PREFLIGHT_SECONDS)
+        ask(channel)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise InputError(f"--address {redact(address)}: the cluster refused the auth token "
                              f"(missing or wrong); {TOKEN_HINT}") from None
-        raise InputError(f"--address {redact(address)}: no Ray Client server answers there "
+        raise InputError(f"--address {redact(address)}: no {what} answers there "
                          f"({e.code().name})") from None
     finally:
         channel.close()
+
+
+def _check_client_auth(address: str) -> None:
+    """A PING to the Ray Client server at ray://HOST:PORT."""
+    try:
+        from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+    except ImportError:
+        return
+
+    def ping(channel):
+        ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+            ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
+            timeout=PREFLIGHT_SECONDS)
+
+    _ask_with_token(address, "Ray Client server", ping)
 
 
 def _check_gcs(address: str) -> None:
-    """Ask the GCS at HOST:PORT for the cluster id with the token, as Ray's driver
-    will, so a missing or wrong token is one line in a second rather than Ray's
-    retries for half a minute. Skipped if this Ray lacks the helpers."""
+    """The cluster id from the GCS at HOST:PORT, as Ray's driver asks first."""
     try:
-        import grpc
-        from ray._private.grpc_utils import init_grpc_channel
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    except ImportError:  # another Ray version: let ray.init report what it finds
+    except ImportError:
         return
-    host, port = _host_port(address)
-    channel = init_grpc_channel(f"{host}:{port}", options=[], asynchronous=False)
-    try:
+
+    def cluster_id(channel):
         gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
             gcs_service_pb2.GetClusterIdRequest(), timeout=PREFLIGHT_SECONDS)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise InputError(f"--address {redact(address)}: the cluster refused the auth token "
-                             f"(missing or wrong); {TOKEN_HINT}") from None
-        raise InputError(f"--address {redact(address)}: no Ray cluster (GCS) answers there "
-                         f"({e.code().name})") from None
-    finally:
-        channel.close()
+
+    _ask_with_token(address, "Ray cluster (GCS)", cluster_id)
 
 
 def _running_cluster() -> str:
