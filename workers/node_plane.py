@@ -29,6 +29,7 @@ import socket
 import struct
 import threading
 import time
+
 import numpy as np
 
 OP_STOP, OP_STEP, OP_EVAL = 0, 1, 2
