@@ -119,7 +119,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    workers: int = ranged(2, lo=1, hi=MAX_WORKERS)
+    # Shard workers; "auto": as many as the cluster's free CPUs allow, and more when
+    # nodes join (up to max_workers), checked at step boundaries (README: Faults and elasticity).
+    workers: int | Literal["auto"] = ranged(2, lo=1, hi=MAX_WORKERS)
+    # Fewest workers to go on with when lost ones cannot be replaced; below, the run stops.
+    min_workers: int = ranged(1, lo=1, hi=MAX_WORKERS)
+    max_workers: int | None = ranged(None, lo=1, hi=MAX_WORKERS)  # with workers: auto; None: no limit
+    # How long a lost worker's replacement may take to start before the pool goes on with fewer.
+    replace_seconds: float = ranged(120.0, lo=0)
     address: str | None = None
     cpus_per_worker: int = ranged(1, lo=1)
     # The per-step data path: "shm", one shared-memory plane per node with the node's
@@ -349,6 +356,13 @@ def _validate(cfg: Config) -> Config:
         bad("model.layers", "a softmax output needs at least 2 units")
     if t.optimizer == "gd" and isinstance(t.batch_size, int):
         bad("train.batch_size", "gd uses the full batch; set optimizer: sgd for mini-batches")
+    c = cfg.cluster
+    if isinstance(c.workers, int) and c.min_workers > c.workers:
+        bad("cluster.min_workers", f"must be at most cluster.workers={c.workers}, got {c.min_workers}")
+    if c.max_workers is not None and c.min_workers > c.max_workers:
+        bad("cluster.max_workers", f"must be at least cluster.min_workers={c.min_workers}, got {c.max_workers}")
+    if c.max_workers is not None and isinstance(c.workers, int) and c.workers > c.max_workers:
+        bad("cluster.max_workers", f"must be at least cluster.workers={c.workers}, got {c.max_workers}")
     return cfg
 
 

@@ -37,6 +37,11 @@ class EvalSums:
 
 
 class WorkerPool(Protocol):
+    # One line per change of the pool's size ("2 -> 3 workers: why"). A pool may change
+    # size only inside gradient_sums or evaluate_sums, i.e. at a step boundary, and only
+    # in a way that leaves every call's result the same (the same rows, all of them).
+    resizes: list[str]
+
     @property
     def num_workers(self) -> int: ...
 

@@ -17,6 +17,7 @@ class LocalPool:
     def __init__(self, workers: list[ShardWorker]):
         assert workers, "a pool needs at least one worker"
         self.workers = workers
+        self.resizes: list[str] = []  # an in-process pool keeps its size
 
     @classmethod
     def open(cls, task: ShardTask, workers: int = 1, source=None) -> "LocalPool":

@@ -21,28 +21,42 @@ The per-step data path (cluster.data_plane):
 
 Validation (once per epoch) takes the same path as the steps, so each worker computes
 in one thread only.
+
+Size (README: Faults and elasticity). A lost worker is replaced over the same rows;
+when no replacement can start within cluster.replace_seconds the pool goes on with
+the workers left, over all the rows, down to cluster.min_workers. With
+`cluster.workers: auto` the pool starts with as many workers as the cluster has free
+CPUs and, at most every GROW_CHECK_SECONDS, asks Ray for free CPUs again: new workers
+start (and read their rows) while training goes on, and join at the first step
+boundary after they are ready. Each change of size is one `reshard`: new row ranges
+for the new count, workers keep or move to ranges as workers/reshard.py decides, and
+the planes are wired anew. A step depends only on (theta, epoch, k), so the weights
+do not change; only the order of additions does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 
 import numpy as np
 import ray
 
-from trainer.config import ClusterConfig
+from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.errors import InputError, one_line
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
+from workers.reshard import reassign
 from workers.shard import ShardTask
 from workers.sources import open_source
 
 log = logging.getLogger(__name__)
 
 STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
-PLACEMENT_TIMEOUT_S = 120  # for a replacement worker to start and read its rows
+GROW_CHECK_SECONDS = 5.0  # how often a pool that may grow asks Ray for free CPUs (never per step)
+GROW_TIMEOUT_S = 120  # for workers started on free CPUs to be ready; else that growth is dropped
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 ALIVE_TIMEOUT_S = 30  # a worker that cannot answer a ping in this long counts as lost
 # What a dead worker process or node looks like to the driver.
@@ -66,7 +80,7 @@ class ShardActor:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
-        self.lo, self.hi, self.error = lo, hi, None
+        self.task, self.lo, self.hi, self.error = task, lo, hi, None
         self.peer = self.plane = None
         try:
             self.source = open_source(task.source_spec)
@@ -85,6 +99,14 @@ class ShardActor:
                         rows_held=self.worker.n_train + self.worker.n_val,
                         row_groups_read=getattr(self.source, "last_row_groups_read", None))
         return info
+
+    def reshard(self, lo: int, hi: int) -> dict:
+        """Hold rows [lo, hi) instead (the pool changed size): read those rows only."""
+        self.detach()  # the pool wires the planes anew afterwards
+        self.worker = None  # the old rows go before the new ones are read
+        self.lo, self.hi = lo, hi
+        self.worker = self.task.open(lo, hi, self.source)
+        return self.ready()
 
     # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
@@ -142,19 +164,33 @@ class ShardActor:
 
 
 class RayPool:
-    def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int, max_failures: int,
-                 strategy: str = "SPREAD", placement_timeout: float = PLACEMENT_TIMEOUT_S):
-        """cluster: the config's cluster section, whole (cpus_per_worker, data_plane).
-        max_failures: workers that may be lost (and replaced) over the pool's life
-        (train.max_worker_failures)."""
+    def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int | str, max_failures: int,
+                 strategy="SPREAD", placement_timeout: float | None = None):
+        """cluster: the config's cluster section, whole (cpus_per_worker, data_plane,
+        min_workers, max_workers, replace_seconds).
+        workers: how many to start; or "auto": as many as the cluster's free CPUs allow
+        (at least min_workers, at most max_workers), growing when CPUs become free. A
+        fixed count never grows (a pool in a placement group must not outgrow it).
+        max_failures: workers that may be lost over the pool's life (train.max_worker_failures).
+        placement_timeout: for a lost worker's replacement to start (default cluster.replace_seconds)."""
         self._actor = ray.remote(ShardActor).options(num_cpus=cluster.cpus_per_worker,
                                                      scheduling_strategy=strategy)
         self._task, self._cpus = task, cluster.cpus_per_worker
         self.data_plane = cluster.data_plane
+        self.min_workers = cluster.min_workers
+        self.max_workers = None  # None: a fixed size, never grown
+        if workers == "auto":
+            self.max_workers = cluster.max_workers or MAX_WORKERS
+            workers = max(self.min_workers, min(self._free_slots(), self.max_workers))
         self.ranges = task.ranges(workers)
-        self.max_failures, self.placement_timeout = max_failures, placement_timeout
+        self.max_failures = max_failures
+        self.placement_timeout = cluster.replace_seconds if placement_timeout is None else placement_timeout
+        self.grow_check_seconds = GROW_CHECK_SECONDS
         self.failures = 0
         self.events: list[str] = []  # one line per worker lost and replaced
+        self.resizes: list[str] = []  # one line per change of size ("2 -> 3 workers: why")
+        self._joining = None  # workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline)
+        self._last_look = time.monotonic()
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         self._host: PlaneHost | None = None  # the plane of the coordinator's node
@@ -225,9 +261,16 @@ class RayPool:
     def m_val(self) -> int:
         return self._m_val
 
+    @property
+    def joining(self) -> list:
+        """Ready-refs of the workers started on free CPUs and not yet in the pool."""
+        return [ref for _, ref in self._joining[2].values()] if self._joining else []
+
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
         # A step is a pure function of (theta, epoch, k) (README: Batches), so after a
-        # worker is replaced the same call gives exactly the sums it would have.
+        # worker is replaced, or the pool changed size, the same call gives the same sums.
+        if self.max_workers is not None:
+            self._with_recovery(self._grow)  # the step boundary: new workers join here
         call = self._plane_step if self.data_plane == "shm" else self._object_store_step
         parts = self._with_recovery(lambda: call(theta, epoch, k))
         self.traffic["steps"] += 1
@@ -281,12 +324,24 @@ class RayPool:
                 return call()
             except (*LOST_WORKER_ERRORS, ray.exceptions.RayTaskError) as e:
                 # A leader's step fails (RayTaskError) when one of its node's workers dies.
-                self._replace_lost_workers(e)
+                cause = e
+            while True:
+                try:
+                    self._replace_lost_workers(cause)
+                    break
+                except (*LOST_WORKER_ERRORS, ray.exceptions.RayTaskError) as again:
+                    if again is cause:
+                        raise  # not a lost worker after all
+                    # Another worker died while the pool recovered: recover again
+                    # (train.max_worker_failures bounds the rounds).
+                    cause = again
 
     def _replace_lost_workers(self, cause: Exception) -> None:
         """Start a new actor over each lost worker's rows (Ray places it wherever a
-        CPU is free, another node if its node is gone); count the losses; wire the
-        planes anew."""
+        CPU is free, another node if its node is gone). If none can start within
+        placement_timeout, go on with the workers left over all the rows, down to
+        min_workers. Count the losses; wire the planes anew."""
+        self._drop_joining()
         self._unwire()
         lost = [r for r, a in enumerate(self.actors) if not self._alive(a)]
         if not lost:
@@ -298,21 +353,131 @@ class RayPool:
                                   f"than train.max_worker_failures={self.max_failures} allows "
                                   f"(last: {reason})")
         for r in lost:
-            lo, hi = self.ranges[r]
             ray.kill(self.actors[r])
-            actor = self._start(lo, hi)
-            try:
-                info = ray.get(actor.ready.remote(), timeout=self.placement_timeout)
-            except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
+        survivors = [r for r in range(self.num_workers) if r not in lost]
+        ranges, takers = self._plan(self.num_workers, survivors)  # the lost ranges, to new actors
+        started = self._wait_ready(self._start_missing(ranges, takers), self.placement_timeout)
+        if started is not None:
+            self._reshard(ranges, takers, started)
+            for r in lost:
+                lo, hi = self.ranges[r]
+                event = (f"worker {r} (rows {lo}-{hi}) lost ({reason}); replaced on node "
+                         f"{self.info[r]['node_id'][:8]}, the step is recomputed")
+                self.events.append(event)
+                log.warning("rayprop: %s", event)
+            return
+        which = ", ".join(f"worker {r} (rows {self.ranges[r][0]}-{self.ranges[r][1]})" for r in lost)
+        if len(survivors) < self.min_workers:
+            raise WorkerLostError(f"{which} lost ({one_line(reason, 60)}); no CPU for a replacement within "
+                                  f"{self.placement_timeout:g} s, and {len(survivors)} left is fewer than "
+                                  f"cluster.min_workers={self.min_workers}")
+        self._resize(*self._plan(len(survivors), survivors), {},
+                     f"{which} lost ({one_line(reason, 80)}) and no CPU for a replacement within "
+                     f"{self.placement_timeout:g} s; the rows are split over the workers left")
+
+    # --- changing the pool's size (workers/reshard.py) ---
+    def _plan(self, n: int, keep: list[int]) -> tuple[list, list]:
+        """(row ranges for n workers, for each range the rank in `keep` that takes it or
+        None for a new actor)."""
+        ranges = self._task.ranges(n)
+        takers = reassign([self.ranges[r] for r in keep], ranges)
+        return ranges, [None if i is None else keep[i] for i in takers]
+
+    def _start_missing(self, ranges, takers) -> dict:
+        """New actors for the ranges no current actor takes: {index: (actor, ready ref)}."""
+        started = {}
+        for j, taker in enumerate(takers):
+            if taker is None:
+                actor = self._start(*ranges[j])
+                started[j] = (actor, actor.ready.remote())
+        return started
+
+    @staticmethod
+    def _wait_ready(started: dict, timeout: float) -> dict | None:
+        """{index: (actor, info)} once all have read their rows; None (and the actors
+        stopped) if any is not ready within `timeout` or died."""
+        try:
+            infos = ray.get([ref for _, ref in started.values()], timeout=timeout)
+        except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
+            for actor, _ in started.values():
                 ray.kill(actor)
-                raise WorkerLostError(f"worker {r} (rows {lo}-{hi}) was lost and no node could take "
-                                      f"its place within {self.placement_timeout:g} s ({reason})") from None
-            self.actors[r], self.info[r] = actor, info
-            event = (f"worker {r} (rows {lo}-{hi}) lost ({reason}); replaced on node "
-                     f"{info['node_id'][:8]}, the step is recomputed")
-            self.events.append(event)
-            log.warning("rayprop: %s", event)
+            return None
+        return {j: (actor, info) for (j, (actor, _)), info in zip(started.items(), infos)}
+
+    def _reshard(self, ranges, takers, started: dict) -> None:
+        """Move to len(ranges) workers at a step boundary: takers[j] (a current rank)
+        or started[j] (a new, ready actor) holds ranges[j]; current actors that take no
+        range are stopped; the planes are wired anew."""
+        for _, info in started.values():
+            if info["error"]:  # the rows read at the start fail now: the source changed
+                raise WorkerLostError(f"a new worker could not read its rows: {info['error']}")
+        self._unwire()
+        for r, actor in enumerate(self.actors):
+            if r not in takers:
+                ray.kill(actor)
+        moves = {j: self.actors[t].reshard.remote(*ranges[j]) for j, t in enumerate(takers)
+                 if t is not None and tuple(self.ranges[t]) != tuple(ranges[j])}
+        actors = [started[j][0] if t is None else self.actors[t] for j, t in enumerate(takers)]
+        infos = [started[j][1] if t is None else self.info[t] for j, t in enumerate(takers)]
+        # The new layout first: if a moving worker dies now, recovery replaces it over its new rows.
+        self.actors, self.info, self.ranges = actors, infos, ranges
+        died = None
+        for j, ref in moves.items():
+            try:
+                self.info[j] = ray.get(ref)
+            except LOST_WORKER_ERRORS as e:
+                died = died or e
+        if died is not None:
+            raise died
+        assert sum(i["n_train"] for i in self.info) == self._m, "a re-shard must cover every training row"
         self._wire()
+
+    def _resize(self, ranges, takers, started: dict, why: str) -> None:
+        """_reshard to another size, and the line that says so."""
+        old = self.num_workers
+        try:
+            self._reshard(ranges, takers, started)
+        finally:  # the new layout counts even if a moving worker died in it (then recovered)
+            if len(self.actors) != old:
+                self.resizes.append(f"{old} -> {len(self.actors)} workers: {why}")
+
+    def _free_slots(self) -> int:
+        """Workers the cluster's free CPUs would take now (one call to Ray)."""
+        return int(ray.available_resources().get("CPU", 0) // self._cpus)
+
+    def _grow(self) -> None:
+        """At a step boundary: let ready new workers join; else, at most every
+        grow_check_seconds, start new workers on free CPUs (they read their rows while
+        the steps go on)."""
+        now = time.monotonic()
+        if self._joining is not None:
+            ranges, takers, started, deadline = self._joining
+            refs = [ref for _, ref in started.values()]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if len(done) < len(refs):
+                if now > deadline:  # the CPUs went elsewhere: try again later
+                    self._drop_joining()
+                return
+            self._joining = None
+            ready = self._wait_ready(started, 0)
+            if ready is not None:  # else one died starting (its node left again)
+                self._resize(ranges, takers, ready, "free CPUs in the cluster; the rows are split anew")
+            return
+        if self.num_workers >= self.max_workers or now - self._last_look < self.grow_check_seconds:
+            return
+        self._last_look = now
+        free = self._free_slots()
+        if free < 1:
+            return
+        n = min(self.max_workers, self.num_workers + free)
+        ranges, takers = self._plan(n, list(range(self.num_workers)))
+        self._joining = (ranges, takers, self._start_missing(ranges, takers), now + GROW_TIMEOUT_S)
+
+    def _drop_joining(self) -> None:
+        if self._joining is not None:
+            for actor, _ in self._joining[2].values():
+                ray.kill(actor)
+            self._joining = None
 
     @staticmethod
     def _alive(actor) -> bool:
@@ -323,6 +488,7 @@ class RayPool:
             return False
 
     def close(self) -> None:
+        self._drop_joining()
         self._unwire()
         for a in getattr(self, "actors", []):
             ray.kill(a)
