@@ -38,7 +38,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _workers(text: str) -> int:
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
     value = _positive_int(text)
     if value > MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS}, got {value}")
@@ -62,7 +64,8 @@ def _training_flags(p: argparse.ArgumentParser, output: str) -> None:
                    "(Ray Client); default: RAY_ADDRESS, cluster.address, else a local Ray started "
                    "for this job")
     p.add_argument("--workers", type=_workers, metavar="N",
-                   help="shard workers (default: cluster.workers; 1 with --local)")
+                   help="shard workers, or auto: as many as the cluster's free CPUs, growing when "
+                   "nodes join (default: cluster.workers; 1 with --local)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow store or server: sqlite:///PATH.db, http://HOST:PORT, ... (default: "
                    "MLFLOW_TRACKING_URI, tracking.uri, else sqlite:///mlflow.db here)")

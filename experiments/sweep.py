@@ -114,7 +114,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         if local:
             where, kind = "local mode", "none"
         else:
-            cpus = max(n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children))
+            cpus = max(training.cpus_needed(job.cfg, n) for n, (_, job) in zip(counts, children))
             # One connection for every run.
             conn = training.connect_ray(opts.address or cfg.cluster.address, cpus, stack)
             where, kind = training.where(conn), conn.kind

@@ -177,6 +177,11 @@ class MetricLogger:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
+    def point(self, key: str, value: float, step: int) -> None:
+        """One point of another metric at `step` (not again for a step a resumed run logged)."""
+        if step > self.loss_through:
+            self._buffer.append(Metric(key, float(value), int(time.time() * 1000), step))
+
     def flush(self) -> None:
         self.outbox.put(self._buffer)
         self._buffer = []

@@ -76,7 +76,7 @@ class Options:
     """What the command line adds to the config for one `rayprop train`."""
 
     config_name: str  # as the user gave it, for the "continue with" hint
-    workers: int | None = None  # None: cluster.workers (1 with local)
+    workers: int | str | None = None  # a count or "auto"; None: cluster.workers (1 with local)
     local: bool = False
     address: str | None = None
     tracking_uri: str | None = None
@@ -175,14 +175,20 @@ def where(conn) -> str:
             "job": "a Ray job"}.get(conn.kind, f"the Ray cluster at {conn.address}")
 
 
-def open_pool(job: Job, workers: int, local: bool):
+def cpus_needed(cfg: Config, workers: int | str) -> int:
+    """CPUs the cluster must have for the job to start: `workers: auto` starts with what
+    is free, and needs room for cluster.min_workers."""
+    return (cfg.cluster.min_workers if workers == "auto" else workers) * cfg.cluster.cpus_per_worker
+
+
+def open_pool(job: Job, workers: int | str, local: bool):
     """The job's pool, which `train` and `sweep` both use: in-process shard workers
-    (local mode) or Ray actors on the connected Ray, configured by the job's config
-    whole. Opening it reads every row (bad data: InputError). The caller closes it."""
+    (local mode; "auto" is one) or Ray actors on the connected Ray, configured by the
+    job's config whole. Opening it reads every row (bad data: InputError). The caller closes it."""
     if local:
         from workers.local_pool import LocalPool
 
-        return LocalPool.open(job.task, workers, job.source)
+        return LocalPool.open(job.task, 1 if workers == "auto" else workers, job.source)
     from workers.ray_pool import RayPool
 
     return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
@@ -220,6 +226,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
     if resume is not None and resume.position.epoch >= cfg.train.epochs:
         return deliver_only(job, opts, uri, experiment_id, out_dir, claim)
     workers = opts.workers or (1 if opts.local else cfg.cluster.workers)
+    if not opts.local and workers != "auto" and workers < cfg.cluster.min_workers:
+        raise InputError(f"--workers {workers}: fewer than cluster.min_workers={cfg.cluster.min_workers}")
     if cfg.sweep:
         print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
               "base config once", file=sys.stderr)
@@ -237,8 +245,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
             if opts.local:
                 place, kind = "local mode", "none"
             else:
-                conn = connect_ray(opts.address or cfg.cluster.address,
-                                   workers * cfg.cluster.cpus_per_worker, stack)
+                conn = connect_ray(opts.address or cfg.cluster.address, cpus_needed(cfg, workers), stack)
                 place, kind = where(conn), conn.kind
             pool = open_pool(job, workers, opts.local)
             stack.callback(pool.close)
@@ -297,6 +304,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
     run's artifacts; then write the model files and summary.json. Returns the summary.
     A RunError leaves with a hint naming the last good checkpoint."""
+    from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
 
@@ -337,7 +345,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
-            result = coordinate(pool, theta, optimizer, job.plan, t.epochs, [*listeners, run.metrics],
+            result = coordinate(pool, theta, optimizer, job.plan, t.epochs,
+                                [*listeners, run.metrics, PoolSize(pool, run.metrics)],
                                 resume=resume.position if resume else None, checkpointer=checkpointer,
                                 should_stop=should_stop)
     except RunError as e:  # the run ends FAILED; what is kept
@@ -351,7 +360,9 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             except Exception as err:  # the store failing here must not hide why training ended
                 print(f"rayprop: warning: the last checkpoint did not reach the run's artifacts "
                       f"({type(err).__name__}); it is in {checkpointer.latest.parent}", file=sys.stderr)
-    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": nodes, "ray": ray_kind}
+    # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
+    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
+               "ray": ray_kind, "resizes": len(pool.resizes)}
     write_outputs(job, theta, out_dir, summary)
     run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
