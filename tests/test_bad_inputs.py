@@ -170,6 +170,8 @@ CASES = [
     ("unknown flag", train("--epochs", "3"), ["--epochs"]),
     ("workers 0", train("--workers", "0"), ["--workers", "0"]),
     ("workers not a number", train("--workers", "two"), ["--workers"]),
+    ("workers below min_workers", ["train", "good.yaml", "--workers", "1", "--output", "out",
+                                   *set_("cluster.min_workers=2")], ["--workers 1", "cluster.min_workers=2"]),
     ("unknown command", ["trian", "good.yaml"], ["trian"]),
     ("tracking store in a missing folder", train("--tracking-uri", "sqlite:///nowhere/m.db"),
      ["tracking URI", "nowhere"]),

@@ -43,6 +43,11 @@ def test_defaults_fill_every_key_but_the_source():
     ({**BASE, "model": {"layers": [2, "8", 1]}}, "model.layers: expected a list of an integer"),
     ({**BASE, "data": {"source": "xor", "validation_fraction": 1.0}}, "data.validation_fraction"),
     ({**BASE, "cluster": {"workers": 0}}, "cluster.workers"),
+    ({**BASE, "cluster": {"workers": "many"}}, "cluster.workers: expected an integer or 'auto', got 'many'"),
+    ({**BASE, "cluster": {"workers": 2, "min_workers": 3}}, "cluster.min_workers: must be at most cluster.workers=2"),
+    ({**BASE, "cluster": {"workers": "auto", "min_workers": 4, "max_workers": 2}},
+     "cluster.max_workers: must be at least cluster.min_workers=4"),
+    ({**BASE, "cluster": {"replace_seconds": -1}}, "cluster.replace_seconds: must be at least 0"),
     ({**BASE, "train": 5}, "train: expected a mapping"),
     ({**BASE, "colour": "red"}, "colour: unknown key"),
 ])
