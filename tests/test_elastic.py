@@ -187,6 +187,12 @@ def test_grows_when_a_node_joins_and_shrinks_when_one_leaves(cluster, data, scri
     assert lines[1].startswith("rayprop: step 26: 3 -> 2 workers: worker 2 (rows 668-1003) lost"), lines
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["workers"], summary["resizes"], summary["steps"]) == (2, 2, STEPS)
+    pool = script.pools[-1]
+    assert pool.ranges == [(0, 501), (501, 1003)]
+    for (lo, hi), info in zip(pool.ranges, pool.info):  # as each worker reported it after the last move
+        assert tuple(info["rows"]) == (lo, hi) and info["rows_held"] == hi - lo
+        # the Parquet row groups (100 rows each) its reader opened for its new rows: only theirs
+        assert info["row_groups_read"] == list(range(lo // 100, (hi - 1) // 100 + 1))
 
     client, run = the_run(uri)
     assert run.info.status == "FINISHED"

@@ -355,23 +355,28 @@ class RayPool:
         for r in lost:
             ray.kill(self.actors[r])
         survivors = [r for r in range(self.num_workers) if r not in lost]
-        ranges, takers = self._plan(self.num_workers, survivors)  # the lost ranges, to new actors
+        ranges, takers = self._plan(self.num_workers, survivors)  # the same ranges; the lost ones to new actors
         started = self._wait_ready(self._start_missing(ranges, takers), self.placement_timeout)
-        if started is not None:
+        for r in started:
+            event = (f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]}) lost ({reason}); replaced on node "
+                     f"{started[r][1]['node_id'][:8]}, the step is recomputed")
+            self.events.append(event)
+            log.warning("rayprop: %s", event)
+        if len(started) == len(lost):
             self._reshard(ranges, takers, started)
-            for r in lost:
-                lo, hi = self.ranges[r]
-                event = (f"worker {r} (rows {lo}-{hi}) lost ({reason}); replaced on node "
-                         f"{self.info[r]['node_id'][:8]}, the step is recomputed")
-                self.events.append(event)
-                log.warning("rayprop: %s", event)
             return
-        which = ", ".join(f"worker {r} (rows {self.ranges[r][0]}-{self.ranges[r][1]})" for r in lost)
-        if len(survivors) < self.min_workers:
+        # Some could not start in time: go on with the survivors and the replacements
+        # that did start (each in its lost worker's place for now), over all the rows.
+        for r, (actor, info) in started.items():
+            self.actors[r], self.info[r] = actor, info
+        left = sorted([*survivors, *started])
+        gone = [r for r in lost if r not in started]
+        which = ", ".join(f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]})" for r in gone)
+        if len(left) < self.min_workers:
             raise WorkerLostError(f"{which} lost ({one_line(reason, 60)}); no CPU for a replacement within "
-                                  f"{self.placement_timeout:g} s, and {len(survivors)} left is fewer than "
+                                  f"{self.placement_timeout:g} s, and {len(left)} left is fewer than "
                                   f"cluster.min_workers={self.min_workers}")
-        self._resize(*self._plan(len(survivors), survivors), {},
+        self._resize(*self._plan(len(left), left), {},
                      f"{which} lost ({one_line(reason, 80)}) and no CPU for a replacement within "
                      f"{self.placement_timeout:g} s; the rows are split over the workers left")
 
@@ -393,24 +398,29 @@ class RayPool:
         return started
 
     @staticmethod
-    def _wait_ready(started: dict, timeout: float) -> dict | None:
-        """{index: (actor, info)} once all have read their rows; None (and the actors
-        stopped) if any is not ready within `timeout` or died."""
-        try:
-            infos = ray.get([ref for _, ref in started.values()], timeout=timeout)
-        except (ray.exceptions.GetTimeoutError, *LOST_WORKER_ERRORS):
-            for actor, _ in started.values():
+    def _wait_ready(started: dict, timeout: float) -> dict:
+        """{index: (actor, info)} of the new actors that have read their rows within
+        `timeout`; the others (not placed, still starting, or dead) are stopped."""
+        index = {ref: j for j, (_, ref) in started.items()}
+        done = ray.wait(list(index), num_returns=len(index), timeout=timeout)[0] if index else []
+        ready = {}
+        for ref in done:
+            try:
+                info = ray.get(ref)
+            except LOST_WORKER_ERRORS:
+                continue
+            if info["error"]:  # its rows were read fine at the start: the source changed
+                raise WorkerLostError(f"a new worker could not read its rows: {info['error']}")
+            ready[index[ref]] = (started[index[ref]][0], info)
+        for j, (actor, _) in started.items():
+            if j not in ready:
                 ray.kill(actor)
-            return None
-        return {j: (actor, info) for (j, (actor, _)), info in zip(started.items(), infos)}
+        return dict(sorted(ready.items()))
 
     def _reshard(self, ranges, takers, started: dict) -> None:
         """Move to len(ranges) workers at a step boundary: takers[j] (a current rank)
         or started[j] (a new, ready actor) holds ranges[j]; current actors that take no
         range are stopped; the planes are wired anew."""
-        for _, info in started.values():
-            if info["error"]:  # the rows read at the start fail now: the source changed
-                raise WorkerLostError(f"a new worker could not read its rows: {info['error']}")
         self._unwire()
         for r, actor in enumerate(self.actors):
             if r not in takers:
@@ -460,8 +470,11 @@ class RayPool:
                 return
             self._joining = None
             ready = self._wait_ready(started, 0)
-            if ready is not None:  # else one died starting (its node left again)
+            if len(ready) == len(started):
                 self._resize(ranges, takers, ready, "free CPUs in the cluster; the rows are split anew")
+            else:  # one died starting (its node left again): look again later
+                for actor, _ in ready.values():
+                    ray.kill(actor)
             return
         if self.num_workers >= self.max_workers or now - self._last_look < self.grow_check_seconds:
             return
