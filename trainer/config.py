@@ -10,9 +10,10 @@ So a wrong key or value is a `ConfigError` naming the dotted key
 never printed back whole. Reading YAML and `--set` text is experiments/configfile.py's
 job: this module sees parsed values only.
 
-The optional `sweep:` section is a grid for `rayprop sweep`: dotted key -> list of
-values, each value checked as an override of that key, so a sweep that would fail
-halfway through is refused before its first run.
+The optional `sweep:` section is what `rayprop sweep` tries: dotted key -> a list of
+values (a grid axis) or a distribution (trainer/search_space.py), each value (or
+bound) checked as an override of that key, so a sweep that would fail halfway
+through is refused before its first run. The `sweep_*` keys say how it runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from trainer.costs import COSTS
 from trainer.errors import ConfigError, short
 from trainer.network import INITIALIZERS
 from trainer.optimizers import OPTIMIZERS
+from trainer.search_space import has_distributions, is_distribution, parse_distribution
 
 # The config's words are the keys of the registries that implement them.
 Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
@@ -141,6 +143,7 @@ class TrackingConfig:
 
 # Keys a sweep cannot vary: its runs share one experiment, one store and one Ray connection.
 NOT_SWEPT = ("experiment", "tracking.uri", "cluster.address")
+SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # `rayprop sweep`'s grid: {"train.learning_rate": [0.01, 0.1], ...}, values checked.
-    sweep: dict[str, list] = field(default_factory=dict)
+    # `rayprop sweep`'s search space: {"train.learning_rate": [0.01, 0.1] or
+    # {"loguniform": [1e-3, 0.1]}, ...}, values checked. The sweep_* keys say how it runs
+    # (README: Sweeps); a child run's config has none of them.
+    sweep: dict[str, list | dict] = field(default_factory=dict)
+    sweep_samples: int = ranged(1, lo=1)  # draws of the distributions per grid point
+    sweep_seed: int | None = ranged(None, lo=0)  # seed of the draws; None: train.seed
+    sweep_concurrency: int | None = ranged(None, lo=1)  # trials at once; None: as the CPUs allow
+    sweep_scheduler: Literal[SCHEDULERS] = "fifo"
+    sweep_grace_epochs: int = ranged(1, lo=1)  # asha: the first milestone, in epochs
+    sweep_reduction_factor: int = ranged(2, lo=2)  # asha: 1/this of the trials go on at a milestone
 
     @property
     def output_activation(self) -> str:
@@ -169,14 +180,24 @@ class Config:
     def flat(self) -> dict[str, object]:
         """{'model.layers': [...], 'train.learning_rate': 0.1, ...}: every setting, dotted.
 
-        The sweep grid is not a setting (its keys are dotted already): see `sweep`.
+        The sweep is not a setting of a run (its keys are dotted already): see `sweep`
+        and `sweep_settings`.
         """
         settings = dataclasses.asdict(self)
-        del settings["sweep"]
+        for name in ("sweep", *SWEEP_SETTINGS):
+            del settings[name]
         return dict(_flatten(settings))
 
+    def sweep_settings(self) -> dict[str, object]:
+        """{'sweep_samples': 1, ...}: how `rayprop sweep` runs."""
+        return {name: getattr(self, name) for name in SWEEP_SETTINGS}
+
+    @property
+    def sweep_draw_seed(self) -> int:
+        return self.train.seed if self.sweep_seed is None else self.sweep_seed
+
     def with_overrides(self, pairs: dict[str, object]) -> "Config":
-        merged = _unflatten(self.flat())
+        merged = {**_unflatten(self.flat()), **self.sweep_settings()}
         for key, value in pairs.items():
             set_dotted(merged, key, value)
         if self.sweep:
@@ -185,16 +206,21 @@ class Config:
 
     def with_sweep(self, axes: dict[str, list]) -> "Config":
         """This config with `axes` added to (or replacing axes of) its sweep grid."""
-        return dataclasses.replace(self, sweep=_check_sweep(self.without_sweep(), {**self.sweep, **axes}))
+        return dataclasses.replace(self, sweep=_check_sweep(self, {**self.sweep, **axes}))
 
     def without_sweep(self) -> "Config":
-        return dataclasses.replace(self, sweep={})
+        """The config of one run: no sweep, sweep_* keys at their defaults."""
+        return dataclasses.replace(self, sweep={}, **_SWEEP_DEFAULTS)
 
     def resolved(self, layers: list[int], output_activation: str) -> "Config":
         """The config as trained: the layers and output activation the data and cost
         chose filled in (both already checked by building the network), no sweep."""
         model = dataclasses.replace(self.model, layers=list(layers), output_activation=output_activation)
-        return dataclasses.replace(self, model=model, sweep={})
+        return dataclasses.replace(self.without_sweep(), model=model)
+
+
+SWEEP_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("sweep_"))
+_SWEEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in SWEEP_SETTINGS}
 
 
 def _flatten(d, prefix=""):
@@ -336,6 +362,7 @@ def _validate(cfg: Config) -> Config:
     m, d, t = cfg.model, cfg.data, cfg.train
     for name in ("model", "data", "train", "cluster"):
         _check_ranges(getattr(cfg, name), f"{name}.")
+    _check_ranges(cfg, "")  # the sweep_* keys
 
     def bad(key, msg):
         raise ConfigError(f"{key}: {msg}")
@@ -366,13 +393,39 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
-def _check_sweep(base: Config, raw) -> dict[str, list]:
-    """The sweep grid with every value checked (and converted) as an override of `base`."""
+def _checked_value(base: Config, key: str, value, what: str = "value"):
+    """`value` converted as an override of `key`, or ConfigError naming sweep.KEY."""
+    try:
+        return base.with_overrides({key: value}).flat()[key]
+    except ConfigError as e:
+        # The override's own message starts with the key it names; keep the reason.
+        reason = str(e).removeprefix(f"{key}: ")
+        raise ConfigError(f"sweep.{key}: {what} {short(value)}: {reason}") from None
+
+
+def _check_distribution(base: Config, key: str, raw: dict) -> dict[str, list]:
+    kind, args = parse_distribution(key, raw)
+    if kind == "choice":
+        return {kind: [_checked_value(base, key, v) for v in args]}
+    if isinstance(base.flat()[key], int) and not isinstance(base.flat()[key], bool):
+        raise ConfigError(f"sweep.{key}: {kind} draws numbers with fractions; give whole numbers "
+                          "as a list or {choice: [...]}")
+    for bound in args:  # a range is convex: its bounds in range, every draw is
+        _checked_value(base, key, bound, f"{kind} bound")
+    return {kind: args}
+
+
+def _check_sweep(base: Config, raw) -> dict[str, list | dict]:
+    """The sweep with every value (or bound) checked and converted as an override of `base`."""
     if raw is None:
-        return {}
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, got {short(raw)}")
+    if base.sweep_samples > 1 and not has_distributions(raw):
+        raise ConfigError(f"sweep_samples: {base.sweep_samples} draws of the sweep's distributions, "
+                          "but sweep: has none ({uniform: [a, b]}, {loguniform: ...}, {choice: ...})")
     known = base.flat()
+    base = base.without_sweep()  # each value is checked as a setting of one run
     grid = {}
     for key, values in raw.items():
         if key not in known:
@@ -383,17 +436,13 @@ def _check_sweep(base: Config, raw) -> dict[str, list]:
         if key in NOT_SWEPT:
             raise ConfigError(f"sweep.{key}: cannot be swept (a sweep's runs share one "
                               "experiment, tracking store and Ray cluster)")
+        if is_distribution(values):
+            grid[key] = _check_distribution(base, key, values)
+            continue
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {short(values)}")
-        checked = []
-        for value in values:
-            try:
-                checked.append(base.with_overrides({key: value}).flat()[key])
-            except ConfigError as e:
-                # The override's own message starts with the key it names; keep the reason.
-                reason = str(e).removeprefix(f"{key}: ")
-                raise ConfigError(f"sweep.{key}: value {short(value)}: {reason}") from None
-        grid[key] = checked
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values (or a distribution), "
+                              f"got {short(values)}")
+        grid[key] = [_checked_value(base, key, value) for value in values]
     return grid
 
 
@@ -404,4 +453,4 @@ def from_dict(raw: dict) -> Config:
         raw = dict(raw)
         sweep = raw.pop("sweep")
     cfg = _validate(_section(Config, raw, ""))
-    return dataclasses.replace(cfg, sweep=_check_sweep(cfg, sweep)) if sweep is not None else cfg
+    return dataclasses.replace(cfg, sweep=_check_sweep(cfg, sweep))
