@@ -26,6 +26,8 @@ from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
 
 OUTPUT_TAG = "rayprop.output"
+# A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
+STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
 FREE_PREFIXES = ("cluster.", "tracking.")
 FREE_KEYS = {"experiment", "train.checkpoint_every", "train.checkpoint_seconds", "train.max_worker_failures"}
@@ -67,7 +69,7 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
         run = client.get_run(run_id)
     except MlflowException:
         raise InputError(f"--resume {run_id}: no such run in the tracking store") from None
-    if run.info.status == "FINISHED":
+    if run.info.status == "FINISHED" and run.data.tags.get(STOPPED_EARLY_TAG) != "true":
         raise InputError(f"--resume {run_id}: the run already FINISHED; nothing to resume")
     out = run.data.tags.get(OUTPUT_TAG)
     if not out:

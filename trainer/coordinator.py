@@ -50,6 +50,7 @@ class TrainResult:
     examples_per_second: float = 0.0  # over all epochs' training steps
     wall_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    stopped_early: bool = False  # `end_early` ended training before its last epoch
 
 
 def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
@@ -87,7 +88,7 @@ def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float |
 def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
           epochs: int, listeners: list[Listener] = (), start_epoch: int = 0,
           resume: Position | None = None, checkpointer: Checkpointer | None = None,
-          should_stop=None) -> TrainResult:
+          should_stop=None, end_early=None) -> TrainResult:
     """Run synchronous data-parallel gradient descent on theta, in place.
 
     Epochs start_epoch .. start_epoch + epochs - 1, or, with `resume` (a checkpoint's
@@ -96,6 +97,9 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     `checkpointer` writes checkpoints (trainer/checkpoint.py); `should_stop()` is
     asked after every step, and when it says so the coordinator writes a checkpoint
     and raises TrainingStopped: an interrupt loses at most the step in flight.
+    `end_early(epochs_done, metrics)` is asked after every epoch but the last (a sweep's
+    early-stopping scheduler): True ends training there, as if it were the last epoch,
+    with a checkpoint to go on from.
     """
     assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
     grad = np.empty_like(theta)
@@ -160,6 +164,10 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         if should_stop is not None and should_stop() and epoch + 1 < end_epoch:
             _final_checkpoint(checkpointer, theta, optimizer, here)
             raise TrainingStopped(here)
+        if end_early is not None and epoch + 1 < end_epoch and end_early(epoch + 1, metrics):
+            _final_checkpoint(checkpointer, theta, optimizer, here)
+            result.stopped_early = True
+            break
     result.wall_seconds = time.perf_counter() - t_run
     result.examples_per_second = plan.m * result.epochs / train_seconds if train_seconds else 0.0
     return result
