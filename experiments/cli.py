@@ -90,15 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_ID",
                    help="continue this MLflow run from its latest checkpoint (same CONFIG)")
 
-    w = sub.add_parser("sweep", help="train every combination of the config's sweep: grid",
+    w = sub.add_parser("sweep", help="train the trials of the config's sweep: section side by side",
                        description="Train every combination of the config's `sweep:` grid (and of "
-                       "--grid axes) as child runs of one MLflow run, on one Ray connection; print "
+                       "--grid axes), its distributions drawn sweep_samples times, as child runs of one "
+                       "MLflow run on one Ray connection, as many at once as the CPUs allow; with "
+                       "sweep_scheduler: asha, trials behind at epoch milestones stop early. Prints "
                        "the results sorted by validation loss. The parent run records the best child.")
     _training_flags(w, output="one run-NN folder per combination and sweep.json go here "
                     "(default: runs/EXPERIMENT-sweep-TIMESTAMP)")
     w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="add (or replace) an axis of the grid, values as YAML scalars, e.g. "
                    "--grid train.learning_rate=0.01,0.1 (repeatable)")
+    w.add_argument("--concurrency", type=_positive_int, metavar="N",
+                   help="trials at once, at most (default: sweep_concurrency, else as many as the "
+                   "cluster's CPUs hold; 1 with --local)")
 
     u = sub.add_parser("ui", help="the MLflow UI on the tracking store",
                        description="Run the MLflow UI on the tracking store (the same one `train` "

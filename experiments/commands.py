@@ -61,6 +61,7 @@ def train(args) -> int | None:
 
 def sweep(args) -> None:
     from experiments import sweep as sweeps
+    from experiments.early_stopping import milestones
 
     cfg = _config(args)
     if args.grid:
@@ -68,18 +69,27 @@ def sweep(args) -> None:
     if not cfg.sweep:
         raise InputError(f"{args.config}: no sweep: section to run; add one, or give --grid key=v1,v2")
     base = cfg.without_sweep()
-    children = []  # every combination is checked and prepared before anything runs
-    for combo in sweeps.combinations(cfg.sweep):
+    children = []  # every trial is checked and prepared before anything runs
+    for combo in sweeps.trials(cfg):
         try:
             children.append((combo, training.prepare(base.with_overrides(combo), args.init_from)))
         except InputError as e:
             raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
+    if cfg.sweep_scheduler == "asha" and not any(
+            milestones(cfg.sweep_grace_epochs, cfg.sweep_reduction_factor, job.cfg.train.epochs)
+            for _, job in children):
+        raise InputError(f"sweep_grace_epochs: {cfg.sweep_grace_epochs} leaves asha no milestone "
+                         f"before the last epoch (train.epochs); lower it or train longer")
     out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
     training.check_writable_dir(out_root, "--output")
     for i in range(len(children)):  # each run's folder must be free (one run per folder)
         OutputClaim(sweeps.run_dir(out_root, i)).check()
     uri = training.tracking_uri(args.tracking_uri, cfg)
-    results = sweeps.run(cfg, children, out_root, uri, _options(args))
+    try:
+        results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency)
+    except sweeps.SweepStopped as e:
+        print(sweeps.table(e.results))
+        raise
     print(sweeps.table(results))
     print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "
           f"{out_root / 'sweep.json'}", file=sys.stderr)

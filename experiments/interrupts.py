@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 
 class StopFlag:
@@ -62,3 +62,22 @@ class StopFlag:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         return False
+
+
+class ThreadStop:
+    """A StopFlag as a sweep trial's thread sees it. Signals reach the main thread only:
+    a trial stops after its step when the flag is up, and its calls to the store are
+    never interrupted by a KeyboardInterrupt of its own (the main thread takes those)."""
+
+    def __init__(self, flag: StopFlag):
+        self.flag = flag
+
+    def __call__(self) -> bool:
+        return self.flag()
+
+    @property
+    def hurry(self) -> bool:
+        return self.flag.hurry
+
+    def interruptible(self):
+        return nullcontext()

@@ -1,35 +1,50 @@
-"""`rayprop sweep`: every combination of a grid, as child runs of one parent run.
+"""`rayprop sweep`: trials of a search space, side by side, as child runs of one parent run.
 
-A sweep runs every combination of the config's `sweep:` grid (the product of its
-axes, in the order written), prepared and checked beforehand by the command, one
-after the other on one Ray connection with a new pool per run. Ranking: by
-validation loss, or by the final training loss when nothing is held out; runs that
-failed (a diverging learning rate, say) rank last and are never the best.
+The trials are every point of the config's `sweep:` grid (the product of its axes,
+in the order written), `sweep_samples` times with its distributions drawn
+(trainer/search_space.py), prepared and checked beforehand by the command. They run
+on one Ray connection, each with a pool of its own, as many at once as the
+cluster's CPUs allow (capped by --concurrency / sweep_concurrency): each trial
+reserves its workers' CPUs as a unit (cluster/placement.py) and is driven by a
+thread of this process (experiments/in_order.py). With --local the trials share
+this process: one at a time unless --concurrency says more.
+
+A trial trains exactly as the same config trained alone (the batches depend on the
+config only); a worker lost in it is replaced within its reservation; a failure
+ends that child FAILED and the sweep goes on. With `sweep_scheduler: asha` trials
+behind at epoch milestones stop early (experiments/early_stopping.py): their child
+runs end FINISHED, tagged, with a checkpoint to `--resume` from. Ctrl-C stops every
+trial after its step (checkpoint, KILLED run). Ranking: by validation loss, or the
+final training loss when nothing is held out; failed trials rank last, never best.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
+import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments import stores, training
+from experiments.in_order import run_in_order
 from experiments.output_folder import OutputClaim
 from experiments.progress import ProgressBar
+from experiments.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG
 from experiments.training import Job
 from trainer import __version__
 from trainer.config import Config
-from trainer.errors import InputError, RunError, describe, one_line
+from trainer.coordinator import TrainingStopped
+from trainer.errors import InputError, RunError, Stopped, describe, one_line
 from trainer.model_io import write_json
+from trainer.search_space import trials as draw_trials
 
 
-def combinations(grid: dict[str, list]) -> list[dict[str, object]]:
-    """[{key: value, ...}] for every point of the grid; the first axis varies slowest."""
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+def trials(cfg: Config) -> list[dict[str, object]]:
+    """[{key: value, ...}] for every trial of the config's sweep, in the sweep's order."""
+    return draw_trials(cfg.sweep, cfg.sweep_samples, cfg.sweep_draw_seed)
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
@@ -39,18 +54,26 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 
 
 def label(combo: dict[str, object]) -> str:
-    """The run name of a combination: 'learning_rate=0.01 layers=[2, 32, 3]'."""
+    """The run name of a trial: 'learning_rate=0.01 layers=[2, 32, 3]' (drawn floats to 4 digits)."""
     names = short_keys(list(combo))
-    return " ".join(f"{names[k]}={v}" for k, v in combo.items())
+    return " ".join(f"{names[k]}={format(v, '.4g') if isinstance(v, float) else v}" for k, v in combo.items())
 
 
 @dataclass
 class Result:
     combo: dict[str, object]
     run_id: str = ""
-    status: str = "FAILED"
+    status: str = "NOT STARTED"  # then the run's: FINISHED, FAILED, KILLED (Ctrl-C)
     summary: dict = field(default_factory=dict)
     error: str = ""
+    stopped_at: int | None = None  # the epoch early stopping ended it at
+
+    @property
+    def state(self) -> str:
+        """The table's status: the run's, and why it is not FINISHED (or stopped early)."""
+        if self.status == "FINISHED":
+            return self.status if self.stopped_at is None else f"FINISHED (stopped early, epoch {self.stopped_at})"
+        return f"{self.status} ({self.error})" if self.error else self.status
 
     @property
     def score(self) -> float:
@@ -84,8 +107,7 @@ def table(results: list[Result]) -> str:
         s = r.summary
         rows.append([str(i), *(str(r.combo[k]) for k in keys), _num(s.get("val_loss"), ".4g"),
                      _num(s.get("val_accuracy"), ".1%"), _num(s.get("final_loss"), ".4g"),
-                     r.status if r.status == "FINISHED" else f"{r.status} ({r.error})" if r.error else r.status,
-                     r.run_id])
+                     r.state, r.run_id])
     widths = [max(len(row[j]) for row in [head, *rows]) for j in range(len(head) - 1)]
     lines = []
     for row in [head, *rows]:
@@ -99,74 +121,187 @@ def run_dir(out_root: Path, i: int) -> Path:
     return out_root / f"run-{i + 1:02d}"
 
 
+class SweepStopped(Stopped):
+    """Ctrl-C or SIGTERM: every running trial stopped after its step (checkpoint, run
+    KILLED) and no more started; `results` as far as they got."""
+
+    def __init__(self, results: list[Result]):
+        killed = sum(r.status == "KILLED" for r in results)
+        super().__init__(f"sweep stopped: {killed} trial{'s' if killed != 1 else ''} stopped after "
+                         f"a step with a checkpoint (continue one with rayprop train --resume RUN_ID)")
+        self.results = results
+
+
+class _InProcess:
+    """The slot of a trial in local mode: nothing to reserve."""
+
+    strategy = None
+
+    def release(self) -> None:
+        pass
+
+
+def _workers(flag: int | str | None, job: Job, local: bool) -> int:
+    """A trial's shard workers: --workers, else cluster.workers (1 with --local); a pool
+    has the fixed size of its reservation, so "auto" is cluster.min_workers (1 with
+    --local): the trials share the cluster rather than each growing into it."""
+    workers = flag or (1 if local else job.cfg.cluster.workers)
+    if workers == "auto":
+        return 1 if local else job.cfg.cluster.min_workers
+    return workers
+
+
+def _at_once(cap: int | None, count: int, local: bool, cpus_per_trial: int) -> int:
+    """How many trials run at once: the cap (local mode: 1 unless given), at most what
+    the cluster's CPUs hold side by side, at most the number of trials."""
+    if local:
+        return max(min(cap or 1, count), 1)
+    from cluster.placement import cluster_cpus
+
+    fits = int(cluster_cpus() // cpus_per_trial)
+    return max(min(cap or count, count, fits), 1)
+
+
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
-        opts: training.Options) -> list[Result]:
-    """Train the prepared `children` one after the other as child runs of one parent run.
-    A child that fails while running (diverged, workers lost) ends FAILED with its one
-    line and the sweep goes on."""
+        opts: training.Options, concurrency: int | None = None) -> list[Result]:
+    """Train the prepared `children` (trials in the sweep's order) as child runs of one
+    parent run, side by side (module doc). A child that fails while running (diverged,
+    workers lost) ends FAILED with its one line and the sweep goes on. Raises
+    SweepStopped after Ctrl-C, once every trial has ended."""
     from experiments import tracking
+    from experiments.early_stopping import SuccessiveHalving
+    from experiments.interrupts import StopFlag, ThreadStop
 
     local = opts.local
-    counts = [opts.workers or (1 if local else job.cfg.cluster.workers) for _, job in children]
+    counts = [_workers(opts.workers, job, local) for _, job in children]
+    cpus = [n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children)]
     results = [Result(combo) for combo, _ in children]
-    pool = None
+    cap = concurrency or cfg.sweep_concurrency
+    parent = None
     with ExitStack() as stack:
         if local:
             where, kind = "local mode", "none"
         else:
-            cpus = max(training.cpus_needed(job.cfg, n) for n, (_, job) in zip(counts, children))
-            # One connection for every run.
-            conn = training.connect_ray(opts.address or cfg.cluster.address, cpus, stack)
+            address = opts.address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+            # A local Ray started for the sweep gets the CPUs of `cap` trials at once;
+            # a cluster has what it has, and must hold one trial.
+            need = max(cpus) * ((cap or 1) if address is None else 1)
+            conn = training.connect_ray(address, need, stack)
             where, kind = training.where(conn), conn.kind
+        at_once = _at_once(cap, len(children), local, max(cpus))
 
-        stack.callback(lambda: pool is not None and pool.close())
-        # The first pool reads every row before the parent run exists: bad data is exit 2.
-        pool = training.open_pool(children[0][1], counts[0], local)
+        def reserve(i: int, give_up=lambda: False):
+            if local:
+                return _InProcess()
+            from cluster.placement import Reservation
+
+            slot = Reservation(counts[i], children[i][1].cfg.cluster.cpus_per_worker,
+                               name=f"rayprop-sweep-{os.getpid()}-trial-{i + 1}")
+            return slot if slot.wait(give_up) else None
+
+        # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
+        first_slot = reserve(0)
+        stack.callback(first_slot.release)
+        first_pool = [training.open_pool(children[0][1], counts[0], local, first_slot.strategy)]
+        stack.callback(lambda: first_pool and first_pool[0].close())
         experiment_id = tracking.open_experiment(uri, cfg.experiment)
+        stop = stack.enter_context(StopFlag())  # before the runs: their SIGTERM hook defers to it
         axes = " x ".join(short_keys(list(cfg.sweep)).values())
         parent = stack.enter_context(tracking.TrackedRun(
-            experiment_id, run_name=f"sweep: {axes} ({len(children)} runs)",
-            tags={"rayprop.sweep": "parent", "rayprop.version": __version__}))
+            experiment_id, run_name=f"sweep: {axes} ({len(children)} runs)", stop=stop,
+            tags={"rayprop.sweep": "parent", "rayprop.version": __version__,
+                  "rayprop.sweep.concurrency": at_once}))
         parent.log_params({**tracking.run_params(cfg.without_sweep()),
-                           **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()}})
-        print(f"rayprop sweep: {len(children)} runs under MLflow run {parent.run_id} in experiment "
-              f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, parent.run_id)}",
-              file=sys.stderr)
-        for i, ((combo, job), n, result) in enumerate(zip(children, counts, results)):
-            name = f"run {i + 1}/{len(children)} {label(combo)}"
+                           **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()},
+                           **{k: str(v) for k, v in cfg.sweep_settings().items()}})
+        print(f"rayprop sweep: {len(children)} runs, {at_once} at a time, under MLflow run "
+              f"{parent.run_id} in experiment {cfg.experiment!r} at "
+              f"{stores.where_to_see(uri, experiment_id, parent.run_id)}", file=sys.stderr)
+        halving = None
+        if cfg.sweep_scheduler == "asha":
+            halving = SuccessiveHalving(cfg.sweep_grace_epochs, cfg.sweep_reduction_factor, stop)
+        trial_stop = ThreadStop(stop)
+
+        def work(i: int, slot) -> None:
+            combo, job = children[i]
+            pool = first_pool.pop() if i == 0 else None
             try:
-                if i:
+                if pool is None:
+                    pool = training.open_pool(job, counts[i], local, slot.strategy)
+                _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
+                             experiment_id, parent.run_id, where, kind, trial_stop, halving,
+                             quiet=opts.quiet or at_once > 1)  # bars side by side would garble
+            except (RunError, InputError) as e:  # opening the pool: no run was started
+                results[i].status = "FAILED"
+                results[i].error = getattr(e, "kind", None) or one_line(e, 80)
+                print(f"rayprop sweep: run {i + 1}/{len(children)} {label(combo)}: {describe(e)}",
+                      file=sys.stderr)
+            finally:
+                if halving is not None:
+                    halving.end(i)
+                if pool is not None:
                     pool.close()
-                    pool = None
-                    pool = training.open_pool(job, n, local)
-                print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
-                bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
-                try:
-                    with OutputClaim(run_dir(out_root, i)) as claim, \
-                            tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
-                                                tags={"rayprop.sweep": "child"},
-                                                out_dir=run_dir(out_root, i)) as run:
-                        claim.record(run.run_id)
-                        result.run_id = run.run_id
-                        result.summary = training.fit(job, pool, run, run_dir(out_root, i), [bar], kind)
-                    if run.report:
-                        print(run.report, file=sys.stderr)
-                    result.status = "FINISHED"
-                finally:
-                    bar.close()
-            except RunError as e:  # one diverging learning rate (or lost worker) does not end the sweep
-                result.error = e.kind or one_line(e, 80)
-                print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
-            except InputError as e:  # only when the sweep varies data.*: a later source's bad row
-                result.error = one_line(e, 80)
-                print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
+                slot.release()
+
+        run_in_order(len(children), at_once, lambda i: first_slot if i == 0 else reserve(i, stop),
+                     work, stop)
         _record_best(parent, results)
+        if stop():
+            _write_results(out_root, parent.run_id, results)
+            raise SweepStopped(results)
+    _write_results(out_root, parent.run_id, results)
+    return results
+
+
+def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result, out_dir: Path,
+                 experiment_id: str, parent_run_id: str, where: str, kind: str, stop, halving,
+                 quiet: bool) -> None:
+    """One child run on its own pool, in the calling thread; the outcome goes into `result`."""
+    from experiments import tracking
+
+    name = f"run {i + 1}/{count} {label(combo)}"
+    print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
+    bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
+    try:
+        with OutputClaim(out_dir) as claim, \
+                tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
+                                    parent_run_id=parent_run_id, tags={"rayprop.sweep": "child"},
+                                    out_dir=out_dir, stop=stop) as run:
+            claim.record(run.run_id)
+            result.run_id = run.run_id
+            end_early = halving.hook(i, job.cfg.train.epochs) if halving is not None else None
+            result.summary = training.fit(job, pool, run, out_dir, [bar], kind, should_stop=stop,
+                                          end_early=end_early)
+            result.stopped_at = result.summary.get("stopped_early_at_epoch")
+            if result.stopped_at is not None:
+                run.set_tags({STOPPED_EARLY_TAG: "true", STOPPED_AT_TAG: result.stopped_at})
+        if run.report:
+            print(run.report, file=sys.stderr)
+        result.status = "FINISHED"
+        s = result.summary
+        how = "finished" if result.stopped_at is None else f"stopped early after epoch {result.stopped_at}"
+        score = f"val_loss {s['val_loss']:.4g}" if s.get("val_loss") is not None else f"final_loss {s['final_loss']:.4g}"
+        print(f"rayprop sweep: {name}: {how}, {score}", file=sys.stderr)
+    except TrainingStopped as e:  # Ctrl-C: the run has ended KILLED after a whole step
+        result.status, result.error = "KILLED", "stopped"
+        print(f"rayprop sweep: {name}: {e}; checkpoint in {out_dir / 'checkpoints'}", file=sys.stderr)
+    except RunError as e:  # one diverging learning rate (or lost worker) does not end the sweep
+        result.status, result.error = "FAILED", e.kind or one_line(e, 80)
+        print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
+    except InputError as e:  # only when the sweep varies data.*: a later source's bad row
+        result.status, result.error = "FAILED", one_line(e, 80)
+        print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
+    finally:
+        bar.close()
+
+
+def _write_results(out_root: Path, parent_run_id: str, results: list[Result]) -> None:
     write_json(out_root / "sweep.json", {
-        "parent_run_id": parent.run_id, "best_run_id": getattr(best(results), "run_id", None),
-        "runs": [{"run_id": r.run_id, "params": r.combo, "status": r.status, "error": r.error or None,
+        "parent_run_id": parent_run_id, "best_run_id": getattr(best(results), "run_id", None),
+        "runs": [{"run_id": r.run_id or None, "params": r.combo, "status": r.status,
+                  "error": r.error or None, "stopped_early_at_epoch": r.stopped_at,
                   **{k: r.summary.get(k) for k in ("val_loss", "val_accuracy", "final_loss")}}
                  for r in ranked(results)]})
-    return results
 
 
 def _record_best(parent, results: list[Result]) -> None:

@@ -49,8 +49,13 @@ from experiments.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.coordinator import TrainingStopped  # noqa: E402
-from trainer.errors import InputError  # noqa: E402
+from trainer.errors import InputError, Stopped  # noqa: E402
 from workers.sources import Source  # noqa: E402
+
+# MLflow's SQL store adds a data set to the experiment by looking it up and then
+# inserting it: two runs of a sweep logging the same data set at once both insert, and
+# the second fails on the table's unique key. One at a time in this process.
+_DATASETS = threading.Lock()
 
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
@@ -205,12 +210,15 @@ class TrackedRun:
 
     def __init__(self, experiment_id: str, run_name: str | None = None, nested: bool = False,
                  tags: dict[str, str] | None = None, resume_run_id: str | None = None,
-                 out_dir: Path | None = None, stop=None):
+                 out_dir: Path | None = None, stop=None, parent_run_id: str | None = None):
         """resume_run_id: continue that run (rayprop train --resume) instead of a new one.
         out_dir: the job's folder (the spool of undelivered metrics goes there).
         stop: the job's StopFlag (experiments/interrupts.py): a Ctrl-C during a call
-        to the store after training abandons the store, not the job's files."""
+        to the store after training abandons the store, not the job's files.
+        parent_run_id: the sweep's parent run, for a child run started in a thread of
+        its own (MLflow's active run is per thread, so `nested` alone would not see it)."""
         self.experiment_id, self.run_name, self.nested = experiment_id, run_name, nested
+        self.parent_run_id = parent_run_id
         self.resume_run_id, self.out_dir, self.stop = resume_run_id, out_dir, stop
         self.tags = tags or {}
         self.client = MlflowClient()
@@ -241,7 +249,8 @@ class TrackedRun:
                                default=0) for key in ("loss", "epoch_loss"))
         else:
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name,
-                                   nested=self.nested, tags={k: str(v) for k, v in self.tags.items()})
+                                   nested=self.nested, parent_run_id=self.parent_run_id,
+                                   tags={k: str(v) for k, v in self.tags.items()})
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self.metrics = MetricLogger(self.client, self.run_id, logged, self.spool)
@@ -305,7 +314,8 @@ class TrackedRun:
                        "rayprop.nodes": nodes, "rayprop.ray": ray_kind,
                        "rayprop.data.source": redact(source.name),
                        "rayprop.data.rows": source.num_rows})
-        mlflow.log_input(dataset_of(source, columns), context="training")
+        with _DATASETS:
+            mlflow.log_input(dataset_of(source, columns), context="training")
 
     def _close_metrics(self) -> int:
         """Points kept locally after delivering what the store takes in time."""
@@ -325,7 +335,7 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "FINISHED"
-        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit, TrainingStopped)):
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit, TrainingStopped, Stopped)):
             status = "KILLED"
         else:
             status = "FAILED"

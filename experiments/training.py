@@ -181,17 +181,20 @@ def cpus_needed(cfg: Config, workers: int | str) -> int:
     return (cfg.cluster.min_workers if workers == "auto" else workers) * cfg.cluster.cpus_per_worker
 
 
-def open_pool(job: Job, workers: int | str, local: bool):
+def open_pool(job: Job, workers: int | str, local: bool, strategy=None):
     """The job's pool, which `train` and `sweep` both use: in-process shard workers
     (local mode; "auto" is one) or Ray actors on the connected Ray, configured by the
-    job's config whole. Opening it reads every row (bad data: InputError). The caller closes it."""
+    job's config whole; `strategy` places the actors (a sweep trial's placement group),
+    default SPREAD. Opening it reads every row (bad data: InputError). The caller closes it."""
     if local:
         from workers.local_pool import LocalPool
 
         return LocalPool.open(job.task, 1 if workers == "auto" else workers, job.source)
     from workers.ray_pool import RayPool
 
-    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
+    if strategy is None:
+        return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
+    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures, strategy=strategy)
 
 
 def describe(job: Job, pool, where: str) -> str:
@@ -261,6 +264,11 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
             run = stack.enter_context(tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
                                                           out_dir=out_dir, stop=stop))
             claim.record(run.run_id)
+            if resume is not None:  # a sweep trial stopped early goes on: no longer stopped
+                from experiments.resume import STOPPED_EARLY_TAG
+
+                if run.client.get_run(run.run_id).data.tags.get(STOPPED_EARLY_TAG) == "true":
+                    run.set_tags({STOPPED_EARLY_TAG: "resumed"})
             verb = f"resuming at step {resume.position.global_step}: MLflow run" if resume else "MLflow run"
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
@@ -299,11 +307,13 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, out_dir:
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
-        resume: Checkpoint | None = None, should_stop=None) -> dict:
+        resume: Checkpoint | None = None, should_stop=None, end_early=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
     run's artifacts; then write the model files and summary.json. Returns the summary.
-    A RunError leaves with a hint naming the last good checkpoint."""
+    `end_early`: a sweep's early-stopping decision (trainer/coordinator.py); a run it
+    ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
+    naming the last good checkpoint."""
     from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
@@ -348,7 +358,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             result = coordinate(pool, theta, optimizer, job.plan, t.epochs,
                                 [*listeners, run.metrics, PoolSize(pool, run.metrics)],
                                 resume=resume.position if resume else None, checkpointer=checkpointer,
-                                should_stop=should_stop)
+                                should_stop=should_stop, end_early=end_early)
     except RunError as e:  # the run ends FAILED; what is kept
         if checkpointer.latest:
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {checkpointer.latest}"]))
@@ -363,6 +373,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
     summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
                "ray": ray_kind, "resizes": len(pool.resizes)}
+    if result.stopped_early:
+        summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)
     run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
