@@ -5,6 +5,7 @@ import, in ONE run, printing ONE JSON document (progress on stderr).
 
     python benchmarks/bench.py [--workloads W-tiny,W-mnist] [--modes local,ray1,ray2,...]
                                [--repeats 5] [--job] [--profile]
+    python benchmarks/bench.py --sweep [--sweep-concurrency 2]
 
 Modes: `local`; `rayN` (N workers, shared-memory plane; a 1-worker pool gets both
 CPUs); `rayN-object-store` (every worker through ray.put/ray.get); `torch` (PyTorch
@@ -26,6 +27,11 @@ the loss check). Only ratios inside one run compare: this machine drifts.
 for 5 epochs (Ray start, actors, data, the MLflow run and model included), with the
 moment each of its console lines appeared, next to the same 5 epochs through Ray Train.
 `--profile` writes a cProfile of the coordinator's process per mode to benchmarks/profiles/.
+
+`--sweep` times only whole sweeps as a user runs them: the same 6-trial `rayprop sweep
+spirals` (3 learning rates x 2 activations, 1 worker a trial, SWEEP_EPOCHS epochs) with
+trials one at a time (--concurrency 1) and side by side (--concurrency N), alternating,
+each from process start (Ray start, pools, MLflow runs included) to exit.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ CPUS = 2
 # workload -> (shipped config, epochs per repeat)
 WORKLOADS = {"W-tiny": ("w-tiny", 50), "W-mnist": ("w-mnist", 1), "W-wide": ("w-wide", 1)}
 JOB_EPOCHS = 5
+SWEEP_EPOCHS = 300  # a trial trains for seconds: the sweep is more than starting pools
+SWEEP_GRID = ["--grid", "train.learning_rate=0.003,0.01,0.03", "--grid", "model.hidden_activation=relu,tanh"]
 SWITCH_PAUSE_S = 0.5
 
 
@@ -486,6 +494,35 @@ def bench_jobs():
     return out
 
 
+def bench_sweeps(concurrency: int, repeats: int) -> dict:
+    """Wall seconds of one sweep command per repeat, concurrency 1 against `concurrency`."""
+    walls: dict[int, list[float]] = {1: [], concurrency: []}
+    trial_s: dict[int, list[float]] = {1: [], concurrency: []}
+    for r in range(repeats):
+        for n in (1, concurrency) if r % 2 == 0 else (concurrency, 1):  # alternate: drift hits both
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = ["rayprop", "sweep", "spirals", *SWEEP_GRID, "--workers", "1", "--concurrency", str(n),
+                       "--set", f"train.epochs={SWEEP_EPOCHS}", "--quiet", "--output", f"{tmp}/out",
+                       "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
+                log(f"  sweep, concurrency {n}")
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+                walls[n].append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    return {"error": proc.stderr[-500:]}
+                runs = json.loads(Path(f"{tmp}/out/sweep.json").read_text())["runs"]
+                trial_s[n].append(sum(json.loads(Path(f"{tmp}/out/run-{i + 1:02d}/summary.json").read_text())
+                                      ["wall_seconds"] for i in range(len(runs))))
+                time.sleep(SWITCH_PAUSE_S)
+    return {"command": f"rayprop sweep spirals {' '.join(SWEEP_GRID)} --workers 1 --concurrency N "
+                       f"--set train.epochs={SWEEP_EPOCHS}",
+            "trials": 6, **{f"concurrency_{n}": {"wall_s": [rnd(w) for w in walls[n]],
+                                                 "median_wall_s": rnd(statistics.median(walls[n])),
+                                                 "training_s_summed_over_trials": [rnd(t) for t in trial_s[n]]}
+                            for n in walls},
+            "speedup": rnd(statistics.median(walls[1]) / statistics.median(walls[concurrency]), 3)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default="W-tiny,W-mnist")
@@ -493,11 +530,21 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--job", action="store_true", help="also time whole W-mnist jobs (rayprop CLI, Ray Train)")
     ap.add_argument("--profile", action="store_true", help="cProfile each rayprop mode into benchmarks/profiles/")
+    ap.add_argument("--sweep", action="store_true", help="only time a 6-trial sweep, sequential against parallel")
+    ap.add_argument("--sweep-concurrency", type=int, default=CPUS, help="trials at once in the parallel sweep")
     ap.add_argument("--torch-child", metavar="WORKLOAD", help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
         return torch_child(args.torch_child, args.epochs)
+    if args.sweep:
+        meter = LoadMeter()
+        report = {"benchmark": "rayprop sweeps (benchmarks/bench.py --sweep)", "cpus": os.cpu_count(),
+                  "repeats": args.repeats, "sweep": bench_sweeps(args.sweep_concurrency, args.repeats)}
+        report["sweep"]["load"] = meter.report()
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
     names = [n for n in args.workloads.split(",") if n]
     modes = [m for m in args.modes.split(",") if m]
     bad = [n for n in names if n not in WORKLOADS]

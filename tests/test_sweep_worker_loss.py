@@ -51,7 +51,7 @@ def test_worker_lost_in_a_sweep_fails_that_run_only(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(training, "open_pool", recording_open_pool)
     monkeypatch.setattr("experiments.sweep.ProgressBar", KillFirstWorkerOnce)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = cli.main(["sweep", str(path), "--workers", "2", "--tracking-uri", uri,
+    code = cli.main(["sweep", str(path), "--workers", "2", "--concurrency", "1", "--tracking-uri", uri,
                      "--output", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 0, err
