@@ -6,9 +6,11 @@ coordinator on an in-process pool (no Ray, no threads, no MLflow): the batches d
 on the config only, so they must agree to float64 rounding.
 """
 
+import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -237,3 +239,48 @@ def test_a_bad_distribution_is_one_line_naming_the_key(tmp_path, rayprop, sweep,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()
+
+
+class InterruptInTrial2:
+    """A progress-bar stand-in: at step 3 of trial 2, a SIGINT to this process (as a
+    Ctrl-C would be), once; the main thread's handler takes it."""
+
+    sent: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.thread = threading.current_thread().name
+
+    def on_step(self, step, epoch, loss, n):
+        if self.thread == "rayprop-trial-2" and step == 3 and not self.sent:
+            self.sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_ctrl_c_stops_every_running_trial_after_its_step(tmp_path, monkeypatch, rayprop):
+    """Trials side by side in threads (--local, 2 at once), Ctrl-C during the second: both
+    running trials stop after a step with a checkpoint and end KILLED, the third never
+    starts, the parent ends KILLED, sweep.json says so, and the exit code is 130."""
+    data = write_parquet(tmp_path / "d.parquet", m=300)
+    raw = config(data, "sgd", 16, epochs=500)
+    raw["sweep"] = {"train.learning_rate": [0.05, 0.02, 0.01]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = rayprop("sweep", path, "--local", "--concurrency", "2", "--tracking-uri", uri,
+                   "--output", tmp_path / "out", "--quiet")
+    assert proc.code == 130, proc.stderr
+    assert "sweep stopped: 2 trials stopped after a step" in proc.stderr and "Traceback" not in proc.stderr
+    parent, kids, _ = children_of(uri)
+    assert parent.info.status == "KILLED"
+    assert sorted(r.info.status for r in kids) == ["KILLED", "KILLED"]
+    for r in kids:
+        assert list((Path(r.data.tags["rayprop.output"]) / "checkpoints").glob("ckpt-*.npz"))
+    runs = json.loads((tmp_path / "out" / "sweep.json").read_text())["runs"]
+    assert sorted(r["status"] for r in runs) == ["KILLED", "KILLED", "NOT STARTED"]
