@@ -3,7 +3,9 @@
 The job's runtime_env ships rayprop's own packages and the resolved config (the
 cluster needs only Ray and the dependencies), plus the data file when it is small
 enough to send; a larger local file is refused with a request for a path or URI
-the cluster can read. The job runs `python -m experiments.cli train` on the
+the cluster can read. A URI source (s3://, gs://, ..., file://) ships nothing: each
+worker on the cluster reads it, with the credentials in the nodes' environment
+(never in the runtime_env). The job runs `python -m experiments.cli train` on the
 cluster, which joins it through RAY_ADDRESS, and we follow its log to the end.
 
 It first runs `cluster/depcheck.py`: a cluster whose Python lacks a dependency is
@@ -25,6 +27,7 @@ import yaml
 from cluster import depcheck
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
 from trainer.errors import InputError, RunError, Stopped, one_line
+from workers.locations import is_uri
 
 MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
 PACKAGES = ("trainer", "workers", "cluster", "experiments")
@@ -46,7 +49,7 @@ def stage(config: dict, workdir: Path, is_builtin) -> dict:
     data = dict(config.get("data") or {})
     source = str(data.get("source") or "")
     local = Path(source).expanduser()
-    if source and not is_builtin(source) and local.exists():
+    if source and not is_builtin(source) and not is_uri(source) and local.exists():
         size = _size(local)
         if size > MAX_SHIPPED_BYTES:
             raise InputError(f"data.source: {local} is {size / 2**20:.0f} MiB, too large to ship with "

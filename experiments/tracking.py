@@ -120,7 +120,8 @@ def dataset_of(source: Source, columns: list[str]):
     """An MLflow dataset that describes the source (where, which columns) without its rows.
 
     The coordinator never holds the whole data set (docs/design.md section 3), so this is a
-    MetaDataset: source and schema only, its digest computed from them.
+    MetaDataset: source and schema only. Its digest hashes metadata only (`digest_of`):
+    a URI's source is the URI (S3, GCS, ... as MLflow names them).
     """
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -140,7 +141,19 @@ def dataset_of(source: Source, columns: list[str]):
     types = info["columns"]
     schema = Schema([ColSpec(MLFLOW_TYPES.get(types[c], "string"), c) for c in columns])
     name = os.path.basename(source.name.rstrip("/")) or source.name
-    return MetaDataset(where, name=name, schema=schema)
+    return MetaDataset(where, name=name, digest=digest_of(source, columns), schema=schema)
+
+
+def digest_of(source: Source, columns: list[str]) -> str:
+    """8 hex digits over the source's metadata: where it is, its files' names, sizes and
+    row counts, and the columns used with their types; no data is read to compute it.
+    (A file rewritten with the same size and row count keeps its digest.)"""
+    import hashlib
+    import json
+
+    facts = {"source": redact(source.name), "files": source.fingerprint(),
+             "columns": [[c, source.column_types.get(c)] for c in columns]}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:8]
 
 
 class MetricLogger:

@@ -63,7 +63,8 @@ class Job:
     def task(self) -> ShardTask:
         """What every shard worker of this job opens (local and Ray pools alike)."""
         return ShardTask(self.spec, self.plan, self.source.spec, self.source.num_rows, self.schema,
-                         (self.cfg.data.validation_fraction, self.cfg.data.split_seed))
+                         (self.cfg.data.validation_fraction, self.cfg.data.split_seed),
+                         self.source.handoff())
 
     @property
     def resolved_cfg(self) -> Config:
@@ -90,20 +91,40 @@ def infer_layers(cfg: Config, source: Source) -> list[int]:
     """[n_features, 64, n_outputs] when model.layers is not given.
 
     n_outputs is the number of target columns, or for cross-entropy the number of
-    classes, max(label) + 1, read from the target column alone. A missing column
-    is left for resolve_schema to name.
+    classes, max(label) + 1 (`largest_label`). A missing column is left for
+    resolve_schema to name.
     """
     targets = [cfg.data.target] if isinstance(cfg.data.target, str) else list(cfg.data.target)
     features = cfg.data.features or [c for c in source.column_names if c not in targets]
     n_out = len(targets)
     if cfg.model.cost == "cross_entropy" and targets[0] in source.column_names:
-        labels = source.read(0, source.num_rows, targets[:1])[targets[0]]
-        if np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all() and labels.size:
-            n_out = int(labels.max()) + 1  # bad labels are named when the rows are loaded
+        top = largest_label(source, targets[0])
+        if top is not None:
+            n_out = int(top) + 1  # bad labels are named when the rows are loaded
             if n_out > MAX_INFERRED_CLASSES:
-                raise InputError(f"data.target: column {targets[0]!r} has label {labels.max():g}; "
+                raise InputError(f"data.target: column {targets[0]!r} has label {top:g}; "
                                  f"set model.layers to say how many classes there are")
     return [len(features), DEFAULT_HIDDEN, max(n_out, 2 if cfg.output_activation == "softmax" else 1)]
+
+
+def largest_label(source: Source, column: str) -> float | None:
+    """The largest value of the label column, or None when it is not all finite numbers
+    (the rows' check names what is wrong). A built-in set knows its classes; a Parquet
+    footer's statistics give it without reading data pages; else the one column is
+    streamed a batch at a time."""
+    classes = getattr(source, "classes", None)
+    if classes:
+        return classes - 1
+    top = getattr(source, "column_max", lambda c: None)(column)
+    if top is not None:
+        return top
+    for _, chunk in source.batches(0, source.num_rows, [column]):
+        labels = chunk[column]
+        if not (np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all()):
+            return None
+        if labels.size:
+            top = labels.max() if top is None else max(top, labels.max())
+    return None if top is None else float(top)
 
 
 def prepare(cfg: Config, init_from: str | None = None) -> Job:

@@ -1,4 +1,4 @@
-"""Built-in demo sets, generated in memory once per process.
+"""Built-in demo sets, generated in memory once per process, when first read.
 
 Each is a source (see `sources.Source`) with feature columns x0..x{n-1} and a label
 column y, rows are examples:
@@ -38,6 +38,7 @@ class MemorySource(RangeSource):
     """A source over in-memory arrays: X rows (m, n) -> columns x0..x{n-1}, y (m,)."""
 
     kind = "builtin"
+    classes: int | None = None  # how many labels y can hold, known without generating the set
 
     def __init__(self, name: str, X: np.ndarray, y: np.ndarray):
         self.name = self.spec = name
@@ -47,8 +48,16 @@ class MemorySource(RangeSource):
         self._columns["y"] = y
         self.column_types = {c: str(pa.from_numpy_dtype(a.dtype)) for c, a in self._columns.items()}
 
-    def _read(self, lo, hi, columns):
-        return {c: self._columns[c][lo:hi] for c in columns}
+    def _batches(self, lo, hi, columns):
+        yield lo, {c: self._columns[c][lo:hi] for c in columns}
+
+    def _empty(self, columns):
+        return {c: self._columns[c][:0] for c in columns} if hasattr(self, "_columns") else \
+            {c: np.zeros(0, np.float32 if t == "float" else np.float64 if t == "double" else np.int64)
+             for c, t in ((c, self.column_types[c]) for c in columns)}
+
+    def fingerprint(self) -> list:
+        return [[self.name, None, self.num_rows]]
 
 
 def _frozen(*arrays):
@@ -83,18 +92,35 @@ class TeacherSource(MemorySource):
     nothing, and a shard worker over rows [lo, hi) generates hi rows, not m."""
 
     def __init__(self, name: str):
-        n, _, m = TEACHERS[name]
+        n, n_out, m = TEACHERS[name]
         self.name = self.spec = name
         self.num_rows, self._n, self._rows = m, n, 0
+        self.classes = max(2, n_out)  # y is the argmax over max(2, n_out) teacher outputs
         self.column_types = {**{f"x{j}": "float" for j in range(n)}, "y": "int64"}
 
-    def _read(self, lo, hi, columns):
+    def _batches(self, lo, hi, columns):
         if hi > self._rows:
             X, y = teacher_arrays(self.name, hi)
             self._columns = {f"x{j}": X[:, j] for j in range(self._n)}
             self._columns["y"] = y
             self._rows = hi
-        return super()._read(lo, hi, columns)
+        return super()._batches(lo, hi, columns)
+
+
+class LazySet(MemorySource):
+    """A small built-in set whose shape is known up front: the driver, which needs
+    only the row count and the columns, never generates it; a reader generates it
+    whole (a few hundred kB) on its first read."""
+
+    def __init__(self, name: str, rows: int, n: int, classes: int, make):
+        self.name = self.spec = name
+        self.num_rows, self.classes, self._make = rows, classes, make
+        self.column_types = {**{f"x{j}": "double" for j in range(n)}, "y": "int64"}
+
+    def _batches(self, lo, hi, columns):
+        if not hasattr(self, "_columns"):
+            MemorySource.__init__(self, self.name, *_frozen(*self._make()))
+        return super()._batches(lo, hi, columns)
 
 
 def xor_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +154,12 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     Read straight from sklearn/datasets/data/digits.csv.gz (64 pixel counts 0..16,
     then the label) without importing scikit-learn, which takes a second.
     """
+    table = np.loadtxt(digits_path(), delimiter=",")
+    return table[:, :64] / 16.0, table[:, 64].astype(np.int64)
+
+
+def digits_path() -> str:
+    """scikit-learn's digits.csv.gz, or a DataError saying what is missing."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("data.source: the built-in set 'digits' needs scikit-learn, which is not "
@@ -136,21 +168,20 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     if not os.path.exists(path):
         raise DataError(f"data.source: the built-in set 'digits' needs {path}, which is missing "
                         "from this scikit-learn installation")
-    table = np.loadtxt(path, delimiter=",")
-    return table[:, :64] / 16.0, table[:, 64].astype(np.int64)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
 def builtin_source(name: str) -> MemorySource:
-    """The built-in set `name` (one of BUILTIN_NAMES) as a source, cached per process."""
+    """The built-in set `name` (one of BUILTIN_NAMES) as a source, cached per process;
+    its rows are generated on the first read, not here."""
     if name in TEACHERS:
         return TeacherSource(name)
     if name == "xor":
-        X, y = _frozen(*xor_arrays())
-    elif name == "spirals":
-        X, y = _frozen(*spiral_arrays())
-    elif name == "digits":
-        X, y = _frozen(*digits_arrays())
-    else:
-        raise DataError(f"data.source: no built-in set {name!r} (built-in sets: {', '.join(BUILTIN_NAMES)})")
-    return MemorySource(name, X, y)
+        return LazySet(name, 4, 2, 2, xor_arrays)
+    if name == "spirals":
+        return LazySet(name, 900, 2, 3, spiral_arrays)
+    if name == "digits":
+        digits_path()  # scikit-learn's file is there (or one line saying it is not), not read yet
+        return LazySet(name, 1797, 64, 10, digits_arrays)
+    raise DataError(f"data.source: no built-in set {name!r} (built-in sets: {', '.join(BUILTIN_NAMES)})")

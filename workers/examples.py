@@ -121,12 +121,10 @@ def _labels(source: Source, name: str, values: np.ndarray, lo: int, n_out: int) 
     return values.astype(np.int64)
 
 
-def load_examples(source: Source, schema: Schema, lo: int, hi: int,
-                  dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Source rows [lo, hi) -> X (hi-lo, n_in), Y (hi-lo, n_out), C-contiguous, of dtype."""
-    dtype = np.dtype(dtype)
-    columns = source.read(lo, hi, [*schema.features, *schema.targets])
-    k = hi - lo
+def _chunk_examples(source: Source, schema: Schema, columns: dict[str, np.ndarray], lo: int,
+                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk of source columns (its first row is source row lo) -> X, Y of dtype."""
+    k = len(next(iter(columns.values())))
     X = np.empty((k, schema.n_in), dtype)
     for j, name in enumerate(schema.features):
         X[:, j] = _finite(source, name, columns[name], lo, dtype)
@@ -144,6 +142,40 @@ def load_examples(source: Source, schema: Schema, lo: int, hi: int,
                 i = int(np.argmin(binary))
                 raise DataError(f"column {name!r} in {source.name}: target {_show(columns[name][i])} at row "
                                 f"{lo + i} is not 0 or 1 (binary_cross_entropy needs 0/1 targets)")
+    return X, Y
+
+
+def _fill(source: Source, schema: Schema, lo: int, hi: int, dtype,
+          is_val: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stream source rows [lo, hi) into (X, Y) for the rows where is_val is False and
+    (X_val, Y_val) for the others, allocated once in the training dtype: a worker holds
+    its shard and one record batch, never the source's own columns for the whole range."""
+    dtype = np.dtype(dtype)
+    n_val = 0 if is_val is None else int(is_val.sum())
+    n = hi - lo - n_val
+    X, Y = np.empty((n, schema.n_in), dtype), np.empty((n, schema.n_out), dtype)
+    X_val, Y_val = np.empty((n_val, schema.n_in), dtype), np.empty((n_val, schema.n_out), dtype)
+    t = v = 0
+    for start, columns in source.batches(lo, hi, [*schema.features, *schema.targets]):
+        Xb, Yb = _chunk_examples(source, schema, columns, start, dtype)
+        k = len(Xb)
+        held = is_val[start - lo:start - lo + k] if n_val else None
+        if held is None or not held.any():
+            X[t:t + k], Y[t:t + k] = Xb, Yb
+            t += k
+            continue
+        nv = int(held.sum())
+        X[t:t + k - nv], Y[t:t + k - nv] = Xb[~held], Yb[~held]
+        X_val[v:v + nv], Y_val[v:v + nv] = Xb[held], Yb[held]
+        t, v = t + k - nv, v + nv
+    assert (t, v) == (n, n_val), f"read {t} + {v} rows of {source.name} [{lo}, {hi}), expected {n} + {n_val}"
+    return X, Y, X_val, Y_val
+
+
+def load_examples(source: Source, schema: Schema, lo: int, hi: int,
+                  dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows [lo, hi) -> X (hi-lo, n_in), Y (hi-lo, n_out), C-contiguous, of dtype."""
+    X, Y, _, _ = _fill(source, schema, lo, hi, dtype, None)
     return X, Y
 
 
@@ -180,10 +212,7 @@ def load_split_examples(source: Source, schema: Schema, lo: int, hi: int, train_
 
     X_train holds the training indices train_index_range(train_rows, lo, hi), in order.
     """
-    X, Y = load_examples(source, schema, lo, hi, dtype)
-    tlo, thi = train_index_range(train_rows, lo, hi)
     vlo, vhi = train_index_range(val_rows, lo, hi)
-    train, val = train_rows[tlo:thi] - lo, val_rows[vlo:vhi] - lo
-    if len(val) == 0:   # no copy when this range holds no validation rows
-        return X, Y, X[:0], Y[:0]
-    return X[train], Y[train], X[val], Y[val]
+    is_val = np.zeros(hi - lo, dtype=bool)
+    is_val[val_rows[vlo:vhi] - lo] = True
+    return _fill(source, schema, lo, hi, dtype, is_val)

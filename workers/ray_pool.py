@@ -50,7 +50,6 @@ from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
 from workers.reshard import reassign
 from workers.shard import ShardTask
-from workers.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class ShardActor:
         self.task, self.lo, self.hi, self.error = task, lo, hi, None
         self.peer = self.plane = None
         try:
-            self.source = open_source(task.source_spec)
+            self.source = task.open_source()
             self.worker = task.open(lo, hi, self.source)
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
             self.error = str(e)

@@ -126,6 +126,15 @@ class ShardTask:
     num_rows: int  # rows in the source, train and validation alike
     schema: Schema
     split: tuple[float, int]
+    # The driver's source.handoff(): a CSV's row count and types, a folder's files and
+    # their row counts, so that no worker counts or lists again (metadata, never rows).
+    source_known: dict | None = None
+
+    def open_source(self):
+        """The source as this task's worker opens it: by its spec, with what the driver knew."""
+        from workers.sources import open_source
+
+        return open_source(self.source_spec, self.source_known)
 
     def ranges(self, workers: int) -> list[tuple[int, int]]:
         return shard_ranges(self.num_rows, workers)
@@ -138,9 +147,8 @@ class ShardTask:
         `source` is an already opened source to reuse (local mode); else it is opened here.
         """
         from workers.examples import load_split_examples, split_rows, train_index_range
-        from workers.sources import open_source
 
-        source = source or open_source(self.source_spec)
+        source = source or self.open_source()
         train_rows, val_rows = split_rows(self.num_rows, *self.split)
         X, Y, X_val, Y_val = load_split_examples(source, self.schema, lo, hi, train_rows, val_rows,
                                                  self.spec.dtype)

@@ -1,10 +1,16 @@
 """Example sources that read a row range [lo, hi) without loading the rest.
 
-A source is a table of named columns, one example per row. `read(lo, hi, columns)`
-returns rows [lo, hi) of those columns as 1-D numpy arrays of length hi - lo: each
-worker reads only its own range (docs/design.md section 3), so Parquet sources read only
-the row groups (and, for a directory, only the files) that overlap the range. CSV has
-no index, so a CSV source streams from the top and stops after hi.
+A source is a table of named columns, one example per row, in a local file or folder
+or behind a URI (workers/locations.py). `batches(lo, hi, columns)` streams rows
+[lo, hi) of those columns as chunks of 1-D numpy arrays, and `read` joins them: each
+worker reads only its own range (docs/design.md section 3), so Parquet sources read
+only the row groups (and, for a directory, only the files) that overlap the range,
+a record batch at a time, and keep only the range's rows. CSV has no index, so a CSV
+source streams from the top and stops after hi.
+
+Opening a source reads metadata only: Parquet footers (row counts, names, types), a
+folder's listing, and for CSV one counting pass. What a shard worker needs to reopen
+it without doing that again is `handoff()`, which the driver ships with the task.
 
 Every user-caused problem (missing or unreadable file, unknown extension, no rows, a
 FIFO or device where a file should be, compressed bytes under a .csv name, a header
@@ -20,12 +26,16 @@ import re
 import stat
 from typing import Protocol
 
+from urllib.parse import unquote
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainer.errors import DataError, one_line
+from workers.locations import Location, explain, locate
 
 # What pyarrow raises for bad files: ArrowInvalid & co. derive from ArrowException,
 # ArrowIOError is an OSError.
@@ -42,7 +52,13 @@ class Source(Protocol):
 
     def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]: ...
 
+    def batches(self, lo: int, hi: int, columns: list[str]): ...
+
+    def handoff(self) -> dict | None: ...
+
     def describe(self) -> dict: ...
+
+    def fingerprint(self) -> list: ...
 
 
 # Leading bytes of formats that pyarrow's CSV reader would take for (garbled) text.
@@ -51,6 +67,8 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
                     b"\x04\x22\x4d\x18": "lz4-compressed", b"PK\x03\x04": "a zip archive",
                     b"PAR1": "Parquet"}
 MAX_NAME = 40  # characters of a column name shown in a message (a header can hold anything)
+BATCH_BYTES = 8 << 20   # a streamed record batch holds about this much as float64
+READ_BUFFER = 1 << 20   # Parquet column chunks are read in pieces of this size, not whole
 
 
 def show_name(name: str) -> str:
@@ -99,20 +117,21 @@ def named_types(path: str, schema: pa.Schema) -> dict[str, str]:
 
 
 class RangeSource:
-    """Shared checks for every source; subclasses set the attributes and `_read`."""
+    """Shared checks for every source; subclasses set the attributes and `_batches`."""
 
     kind = ""
     spec = ""   # what `open_source` needs to reopen this source (a shard worker in a Ray actor reopens it by spec)
     name = ""
+    remote = False
     num_rows = 0
     column_types: dict[str, str] = {}
+    schema: pa.Schema | None = None   # for the empty read; None where _empty is overridden
 
     @property
     def column_names(self) -> list[str]:
         return list(self.column_types)
 
-    def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]:
-        """Rows [lo, hi) of `columns`: {column: 1-D array of length hi - lo}."""
+    def _check(self, lo: int, hi: int, columns: list[str]) -> tuple[int, int]:
         lo, hi = int(lo), int(hi)
         if not 0 <= lo <= hi <= self.num_rows:
             raise ValueError(f"row range [{lo}, {hi}) is outside 0..{self.num_rows} of {self.name}")
@@ -120,131 +139,313 @@ class RangeSource:
             if column not in self.column_types:
                 raise DataError(f"column {column!r} not in {self.name} "
                                 f"(columns: {format_columns(self.column_names)})")
+        return lo, hi
+
+    def batches(self, lo: int, hi: int, columns: list[str]):
+        """Rows [lo, hi) of `columns` in order, as (first row, {column: 1-D array}) chunks."""
+        lo, hi = self._check(lo, hi, columns)
+        if lo == hi:
+            if hasattr(self, "last_row_groups_read"):
+                self.last_row_groups_read = []
+            return
         try:
-            return self._read(lo, hi, list(columns))
+            yield from self._batches(lo, hi, list(columns))
         except ARROW_ERRORS as err:
             raise DataError(f"data.source: cannot read {self.name}: {self._explain(err)}") from err
 
-    def _read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]:
+    def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]:
+        """Rows [lo, hi) of `columns`: {column: 1-D array of length hi - lo}."""
+        lo, hi = self._check(lo, hi, columns)
+        chunks = [chunk for _, chunk in self.batches(lo, hi, columns)]
+        if not chunks:
+            return self._empty(list(columns))
+        if len(chunks) == 1:
+            return chunks[0]
+        return {c: np.concatenate([chunk[c] for chunk in chunks]) for c in columns}
+
+    def _batches(self, lo: int, hi: int, columns: list[str]):
         raise NotImplementedError
 
+    def _empty(self, columns: list[str]) -> dict[str, np.ndarray]:
+        return table_to_numpy(self.schema.empty_table(), columns)
+
     def _explain(self, err: BaseException) -> str:
-        return one_line(err)
+        return explain(err) if self.remote else one_line(err)
+
+    def handoff(self) -> dict | None:
+        """What `open_source(spec, known)` needs to reopen this source without reading
+        its metadata again (a CSV's count, a folder's listing); None: nothing to hand."""
+        return None
 
     def describe(self) -> dict:
         """The dataset schema as logged with a run: source, kind, rows, column types."""
         return {"source": self.name, "kind": self.kind, "num_rows": self.num_rows,
                 "columns": dict(self.column_types)}
 
+    def fingerprint(self) -> list:
+        """[name, bytes, rows] of each file, from metadata: what the dataset digest hashes."""
+        return [[self.name, None, self.num_rows]]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} rows={self.num_rows}>"
 
 
-def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """One arrow column as numpy; numeric nulls become NaN so validation reports them."""
+def column_to_numpy(column) -> np.ndarray:
+    """One arrow column (Array or ChunkedArray) as numpy; numeric nulls become NaN so
+    validation reports them."""
     kind = column.type
     numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
     if column.null_count and numeric:
         column = column.cast(pa.float64())   # without this, a null int/bool gives objects
-    return column.to_numpy()
+    if isinstance(column, pa.ChunkedArray):
+        return column.to_numpy()
+    return column.to_numpy(zero_copy_only=False)
 
 
-def table_to_numpy(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
+def table_to_numpy(table, columns: list[str]) -> dict[str, np.ndarray]:
     return {c: column_to_numpy(table.column(c)) for c in columns}
 
 
+def batch_rows(columns: int) -> int:
+    """Rows per streamed batch: about BATCH_BYTES of float64 whatever the width."""
+    return max(1024, BATCH_BYTES // (8 * max(columns, 1)))
+
+
+def _open_failed(name: str, remote: bool, err: BaseException) -> DataError:
+    return DataError(f"data.source: cannot read {name}: {explain(err) if remote else one_line(err)}")
+
+
 class ParquetFileSource(RangeSource):
-    """One Parquet file; a range read touches only the row groups that overlap it."""
+    """One Parquet file; a range read touches only the row groups that overlap it, and
+    streams them a record batch at a time (a row group may hold the whole file)."""
 
     kind = "parquet"
 
-    def __init__(self, path: str):
-        self.name = self.spec = path
+    def __init__(self, path: str, fs: pafs.FileSystem | None = None, name: str | None = None,
+                 remote: bool = False, size: int | None = None):
+        self.name = self.spec = name or path
+        self.remote, self.size = remote, size
+        if fs is None and size is None:
+            self.size = os.path.getsize(path)
         try:
-            self._file = pq.ParquetFile(path)
+            handle = fs.open_input_file(path) if fs is not None else path
+            # buffer_size: column chunks are read in pieces, so a worker that wants a
+            # few rows of a 1 GB row group does not fetch the whole group first.
+            self._file = pq.ParquetFile(handle, buffer_size=READ_BUFFER)
+            if fs is not None and size is None:
+                self.size = handle.size()
         except ARROW_ERRORS as err:
-            raise DataError(f"data.source: cannot read {path}: {one_line(err)}") from err
+            raise _open_failed(self.name, remote, err) from err
         meta = self._file.metadata
         counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         # starts[g] is the first row of group g; starts[-1] == num_rows.
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.num_rows = int(meta.num_rows)
-        self.column_types = named_types(path, self._file.schema_arrow)
-        self.last_row_groups_read: list[int] = []   # for tests: which groups the last read opened
+        self.schema = self._file.schema_arrow
+        self.column_types = named_types(self.name, self.schema)
+        self.last_row_groups_read: list[int] = []   # which groups the last read opened (tests, workers)
 
-    def _read(self, lo, hi, columns):
-        if lo == hi:
-            self.last_row_groups_read = []
-            return table_to_numpy(self._file.schema_arrow.empty_table(), columns)
+    def _batches(self, lo, hi, columns):
         # 'right' so that empty row groups sharing a start are skipped.
         first = int(np.searchsorted(self._starts, lo, side="right")) - 1
         last = int(np.searchsorted(self._starts, hi - 1, side="right")) - 1
         groups = list(range(first, last + 1))
         self.last_row_groups_read = groups
-        table = self._file.read_row_groups(groups, columns=columns)
-        return table_to_numpy(table.slice(lo - int(self._starts[first]), hi - lo), columns)
+        row = int(self._starts[first])
+        size = min(batch_rows(len(columns)), hi - row)   # 5 rows from the top: a 5-row batch
+        for batch in self._file.iter_batches(batch_size=size, row_groups=groups, columns=columns):
+            n = batch.num_rows
+            a, b = max(lo - row, 0), min(hi - row, n)
+            if a < b:
+                yield row + a, table_to_numpy(batch.slice(a, b - a), columns)
+            row += n
+            if row >= hi:
+                break
+
+    def column_max(self, column: str) -> float | None:
+        """An integer column's largest value from the footer's row-group statistics (no
+        data pages), or None when a group lacks them or holds nulls (the caller reads)."""
+        if column not in self.column_types or not pa.types.is_integer(self.schema.field(column).type):
+            return None
+        meta, index = self._file.metadata, self.schema.get_field_index(column)
+        top = None
+        for g in range(meta.num_row_groups):
+            if meta.row_group(g).num_rows == 0:
+                continue
+            stats = meta.row_group(g).column(index).statistics
+            if stats is None or not stats.has_min_max or stats.null_count:
+                return None
+            top = stats.max if top is None else max(top, stats.max)
+        return None if top is None else float(top)
+
+    def fingerprint(self) -> list:
+        return [[self.name, self.size, self.num_rows]]
+
+
+def _partitions(relative: str) -> dict[str, str]:
+    """{key: value} of the hive-style folders (key=value) on a file's relative path."""
+    found = {}
+    for part in relative.split("/")[:-1]:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            found[unquote(key)] = unquote(value)
+    return found
+
+
+def _partition_type(values: list[str]) -> pa.DataType:
+    """int64 when every value is an integer, double when a number, else string (as
+    pyarrow's hive partitioning infers, with 64-bit integers)."""
+    for kind, parse in ((pa.int64(), int), (pa.float64(), float)):
+        try:
+            for v in values:
+                parse(v)
+            return kind
+        except ValueError:
+            continue
+    return pa.string()
 
 
 class ParquetDirSource(RangeSource):
-    """A directory of Parquet files, concatenated in sorted name order."""
+    """A directory of Parquet files, concatenated in sorted path order, subfolders
+    included; hive-style folders (`year=2024/part-0.parquet`) add their keys as columns.
+    Files are opened only when a read reaches them (the driver opens every footer once,
+    to count and check; a worker opens only the files of its own range)."""
 
     kind = "parquet_dir"
 
-    def __init__(self, path: str):
-        self.name = self.spec = path
-        names = sorted(n for n in os.listdir(path) if n.endswith(".parquet") and not n.startswith("."))
-        if not names:
-            raise DataError(f"data.source: no .parquet files in directory {path}")
-        for n in names:
-            check_regular_file(os.path.join(path, n))
-        self._files = [ParquetFileSource(os.path.join(path, n)) for n in names]
-        first = self._files[0]
-        for f in self._files[1:]:
-            if f.column_names != first.column_names:
+    def __init__(self, location: Location, known: dict | None = None):
+        self.name = self.spec = location.name
+        self.remote, self._location = location.remote, location
+        if known is None:
+            known = self._scan(location)
+        self._relative = [f[0] for f in known["files"]]
+        self._sizes = [f[1] for f in known["files"]]
+        self._rows = [f[2] for f in known["files"]]
+        self._values = [f[3] for f in known["files"]]
+        self._ptypes: dict[str, pa.DataType] = known["partition_types"]
+        self.schema = known["schema"]
+        self.column_types = {f.name: str(f.type) for f in self.schema}
+        self._files: dict[int, ParquetFileSource] = getattr(self, "_scanned", {})  # opened so far
+        self._starts = np.concatenate([[0], np.cumsum(self._rows, dtype=np.int64)])
+        self.num_rows = int(self._starts[-1])
+        self.last_row_groups_read: list[tuple[str, int]] = []   # (relative path, row group)
+
+    def _open_file(self, i: int) -> ParquetFileSource:
+        if i not in self._files:
+            path, name = self._location.join(self._relative[i])
+            self._files[i] = ParquetFileSource(path, self._location.fs, name, self.remote, self._sizes[i])
+        return self._files[i]
+
+    def _scan(self, location: Location) -> dict:
+        """List the files, read every footer, check they agree; returns what `handoff` gives."""
+        try:
+            infos = location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True))
+        except ARROW_ERRORS as err:
+            raise _open_failed(self.name, self.remote, err) from err
+        base = location.path.rstrip("/") + "/"
+        found = []
+        for info in infos:
+            relative = info.path[len(base):] if info.path.startswith(base) else info.base_name
+            hidden = any(p.startswith((".", "_")) for p in relative.split("/"))
+            if hidden or not relative.endswith(".parquet") or info.type == pafs.FileType.Directory:
+                continue
+            if not self.remote:
+                check_regular_file(os.path.join(location.path, *relative.split("/")))
+            found.append((relative, info.size))
+        if not found:
+            raise DataError(f"data.source: no .parquet files in directory {self.name}")
+        found.sort()
+        self._location = location
+        files, first, self._scanned = [], None, {}
+        values = [_partitions(r) for r, _ in found]
+        keys = list(values[0])
+        for (relative, size), vals in zip(found, values):
+            if list(vals) != keys:
+                raise DataError(f"data.source: {relative} in {self.name} has partition folders "
+                                f"({', '.join(vals) or 'none'}) but {found[0][0]} has ({', '.join(keys) or 'none'})")
+            path, name = location.join(relative)
+            f = ParquetFileSource(path, location.fs, name, self.remote, size)
+            if first is None:
+                first = f
+            elif f.column_names != first.column_names:
                 raise DataError(f"data.source: {f.name} has columns ({format_columns(f.column_names)}) "
                                 f"but {first.name} has ({format_columns(first.column_names)})")
-            for column, kind in f.column_types.items():
-                # Read as one table, a column must have one type; pyarrow would fail
-                # mid-training on the first range that spans both files.
-                if kind != first.column_types[column]:
-                    raise DataError(f"data.source: {f.name} has column {show_name(column)!r} of type "
-                                    f"{show_name(kind)}, but {os.path.basename(first.name)} has "
-                                    f"{show_name(first.column_types[column])}")
-        self._starts = np.concatenate([[0], np.cumsum([f.num_rows for f in self._files], dtype=np.int64)])
-        self.num_rows = int(self._starts[-1])
-        self.column_types = dict(first.column_types)
-        self.last_row_groups_read: list[tuple[str, int]] = []   # (file name, row group)
+            else:
+                for column, kind in f.column_types.items():
+                    # Read as one table, a column must have one type; pyarrow would fail
+                    # mid-training on the first range that spans both files.
+                    if kind != first.column_types[column]:
+                        raise DataError(f"data.source: {f.name} has column {show_name(column)!r} of type "
+                                        f"{show_name(kind)}, but {os.path.basename(first.name)} has "
+                                        f"{show_name(first.column_types[column])}")
+            files.append([relative, f.size, f.num_rows, vals])
+            self._scanned[len(files) - 1] = f
+        ptypes = {k: _partition_type([v[k] for v in values]) for k in keys}
+        for key in keys:
+            if key in first.column_types:
+                raise DataError(f"data.source: {self.name}: column {show_name(key)!r} is both a "
+                                "partition folder and a column of the files")
+        schema = first.schema
+        for key, kind in ptypes.items():
+            schema = schema.append(pa.field(key, kind))
+        return {"files": files, "partition_types": ptypes, "schema": schema}
 
-    def _read(self, lo, hi, columns):
-        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    def handoff(self) -> dict:
+        return {"files": [[r, s, n, v] for r, s, n, v in zip(self._relative, self._sizes, self._rows, self._values)],
+                "partition_types": self._ptypes, "schema": self.schema}
+
+    def _batches(self, lo, hi, columns):
         self.last_row_groups_read = []
-        for f, start in zip(self._files, self._starts[:-1].tolist()):
-            a, b = max(lo, start), min(hi, start + f.num_rows)
+        own = [c for c in columns if c not in self._ptypes]
+        # Only partition columns wanted: read the files' first column to count the rows.
+        read = own or [self.schema[0].name]
+        for i, start in enumerate(self._starts[:-1].tolist()):
+            a, b = max(lo, start), min(hi, start + self._rows[i])
             if a >= b:
                 continue
-            got = f.read(a - start, b - start, columns)
-            self.last_row_groups_read += [(os.path.basename(f.name), g) for g in f.last_row_groups_read]
-            for c in columns:
-                parts[c].append(got[c])
-        if lo == hi:
-            return self._files[0].read(0, 0, columns)
-        return {c: p[0] if len(p) == 1 else np.concatenate(p) for c, p in parts.items()}
+            f = self._open_file(i)
+            for row, chunk in f.batches(a - start, b - start, read):
+                n = len(chunk[read[0]])
+                chunk = {c: chunk[c] for c in own}
+                for key in columns:
+                    if key in self._ptypes:   # a partition folder's value, on every row of its files
+                        value = pa.scalar(self._values[i][key]).cast(self._ptypes[key])
+                        chunk[key] = column_to_numpy(pa.repeat(value, n))
+                yield start + row, {c: chunk[c] for c in columns}
+            self.last_row_groups_read += [(self._relative[i], g) for g in f.last_row_groups_read]
+
+    def column_max(self, column: str) -> float | None:
+        """As ParquetFileSource.column_max, over every file (the driver has their footers)."""
+        if column in self._ptypes:
+            return None
+        tops = [self._open_file(i).column_max(column) for i in range(len(self._rows)) if self._rows[i]]
+        return None if not tops or None in tops else max(tops)
+
+    def fingerprint(self) -> list:
+        return [[r, s, n] for r, s, n in zip(self._relative, self._sizes, self._rows)]
 
 
 class CsvSource(RangeSource):
-    """A CSV file with a header row, streamed in blocks; types fixed once at open."""
+    """A CSV file with a header row, streamed in blocks; types fixed once at open,
+    rows counted once (by the driver; workers get the count and the types)."""
 
     kind = "csv"
     block_size = 1 << 20   # bytes per streamed batch (tests make it small to cross batches)
 
-    def __init__(self, path: str):
-        self.name = self.spec = path
-        self._types = None
-        _refuse_binary(path)
+    def __init__(self, location: Location, known: dict | None = None):
+        self.name = self.spec = location.name
+        self.remote, self._location = location.remote, location
+        self._types, self.size = None, None
+        if known is not None:
+            self.schema, self.num_rows, self.size = known["schema"], known["num_rows"], known["size"]
+            self._types = {f.name: f.type for f in self.schema}
+            self.column_types = {name: str(t) for name, t in self._types.items()}
+            return
+        self._refuse_binary()
         try:
             reader = self._open()
             inferred = reader.schema
-            self.column_types = named_types(path, inferred)
+            self.column_types = named_types(self.name, inferred)
             try:
                 self.num_rows = _count_rows(reader)
             except pa.ArrowInvalid as err:
@@ -258,54 +459,73 @@ class CsvSource(RangeSource):
                 self.num_rows = _count_rows(reader)
         except ARROW_ERRORS as err:
             if "Empty CSV file" in str(err):
-                raise DataError(f"data.source: {path} is empty") from err
-            raise DataError(f"data.source: cannot read {path}: {self._explain(err)}") from err
+                raise DataError(f"data.source: {self.name} is empty") from err
+            raise DataError(f"data.source: cannot read {self.name}: {self._explain(err)}") from err
         # Fix the types so that every later range read parses the columns alike.
+        self.schema = reader.schema
         self._types = {f.name: f.type for f in reader.schema}
         self.column_types = {name: str(t) for name, t in self._types.items()}
 
+    def handoff(self) -> dict:
+        return {"schema": self.schema, "num_rows": self.num_rows, "size": self.size}
+
+    def _stream(self):
+        loc = self._location
+        if not self.remote:
+            return loc.path   # pyarrow opens a local path itself, as always
+        return loc.fs.open_input_stream(loc.path, compression=None)   # a .gz name is refused, not unpacked
+
     def _open(self, columns=None):
         convert = pacsv.ConvertOptions(column_types=self._types, include_columns=columns)
-        return pacsv.open_csv(self.name, read_options=pacsv.ReadOptions(block_size=self.block_size),
+        return pacsv.open_csv(self._stream(), read_options=pacsv.ReadOptions(block_size=self.block_size),
                               convert_options=convert)
 
     def _explain(self, err: BaseException) -> str:
         """pyarrow says 'CSV column #2'; say the column's name instead."""
-        message, names = one_line(err), self.column_names
+        message, names = super()._explain(err), self.column_names
         match = re.search(r"CSV column #(\d+)", message)
         if match and int(match.group(1)) < len(names):
             message = message.replace(match.group(0), f"column {names[int(match.group(1))]!r}")
         return message
 
-    def _read(self, lo, hi, columns):
+    def _batches(self, lo, hi, columns):
         reader = self._open(columns)
-        batches, row = [], 0
+        row = 0
         try:
             for batch in reader:
                 n = batch.num_rows
                 if row + n > lo and row < hi:   # the batch overlaps [lo, hi)
                     start = max(lo - row, 0)
-                    batches.append(batch.slice(start, min(hi - row, n) - start))
+                    yield row + start, table_to_numpy(batch.slice(start, min(hi - row, n) - start), columns)
                 row += n
                 if row >= hi:
                     break
         finally:
             reader.close()
-        return table_to_numpy(pa.Table.from_batches(batches, schema=reader.schema), columns)
 
+    def _refuse_binary(self) -> None:
+        """A compressed file (or Parquet) named .csv would be parsed as text and fail
+        somewhere deep in pyarrow; say what it is instead."""
+        loc = self._location
+        try:
+            if self.remote:
+                with loc.fs.open_input_stream(loc.path, compression=None) as f:
+                    head = f.read(8)
+                self.size = loc.fs.get_file_info(loc.path).size
+            else:
+                with open(loc.path, "rb") as f:
+                    head = f.read(8)
+                self.size = os.stat(loc.path).st_size
+        except OSError as err:
+            why = explain(err) if self.remote else err.strerror
+            raise DataError(f"data.source: cannot read {self.name}: {why}") from None
+        for magic, what in COMPRESSED_MAGIC.items():
+            if head.startswith(magic):
+                raise DataError(f"data.source: {self.name} holds {what} data, not CSV text; "
+                                + ("name it .parquet" if what == "Parquet" else "decompress it first"))
 
-def _refuse_binary(path: str) -> None:
-    """A compressed file (or Parquet) named .csv would be parsed as text and fail
-    somewhere deep in pyarrow; say what it is instead."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as err:
-        raise DataError(f"data.source: cannot read {path}: {err.strerror}") from None
-    for magic, what in COMPRESSED_MAGIC.items():
-        if head.startswith(magic):
-            raise DataError(f"data.source: {path} holds {what} data, not CSV text; "
-                            + ("name it .parquet" if what == "Parquet" else "decompress it first"))
+    def fingerprint(self) -> list:
+        return [[self.name, self.size, self.num_rows]]
 
 
 def _count_rows(reader) -> int:
@@ -315,30 +535,59 @@ def _count_rows(reader) -> int:
         reader.close()
 
 
-def open_source(spec: str) -> Source:
+def _remote_kind(location: Location) -> str:
+    """'dir' or 'file' for a URI, checked now so that a missing bucket or key, refused
+    credentials or a dead endpoint is one line here, in the driver, before any worker."""
+    fs, path = location.fs, location.path
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            bucket = path.split("/", 1)[0]
+            buckets = isinstance(fs, (pafs.S3FileSystem, getattr(pafs, "GcsFileSystem", ())))
+            if buckets and bucket != path and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise DataError(f"data.source: {location.name}: no such bucket {bucket!r}")
+            raise DataError(f"data.source: {location.name}: no such file")
+    except ARROW_ERRORS as err:
+        raise DataError(f"data.source: {location.name}: {explain(err)}") from None
+    return "dir" if info.type == pafs.FileType.Directory else "file"
+
+
+def open_source(spec: str, known: dict | None = None) -> Source:
     """A built-in set name (`builtin_sets.BUILTIN_NAMES`), a .parquet file, a directory
-    of .parquet files, or a .csv file (`~` expanded) -> a Source with at least one row."""
+    of .parquet files, or a .csv file, as a local path (`~` expanded) or a URI
+    (workers/locations.py) -> a Source with at least one row.
+
+    known: the source's `handoff()` from the process that opened it first (a shard
+    worker gets the driver's), so a CSV is not counted nor a folder listed again."""
     from workers import builtin_sets   # imported here: builtin_sets builds on RangeSource
 
     spec = os.fspath(spec)
     if spec in builtin_sets.BUILTIN_NAMES:
         return builtin_sets.builtin_source(spec)
-    path = os.path.abspath(os.path.expanduser(spec))
-    if not os.path.exists(path):
-        raise DataError(f"data.source: no such file: {path} "
-                        f"(built-in sets: {', '.join(builtin_sets.BUILTIN_NAMES)})")
-    extension = os.path.splitext(path)[1].lower()
-    if not os.path.isdir(path):
-        check_regular_file(path)
-    if os.path.isdir(path):
-        source = ParquetDirSource(path)
-    elif extension == ".parquet":
-        source = ParquetFileSource(path)
-    elif extension == ".csv":
-        source = CsvSource(path)
+    location = locate(spec)
+    path = location.path
+    extension = os.path.splitext(path.rstrip("/"))[1].lower()
+    if known is not None:
+        kind = "dir" if "files" in known else "file"
+    elif location.remote:
+        kind = _remote_kind(location)
     else:
-        raise DataError(f"data.source: unknown file type {extension or '(no extension)'!r} for {path} "
+        if not os.path.exists(path):
+            raise DataError(f"data.source: no such file: {path} "
+                            f"(built-in sets: {', '.join(builtin_sets.BUILTIN_NAMES)})")
+        if not os.path.isdir(path):
+            check_regular_file(path)
+        kind = "dir" if os.path.isdir(path) else "file"
+    if kind == "dir":
+        source = ParquetDirSource(location, known)
+    elif extension == ".parquet":
+        source = ParquetFileSource(path, location.fs if location.remote else None, location.name,
+                                   location.remote)
+    elif extension == ".csv":
+        source = CsvSource(location, known)
+    else:
+        raise DataError(f"data.source: unknown file type {extension or '(no extension)'!r} for {location.name} "
                         "(expected .parquet, a directory of .parquet files, or .csv)")
     if source.num_rows == 0:
-        raise DataError(f"data.source: {path} has no rows")
+        raise DataError(f"data.source: {location.name} has no rows")
     return source

@@ -1,0 +1,268 @@
+"""Data behind URIs: a real S3-compatible server (moto) on loopback, read through pyarrow.fs.
+
+One Parquet file of several row groups, a hive-partitioned folder and a CSV are put
+in a bucket; training on them (local mode, 2 and 3 Ray workers) ends with the weights
+of training on the same rows from local files, each Ray worker reports that it read
+only its own row groups, and every way a URI can fail is exit 2 with one line that
+names it and no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import one_line_exit_2
+from tests.raycluster import free_port, wait_listening
+from tests.raydata import config, write_parquet
+from trainer.model_io import load_model
+
+BUCKET = "data"
+SECRET = "s3cr3t-never-shown"
+ROWS, GROUP = 1003, 100           # the Parquet file: 11 row groups, the last of 3 rows
+PARTS, PART_GROUP = 4, 60         # the hive folder: part=0..3, row groups of 60
+
+
+def start_moto(**env) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_listening(port, 30):
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)  # by its own pid
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def hive_table() -> pa.Table:
+    """The Parquet file's rows in partition order, with the partition key as column `part`."""
+    table = pq.read_table(write_parquet(Path(os.environ["RAYPROP_URI_TMP"]) / "ref.parquet", ROWS, GROUP))
+    part = np.arange(ROWS) % PARTS
+    order = np.argsort(part, kind="stable")
+    return table.take(order).append_column("part", pa.array(part[order], pa.int64()))
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto server with the bucket filled, and the environment a user would set."""
+    local = tmp_path_factory.mktemp("local")
+    proc, endpoint = start_moto()
+    saved = dict(os.environ)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_ENDPOINT_URL=endpoint,
+                      AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                      RAYPROP_URI_TMP=str(local))
+    try:
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1",
+                               access_key="testing", secret_key=SECRET, allow_bucket_creation=True)
+        fs.create_dir(BUCKET)
+        one = write_parquet(local / "d.parquet", ROWS, GROUP)
+        pafs.copy_files(str(one), f"{BUCKET}/one/d.parquet", destination_filesystem=fs)
+        hive = hive_table()
+        pq.write_table(hive, local / "hive-ref.parquet", row_group_size=PART_GROUP)
+        for k in range(PARTS):
+            rows = hive.filter(pa.compute.equal(hive["part"], k)).drop_columns(["part"])
+            with fs.open_output_stream(f"{BUCKET}/hive/part={k}/part-0.parquet") as out:
+                pq.write_table(rows, out, row_group_size=PART_GROUP)
+        fs.create_dir(f"{BUCKET}/hive/_meta")  # hidden folders are skipped, as pyarrow does
+        pacsv.write_csv(pq.read_table(one), local / "d.csv")
+        pafs.copy_files(str(local / "d.csv"), f"{BUCKET}/d.csv", destination_filesystem=fs)
+        yield {"endpoint": endpoint, "local": local}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def strict_s3():
+    """A second server that checks every request's signature against its (empty) IAM."""
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    yield endpoint
+    stop(proc)
+
+
+URI_CASES = [
+    # (id, data.source, environment changes ("{s3}", "{strict}", "{dead}": endpoints), words)
+    ("no such key", f"s3://{BUCKET}/one/nope.parquet", {}, ["s3://data/one/nope.parquet", "no such file"]),
+    ("no such bucket", "s3://nobucket/d.parquet", {}, ["s3://nobucket/d.parquet", "no such bucket"]),
+    ("no credentials", f"s3://{BUCKET}/one/d.parquet",
+     {"AWS_ENDPOINT_URL": "{strict}", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+     ["s3://data/one/d.parquet", "no AWS credentials", "AWS_ACCESS_KEY_ID"]),
+    ("access denied", f"s3://{BUCKET}/one/d.parquet", {"AWS_ENDPOINT_URL": "{strict}"},
+     ["s3://data/one/d.parquet", "access denied"]),
+    ("unreachable endpoint", f"s3://{BUCKET}/one/d.parquet", {"AWS_ENDPOINT_URL": "{dead}"},
+     ["s3://data/one/d.parquet", "cannot reach the storage endpoint"]),
+    ("credentials in the URI", f"s3://AKIDX:{SECRET}@{BUCKET}/one/d.parquet", {},
+     ["s3://data/one/d.parquet", "environment"]),
+    ("options in the URI", f"s3://{BUCKET}/one/d.parquet?endpoint_override=x", {},
+     ["s3://data/one/d.parquet", "AWS_ENDPOINT_URL"]),
+    ("unknown scheme", "ftp://host/d.parquet", {}, ["ftp://", "s3://"]),
+]
+
+
+@pytest.mark.parametrize("source,changes,words", [c[1:] for c in URI_CASES], ids=[c[0] for c in URI_CASES])
+def test_uri_errors_exit_2_with_one_line_before_any_worker(s3, strict_s3, rayprop, tmp_path, source,
+                                                           changes, words):
+    import yaml
+
+    endpoints = {"{s3}": s3["endpoint"], "{strict}": strict_s3, "{dead}": f"http://127.0.0.1:{free_port()}"}
+    cfg = config(source)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {k: endpoints.get(v, v) for k, v in changes.items() if v is not None}
+    removed = [k for k, v in changes.items() if v is None]
+    saved = {k: os.environ.pop(k) for k in removed if k in os.environ}
+    try:
+        # Without --local: the error comes from the driver's checks, before Ray starts.
+        result = rayprop("train", "c.yaml", "--output", "out", env={
+            **env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    finally:
+        os.environ.update(saved)
+    line = one_line_exit_2(result, *words)
+    assert SECRET not in line and "testing" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    import ray
+
+    assert not ray.is_initialized()  # (these run before this module's Ray starts)
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3):
+    """One local Ray for the module, started after the environment is set: its workers
+    inherit the raylet's environment, as workers on a cluster inherit the nodes'."""
+    from cluster.connect import connect
+
+    with connect(None, 3) as conn:
+        yield conn
+
+
+def train(path_or_uri, workers: int | None, **cfg):
+    """Weights after 2 epochs of Adam (float64); workers None: local mode. Returns
+    (theta, the pool's per-worker info or None)."""
+    from experiments import training
+    from trainer.config import from_dict
+    from trainer.coordinator import train as coordinate
+    from trainer.optimizers import make_optimizer
+
+    raw = config(path_or_uri)
+    raw["model"]["layers"] = cfg.get("layers", [4, 12, 3])
+    job = training.prepare(from_dict(raw))
+    pool = training.open_pool(job, workers or 1, local=workers is None)
+    try:
+        theta = job.theta0.copy()
+        t = job.cfg.train
+        coordinate(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+        return theta, getattr(pool, "info", None)
+    finally:
+        pool.close()
+
+
+def assert_same(theta, ref):
+    rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))
+    assert rel <= 1e-9, f"relative difference {rel:.2e}"
+
+
+def groups(lo: int, hi: int, size: int) -> list[int]:
+    return list(range(lo // size, (hi - 1) // size + 1))
+
+
+def test_parquet_file_local_mode_and_2_3_ray_workers(s3, ray_session):
+    ref, _ = train(s3["local"] / "d.parquet", None)
+    uri = f"s3://{BUCKET}/one/d.parquet"
+    theta, _ = train(uri, None)
+    assert_same(theta, ref)
+    for workers in (2, 3):
+        theta, info = train(uri, workers)
+        assert_same(theta, ref)
+        for i in info:  # reported by each worker from its own reader
+            assert i["row_groups_read"] == groups(*i["rows"], GROUP), i
+
+
+def test_hive_folder_partition_key_is_a_column(s3, ray_session):
+    ref, _ = train(s3["local"] / "hive-ref.parquet", None, layers=[5, 12, 3])
+    theta, info = train(f"s3://{BUCKET}/hive", 2, layers=[5, 12, 3])
+    assert_same(theta, ref)
+    sizes = np.bincount(np.arange(ROWS) % PARTS)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for i in info:
+        lo, hi = i["rows"]
+        want = [(f"part={k}/part-0.parquet", g) for k in range(PARTS)
+                for g in groups(max(lo, starts[k]) - starts[k], min(hi, starts[k + 1]) - starts[k], PART_GROUP)
+                if max(lo, starts[k]) < min(hi, starts[k + 1])]
+        assert i["row_groups_read"] == want, i
+
+
+def test_csv_is_counted_by_the_driver_only(s3, ray_session):
+    from workers import sources
+
+    ref, _ = train(s3["local"] / "d.csv", None)
+    theta, _ = train(f"s3://{BUCKET}/d.csv", 2)
+    assert_same(theta, ref)
+    # A worker opening the source with the driver's handoff reads no row to count them.
+    driver = sources.open_source(f"s3://{BUCKET}/d.csv")
+    counted = []
+    real = sources._count_rows
+    sources._count_rows = lambda reader: counted.append(1) or real(reader)
+    try:
+        again = sources.open_source(driver.spec, driver.handoff())
+    finally:
+        sources._count_rows = real
+    assert (again.num_rows, counted) == (ROWS, [])
+
+
+def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path):
+    import mlflow
+    import yaml
+
+    uri = f"s3://{BUCKET}/one/d.parquet"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config(uri)))
+    result = rayprop("train", cfg, "--local", "--output", "out", "--tracking-uri", store, "--quiet")
+    assert result.code == 0, result.stderr[-2000:]
+    assert SECRET not in result.stderr + result.stdout
+    ref, _ = train(s3["local"] / "d.parquet", None)
+    assert_same(load_model(tmp_path / "out")[1], ref)
+    run = mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name(
+        "raytest").experiment_id])[0]
+    (ds,) = run.inputs.dataset_inputs
+    assert '"uri": "s3://data/one/d.parquet"' in ds.dataset.source
+    assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
+    # The digest is a function of metadata: the same file under another name differs,
+    # and it is the same as computed again from the footers.
+    from experiments.tracking import digest_of
+    from workers.sources import open_source
+
+    columns = ["x0", "x1", "x2", "x3", "y"]
+    assert ds.dataset.digest == digest_of(open_source(uri), columns)
+    assert ds.dataset.digest != digest_of(open_source(str(s3["local"] / "d.parquet")), columns)
+
+
+def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
+    from cluster.jobs import stage
+
+    uri = f"s3://{BUCKET}/one/d.parquet"
+    job = stage(config(uri), tmp_path, lambda s: False)
+    assert job["data"]["source"] == uri and not (tmp_path / "data").exists()
+    shipped = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+    assert SECRET not in shipped and s3["endpoint"] not in shipped
+
+
