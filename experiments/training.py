@@ -118,7 +118,7 @@ def largest_label(source: Source, column: str) -> float | None:
     top = getattr(source, "column_max", lambda c: None)(column)
     if top is not None:
         return top
-    for _, chunk in source.batches(0, source.num_rows, [column]):
+    for _, chunk in source.pieces(0, source.num_rows, [column]):
         labels = chunk[column]
         if not (np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all()):
             return None

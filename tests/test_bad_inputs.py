@@ -156,6 +156,11 @@ CASES = [
     ("layer 0 does not fit the features", train(*set_("model.layers=[3, 8, 3]")),
      ["model.layers[0]", "3", "2 columns"]),
     ("no feature columns", train(*set_("data.source=one_col.csv", "model.layers=null")), ["one_col.csv"]),
+    ("data URI with credentials", train(*set_("data.source=s3://AKIDX:s3cr3t@bucket/d.parquet")),
+     ["data.source", "s3://bucket/d.parquet", "environment"]),
+    ("data URI with options", train(*set_("data.source=s3://bucket/d.parquet?endpoint_override=x")),
+     ["data.source", "s3://bucket/d.parquet", "AWS_ENDPOINT_URL"]),
+    ("data URI of unknown scheme", train(*set_("data.source=ftp://host/d.parquet")), ["data.source", "ftp://"]),
     # -- --init-from
     ("init-from missing", train("--init-from", "none.npz"), ["none.npz", "not found"]),
     ("init-from not a model", train("--init-from", "not_a_model.npz"), ["not_a_model.npz"]),
@@ -260,7 +265,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(rayprop, files, tmp_
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
     result = rayprop(*args, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    one_line_exit_2(result, *words)
+    line = one_line_exit_2(result, *words)
+    assert "s3cr3t" not in line  # a secret in a data URI is never repeated
     # Nothing written: no output, no runs/, no mlflow.db or mlruns/, no sprung pickle trap.
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

@@ -387,3 +387,69 @@ def test_load_split_examples_over_ranges_concatenates_to_whole(parquet_dir):
     tlo, thi = train_index_range(train, 10, 20)
     Xt, Yt, _, _ = load_split_examples(src, schema, 10, 20, train, val, np.float64)
     np.testing.assert_array_equal(Xt, X[train[tlo:thi]])
+
+
+# ------------------------------------------------- folders with hive partitions, URIs
+
+def test_hive_folders_become_columns(tmp_path):
+    """part=K/ folders add `part` as a column; rows come in path order, so the table is
+    the rows of part=0 then part=1 (written independently here with their key)."""
+    root = tmp_path / "hive"
+    pieces = {0: make_table(7), 1: make_table(9, start=7)}
+    for key, table in pieces.items():
+        (root / f"part={key}").mkdir(parents=True)
+        pq.write_table(table, root / f"part={key}" / "f.parquet", row_group_size=4)
+    (root / "_SUCCESS").write_text("")  # skipped, as pyarrow skips it
+    src = open_source(str(root))
+    assert src.column_names == [*COLUMNS, "part"] and src.column_types["part"] == "int64"
+    whole = src.read(0, 16, [*COLUMNS, "part"])
+    np.testing.assert_array_equal(whole["x0"], np.arange(16) + 0.5)
+    np.testing.assert_array_equal(whole["part"], [0] * 7 + [1] * 9)
+    assert src.read(5, 9, ["part"])["part"].tolist() == [0, 0, 1, 1]   # the key alone reads no file
+    src.read(6, 12, ["x0", "part"])
+    assert src.last_row_groups_read == [("part=0/f.parquet", 1), ("part=1/f.parquet", 0),
+                                        ("part=1/f.parquet", 1)]
+    (root / "other=1").mkdir()
+    pq.write_table(make_table(2), root / "other=1" / "g.parquet")
+    raises_data_error(lambda: open_source(str(root)), "partition folders (part)", "other=1/g.parquet has (other)")
+
+
+def test_file_uri_reads_like_the_path(parquet_file):
+    src = open_source(parquet_file.as_uri())
+    assert src.name == parquet_file.as_uri() and src.num_rows == 103
+    np.testing.assert_array_equal(full(src)["x0"], full(open_source(str(parquet_file)))["x0"])
+
+
+def test_a_worker_reopens_a_csv_without_counting_it(tmp_path, monkeypatch):
+    from workers import sources
+
+    path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 3) for i in range(50)])
+    driver = open_source(str(path))
+    monkeypatch.setattr(sources, "_count_rows", lambda reader: pytest.fail("counted again"))
+    worker = open_source(str(path), driver.handoff())
+    assert (worker.num_rows, worker.column_types) == (50, driver.column_types)
+    np.testing.assert_array_equal(worker.read(10, 20, ["x1"])["x1"], np.arange(10, 20) * 3)
+
+
+def test_the_driver_generates_no_built_in_set():
+    from experiments.training import prepare
+    from trainer.config import from_dict
+
+    builtin_sets.builtin_source.cache_clear()
+    for name, layers in (("spirals", [2, 64, 3]), ("teacher-mnist", [784, 64, 10])):
+        job = prepare(from_dict({"data": {"source": name}}))   # layers inferred: classes known
+        assert list(job.spec.layers) == layers
+        source = builtin_sets.builtin_source(name)
+        assert not hasattr(source, "_columns"), f"{name} was generated in the driver"
+    builtin_sets.builtin_source.cache_clear()
+
+
+def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
+    from experiments.training import largest_label
+    from workers.sources import ParquetFileSource
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(make_table(103), path, row_group_size=10)
+    src = open_source(str(path))
+    monkeypatch.setattr(ParquetFileSource, "_pieces", lambda *a: pytest.fail("read data pages"))
+    assert largest_label(src, "y") == 2

@@ -100,7 +100,8 @@ def strict_s3():
 
 
 URI_CASES = [
-    # (id, data.source, environment changes ("{s3}", "{strict}", "{dead}": endpoints), words)
+    # (id, data.source, environment changes ("{s3}", "{strict}", "{dead}": endpoints), words);
+    # a URI with credentials, options or an unknown scheme is in tests/test_bad_inputs.py
     ("no such key", f"s3://{BUCKET}/one/nope.parquet", {}, ["s3://data/one/nope.parquet", "no such file"]),
     ("no such bucket", "s3://nobucket/d.parquet", {}, ["s3://nobucket/d.parquet", "no such bucket"]),
     ("no credentials", f"s3://{BUCKET}/one/d.parquet",
@@ -110,11 +111,6 @@ URI_CASES = [
      ["s3://data/one/d.parquet", "access denied"]),
     ("unreachable endpoint", f"s3://{BUCKET}/one/d.parquet", {"AWS_ENDPOINT_URL": "{dead}"},
      ["s3://data/one/d.parquet", "cannot reach the storage endpoint"]),
-    ("credentials in the URI", f"s3://AKIDX:{SECRET}@{BUCKET}/one/d.parquet", {},
-     ["s3://data/one/d.parquet", "environment"]),
-    ("options in the URI", f"s3://{BUCKET}/one/d.parquet?endpoint_override=x", {},
-     ["s3://data/one/d.parquet", "AWS_ENDPOINT_URL"]),
-    ("unknown scheme", "ftp://host/d.parquet", {}, ["ftp://", "s3://"]),
 ]
 
 

@@ -48,7 +48,7 @@ class MemorySource(RangeSource):
         self._columns["y"] = y
         self.column_types = {c: str(pa.from_numpy_dtype(a.dtype)) for c, a in self._columns.items()}
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         yield lo, {c: self._columns[c][lo:hi] for c in columns}
 
     def _empty(self, columns):
@@ -98,13 +98,13 @@ class TeacherSource(MemorySource):
         self.classes = max(2, n_out)  # y is the argmax over max(2, n_out) teacher outputs
         self.column_types = {**{f"x{j}": "float" for j in range(n)}, "y": "int64"}
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         if hi > self._rows:
             X, y = teacher_arrays(self.name, hi)
             self._columns = {f"x{j}": X[:, j] for j in range(self._n)}
             self._columns["y"] = y
             self._rows = hi
-        return super()._batches(lo, hi, columns)
+        return super()._pieces(lo, hi, columns)
 
 
 class LazySet(MemorySource):
@@ -117,10 +117,10 @@ class LazySet(MemorySource):
         self.num_rows, self.classes, self._make = rows, classes, make
         self.column_types = {**{f"x{j}": "double" for j in range(n)}, "y": "int64"}
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         if not hasattr(self, "_columns"):
             MemorySource.__init__(self, self.name, *_frozen(*self._make()))
-        return super()._batches(lo, hi, columns)
+        return super()._pieces(lo, hi, columns)
 
 
 def xor_arrays() -> tuple[np.ndarray, np.ndarray]:

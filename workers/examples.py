@@ -121,54 +121,55 @@ def _labels(source: Source, name: str, values: np.ndarray, lo: int, n_out: int) 
     return values.astype(np.int64)
 
 
-def _chunk_examples(source: Source, schema: Schema, columns: dict[str, np.ndarray], lo: int,
-                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk of source columns (its first row is source row lo) -> X, Y of dtype."""
-    k = len(next(iter(columns.values())))
-    X = np.empty((k, schema.n_in), dtype)
-    for j, name in enumerate(schema.features):
-        X[:, j] = _finite(source, name, columns[name], lo, dtype)
+def _targets(source: Source, schema: Schema, name: str, values: np.ndarray, lo: int, dtype: np.dtype):
+    """A target column's piece, checked: class labels (int64) for one-hot, else dtype values."""
     if schema.encoding == "one_hot":
-        labels = _labels(source, schema.targets[0], columns[schema.targets[0]], lo, schema.n_out)
-        Y = np.zeros((k, schema.n_out), dtype)
-        Y[np.arange(k), labels] = 1
-        return X, Y
-    Y = np.empty((k, schema.n_out), dtype)
-    for j, name in enumerate(schema.targets):
-        Y[:, j] = values = _finite(source, name, columns[name], lo, dtype)
-        if schema.encoding == "binary":
-            binary = (values == 0) | (values == 1)
-            if not binary.all():
-                i = int(np.argmin(binary))
-                raise DataError(f"column {name!r} in {source.name}: target {_show(columns[name][i])} at row "
-                                f"{lo + i} is not 0 or 1 (binary_cross_entropy needs 0/1 targets)")
-    return X, Y
+        return _labels(source, name, values, lo, schema.n_out)
+    cast = _finite(source, name, values, lo, dtype)
+    if schema.encoding == "binary":
+        binary = (cast == 0) | (cast == 1)
+        if not binary.all():
+            i = int(np.argmin(binary))
+            raise DataError(f"column {name!r} in {source.name}: target {_show(values[i])} at row "
+                            f"{lo + i} is not 0 or 1 (binary_cross_entropy needs 0/1 targets)")
+    return cast
 
 
 def _fill(source: Source, schema: Schema, lo: int, hi: int, dtype,
           is_val: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stream source rows [lo, hi) into (X, Y) for the rows where is_val is False and
-    (X_val, Y_val) for the others, allocated once in the training dtype: a worker holds
-    its shard and one record batch, never the source's own columns for the whole range."""
+    (X_val, Y_val) for the others, allocated once in the training dtype and filled a
+    piece (some rows, some columns) at a time: a reader holds its shard and one piece,
+    never the source's own columns for its whole range."""
     dtype = np.dtype(dtype)
     n_val = 0 if is_val is None else int(is_val.sum())
     n = hi - lo - n_val
-    X, Y = np.empty((n, schema.n_in), dtype), np.empty((n, schema.n_out), dtype)
-    X_val, Y_val = np.empty((n_val, schema.n_in), dtype), np.empty((n_val, schema.n_out), dtype)
-    t = v = 0
-    for start, columns in source.batches(lo, hi, [*schema.features, *schema.targets]):
-        Xb, Yb = _chunk_examples(source, schema, columns, start, dtype)
-        k = len(Xb)
-        held = is_val[start - lo:start - lo + k] if n_val else None
-        if held is None or not held.any():
-            X[t:t + k], Y[t:t + k] = Xb, Yb
-            t += k
-            continue
-        nv = int(held.sum())
-        X[t:t + k - nv], Y[t:t + k - nv] = Xb[~held], Yb[~held]
-        X_val[v:v + nv], Y_val[v:v + nv] = Xb[held], Yb[held]
-        t, v = t + k - nv, v + nv
-    assert (t, v) == (n, n_val), f"read {t} + {v} rows of {source.name} [{lo}, {hi}), expected {n} + {n_val}"
+    X, X_val = np.empty((n, schema.n_in), dtype), np.empty((n_val, schema.n_in), dtype)
+    Y, Y_val = np.zeros((n, schema.n_out), dtype), np.zeros((n_val, schema.n_out), dtype)
+    # val_before[r]: held-out rows among the range's first r rows, to place a piece's rows.
+    val_before = np.concatenate([[0], np.cumsum(is_val)]) if n_val else None
+    feature = {name: j for j, name in enumerate(schema.features)}
+    target = {name: j for j, name in enumerate(schema.targets)}
+    for start, piece in source.pieces(lo, hi, [*schema.features, *schema.targets]):
+        r = start - lo
+        k = len(next(iter(piece.values())))
+        held = is_val[r:r + k] if n_val else None
+        t, v = (r - int(val_before[r]), int(val_before[r])) if n_val else (r, 0)
+        for name, values in piece.items():
+            if name in feature:
+                values = _finite(source, name, values, start, dtype)
+            else:
+                values = _targets(source, schema, name, values, start, dtype)
+            parts = [(X, Y, t, values)] if held is None or not held.any() else \
+                [(X, Y, t, values[~held]), (X_val, Y_val, v, values[held])]
+            for X_, Y_, at, vals in parts:
+                rows = slice(at, at + len(vals))
+                if name in feature:
+                    X_[rows, feature[name]] = vals
+                elif schema.encoding == "one_hot":
+                    Y_[np.arange(at, at + len(vals)), vals] = 1
+                else:
+                    Y_[rows, target[name]] = vals
     return X, Y, X_val, Y_val
 
 

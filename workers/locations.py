@@ -62,22 +62,29 @@ def locate(spec: str) -> Location:
     if scheme not in SCHEMES:
         raise DataError(f"data.source: unknown URI scheme {scheme + '://'!r} (expected one of "
                         f"{', '.join(s + '://' for s in SCHEMES)})")
-    shown = f"{scheme}://{parts.hostname or ''}{parts.path}"  # without user, password or query
-    if parts.username or parts.password:
+    # Azure names its container where a URL has a user (abfs://CONTAINER@ACCOUNT.dfs...).
+    container = parts.username if scheme in ("abfs", "abfss") and parts.username else None
+    where = parts.netloc.rsplit("@", 1)[-1]  # host[:port]
+    host = f"{container}@{where}" if container else where
+    shown = f"{scheme}://{host}{parts.path}"  # without password, user or query
+    if parts.password or (parts.username and not container):
         raise DataError(f"data.source: {shown} carries credentials; give them through the environment "
                         "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ...), never in the config")
     if parts.query or parts.fragment:
         raise DataError(f"data.source: {shown}: no ?options in a data URI; the endpoint and region "
                         "come from the environment (AWS_ENDPOINT_URL, AWS_REGION)")
-    if scheme == "file":
-        return Location(pafs.LocalFileSystem(), parts.path, spec, True)
+    if scheme == "file":  # a local path (an NFS mount...): the local checks apply
+        return Location(pafs.LocalFileSystem(), parts.path, spec, False)
     try:
         if scheme == "s3":
             fs, path = s3_filesystem(parts.netloc), parts.netloc + parts.path
         else:
             fs, path = pafs.FileSystem.from_uri(spec)
     except (OSError, ValueError, ImportError) as err:  # ArrowInvalid is a ValueError
-        raise DataError(f"data.source: {spec}: {explain(err)}") from None
+        # S3 asks for the bucket's region here; the others fail only to set up (no JVM
+        # for HDFS, ...), which pyarrow says in a first line worth showing as it is.
+        why = explain(err) if scheme == "s3" else f"cannot open its file system ({_scrub(one_line(err, 100))})"
+        raise DataError(f"data.source: {shown}: {why}") from None
     return Location(fs, path.rstrip("/") or path, spec, True)
 
 

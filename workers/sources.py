@@ -1,12 +1,18 @@
 """Example sources that read a row range [lo, hi) without loading the rest.
 
 A source is a table of named columns, one example per row, in a local file or folder
-or behind a URI (workers/locations.py). `batches(lo, hi, columns)` streams rows
-[lo, hi) of those columns as chunks of 1-D numpy arrays, and `read` joins them: each
+or behind a URI (workers/locations.py). `pieces(lo, hi, columns)` streams rows
+[lo, hi) of those columns as pieces of 1-D numpy arrays, and `read` joins them: each
 worker reads only its own range (docs/design.md section 3), so Parquet sources read
 only the row groups (and, for a directory, only the files) that overlap the range,
-a record batch at a time, and keep only the range's rows. CSV has no index, so a CSV
-source streams from the top and stops after hi.
+and keep only the range's rows. CSV has no index, so a CSV source streams from the
+top and stops after hi.
+
+A piece is a run of rows and SOME of the columns: Parquet is read a few columns of
+one row group at a time. pyarrow's record-batch reader (`iter_batches`) holds a
+whole row group in memory even for its first 5 rows (about 630 MB for W-mnist's
+60,000 rows in one group, pyarrow's default below a million rows), while one column
+of it is 240 kB: so a reader holds its output and one piece, never a row group.
 
 Opening a source reads metadata only: Parquet footers (row counts, names, types), a
 folder's listing, and for CSV one counting pass. What a shard worker needs to reopen
@@ -52,7 +58,7 @@ class Source(Protocol):
 
     def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]: ...
 
-    def batches(self, lo: int, hi: int, columns: list[str]): ...
+    def pieces(self, lo: int, hi: int, columns: list[str]): ...
 
     def handoff(self) -> dict | None: ...
 
@@ -67,8 +73,7 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
                     b"\x04\x22\x4d\x18": "lz4-compressed", b"PK\x03\x04": "a zip archive",
                     b"PAR1": "Parquet"}
 MAX_NAME = 40  # characters of a column name shown in a message (a header can hold anything)
-BATCH_BYTES = 8 << 20   # a streamed record batch holds about this much as float64
-READ_BUFFER = 1 << 20   # Parquet column chunks are read in pieces of this size, not whole
+PIECE_BYTES = 8 << 20   # a piece read from Parquet holds about this much as float64
 
 
 def show_name(name: str) -> str:
@@ -117,7 +122,7 @@ def named_types(path: str, schema: pa.Schema) -> dict[str, str]:
 
 
 class RangeSource:
-    """Shared checks for every source; subclasses set the attributes and `_batches`."""
+    """Shared checks for every source; subclasses set the attributes and `_pieces`."""
 
     kind = ""
     spec = ""   # what `open_source` needs to reopen this source (a shard worker in a Ray actor reopens it by spec)
@@ -141,29 +146,32 @@ class RangeSource:
                                 f"(columns: {format_columns(self.column_names)})")
         return lo, hi
 
-    def batches(self, lo: int, hi: int, columns: list[str]):
-        """Rows [lo, hi) of `columns` in order, as (first row, {column: 1-D array}) chunks."""
+    def pieces(self, lo: int, hi: int, columns: list[str]):
+        """Rows [lo, hi) of `columns` as (first row, {column: 1-D array}) pieces: each
+        (row, column) comes in exactly one piece, a column's pieces in row order; a
+        piece may hold only some of the columns."""
         lo, hi = self._check(lo, hi, columns)
         if lo == hi:
             if hasattr(self, "last_row_groups_read"):
                 self.last_row_groups_read = []
             return
         try:
-            yield from self._batches(lo, hi, list(columns))
+            yield from self._pieces(lo, hi, list(columns))
         except ARROW_ERRORS as err:
             raise DataError(f"data.source: cannot read {self.name}: {self._explain(err)}") from err
 
     def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]:
         """Rows [lo, hi) of `columns`: {column: 1-D array of length hi - lo}."""
         lo, hi = self._check(lo, hi, columns)
-        chunks = [chunk for _, chunk in self.batches(lo, hi, columns)]
-        if not chunks:
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+        for _, piece in self.pieces(lo, hi, columns):
+            for c, values in piece.items():
+                parts[c].append(values)
+        if lo == hi:
             return self._empty(list(columns))
-        if len(chunks) == 1:
-            return chunks[0]
-        return {c: np.concatenate([chunk[c] for chunk in chunks]) for c in columns}
+        return {c: p[0] if len(p) == 1 else np.concatenate(p) for c, p in parts.items()}
 
-    def _batches(self, lo: int, hi: int, columns: list[str]):
+    def _pieces(self, lo: int, hi: int, columns: list[str]):
         raise NotImplementedError
 
     def _empty(self, columns: list[str]) -> dict[str, np.ndarray]:
@@ -206,18 +214,13 @@ def table_to_numpy(table, columns: list[str]) -> dict[str, np.ndarray]:
     return {c: column_to_numpy(table.column(c)) for c in columns}
 
 
-def batch_rows(columns: int) -> int:
-    """Rows per streamed batch: about BATCH_BYTES of float64 whatever the width."""
-    return max(1024, BATCH_BYTES // (8 * max(columns, 1)))
-
-
 def _open_failed(name: str, remote: bool, err: BaseException) -> DataError:
     return DataError(f"data.source: cannot read {name}: {explain(err) if remote else one_line(err)}")
 
 
 class ParquetFileSource(RangeSource):
-    """One Parquet file; a range read touches only the row groups that overlap it, and
-    streams them a record batch at a time (a row group may hold the whole file)."""
+    """One Parquet file; a range read touches only the row groups that overlap it, a
+    few columns at a time (a row group may hold the whole file, see the module doc)."""
 
     kind = "parquet"
 
@@ -229,9 +232,7 @@ class ParquetFileSource(RangeSource):
             self.size = os.path.getsize(path)
         try:
             handle = fs.open_input_file(path) if fs is not None else path
-            # buffer_size: column chunks are read in pieces, so a worker that wants a
-            # few rows of a 1 GB row group does not fetch the whole group first.
-            self._file = pq.ParquetFile(handle, buffer_size=READ_BUFFER)
+            self._file = pq.ParquetFile(handle)
             if fs is not None and size is None:
                 self.size = handle.size()
         except ARROW_ERRORS as err:
@@ -245,22 +246,23 @@ class ParquetFileSource(RangeSource):
         self.column_types = named_types(self.name, self.schema)
         self.last_row_groups_read: list[int] = []   # which groups the last read opened (tests, workers)
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         # 'right' so that empty row groups sharing a start are skipped.
         first = int(np.searchsorted(self._starts, lo, side="right")) - 1
         last = int(np.searchsorted(self._starts, hi - 1, side="right")) - 1
         groups = list(range(first, last + 1))
         self.last_row_groups_read = groups
-        row = int(self._starts[first])
-        size = min(batch_rows(len(columns)), hi - row)   # 5 rows from the top: a 5-row batch
-        for batch in self._file.iter_batches(batch_size=size, row_groups=groups, columns=columns):
-            n = batch.num_rows
-            a, b = max(lo - row, 0), min(hi - row, n)
-            if a < b:
-                yield row + a, table_to_numpy(batch.slice(a, b - a), columns)
-            row += n
-            if row >= hi:
-                break
+        for g in groups:
+            start, rows = int(self._starts[g]), int(self._starts[g + 1] - self._starts[g])
+            a, b = max(lo - start, 0), min(hi - start, rows)
+            if a >= b:
+                continue
+            # Columns per read: a piece of about PIECE_BYTES, at least one column.
+            step = max(1, PIECE_BYTES // (8 * rows))
+            for i in range(0, len(columns), step):
+                subset = columns[i:i + step]
+                table = self._file.read_row_group(g, columns=subset)
+                yield start + a, table_to_numpy(table.slice(a, b - a), subset)
 
     def column_max(self, column: str) -> float | None:
         """An integer column's largest value from the footer's row-group statistics (no
@@ -394,25 +396,22 @@ class ParquetDirSource(RangeSource):
         return {"files": [[r, s, n, v] for r, s, n, v in zip(self._relative, self._sizes, self._rows, self._values)],
                 "partition_types": self._ptypes, "schema": self.schema}
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         self.last_row_groups_read = []
         own = [c for c in columns if c not in self._ptypes]
-        # Only partition columns wanted: read the files' first column to count the rows.
-        read = own or [self.schema[0].name]
+        keys = [c for c in columns if c in self._ptypes]
         for i, start in enumerate(self._starts[:-1].tolist()):
             a, b = max(lo, start), min(hi, start + self._rows[i])
             if a >= b:
                 continue
-            f = self._open_file(i)
-            for row, chunk in f.batches(a - start, b - start, read):
-                n = len(chunk[read[0]])
-                chunk = {c: chunk[c] for c in own}
-                for key in columns:
-                    if key in self._ptypes:   # a partition folder's value, on every row of its files
-                        value = pa.scalar(self._values[i][key]).cast(self._ptypes[key])
-                        chunk[key] = column_to_numpy(pa.repeat(value, n))
-                yield start + row, {c: chunk[c] for c in columns}
-            self.last_row_groups_read += [(self._relative[i], g) for g in f.last_row_groups_read]
+            if own:
+                f = self._open_file(i)
+                for row, piece in f.pieces(a - start, b - start, own):
+                    yield start + row, piece
+                self.last_row_groups_read += [(self._relative[i], g) for g in f.last_row_groups_read]
+            if keys:   # a partition folder's value, on every row of its files
+                yield a, {key: column_to_numpy(pa.repeat(pa.scalar(self._values[i][key]).cast(self._ptypes[key]),
+                                                         b - a)) for key in keys}
 
     def column_max(self, column: str) -> float | None:
         """As ParquetFileSource.column_max, over every file (the driver has their footers)."""
@@ -488,7 +487,7 @@ class CsvSource(RangeSource):
             message = message.replace(match.group(0), f"column {names[int(match.group(1))]!r}")
         return message
 
-    def _batches(self, lo, hi, columns):
+    def _pieces(self, lo, hi, columns):
         reader = self._open(columns)
         row = 0
         try:
@@ -573,7 +572,7 @@ def open_source(spec: str, known: dict | None = None) -> Source:
         kind = _remote_kind(location)
     else:
         if not os.path.exists(path):
-            raise DataError(f"data.source: no such file: {path} "
+            raise DataError(f"data.source: no such file: {location.name} "
                             f"(built-in sets: {', '.join(builtin_sets.BUILTIN_NAMES)})")
         if not os.path.isdir(path):
             check_regular_file(path)
