@@ -446,7 +446,7 @@ def test_the_driver_generates_no_built_in_set():
 
 def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
     from experiments.training import largest_label
-    from workers.sources import ParquetFileSource
+    from workers.parquet import ParquetFileSource
 
     path = tmp_path / "d.parquet"
     pq.write_table(make_table(103), path, row_group_size=10)
