@@ -269,9 +269,13 @@ def test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read():
     schema = resolve_schema(src, None, "y", [784, 10], "cross_entropy")
     assert src._rows == 0  # the driver's checks need no rows
     Xs, Ys = load_examples(src, schema, 29_000, 30_001, np.float32)
-    assert src._rows == 30_001  # a worker over [29000, 30001) generated 30,001 rows, not 60,000
+    assert src._rows == 30_001  # a worker over [29000, 30001) drew 30,001 rows, not 60,000
     np.testing.assert_array_equal(Xs, X[29_000:30_001])
     np.testing.assert_array_equal(Ys.argmax(axis=1), y[29_000:30_001])
+    for lo, hi in ((8_000, 8_300), (30_001, 30_002), (59_990, 60_000)):  # across a chunk; on; back
+        Xs, Ys = load_examples(src, schema, lo, hi, np.float32)
+        np.testing.assert_array_equal(Xs, X[lo:hi])
+        np.testing.assert_array_equal(Ys.argmax(axis=1), y[lo:hi])
 
 
 def test_teacher_mnist_shape():
@@ -453,3 +457,15 @@ def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
     src = open_source(str(path))
     monkeypatch.setattr(ParquetFileSource, "_pieces", lambda *a: pytest.fail("read data pages"))
     assert largest_label(src, "y") == 2
+
+
+def test_the_driver_reads_a_csv_once_even_to_count_classes(tmp_path, monkeypatch):
+    from experiments.training import prepare
+    from trainer.config import from_dict
+
+    path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 4) for i in range(50)])
+    opened = []
+    real = CsvSource._open
+    monkeypatch.setattr(CsvSource, "_open", lambda self, columns=None: opened.append(1) or real(self, columns))
+    job = prepare(from_dict({"data": {"source": str(path)}}))   # layers inferred: 4 classes
+    assert list(job.spec.layers) == [2, 64, 4] and opened == [1]

@@ -1,4 +1,4 @@
-"""Built-in demo sets, generated in memory once per process, when first read.
+"""Built-in demo sets, generated in memory when read (never to count or name them).
 
 Each is a source (see `sources.Source`) with feature columns x0..x{n-1} and a label
 column y, rows are examples:
@@ -32,6 +32,7 @@ TEACHERS = {
     "teacher-wide": (1024, 10, 65_536),
 }
 BUILTIN_NAMES = ("xor", "spirals", "digits", *TEACHERS)
+TEACHER_CHUNK = 8192  # rows of a teacher set drawn at a time
 
 
 class MemorySource(RangeSource):
@@ -66,6 +67,21 @@ def _frozen(*arrays):
     return arrays
 
 
+@functools.lru_cache(maxsize=None)
+def teacher_weights(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher network (T1, T2) of set `name` (float32), drawn from default_rng(1). Read-only."""
+    n, n_out, _ = TEACHERS[name]
+    trng = np.random.default_rng(1)
+    T1 = (trng.standard_normal((n, 32)) / np.sqrt(n)).astype(np.float32)
+    T2 = trng.standard_normal((32, max(2, n_out))).astype(np.float32)
+    return _frozen(T1, T2)
+
+
+def teacher_labels(X: np.ndarray, T1: np.ndarray, T2: np.ndarray) -> np.ndarray:
+    """y = argmax over K = max(2, n_out) teacher outputs, one label per row of X."""
+    return np.argmax(np.tanh(X @ T1) @ T2, axis=1).astype(np.int64)
+
+
 def teacher_arrays(name: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The synthetic teacher set `name`, exactly as docs/workloads.md generates it, or
     its first `rows` rows (the same values: X is drawn row after row from one stream,
@@ -79,32 +95,36 @@ def teacher_arrays(name: str, rows: int | None = None) -> tuple[np.ndarray, np.n
     n, n_out, m = TEACHERS[name]
     rows = m if rows is None else min(rows, m)
     X = np.random.default_rng(0).standard_normal((rows, n), dtype=np.float32)
-    trng = np.random.default_rng(1)
-    T1 = (trng.standard_normal((n, 32)) / np.sqrt(n)).astype(np.float32)
-    T2 = trng.standard_normal((32, max(2, n_out))).astype(np.float32)
-    y = np.argmax(np.tanh(X @ T1) @ T2, axis=1).astype(np.int64)
-    return _frozen(X, y)
+    return _frozen(X, teacher_labels(X, *teacher_weights(name)))
 
 
 class TeacherSource(MemorySource):
-    """A teacher set that generates rows only when read, and only up to the highest
-    row read so far: the driver, which needs the row count and the columns, generates
-    nothing, and a shard worker over rows [lo, hi) generates hi rows, not m."""
+    """A teacher set drawn as it is read, TEACHER_CHUNK rows at a time from the one
+    stream (so the rows equal `teacher_arrays`'), keeping only the rows asked for: the
+    driver, which needs the row count and the columns, draws nothing, and a shard
+    worker over rows [lo, hi) draws hi rows but holds only its own. The stream goes on
+    from where the last read stopped (evaluate's chunks in order cost one pass)."""
 
     def __init__(self, name: str):
         n, n_out, m = TEACHERS[name]
         self.name = self.spec = name
-        self.num_rows, self._n, self._rows = m, n, 0
+        self.num_rows, self._n, self._rows = m, n, 0   # _rows: drawn so far from the stream
+        self._rng = None
         self.classes = max(2, n_out)  # y is the argmax over max(2, n_out) teacher outputs
         self.column_types = {**{f"x{j}": "float" for j in range(n)}, "y": "int64"}
 
     def _pieces(self, lo, hi, columns):
-        if hi > self._rows:
-            X, y = teacher_arrays(self.name, hi)
-            self._columns = {f"x{j}": X[:, j] for j in range(self._n)}
-            self._columns["y"] = y
-            self._rows = hi
-        return super()._pieces(lo, hi, columns)
+        if self._rng is None or lo < self._rows:   # behind the stream: draw again from row 0
+            self._rng, self._rows = np.random.default_rng(0), 0
+        weights = teacher_weights(self.name)
+        while self._rows < hi:
+            start = self._rows
+            X = self._rng.standard_normal((min(TEACHER_CHUNK, hi - start), self._n), dtype=np.float32)
+            self._rows += len(X)
+            a, b = max(lo, start), min(hi, self._rows)   # this chunk's rows in [lo, hi)
+            if a < b:
+                X = X[a - start:b - start]
+                yield a, {c: teacher_labels(X, *weights) if c == "y" else X[:, int(c[1:])] for c in columns}
 
 
 class LazySet(MemorySource):

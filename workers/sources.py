@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
@@ -229,7 +230,7 @@ class CsvSource(RangeSource):
             inferred = reader.schema
             self.column_types = named_types(self.name, inferred)
             try:
-                self.num_rows = _count_rows(reader)
+                self.num_rows, self._max = _count_rows(reader)
             except pa.ArrowInvalid as err:
                 if "conversion error" not in str(err):
                     raise
@@ -238,7 +239,7 @@ class CsvSource(RangeSource):
                 self._types = {f.name: pa.float64() if pa.types.is_integer(f.type) or pa.types.is_null(f.type)
                                else f.type for f in inferred}
                 reader = self._open()
-                self.num_rows = _count_rows(reader)
+                self.num_rows, self._max = _count_rows(reader)
         except ARROW_ERRORS as err:
             if "Empty CSV file" in str(err):
                 raise DataError(f"data.source: {self.name} is empty") from err
@@ -250,6 +251,10 @@ class CsvSource(RangeSource):
 
     def handoff(self) -> dict:
         return {"schema": self.schema, "num_rows": self.num_rows, "size": self.size}
+
+    def column_max(self, column: str) -> float | None:
+        """A numeric column's largest value, seen while counting (the driver's only pass)."""
+        return getattr(self, "_max", {}).get(column)
 
     def _stream(self):
         loc = self._location
@@ -310,9 +315,19 @@ class CsvSource(RangeSource):
         return [[self.name, self.size, self.num_rows]]
 
 
-def _count_rows(reader) -> int:
+def _count_rows(reader) -> tuple[int, dict[str, float]]:
+    """(rows, {numeric column: its largest value}) in one pass: the driver reads a CSV
+    once, and the largest label (for the number of classes) comes with the count."""
+    rows, top = 0, {}
     try:
-        return sum(batch.num_rows for batch in reader)
+        for batch in reader:
+            rows += batch.num_rows
+            for name, column in zip(batch.schema.names, batch.columns):
+                if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+                    value = pc.max(column).as_py()   # nulls and NaN skipped: the rows' check names them
+                    if value is not None:
+                        top[name] = value if name not in top else max(top[name], value)
+        return rows, top
     finally:
         reader.close()
 
