@@ -95,7 +95,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str | None = None  # built-in name (xor, spirals, digits, teacher-*) or a path
+    source: str | None = None  # built-in name (xor, spirals, digits, teacher-*), a path, or a URI (s3://, gs://, ...)
     features: list[str] | None = None  # None: every column but the target(s)
     target: str | list[str] = "y"  # one column, or several for several outputs
     validation_fraction: float = ranged(0.1, lo=0, hi=1, hi_open=True)  # held out, chosen by split_seed
@@ -371,7 +371,8 @@ def _validate(cfg: Config) -> Config:
         bad("experiment", f"must be a plain name (letters, digits, space, - _ . + = @; at most "
             f"{MAX_NAME} characters; it names the output folder), got {short(cfg.experiment)}")
     if not d.source:
-        bad("data.source", "is required (a built-in set such as spirals, or a .parquet/.csv path)")
+        bad("data.source", "is required (a built-in set such as spirals, a .parquet/.csv path, or a URI "
+            "such as s3://BUCKET/KEY)")
     if isinstance(d.target, list) and not d.target:
         bad("data.target", "names no column")
     if m.layers is not None:
