@@ -4,7 +4,7 @@ w-wide) in local mode, on N Ray workers, and beside PyTorch and Ray Train when t
 import, in ONE run, printing ONE JSON document (progress on stderr).
 
     python benchmarks/bench.py [--workloads W-tiny,W-mnist] [--modes local,ray1,ray2,...]
-                               [--repeats 5] [--job] [--profile]
+                               [--repeats 5] [--job] [--resize] [--profile]
     python benchmarks/bench.py --sweep [--sweep-concurrency 2]
 
 Modes: `local`; `rayN` (N workers, shared-memory plane; a 1-worker pool gets both
@@ -26,6 +26,8 @@ the loss check). Only ratios inside one run compare: this machine drifts.
 `--job` also times whole jobs as a user runs them: `rayprop train w-mnist --workers 2`
 for 5 epochs (Ray start, actors, data, the MLflow run and model included), with the
 moment each of its console lines appeared, next to the same 5 epochs through Ray Train.
+`--resize` times what a change of the pool's size costs the step at whose boundary
+it happens (W-mnist in float64, 1 -> 2 -> 1 workers on a local Ray; README: Faults and elasticity).
 `--profile` writes a cProfile of the coordinator's process per mode to benchmarks/profiles/.
 
 `--sweep` times only whole sweeps as a user runs them: the same 6-trial `rayprop sweep
@@ -523,12 +525,72 @@ def bench_sweeps(concurrency: int, repeats: int) -> dict:
             "speedup": rnd(statistics.median(walls[1]) / statistics.median(walls[concurrency]), 3)}
 
 
+def bench_resize(name="W-mnist", epochs=2):
+    """One `workers: auto` pool on a local Ray of CPUS CPUs, one of them held by another
+    actor at the start: it starts with 1 worker, grows to 2 when that actor goes (the new
+    worker reads its rows while the steps go on; the boundary step re-splits the rows),
+    then shrinks to 1 when a worker is killed (replace_seconds 0: no wait for a
+    replacement), and grows again once Ray sees that worker's CPU free. In float64, so
+    that the weights' difference to local mode shows the order of additions only.
+    Reported: each boundary step's wall time beside the median step."""
+    import ray
+
+    from cluster.connect import connect
+    from workers import ray_pool
+
+    job = training.prepare(load_config(configs.resolve(WORKLOADS[name][0]),
+                                       ["data.validation_fraction=0", "model.dtype=float64"]))
+    t = job.cfg.train
+    ref = job.theta0.copy()
+    train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, epochs)
+    third = job.plan.steps_per_epoch * epochs // 3
+    ray_pool.GROW_CHECK_SECONDS = 0.0  # look for free CPUs at every boundary (else every 5 s)
+    with connect(None, CPUS):
+        holder = ray.remote(num_cpus=1)(StepClock).remote()
+        ray.get(holder.on_epoch.remote(0, {}))
+        cluster = dataclasses.replace(job.cfg.cluster, workers="auto", max_workers=CPUS, replace_seconds=0)
+        pool = ray_pool.RayPool(job.task, cluster, "auto", 3)
+        clock = StepClock()
+
+        class Script:
+            def on_step(self, step, epoch, loss, n):
+                if step == third:
+                    ray.kill(holder)  # a CPU comes free
+                    while ray.available_resources().get("CPU", 0) < 1:
+                        time.sleep(0.05)
+                if pool.joining:  # let the new worker be ready at the next boundary
+                    ray.wait(pool.joining, num_returns=len(pool.joining), timeout=120)
+                if step == 2 * third:  # a worker lost (ray.kill: a SIGKILL would get a raylet line on stdout)
+                    ray.kill(pool.actors[-1])
+
+            def on_epoch(self, epoch, metrics):
+                pass
+
+        theta = job.theta0.copy()
+        sizes = []
+        try:
+            size_clock = type("Sizes", (), {"on_step": lambda self, *a: sizes.append(pool.num_workers),
+                                            "on_epoch": lambda self, *a: None})()
+            t0 = time.perf_counter()
+            train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, epochs,
+                  [clock, size_clock, Script()])
+        finally:
+            pool.close()
+    walls = np.diff([t0, *clock.stamps])
+    changes = [i for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]]
+    return {"workload": name, "steps": len(walls), "pool_sizes": [sizes[0], *(sizes[i] for i in changes)],
+            "resizes": pool.resizes, "median_step_ms": med_ms(list(walls)),
+            "boundary_step_ms": [rnd(walls[i] * 1e3) for i in changes],
+            "max_rel_weight_diff_vs_local": rnd(float(np.abs(theta - ref).max() / np.abs(ref).max()), 3)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default="W-tiny,W-mnist")
     ap.add_argument("--modes", default="local,ray1,ray2,ray2-object-store,torch,ray-train")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--job", action="store_true", help="also time whole W-mnist jobs (rayprop CLI, Ray Train)")
+    ap.add_argument("--resize", action="store_true", help="also time a grow and a shrink at a step boundary")
     ap.add_argument("--profile", action="store_true", help="cProfile each rayprop mode into benchmarks/profiles/")
     ap.add_argument("--sweep", action="store_true", help="only time a 6-trial sweep, sequential against parallel")
     ap.add_argument("--sweep-concurrency", type=int, default=CPUS, help="trials at once in the parallel sweep")
@@ -558,6 +620,11 @@ def main(argv=None):
         meter = LoadMeter()
         report["workloads"][name] = bench_workload(name, modes, args.repeats, profile_dir)
         report["workloads"][name]["load"] = meter.report()
+    if args.resize:
+        log("resize: W-mnist, 1 -> 2 -> 1 (-> 2) workers")
+        meter = LoadMeter()
+        report["resize"] = bench_resize()
+        report["resize"]["load"] = meter.report()
     if args.job:
         meter = LoadMeter()
         report["jobs"] = bench_jobs()
