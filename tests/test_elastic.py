@@ -173,6 +173,18 @@ def test_reassign_keeps_unchanged_ranges_and_moves_before_starting():
     assert reassign([(4, 9)], [(0, 4), (4, 9)]) == [None, 0]
 
 
+def test_a_worker_moved_to_other_rows_reads_only_those_it_did_not_hold(data):
+    path, job, _ = data
+    task, source = job.task, job.source
+    for old, new in [((0, 501), (0, 334)), ((501, 1003), (334, 668)), ((0, 334), (0, 501)),
+                     ((334, 668), (501, 1003)), ((0, 1003), (300, 700)), ((0, 300), (500, 1003))]:
+        moved = task.open(*new, source, held=(*old, task.open(*old, source)))
+        fresh = task.open(*new, source)
+        assert moved.lo == fresh.lo and moved.hi == fresh.hi, (old, new)
+        for name in ("X", "Y", "X_val", "Y_val"):
+            assert np.array_equal(getattr(moved, name), getattr(fresh, name)), (old, new, name)
+
+
 def test_grows_when_a_node_joins_and_shrinks_when_one_leaves(cluster, data, script, rayprop, tmp_path):
     path, job, ref = data
     cfg = write_config(tmp_path, path, workers="auto", max_workers=3, replace_seconds=2)
@@ -191,8 +203,11 @@ def test_grows_when_a_node_joins_and_shrinks_when_one_leaves(cluster, data, scri
     assert pool.ranges == [(0, 501), (501, 1003)]
     for (lo, hi), info in zip(pool.ranges, pool.info):  # as each worker reported it after the last move
         assert tuple(info["rows"]) == (lo, hi) and info["rows_held"] == hi - lo
-        # the Parquet row groups (100 rows each) its reader opened for its new rows: only theirs
-        assert info["row_groups_read"] == list(range(lo // 100, (hi - 1) // 100 + 1))
+    # Moving from 3 to 2 workers, each read only the rows it did not hold yet: worker 0
+    # held 0-334 and read 334-501, worker 1 held 334-668 and read 668-1003; the Parquet
+    # row groups (100 rows each) their readers opened were those rows' only.
+    assert [i["rows_read"] for i in pool.info] == [501 - 334, 1003 - 668]
+    assert [i["row_groups_read"] for i in pool.info] == [[3, 4, 5], [6, 7, 8, 9, 10]]
 
     client, run = the_run(uri)
     assert run.info.status == "FINISHED"

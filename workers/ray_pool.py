@@ -80,6 +80,7 @@ class ShardActor:
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
         self.task, self.lo, self.hi, self.error = task, lo, hi, None
+        self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer = self.plane = None
         try:
             self.source = task.open_source()
@@ -95,16 +96,18 @@ class ShardActor:
         if self.error is None:
             # Counted here, in the worker, from what it holds and what its reader read.
             info.update(n_train=self.worker.n_train, n_val=self.worker.n_val,
-                        rows_held=self.worker.n_train + self.worker.n_val,
+                        rows_held=self.worker.n_train + self.worker.n_val, rows_read=self.rows_read,
                         row_groups_read=getattr(self.source, "last_row_groups_read", None))
         return info
 
     def reshard(self, lo: int, hi: int) -> dict:
-        """Hold rows [lo, hi) instead (the pool changed size): read those rows only."""
+        """Hold rows [lo, hi) instead (the pool changed size): the rows it holds already
+        stay in memory; only the others are read."""
         self.detach()  # the pool wires the planes anew afterwards
-        self.worker = None  # the old rows go before the new ones are read
+        held = (self.lo, self.hi, self.worker)
+        self.rows_read = (hi - lo) - max(min(hi, self.hi) - max(lo, self.lo), 0)
         self.lo, self.hi = lo, hi
-        self.worker = self.task.open(lo, hi, self.source)
+        self.worker = self.task.open(lo, hi, self.source, held)
         return self.ready()
 
     # --- the object-store path, and validation ---

@@ -139,18 +139,37 @@ class ShardTask:
     def ranges(self, workers: int) -> list[tuple[int, int]]:
         return shard_ranges(self.num_rows, workers)
 
-    def open(self, lo: int, hi: int, source=None) -> ShardWorker:
+    def open(self, lo: int, hi: int, source=None, held: tuple[int, int, ShardWorker] | None = None) -> ShardWorker:
         """A worker over source rows [lo, hi): it reads those rows only, once.
 
         Its training indices are the contiguous run of the training rows inside
         [lo, hi) (they are sorted), and its validation rows are those there.
         `source` is an already opened source to reuse (local mode); else it is opened here.
+        `held` = (old_lo, old_hi, worker): a worker over rows [old_lo, old_hi) whose rows
+        are taken from memory where the ranges overlap, so only the rest is read (the
+        pool changed size: workers/reshard.py).
         """
         from workers.examples import load_split_examples, split_rows, train_index_range
 
         source = source or self.open_source()
         train_rows, val_rows = split_rows(self.num_rows, *self.split)
-        X, Y, X_val, Y_val = load_split_examples(source, self.schema, lo, hi, train_rows, val_rows,
-                                                 self.spec.dtype)
+
+        def read(a, b):
+            return load_split_examples(source, self.schema, a, b, train_rows, val_rows, self.spec.dtype)
+
+        a, b = (max(lo, held[0]), min(hi, held[1])) if held else (hi, hi)
+        if a >= b:  # nothing held in [lo, hi)
+            parts = [read(lo, hi)]
+        else:
+            old_lo, _, worker = held
+            # Rows [a, b) as the held worker stores them: its training and validation
+            # rows are the runs of train_rows and val_rows inside its range, in order.
+            t0, v0 = (int(np.searchsorted(rows, old_lo)) for rows in (train_rows, val_rows))
+            (tlo, thi), (vlo, vhi) = (train_index_range(rows, a, b) for rows in (train_rows, val_rows))
+            # Copies: a view would keep the held worker's whole arrays alive.
+            kept = (worker.X[tlo - t0:thi - t0].copy(), worker.Y[:, tlo - t0:thi - t0].T.copy(),
+                    worker.X_val[vlo - v0:vhi - v0].copy(), worker.Y_val[:, vlo - v0:vhi - v0].T.copy())
+            parts = [*([read(lo, a)] if lo < a else []), kept, *([read(b, hi)] if b < hi else [])]
+        X, Y, X_val, Y_val = (np.concatenate(arrays) if len(parts) > 1 else arrays[0] for arrays in zip(*parts))
         tlo, _ = train_index_range(train_rows, lo, hi)
         return ShardWorker(self.spec, self.plan, tlo, X, Y, X_val, Y_val, self.schema.encoding)
