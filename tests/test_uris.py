@@ -13,10 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -52,9 +52,8 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def hive_table() -> pa.Table:
-    """The Parquet file's rows in partition order, with the partition key as column `part`."""
-    table = pq.read_table(write_parquet(Path(os.environ["RAYPROP_URI_TMP"]) / "ref.parquet", ROWS, GROUP))
+def hive_table(table: pa.Table) -> pa.Table:
+    """The table's rows in partition order, with the partition key as column `part`."""
     part = np.arange(ROWS) % PARTS
     order = np.argsort(part, kind="stable")
     return table.take(order).append_column("part", pa.array(part[order], pa.int64()))
@@ -67,21 +66,21 @@ def s3(tmp_path_factory):
     proc, endpoint = start_moto()
     saved = dict(os.environ)
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_ENDPOINT_URL=endpoint,
-                      AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                      RAYPROP_URI_TMP=str(local))
+                      AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
     try:
         fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1",
                                access_key="testing", secret_key=SECRET, allow_bucket_creation=True)
         fs.create_dir(BUCKET)
         one = write_parquet(local / "d.parquet", ROWS, GROUP)
         pafs.copy_files(str(one), f"{BUCKET}/one/d.parquet", destination_filesystem=fs)
-        hive = hive_table()
+        hive = hive_table(pq.read_table(one))
         pq.write_table(hive, local / "hive-ref.parquet", row_group_size=PART_GROUP)
         for k in range(PARTS):
-            rows = hive.filter(pa.compute.equal(hive["part"], k)).drop_columns(["part"])
+            rows = hive.filter(pc.equal(hive["part"], k)).drop_columns(["part"])
             with fs.open_output_stream(f"{BUCKET}/hive/part={k}/part-0.parquet") as out:
                 pq.write_table(rows, out, row_group_size=PART_GROUP)
-        fs.create_dir(f"{BUCKET}/hive/_meta")  # hidden folders are skipped, as pyarrow does
+        with fs.open_output_stream(f"{BUCKET}/hive/_tmp/part-0.parquet") as out:
+            out.write(b"not Parquet: a writer's leftover, skipped as pyarrow skips _ and . names")
         pacsv.write_csv(pq.read_table(one), local / "d.csv")
         pafs.copy_files(str(local / "d.csv"), f"{BUCKET}/d.csv", destination_filesystem=fs)
         yield {"endpoint": endpoint, "local": local}
