@@ -115,7 +115,7 @@ def largest_label(source: Source, column: str) -> float | None:
     classes = getattr(source, "classes", None)
     if classes:
         return classes - 1
-    top = getattr(source, "column_max", lambda c: None)(column)
+    top = source.column_max(column)
     if top is not None:
         return top
     for _, chunk in source.pieces(0, source.num_rows, [column]):

@@ -57,6 +57,8 @@ class Source(Protocol):
 
     def handoff(self) -> dict | None: ...
 
+    def column_max(self, column: str) -> float | None: ...
+
     def describe(self) -> dict: ...
 
     def fingerprint(self) -> list: ...
@@ -173,6 +175,11 @@ class RangeSource:
 
     def _explain(self, err: BaseException) -> str:
         return explain(err) if self.remote else one_line(err)
+
+    def column_max(self, column: str) -> float | None:
+        """A numeric column's largest value from metadata (footer statistics, the CSV
+        counting pass), or None when the metadata does not say: then read the column."""
+        return None
 
     def handoff(self) -> dict | None:
         """What `open_source(spec, known)` needs to reopen this source without reading
