@@ -24,7 +24,7 @@ from experiments.cli import EXIT_UNDELIVERED
 from experiments.output_folder import OutputClaim
 from experiments.progress import print_summary
 from trainer.costs import COSTS
-from trainer.errors import InputError, RunError
+from trainer.errors import ConfigError, InputError, RunError
 from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
 from trainer.network import Workspace, forward
@@ -36,7 +36,19 @@ CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
 
 
 def _config(args):
-    cfg = load_config(example_configs.resolve(args.config), args.overrides)
+    overrides = list(args.overrides)
+    workers = getattr(args, "workers", None)
+    if workers is not None and not getattr(args, "local", False):
+        # --workers replaces cluster.workers, so min_workers and max_workers are checked
+        # against it, not against the file's count (`--workers auto` with min_workers
+        # above the file's workers is fine; `--workers 5` above max_workers is not).
+        overrides.append(f"cluster.workers={workers}")
+    try:
+        cfg = load_config(example_configs.resolve(args.config), overrides)
+    except ConfigError as e:
+        if workers is not None and f"cluster.workers={workers}" in str(e):
+            raise ConfigError(f"--workers {workers}: {e}") from None
+        raise
     if getattr(args, "experiment", None):
         cfg = cfg.with_overrides({"experiment": args.experiment})  # a name, not YAML
     return cfg

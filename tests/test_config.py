@@ -70,6 +70,20 @@ def test_yaml_file_and_overrides(tmp_path):
     assert parse_override("data.target=[a, b]") == ("data.target", ["a", "b"])
 
 
+def test_workers_flag_replaces_the_files_count_in_the_pool_size_checks(tmp_path):
+    """--workers overrides cluster.workers, so min_workers/max_workers are held to it."""
+    from experiments.cli import build_parser
+    from experiments.commands import _config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: spirals}\ncluster: {workers: 2}\n")
+    cfg = _config(build_parser().parse_args(["train", str(path), "--workers", "auto",
+                                             "--set", "cluster.min_workers=3"]))
+    assert (cfg.cluster.workers, cfg.cluster.min_workers) == ("auto", 3)
+    with pytest.raises(ConfigError, match=r"^--workers 3: cluster.max_workers"):
+        _config(build_parser().parse_args(["train", str(path), "--workers", "3", "--set", "cluster.max_workers=2"]))
+
+
 def test_yaml_errors_and_unsafe_tags(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {source: xor\n")
