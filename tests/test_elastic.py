@@ -267,3 +267,32 @@ def test_below_min_workers_the_run_stops_clearly(cluster, data, script, rayprop,
     client, run = the_run(uri)
     assert run.info.status == "FAILED"
     assert list((tmp_path / "out" / "checkpoints").glob("ckpt-*.npz")), "the checkpoint is kept"
+
+
+def test_ctrl_c_while_waiting_for_a_replacement_stops_without_the_wait(cluster, data, script, rayprop, tmp_path):
+    import signal
+    import threading
+
+    path, job, ref = data
+    if not cluster.worker_nodes:  # the test above removed one: two nodes of one CPU again
+        cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+    cfg = write_config(tmp_path, path, workers=2, replace_seconds=600)
+    timer = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C, 2 s after the node left
+
+    def leave_then_interrupt(pool):
+        remove_node(cluster)(pool)
+        timer.start()
+
+    script.actions = {20: leave_then_interrupt}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        result = rayprop("train", cfg, "--address", cluster.address, "--output", "out", "--tracking-uri", uri)
+    finally:
+        timer.cancel()
+    assert result.code == 130, result.stderr[-2000:]
+    # The pool stopped waiting (600 s) for a CPU that would not come, and went on with one worker.
+    assert "2 -> 1 workers" in result.stderr and "no CPU for a replacement (stopping: no wait)" in result.stderr, \
+        result.stderr[-2000:]
+    client, run = the_run(uri)
+    assert run.info.status == "KILLED"

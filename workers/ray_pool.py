@@ -187,6 +187,9 @@ class RayPool:
         self.ranges = task.ranges(workers)
         self.max_failures = max_failures
         self.placement_timeout = cluster.replace_seconds if placement_timeout is None else placement_timeout
+        # Set by the job to its stop request (Ctrl-C, SIGTERM): the wait for a lost
+        # worker's replacement ends at once then, rather than after placement_timeout.
+        self.should_stop = lambda: False
         self.grow_check_seconds = GROW_CHECK_SECONDS
         self.failures = 0
         self.events: list[str] = []  # one line per worker lost and replaced
@@ -358,7 +361,8 @@ class RayPool:
             ray.kill(self.actors[r])
         survivors = [r for r in range(self.num_workers) if r not in lost]
         ranges, takers = self._plan(self.num_workers, survivors)  # the same ranges; the lost ones to new actors
-        started = self._wait_ready(self._start_missing(ranges, takers), self.placement_timeout)
+        started = self._wait_ready(self._start_missing(ranges, takers), self.placement_timeout,
+                                   self.should_stop)
         for r in started:
             event = (f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]}) lost ({reason}); replaced on node "
                      f"{started[r][1]['node_id'][:8]}, the step is recomputed")
@@ -373,14 +377,15 @@ class RayPool:
             self.actors[r], self.info[r] = actor, info
         left = sorted([*survivors, *started])
         gone = [r for r in lost if r not in started]
+        within = "(stopping: no wait)" if self.should_stop() else f"within {self.placement_timeout:g} s"
         which = ", ".join(f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]})" for r in gone)
         if len(left) < self.min_workers:
-            raise WorkerLostError(f"{which} lost ({one_line(reason, 60)}); no CPU for a replacement within "
-                                  f"{self.placement_timeout:g} s, and {len(left)} left is fewer than "
+            raise WorkerLostError(f"{which} lost ({one_line(reason, 60)}); no CPU for a replacement {within}, "
+                                  f"and {len(left)} left is fewer than "
                                   f"cluster.min_workers={self.min_workers}")
         self._resize(*self._plan(len(left), left), {},
-                     f"{which} lost ({one_line(reason, 80)}) and no CPU for a replacement within "
-                     f"{self.placement_timeout:g} s; the rows are split over the workers left")
+                     f"{which} lost ({one_line(reason, 80)}) and no CPU for a replacement "
+                     f"{within}; the rows are split over the workers left")
 
     # --- changing the pool's size (workers/reshard.py) ---
     def _plan(self, n: int, keep: list[int]) -> tuple[list, list]:
@@ -400,11 +405,18 @@ class RayPool:
         return started
 
     @staticmethod
-    def _wait_ready(started: dict, timeout: float) -> dict:
+    def _wait_ready(started: dict, timeout: float, should_stop=lambda: False) -> dict:
         """{index: (actor, info)} of the new actors that have read their rows within
-        `timeout`; the others (not placed, still starting, or dead) are stopped."""
+        `timeout` (or until `should_stop()`, looked at every second); the others (not
+        placed, still starting, or dead) are stopped."""
         index = {ref: j for j, (_, ref) in started.items()}
-        done = ray.wait(list(index), num_returns=len(index), timeout=timeout)[0] if index else []
+        done, pending, deadline = [], list(index), time.monotonic() + timeout
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending),
+                                      timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            done += ready
+            if time.monotonic() >= deadline or should_stop():
+                break
         ready = {}
         for ref in done:
             try:
