@@ -103,6 +103,7 @@ URI_CASES = [
     # a URI with credentials, options or an unknown scheme is in tests/test_bad_inputs.py
     ("no such key", f"s3://{BUCKET}/one/nope.parquet", {}, ["s3://data/one/nope.parquet", "no such file"]),
     ("no such bucket", "s3://nobucket/d.parquet", {}, ["s3://nobucket/d.parquet", "no such bucket"]),
+    ("no bucket at all", "s3://", {}, ["s3://", "names no bucket"]),  # not the store's whole listing
     ("no credentials", f"s3://{BUCKET}/one/d.parquet",
      {"AWS_ENDPOINT_URL": "{strict}", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
      ["s3://data/one/d.parquet", "no AWS credentials", "AWS_ACCESS_KEY_ID"]),
@@ -137,6 +138,35 @@ def test_uri_errors_exit_2_with_one_line_before_any_worker(s3, strict_s3, raypro
     import ray
 
     assert not ray.is_initialized()  # (these run before this module's Ray starts)
+
+
+def test_gcs_without_credentials_fails_within_seconds_naming_the_uri(monkeypatch, tmp_path):
+    """pyarrow's GCS client retries a request it cannot authenticate for 15 minutes;
+    the driver's check must end in seconds, with one line naming the URI."""
+    import threading
+
+    from trainer.errors import DataError
+    from workers import locations
+    from workers.sources import open_source
+
+    monkeypatch.setattr(locations, "GCS_RETRY_SECONDS", 1.0)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))                 # no gcloud credentials file
+    monkeypatch.setenv("GCE_METADATA_ROOT", "127.0.0.1:1")    # no metadata server either
+    outcome = []
+
+    def check():
+        try:
+            open_source("gs://some-bucket/d.parquet")
+        except DataError as e:
+            outcome.append(str(e))
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert outcome, "no answer within 60 s"
+    assert outcome[0].startswith("data.source: gs://some-bucket/d.parquet: ") and "\n" not in outcome[0], outcome
+    assert "Google Cloud credentials" in outcome[0] or "cannot reach" in outcome[0], outcome
 
 
 @pytest.fixture(scope="module")

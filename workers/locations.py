@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -29,6 +30,9 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # connection for 6 s and waits minutes for a black hole); reads still retry a few times.
 S3_CONNECT_TIMEOUT = 5.0
 S3_ATTEMPTS = 3
+# GCS: pyarrow's default retries a failing request (no credentials, a dead endpoint)
+# for 15 minutes; bounded here as S3's attempts are.
+GCS_RETRY_SECONDS = 5.0
 
 
 def is_uri(spec: str) -> bool:
@@ -73,11 +77,16 @@ def locate(spec: str) -> Location:
     if parts.query or parts.fragment:
         raise DataError(f"data.source: {shown}: no ?options in a data URI; the endpoint and region "
                         "come from the environment (AWS_ENDPOINT_URL, AWS_REGION)")
+    if scheme in ("s3", "gs", "gcs") and not parts.netloc:  # else the store's whole listing is read
+        raise DataError(f"data.source: {shown} names no bucket (expected {scheme}://BUCKET/KEY)")
     if scheme == "file":  # a local path (an NFS mount...): the local checks apply
         return Location(pafs.LocalFileSystem(), parts.path, spec, False)
     try:
         if scheme == "s3":
             fs, path = s3_filesystem(parts.netloc), parts.netloc + parts.path
+        elif scheme in ("gs", "gcs"):
+            fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS))
+            path = parts.netloc + parts.path
         else:
             fs, path = pafs.FileSystem.from_uri(spec)
     except (OSError, ValueError, ImportError) as err:  # ArrowInvalid is a ValueError
@@ -120,6 +129,8 @@ def s3_filesystem(bucket: str) -> pafs.S3FileSystem:
 
 # What pyarrow's storage errors say, and the few words we say instead.
 ERROR_WORDS = [
+    (("Could not create a OAuth2 access token",),
+     "no Google Cloud credentials (set GOOGLE_APPLICATION_CREDENTIALS, or run with a service account)"),
     (("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"), "no such bucket"),
     (("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
       "HTTP status 403", "HTTP status 401", "AuthorizationFailure", "Forbidden", "Permission denied",
@@ -135,6 +146,8 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TO
 def explain(err: BaseException, scheme: str = "s3") -> str:
     """A storage error in a few words with what to check; never a key or a token."""
     text = str(err)
+    if "google::cloud" in text:  # GCS: none of S3's hints apply
+        scheme = "gs"
     for needles, words in ERROR_WORDS:
         if any(n in text for n in needles):
             break
