@@ -169,6 +169,20 @@ def test_gcs_without_credentials_fails_within_seconds_naming_the_uri(monkeypatch
     assert "Google Cloud credentials" in outcome[0] or "cannot reach" in outcome[0], outcome
 
 
+def test_azure_without_credentials_says_so_not_an_aws_hint(monkeypatch, tmp_path):
+    from trainer.errors import DataError
+    from workers.sources import open_source
+
+    for name in [v for v in os.environ if v.startswith(("AZURE_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no az login, no ~/.aws
+    uri = "abfs://box@account.dfs.core.windows.net/d.parquet"
+    with pytest.raises(DataError) as e:
+        open_source(uri)
+    assert str(e.value).startswith(f"data.source: {uri}: ") and "Azure credentials" in str(e.value), e.value
+    assert "AWS" not in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def ray_session(s3):
     """One local Ray for the module, started after the environment is set: its workers

@@ -129,6 +129,9 @@ def s3_filesystem(bucket: str) -> pafs.S3FileSystem:
 
 # What pyarrow's storage errors say, and the few words we say instead.
 ERROR_WORDS = [
+    (("Failed to get token from DefaultAzureCredential", "AuthenticationException"),
+     "no Azure credentials (set AZURE_STORAGE_ACCOUNT_KEY or AZURE_CLIENT_ID/_SECRET/TENANT_ID, "
+     "or run with a managed identity)"),
     (("Could not create a OAuth2 access token",),
      "no Google Cloud credentials (set GOOGLE_APPLICATION_CREDENTIALS, or run with a service account)"),
     (("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"), "no such bucket"),
@@ -146,8 +149,8 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TO
 def explain(err: BaseException, scheme: str = "s3") -> str:
     """A storage error in a few words with what to check; never a key or a token."""
     text = str(err)
-    if "google::cloud" in text:  # GCS: none of S3's hints apply
-        scheme = "gs"
+    if "google::cloud" in text or "Azure" in text:  # GCS, Azure: none of S3's hints apply
+        scheme = "gs" if "google::cloud" in text else "abfs"
     for needles, words in ERROR_WORDS:
         if any(n in text for n in needles):
             break
