@@ -253,8 +253,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
     if not opts.local and workers != "auto" and workers < cfg.cluster.min_workers:
         raise InputError(f"--workers {workers}: fewer than cluster.min_workers={cfg.cluster.min_workers}")
     if cfg.sweep:
-        print("rayprop train: the config's sweep: section is for `rayprop sweep`; training the "
-              "base config once", file=sys.stderr)
+        print("rayprop train: the config's sweep: section is for `rayprop sweep` and is ignored "
+              "here; training the config as given (with its --set values) once", file=sys.stderr)
 
     from experiments.interrupts import StopFlag
     from experiments.progress import ProgressBar
