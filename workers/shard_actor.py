@@ -1,0 +1,125 @@
+"""The body of one Ray shard worker: a ShardWorker over its rows, and its side of its
+node's shared-memory plane (workers/node_plane.py).
+
+workers/ray_pool.py starts these actors, gives them their rows, wires the planes and
+drives the steps; this module is what runs inside each actor process (named
+`ray::ShardActor`, which benchmarks/memory.py looks for).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import ray
+
+from trainer.errors import InputError
+from trainer.pool import EvalSums, ShardSums
+from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
+from workers.shard import ShardTask
+
+STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
+ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
+
+
+def add_evals(replies) -> EvalSums:
+    """One EvalSums from a node's (n, loss_sum, correct, count) replies."""
+    total = EvalSums(0.0, 0, 0, 0)
+    for n, loss_sum, correct, count in replies:
+        total.n, total.loss_sum = total.n + n, total.loss_sum + loss_sum
+        total.correct, total.count = total.correct + correct, total.count + count
+    return total
+
+
+class ShardActor:
+    """The actor body: a ShardWorker over rows [lo, hi) of the task's source, and its
+    side of its node's shared-memory plane (a peer, or the host when it leads the node)."""
+
+    def __init__(self, task: ShardTask, lo: int, hi: int, cpus: int):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
+        self.task, self.lo, self.hi, self.error = task, lo, hi, None
+        self.rows_read = hi - lo  # by the last (re)opening of its range
+        self.peer = self.plane = None
+        try:
+            self.source = task.open_source()
+            self.worker = task.open(lo, hi, self.source)
+        except InputError as e:  # reported by ready(), so the driver can exit 2 with it
+            self.error = str(e)
+
+    def ready(self) -> dict:
+        """What this actor holds, and where; or the input error it met."""
+        ctx = ray.get_runtime_context()
+        info = {"error": self.error, "node_id": ctx.get_node_id(), "pid": os.getpid(),
+                "rows": (self.lo, self.hi)}
+        if self.error is None:
+            # Counted here, in the worker, from what it holds and what its reader read.
+            info.update(n_train=self.worker.n_train, n_val=self.worker.n_val,
+                        rows_held=self.worker.n_train + self.worker.n_val, rows_read=self.rows_read,
+                        row_groups_read=getattr(self.source, "last_row_groups_read", None))
+        return info
+
+    def reshard(self, lo: int, hi: int) -> dict:
+        """Hold rows [lo, hi) instead (the pool changed size): the rows it holds already
+        stay in memory; only the others are read."""
+        self.detach()  # the pool wires the planes anew afterwards
+        held = (self.lo, self.hi, self.worker)
+        self.rows_read = (hi - lo) - max(min(hi, self.hi) - max(lo, self.lo), 0)
+        self.lo, self.hi = lo, hi
+        self.worker = self.task.open(lo, hi, self.source, held)
+        return self.ready()
+
+    # --- the object-store path, and validation ---
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
+        return self.worker.gradient_sums(theta, epoch, k)
+
+    def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
+        return self.worker.evaluate_sums(theta)
+
+    # --- the shared-memory plane ---
+    def _step(self, theta, epoch, k, out):
+        s = self.worker.gradient_sums(theta, epoch, k, out)
+        return s.n, s.loss_sum, s.compute_seconds
+
+    def _evaluate(self, theta):
+        e = self.worker.evaluate_sums(theta)
+        return e.n, e.loss_sum, e.correct, e.count
+
+    def attach(self, address: str, slot: int) -> None:
+        """Answer steps from the plane at `address` (in a thread of this actor) from now on."""
+        self.detach()
+        self.peer = PlanePeer(address, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
+
+    def host(self, slots: int) -> str:
+        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own)."""
+        self.detach()
+        spec = self.worker.spec
+        self.plane = PlaneHost(spec.size, spec.dtype, slots)
+        return self.plane.address
+
+    def accept(self, peers: int) -> None:
+        self.plane.accept(peers, ATTACH_TIMEOUT_S)
+
+    def node_step(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
+        """This node's sums for the step: the peers' and this worker's own, added."""
+        plane = self.plane
+        plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
+        own = self._step(plane.theta, epoch, k, plane.sums[0])
+        replies = plane.gather(STEP_TIMEOUT_S)
+        n, loss_sum, seconds = plane.reduce({0: own, **replies})
+        return ShardSums(plane.sums[0], loss_sum, n, seconds)
+
+    def node_evaluate(self, theta: np.ndarray) -> EvalSums:
+        """This node's validation sums: the peers' and this worker's own, added."""
+        self.plane.send(OP_EVAL, theta)
+        own = self._evaluate(self.plane.theta)
+        return add_evals([own, *self.plane.gather(STEP_TIMEOUT_S).values()])
+
+    def detach(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
+        if self.plane is not None:
+            self.plane.close()
+            self.plane = None
