@@ -30,10 +30,12 @@ moment each of its console lines appeared, next to the same 5 epochs through Ray
 it happens (W-mnist in float64, 1 -> 2 -> 1 workers on a local Ray; README: Faults and elasticity).
 `--profile` writes a cProfile of the coordinator's process per mode to benchmarks/profiles/.
 
-`--sweep` times only whole sweeps as a user runs them: the same 6-trial `rayprop sweep
-spirals` (3 learning rates x 2 activations, 1 worker a trial, SWEEP_EPOCHS epochs) with
-trials one at a time (--concurrency 1) and side by side (--concurrency N), alternating,
-each from process start (Ray start, pools, MLflow runs included) to exit.
+`--sweep` times only whole sweeps as a user runs them: two 6-trial sweeps (SWEEPS:
+spirals, whose small steps are mostly the coordinator's Python, and digits with two
+512-unit layers, whose steps are the worker's BLAS; 3 learning rates x 2 activations,
+1 worker a trial) with trials one at a time (--concurrency 1) and side by side
+(--concurrency N), alternating, each from process start (Ray start, pools, MLflow runs
+included) to exit.
 """
 
 from __future__ import annotations
@@ -62,8 +64,12 @@ CPUS = 2
 # workload -> (shipped config, epochs per repeat)
 WORKLOADS = {"W-tiny": ("w-tiny", 50), "W-mnist": ("w-mnist", 1), "W-wide": ("w-wide", 1)}
 JOB_EPOCHS = 5
-SWEEP_EPOCHS = 300  # a trial trains for seconds: the sweep is more than starting pools
 SWEEP_GRID = ["--grid", "train.learning_rate=0.003,0.01,0.03", "--grid", "model.hidden_activation=relu,tanh"]
+# Two 6-trial sweeps: a trial trains for seconds in each, so a sweep is more than starting
+# pools. spirals' steps are small (the coordinator's Python dominates); digits with two
+# 512-unit layers has steps whose time is the worker's BLAS.
+SWEEPS = {"spirals": ["spirals", "--set", "train.epochs=300"],
+          "digits-512": ["digits", "--set", "model.layers=[64, 512, 512, 10]", "--set", "train.epochs=40"]}
 SWITCH_PAUSE_S = 0.5
 
 
@@ -497,14 +503,19 @@ def bench_jobs():
 
 
 def bench_sweeps(concurrency: int, repeats: int) -> dict:
+    """Each of SWEEPS timed by bench_sweep."""
+    return {name: bench_sweep(args, concurrency, repeats) for name, args in SWEEPS.items()}
+
+
+def bench_sweep(sweep_args: list[str], concurrency: int, repeats: int) -> dict:
     """Wall seconds of one sweep command per repeat, concurrency 1 against `concurrency`."""
     walls: dict[int, list[float]] = {1: [], concurrency: []}
     trial_s: dict[int, list[float]] = {1: [], concurrency: []}
     for r in range(repeats):
         for n in (1, concurrency) if r % 2 == 0 else (concurrency, 1):  # alternate: drift hits both
             with tempfile.TemporaryDirectory() as tmp:
-                cmd = ["rayprop", "sweep", "spirals", *SWEEP_GRID, "--workers", "1", "--concurrency", str(n),
-                       "--set", f"train.epochs={SWEEP_EPOCHS}", "--quiet", "--output", f"{tmp}/out",
+                cmd = ["rayprop", "sweep", *sweep_args, *SWEEP_GRID, "--workers", "1", "--concurrency", str(n),
+                       "--quiet", "--output", f"{tmp}/out",
                        "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
                 log(f"  sweep, concurrency {n}")
                 t0 = time.perf_counter()
@@ -516,8 +527,7 @@ def bench_sweeps(concurrency: int, repeats: int) -> dict:
                 trial_s[n].append(sum(json.loads(Path(f"{tmp}/out/run-{i + 1:02d}/summary.json").read_text())
                                       ["wall_seconds"] for i in range(len(runs))))
                 time.sleep(SWITCH_PAUSE_S)
-    return {"command": f"rayprop sweep spirals {' '.join(SWEEP_GRID)} --workers 1 --concurrency N "
-                       f"--set train.epochs={SWEEP_EPOCHS}",
+    return {"command": f"rayprop sweep {' '.join(sweep_args)} {' '.join(SWEEP_GRID)} --workers 1 --concurrency N",
             "trials": 6, **{f"concurrency_{n}": {"wall_s": [rnd(w) for w in walls[n]],
                                                  "median_wall_s": rnd(statistics.median(walls[n])),
                                                  "training_s_summed_over_trials": [rnd(t) for t in trial_s[n]]}
@@ -605,7 +615,7 @@ def main(argv=None):
         meter = LoadMeter()
         report = {"benchmark": "rayprop sweeps (benchmarks/bench.py --sweep)", "cpus": os.cpu_count(),
                   "repeats": args.repeats, "sweep": bench_sweeps(args.sweep_concurrency, args.repeats)}
-        report["sweep"]["load"] = meter.report()
+        report["load"] = meter.report()
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
