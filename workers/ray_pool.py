@@ -44,7 +44,7 @@ import numpy as np
 import ray
 
 from trainer.config import MAX_WORKERS, ClusterConfig
-from trainer.errors import InputError, one_line
+from trainer.errors import InputError, RunError, one_line
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
@@ -120,6 +120,16 @@ class RayPool:
         self._unwire()
         if self.data_plane != "shm":
             return
+        try:
+            self._wire_nodes()
+        except LOST_WORKER_ERRORS:
+            raise  # a worker died while attaching: recovery replaces it
+        except (TimeoutError, OSError) as e:  # from the planes (here or in an actor), or Ray's wait
+            cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else e
+            raise RunError(f"the shared-memory data plane could not be wired: {one_line(cause, 120)}; "
+                           "cluster.data_plane: object_store does without it") from None
+
+    def _wire_nodes(self) -> None:
         groups: dict[str, list[int]] = defaultdict(list)
         for rank, info in enumerate(self.info):
             groups[info["node_id"]].append(rank)
@@ -129,13 +139,13 @@ class RayPool:
         for node, ranks in groups.items():
             if node == here:
                 self._host = PlaneHost(spec.size, spec.dtype, len(ranks))
-                attach = [self.actors[r].attach.remote(self._host.address, s) for s, r in enumerate(ranks)]
+                attach = [self.actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
                 self._host.accept(len(ranks), ATTACH_TIMEOUT_S)
                 pending += attach
             else:
                 leader = self.actors[ranks[0]]
-                address = ray.get(leader.host.remote(len(ranks)))
-                pending += [self.actors[r].attach.remote(address, s) for s, r in enumerate(ranks[1:], 1)]
+                ticket = ray.get(leader.host.remote(len(ranks)))
+                pending += [self.actors[r].attach.remote(ticket, s) for s, r in enumerate(ranks[1:], 1)]
                 pending.append(leader.accept.remote(len(ranks) - 1))
                 self._leaders.append(leader)
         ray.get(pending, timeout=ATTACH_TIMEOUT_S + 10)

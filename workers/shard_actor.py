@@ -86,17 +86,19 @@ class ShardActor:
         e = self.worker.evaluate_sums(theta)
         return e.n, e.loss_sum, e.correct, e.count
 
-    def attach(self, address: str, slot: int) -> None:
-        """Answer steps from the plane at `address` (in a thread of this actor) from now on."""
+    def attach(self, ticket: tuple[str, str], slot: int) -> None:
+        """Answer steps from the plane of `ticket` (its host's, see PlaneHost.ticket) in a
+        thread of this actor from now on."""
         self.detach()
-        self.peer = PlanePeer(address, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
+        self.peer = PlanePeer(ticket, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
 
-    def host(self, slots: int) -> str:
-        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own)."""
+    def host(self, slots: int) -> tuple[str, str]:
+        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own);
+        returns its ticket for the node's other workers."""
         self.detach()
         spec = self.worker.spec
         self.plane = PlaneHost(spec.size, spec.dtype, slots)
-        return self.plane.address
+        return self.plane.ticket
 
     def accept(self, peers: int) -> None:
         self.plane.accept(peers, ATTACH_TIMEOUT_S)
