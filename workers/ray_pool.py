@@ -50,6 +50,7 @@ from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
 from workers.shard_actor import ATTACH_TIMEOUT_S, STEP_TIMEOUT_S, ShardActor, add_evals
+from workers.storage_env import worker_error
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,9 @@ class RayPool:
                 self.info = ray.get([a.ready.remote() for a in self.actors])
             except ray.exceptions.RayActorError as e:  # died while starting (out of memory, killed)
                 raise WorkerLostError(f"a shard worker died while starting ({one_line(e)})") from None
-            errors = [i["error"] for i in self.info if i["error"]]
+            errors = [i for i in self.info if i["error"]]
             if errors:
-                raise InputError(errors[0])
+                raise InputError(worker_error(task.source_spec, errors[0]))
             self._m = sum(i["n_train"] for i in self.info)
             self._m_val = sum(i["n_val"] for i in self.info)
             self._wire()

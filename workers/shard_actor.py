@@ -17,6 +17,7 @@ from trainer.errors import InputError
 from trainer.pool import EvalSums, ShardSums
 from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
 from workers.shard import ShardTask
+from workers.storage_env import storage_variables
 
 STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
@@ -53,7 +54,11 @@ class ShardActor:
         ctx = ray.get_runtime_context()
         info = {"error": self.error, "node_id": ctx.get_node_id(), "pid": os.getpid(),
                 "rows": (self.lo, self.hi)}
-        if self.error is None:
+        if self.error is not None:  # which side fails, and why: workers/storage_env.py
+            # The node's address as the cluster knows it (the one `ray status` shows).
+            ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == info["node_id"]), None)
+            info.update(node_ip=ip, storage_env=storage_variables(self.task.source_spec))
+        else:
             # Counted here, in the worker, from what it holds and what its reader read.
             info.update(n_train=self.worker.n_train, n_val=self.worker.n_val,
                         rows_held=self.worker.n_train + self.worker.n_val, rows_read=self.rows_read,
