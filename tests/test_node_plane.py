@@ -169,7 +169,11 @@ class Stranger:
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns into pytest
             try:
+                # Like a real stranger it holds nothing of this process's (the fork's
+                # copies of the host's sockets and memory fds are closed).
                 os.close(r)
+                os.closerange(3, w)
+                os.closerange(w + 1, 1 << 16)
                 os.setgroups([])
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
