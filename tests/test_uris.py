@@ -111,6 +111,10 @@ URI_CASES = [
      ["s3://data/one/d.parquet", "access denied"]),
     ("unreachable endpoint", f"s3://{BUCKET}/one/d.parquet", {"AWS_ENDPOINT_URL": "{dead}"},
      ["s3://data/one/d.parquet", "cannot reach the storage endpoint"]),
+    # Not "cannot reach": pyarrow would try https:// on a live http server.
+    ("endpoint without a scheme", f"s3://{BUCKET}/one/d.parquet", {"AWS_ENDPOINT_URL": "{bare}"},
+     ["s3://data/one/d.parquet", "AWS_ENDPOINT_URL=127.0.0.1:", "has no scheme", "write http://127.0.0.1:",
+      "or https://127.0.0.1:"]),
 ]
 
 
@@ -119,7 +123,8 @@ def test_uri_errors_exit_2_with_one_line_before_any_worker(s3, strict_s3, raypro
                                                            changes, words):
     import yaml
 
-    endpoints = {"{s3}": s3["endpoint"], "{strict}": strict_s3, "{dead}": f"http://127.0.0.1:{free_port()}"}
+    endpoints = {"{s3}": s3["endpoint"], "{strict}": strict_s3, "{dead}": f"http://127.0.0.1:{free_port()}",
+                 "{bare}": s3["endpoint"].split("://", 1)[1]}
     cfg = config(source)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -305,3 +310,92 @@ def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
     assert SECRET not in shipped and s3["endpoint"] not in shipped
 
 
+
+
+# ---- a cluster whose nodes lack the shell's credentials -----------------------------------
+
+@pytest.fixture(scope="module")
+def s3_with_a_user(tmp_path_factory):
+    """A moto server that checks signatures against its IAM: one user may read the
+    bucket; a request without its key is refused. Its first requests (unchecked) set
+    that up."""
+    import json
+
+    import boto3
+
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="3")
+    try:
+        anyone = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                      aws_secret_access_key="setup")
+        iam = boto3.client("iam", **anyone)
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3.create_bucket(Bucket=BUCKET)
+        local = write_parquet(tmp_path_factory.mktemp("users") / "d.parquet", 300, 100)
+        s3.put_object(Bucket=BUCKET, Key="d.parquet", Body=local.read_bytes())
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        stop(proc)
+
+
+def test_workers_that_cannot_read_what_the_driver_read_say_the_nodes_lack_the_shells_variables(
+        s3_with_a_user, tmp_path, monkeypatch):
+    """A real `ray start --head` whose environment (the node's) has the endpoint but
+    not the credentials of the shell that runs `rayprop train --address`: the driver
+    reads the metadata, the worker is refused, and the line says which side and what
+    the nodes lack. Exit 2, one line, no secret."""
+    import yaml
+
+    from tests.conftest import installed_rayprop
+    from tests.raycluster import Head
+
+    endpoint, key_id, secret = s3_with_a_user
+    node = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    for name in [v for v in os.environ if v.startswith("AWS_") or v.startswith("RAY_")]:
+        monkeypatch.delenv(name)  # the node's environment is this one's, without them
+    monkeypatch.setenv("HOME", str(tmp_path))  # and no ~/.aws
+    head = Head(tmp_path, num_cpus=1, env=node)
+    try:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(f"s3://{BUCKET}/d.parquet")))
+        shell = {**os.environ, **node, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
+                 "RAY_AUTH_TOKEN": head.token, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+        result = installed_rayprop("train", "c.yaml", "--address", f"127.0.0.1:{head.gcs_port}", "--workers", "1",
+                                   "--output", "out", cwd=tmp_path, env=shell, timeout=240)
+    finally:
+        head.stop()
+    line = one_line_exit_2(result, f"data.source: s3://{BUCKET}/d.parquet: read here but not by the workers "
+                           "on node ", " (access denied): the nodes' environment lacks "
+                           "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (set in this shell)")
+    assert secret not in line and key_id not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_workers_error_names_its_side_only_when_the_environment_decides_it(monkeypatch):
+    from workers.storage_env import worker_error
+
+    for name in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_PROFILE", "")  # empty counts as unset, as the SDK takes it
+    uri = "s3://b/d.parquet"
+    denied = {"error": f"data.source: {uri}: access denied for the AWS credentials in the environment",
+              "node_ip": "10.0.0.7", "storage_env": ["AWS_ACCESS_KEY_ID", "AWS_REGION"]}
+    # The nodes have every variable this shell has: their values or files differ.
+    assert worker_error(uri, denied) == (f"data.source: {uri}: read here but not by the workers on node 10.0.0.7 "
+                                         "(access denied for the AWS credentials in the environment): the nodes' "
+                                         "storage settings (environment, credentials files, role) differ from "
+                                         "this shell's")
+    # What decides first: a shell's cosmetic variables come after.
+    for name in ("AWS_PAGER", "AWS_CA_BUNDLE", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, "v")
+    assert worker_error(uri, denied).endswith("lacks AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_CA_BUNDLE, ... "
+                                              "(set in this shell)")
+    # The data's own faults, and local paths, stay as the worker said them.
+    nan = {"error": f"data.source: {uri}: column 'x0' holds NaN at row 900", "storage_env": []}
+    assert worker_error(uri, nan) == nan["error"]
+    local = {"error": "data.source: cannot read /d.parquet: access denied", "storage_env": []}
+    assert worker_error("/d.parquet", local) == local["error"]

@@ -81,6 +81,8 @@ def locate(spec: str) -> Location:
         raise DataError(f"data.source: {shown} names no bucket (expected {scheme}://BUCKET/KEY)")
     if scheme == "file":  # a local path (an NFS mount...): the local checks apply
         return Location(pafs.LocalFileSystem(), parts.path, spec, False)
+    if scheme == "s3":
+        check_s3_endpoint(shown)
     try:
         if scheme == "s3":
             fs, path = s3_filesystem(parts.netloc), parts.netloc + parts.path
@@ -97,9 +99,26 @@ def locate(spec: str) -> Location:
     return Location(fs, path.rstrip("/") or path, spec, True)
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the first one set counts
+
+
 def s3_endpoint() -> str | None:
     """The S3-compatible endpoint the environment names (as the AWS CLI and SDKs read it)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
+def check_s3_endpoint(shown: str) -> None:
+    """An endpoint is a URL: without its scheme pyarrow would try https:// on it and
+    report a store it cannot reach, whatever the real mistake."""
+    endpoint = s3_endpoint()
+    if not endpoint or re.match(r"^https?://", endpoint, re.IGNORECASE):
+        return
+    name = next(v for v in ENDPOINT_VARIABLES if os.environ.get(v))
+    value = _scrub(endpoint if "://" in endpoint else "//" + endpoint).lstrip("/")
+    if "://" not in endpoint:
+        raise DataError(f"data.source: {shown}: {name}={value} has no scheme; write http://{value} "
+                        f"or https://{value}")
+    raise DataError(f"data.source: {shown}: {name}={value} must start with http:// or https://")
 
 
 def s3_filesystem(bucket: str) -> pafs.S3FileSystem:
@@ -142,6 +161,10 @@ ERROR_WORDS = [
       "Timeout was reached", "timed out"), "cannot reach the storage endpoint"),
     (("No such file", "does not exist", "NOT_FOUND", "NoSuchKey", "HTTP status 404"), "no such file"),
 ]
+# Of those words, the ones a process's environment decides (credentials, endpoint,
+# network): where the driver read a source and a worker cannot, the two differ there.
+ENVIRONMENT_WORDS = ("credentials", "access denied", "cannot reach the storage endpoint", "no such bucket",
+                     "storage error", "has no scheme", "must start with http")
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 

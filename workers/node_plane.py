@@ -9,7 +9,13 @@ owns two anonymous shared buffers (`memfd`s):
 
 Workers on the node (*peers*) connect to the host over a Unix socket in Linux's
 abstract namespace (no file to clean up), receive both buffers' file descriptors
-(SCM_RIGHTS) and map them. Per step the host writes theta, sends each peer a
+(SCM_RIGHTS) and map them. That name is visible to every process on the machine, so
+the host takes only its own: a connection from another user is closed before anything
+is read from it, and a peer must greet with the host's random token, which reaches
+it through Ray with the socket's name (the host's `ticket`) and never appears on the
+machine. Greetings are read with a short deadline each, all connections at once, so
+no stranger (silent, slow, or wrong) can block, slow or end the attaching of the
+real peers. Per step the host writes theta, sends each peer a
 12-byte command (op, epoch, k) and blocks in `recv` until each has answered with
 (n, loss_sum, compute_seconds); a peer blocks in `recv` between steps. Nothing
 busy-waits, so the cores stay with BLAS (a spinning reader cost an actor 7x on two
@@ -25,6 +31,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import selectors
 import socket
 import struct
 import threading
@@ -38,9 +45,14 @@ COMMAND = struct.Struct("<iqq")  # op, epoch, k
 REPLY = {OP_STEP: struct.Struct("<qdd"),  # n, loss_sum, compute_seconds
          OP_EVAL: struct.Struct("<qdqq")}  # n, loss_sum, correct, count
 FAILED = {op: r.pack(-1, *r.unpack(bytes(r.size))[1:]) for op, r in REPLY.items()}
-HELLO = struct.Struct("<q")  # the peer's slot on the node
+TOKEN_BYTES = 16
+HELLO = struct.Struct(f"<q{TOKEN_BYTES}s")  # the peer's slot on the node, the host's token
 SHAPE = struct.Struct("<qqq")  # P, slots, dtype itemsize: what the host's buffers hold
 ERROR_LEN = struct.Struct("<i")
+# A connection that has not sent its whole greeting in this long is closed. Each has
+# its own deadline and they are read side by side: a silent one costs the real peers
+# nothing, and only the greetings of our own user are read at all.
+GREETING_TIMEOUT_S = 10.0
 
 
 class PeerLost(ConnectionError):
@@ -92,36 +104,107 @@ class PlaneHost:
         self.address = f"\0rayprop-plane-{secrets.token_hex(16)}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._listener.bind(self.address)
-        self._listener.listen(slots)
+        self._listener.listen(socket.SOMAXCONN)  # strangers must not fill the queue of the real peers
+        # What a peer needs to attach, passed to it through Ray: the socket's name and
+        # the token (the name alone is public; the token is not).
+        self._token = secrets.token_bytes(TOKEN_BYTES)
+        self.ticket = (self.address, self._token.hex())
         self.peers: dict[int, socket.socket] = {}
 
     def accept(self, expected: int, timeout: float) -> None:
-        """Take connections until `expected` peers have attached (or raise TimeoutError)."""
+        """Take connections until `expected` peers have attached (or raise TimeoutError).
+
+        Every waiting connection is served at once (a selector over the listener and
+        the greetings under way): another user's is closed at accept, before any read;
+        ours get GREETING_TIMEOUT_S to greet with the right token and a slot of this
+        plane, else they are closed too. None of it touches the overall deadline."""
         deadline = time.monotonic() + timeout
-        while len(self.peers) < expected:
-            self._listener.settimeout(max(deadline - time.monotonic(), 0.001))
+        greeting: dict[socket.socket, tuple[bytearray, float]] = {}  # connection -> (bytes so far, its deadline)
+        refused = 0
+        with selectors.DefaultSelector() as sel:
+            self._listener.setblocking(False)
+            sel.register(self._listener, selectors.EVENT_READ)
+            try:
+                while len(self.peers) < expected:
+                    now = time.monotonic()
+                    for conn in [c for c, (_, due) in greeting.items() if due <= now]:
+                        refused += self._drop(sel, greeting, conn)
+                    if now >= deadline:
+                        missing = expected - len(self.peers)
+                        strangers = f" ({refused} other connection(s) refused)" if refused else ""
+                        raise TimeoutError(f"{missing} worker(s) did not attach to the node's shared memory "
+                                           f"within {timeout:g} s{strangers}")
+                    due = min([deadline, *(d for _, d in greeting.values())])
+                    for key, _ in sel.select(max(due - now, 0.001)):
+                        if key.fileobj is self._listener:
+                            refused += self._take_connections(sel, greeting)
+                        else:
+                            refused += self._read_greeting(sel, greeting, key.fileobj)
+            finally:
+                for conn in list(greeting):
+                    self._drop(sel, greeting, conn)
+                self._listener.setblocking(True)
+
+    def _take_connections(self, sel, greeting) -> int:
+        """Accept every queued connection; close another user's at once. Returns how many were refused."""
+        refused = 0
+        while True:
             try:
                 conn, _ = self._listener.accept()
-            except socket.timeout:
-                raise TimeoutError(f"{expected - len(self.peers)} worker(s) did not attach to the "
-                                   f"node's shared memory within {timeout:g} s") from None
-            conn.settimeout(timeout)
-            # Only processes of this user may attach (a name in the abstract namespace
-            # is visible to every process in the network namespace).
+            except (BlockingIOError, InterruptedError):
+                return refused
+            except OSError:  # the connection went away before it was taken (or no fd left): take the next
+                return refused + 1
             _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                            struct.calcsize("3i")))
-            hello = _recv_exact(conn, HELLO.size)
-            if uid != os.getuid() or not hello:
+            if uid != os.getuid():  # nothing is read from it, nothing sent to it
                 conn.close()
+                refused += 1
                 continue
-            (slot,) = HELLO.unpack(hello)
+            conn.setblocking(False)
+            greeting[conn] = (bytearray(), time.monotonic() + GREETING_TIMEOUT_S)
+            sel.register(conn, selectors.EVENT_READ)
+
+    def _read_greeting(self, sel, greeting, conn) -> int:
+        """Read what has come of one greeting; when whole, attach the peer or refuse it
+        (1 returned when refused)."""
+        buf, _ = greeting[conn]
+        try:
+            part = conn.recv(HELLO.size - len(buf))
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return self._drop(sel, greeting, conn)
+        if not part:
+            return self._drop(sel, greeting, conn)
+        buf += part
+        if len(buf) < HELLO.size:
+            return 0
+        slot, token = HELLO.unpack(buf)
+        if not (secrets.compare_digest(token, self._token) and 0 <= slot < self.slots):
+            return self._drop(sel, greeting, conn)
+        sel.unregister(conn)
+        del greeting[conn]
+        try:
+            conn.settimeout(GREETING_TIMEOUT_S)  # a few bytes into an empty socket: never blocks for long
             socket.send_fds(conn, [SHAPE.pack(self.size, self.slots, self.dtype.itemsize)], self._fds)
-            conn.settimeout(None)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-            old = self.peers.pop(slot, None)
-            if old is not None:
-                old.close()
-            self.peers[slot] = conn
+        except OSError:  # it went away; it is not attached, and the deadline still counts
+            conn.close()
+            return 0
+        conn.settimeout(None)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        old = self.peers.pop(slot, None)
+        if old is not None:
+            old.close()
+        self.peers[slot] = conn
+        return 0
+
+    @staticmethod
+    def _drop(sel, greeting, conn) -> int:
+        sel.unregister(conn)
+        del greeting[conn]
+        conn.close()
+        return 1
 
     def send(self, op: int, theta: np.ndarray, epoch: int = 0, k: int = 0) -> None:
         """Write theta into the shared buffer and wake every peer for a step (batch k
@@ -153,8 +236,14 @@ class PlaneHost:
                 raise PeerLost(slot, "its process ended")
             values = reply.unpack(data)
             if values[0] < 0:
-                (length,) = ERROR_LEN.unpack(_recv_exact(conn, ERROR_LEN.size))
-                raise RuntimeError(_recv_exact(conn, length).decode(errors="replace"))
+                try:
+                    head = _recv_exact(conn, ERROR_LEN.size)
+                    text = _recv_exact(conn, ERROR_LEN.unpack(head)[0]) if head else b""
+                except OSError as e:
+                    raise PeerLost(slot, f"failed, and its message was lost ({e})") from None
+                if not text:
+                    raise PeerLost(slot, "failed, and its process ended")
+                raise RuntimeError(text.decode(errors="replace"))
             replies[slot] = values
         return replies
 
@@ -210,13 +299,28 @@ class PlanePeer:
     this one thread.
     """
 
-    def __init__(self, address: str, slot: int, step, evaluate, timeout: float = 60.0):
+    def __init__(self, ticket: tuple[str, str], slot: int, step, evaluate, timeout: float = 60.0):
+        """ticket: the host's (address, token), as PlaneHost.ticket gives it."""
         self.slot, self._step, self._evaluate = slot, step, evaluate
+        address, token = ticket
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(timeout)
-        self._sock.connect(address)
-        self._sock.sendall(HELLO.pack(slot))
-        msg, fds, _, _ = socket.recv_fds(self._sock, SHAPE.size, 2)
+        try:
+            self._sock.connect(address)
+            self._sock.sendall(HELLO.pack(slot, bytes.fromhex(token)))
+            msg, fds, _, _ = socket.recv_fds(self._sock, SHAPE.size, 2)
+        except socket.timeout:
+            self._sock.close()
+            raise TimeoutError(f"the node's shared memory did not take the worker in slot {slot} "
+                               f"within {timeout:g} s") from None
+        except BaseException:
+            self._sock.close()
+            raise
+        if len(msg) != SHAPE.size or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            self._sock.close()
+            raise ConnectionError(f"the node's shared memory refused the worker in slot {slot}")
         size, slots, itemsize = SHAPE.unpack(msg)
         dtype = {4: np.float32, 8: np.float64}[itemsize]
         try:

@@ -44,12 +44,13 @@ import numpy as np
 import ray
 
 from trainer.config import MAX_WORKERS, ClusterConfig
-from trainer.errors import InputError, one_line
+from trainer.errors import InputError, RunError, one_line
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
 from workers.shard_actor import ATTACH_TIMEOUT_S, STEP_TIMEOUT_S, ShardActor, add_evals
+from workers.storage_env import worker_error
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,9 @@ class RayPool:
                 self.info = ray.get([a.ready.remote() for a in self.actors])
             except ray.exceptions.RayActorError as e:  # died while starting (out of memory, killed)
                 raise WorkerLostError(f"a shard worker died while starting ({one_line(e)})") from None
-            errors = [i["error"] for i in self.info if i["error"]]
+            errors = [i for i in self.info if i["error"]]
             if errors:
-                raise InputError(errors[0])
+                raise InputError(worker_error(task.source_spec, errors[0]))
             self._m = sum(i["n_train"] for i in self.info)
             self._m_val = sum(i["n_val"] for i in self.info)
             self._wire()
@@ -120,6 +121,16 @@ class RayPool:
         self._unwire()
         if self.data_plane != "shm":
             return
+        try:
+            self._wire_nodes()
+        except LOST_WORKER_ERRORS:
+            raise  # a worker died while attaching: recovery replaces it
+        except (TimeoutError, OSError) as e:  # from the planes (here or in an actor), or Ray's wait
+            cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else e
+            raise RunError(f"the shared-memory data plane could not be wired: {one_line(cause, 120)}; "
+                           "cluster.data_plane: object_store does without it") from None
+
+    def _wire_nodes(self) -> None:
         groups: dict[str, list[int]] = defaultdict(list)
         for rank, info in enumerate(self.info):
             groups[info["node_id"]].append(rank)
@@ -129,13 +140,13 @@ class RayPool:
         for node, ranks in groups.items():
             if node == here:
                 self._host = PlaneHost(spec.size, spec.dtype, len(ranks))
-                attach = [self.actors[r].attach.remote(self._host.address, s) for s, r in enumerate(ranks)]
+                attach = [self.actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
                 self._host.accept(len(ranks), ATTACH_TIMEOUT_S)
                 pending += attach
             else:
                 leader = self.actors[ranks[0]]
-                address = ray.get(leader.host.remote(len(ranks)))
-                pending += [self.actors[r].attach.remote(address, s) for s, r in enumerate(ranks[1:], 1)]
+                ticket = ray.get(leader.host.remote(len(ranks)))
+                pending += [self.actors[r].attach.remote(ticket, s) for s, r in enumerate(ranks[1:], 1)]
                 pending.append(leader.accept.remote(len(ranks) - 1))
                 self._leaders.append(leader)
         ray.get(pending, timeout=ATTACH_TIMEOUT_S + 10)

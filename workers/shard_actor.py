@@ -17,6 +17,7 @@ from trainer.errors import InputError
 from trainer.pool import EvalSums, ShardSums
 from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
 from workers.shard import ShardTask
+from workers.storage_env import storage_variables
 
 STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
@@ -53,7 +54,11 @@ class ShardActor:
         ctx = ray.get_runtime_context()
         info = {"error": self.error, "node_id": ctx.get_node_id(), "pid": os.getpid(),
                 "rows": (self.lo, self.hi)}
-        if self.error is None:
+        if self.error is not None:  # which side fails, and why: workers/storage_env.py
+            # The node's address as the cluster knows it (the one `ray status` shows).
+            ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == info["node_id"]), None)
+            info.update(node_ip=ip, storage_env=storage_variables(self.task.source_spec))
+        else:
             # Counted here, in the worker, from what it holds and what its reader read.
             info.update(n_train=self.worker.n_train, n_val=self.worker.n_val,
                         rows_held=self.worker.n_train + self.worker.n_val, rows_read=self.rows_read,
@@ -86,17 +91,19 @@ class ShardActor:
         e = self.worker.evaluate_sums(theta)
         return e.n, e.loss_sum, e.correct, e.count
 
-    def attach(self, address: str, slot: int) -> None:
-        """Answer steps from the plane at `address` (in a thread of this actor) from now on."""
+    def attach(self, ticket: tuple[str, str], slot: int) -> None:
+        """Answer steps from the plane of `ticket` (its host's, see PlaneHost.ticket) in a
+        thread of this actor from now on."""
         self.detach()
-        self.peer = PlanePeer(address, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
+        self.peer = PlanePeer(ticket, slot, self._step, self._evaluate, ATTACH_TIMEOUT_S)
 
-    def host(self, slots: int) -> str:
-        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own)."""
+    def host(self, slots: int) -> tuple[str, str]:
+        """Lead this node: host a plane with `slots` slots (slot 0 is this worker's own);
+        returns its ticket for the node's other workers."""
         self.detach()
         spec = self.worker.spec
         self.plane = PlaneHost(spec.size, spec.dtype, slots)
-        return self.plane.address
+        return self.plane.ticket
 
     def accept(self, peers: int) -> None:
         self.plane.accept(peers, ATTACH_TIMEOUT_S)
