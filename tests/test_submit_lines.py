@@ -67,3 +67,8 @@ def test_a_missing_dependency_names_the_python_and_the_fix():
     line = jobs._missing_on_cluster(Logs("rayprop: missing on the cluster: ray numpy (for /usr/bin/python3)\n"), "j")
     assert "could not find the Python that runs the cluster's Ray" in line and "pip install" not in line
 
+
+def test_fetch_names_the_files_the_runs_log():
+    from experiments import fetch, run_artifacts
+
+    assert fetch.MODEL_FILES == run_artifacts.MODEL_FILES
