@@ -119,7 +119,8 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
     `train_args` carry `--tracking-uri` when one was given, so the job logs its MLflow
     run where the submitter said; `tracking_note` says where, once the job is in.
     `output_uri`: where the job writes its files (else a folder of its own on the
-    cluster); `later`: the line printed with --no-wait (how to get the model later).
+    cluster); `later`: the line printed with --no-wait (how to get the model later;
+    "{job_id}" in it becomes the job's id).
     """
     client = _client(address)
     with tempfile.TemporaryDirectory(prefix="rayprop-job-") as tmp:
@@ -143,7 +144,7 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         print(f"rayprop submit: {tracking_note}", file=sys.stderr)
     if not wait:
         if later:
-            print(f"rayprop submit: {later}", file=sys.stderr)
+            print(f"rayprop submit: {later.replace('{job_id}', job_id)}", file=sys.stderr)
         print(job_id)
         return job_id, None
     try:

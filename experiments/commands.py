@@ -153,7 +153,7 @@ def submit(args) -> int | None:
     if stores.is_server(uri):
         later = ("once it has finished, its model files come here with: "
                  + fetch.command("RUN_ID", uri, str(local_out or "DIR"))
-                 + " (RUN_ID: the job's log names its MLflow run)")
+                 + " (RUN_ID: the MLflow run that `ray job logs {job_id}` names)")
     job_id, run_id = submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
                                 lambda s: s in BUILTIN_NAMES, note, pip=args.pip,
                                 output_uri=output_uri, later=later)
