@@ -229,12 +229,18 @@ def follow(client, job_id: str) -> str | None:
             sys.stdout.write("".join(line + "\n" for line in kept))
             sys.stdout.flush()
 
-    with quiet_ray():
-        asyncio.run(tail())
-        info = client.get_job_info(job_id)
-        while info.status not in TERMINAL:  # the log can end a moment before the status does
-            time.sleep(0.5)
+    try:
+        with quiet_ray():
+            asyncio.run(tail())
             info = client.get_job_info(job_id)
+            while info.status not in TERMINAL:  # the log can end a moment before the status does
+                time.sleep(0.5)
+                info = client.get_job_info(job_id)
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as e:  # the head went away, a proxy cut the log's websocket, ...
+        raise RunError(f"lost the cluster's Jobs API while following job {job_id} ({redact(one_line(e))}); "
+                       f"the job may go on: ray job logs -f {job_id}") from None
     if info.status == "SUCCEEDED":
         return seen["run"]
     code = info.driver_exit_code

@@ -72,3 +72,34 @@ def test_fetch_names_the_files_the_runs_log():
     from experiments import fetch, run_artifacts
 
     assert fetch.MODEL_FILES == run_artifacts.MODEL_FILES
+
+
+@pytest.mark.parametrize("case", ["venv of the loaded ray", "interpreter", "VIRTUAL_ENV"])
+def test_job_python_finds_the_python_of_the_parent(case, tmp_path):
+    """cluster/job_python.sh, sourced by a shell whose parent is a Python process (on the
+    cluster: Ray's job supervisor): that Python, whatever `python` the PATH finds."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(jobs.__file__).with_name("job_python.sh")
+    venv = Path(sys.prefix)  # the venv the tests run in (its pyvenv.cfg is at its root)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"  # the shell's `python`, if any, is another one
+    if case == "VIRTUAL_ENV":
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "python").symlink_to(sys.executable)
+        env["VIRTUAL_ENV"] = str(tmp_path)
+    load = "import ray; " if case == "venv of the loaded ray" else ""
+    code = (f"{load}import subprocess; print(subprocess.run(['/bin/sh', '-c', '. {script} && "
+            "echo \"$RAYPROP_PYTHON\"'], capture_output=True, text=True).stdout.strip())")
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=120).stdout.strip()
+    if case == "venv of the loaded ray":
+        assert (venv / "pyvenv.cfg").exists()
+        assert found == str(venv / "bin" / "python")
+    elif case == "interpreter":  # nothing tells of a venv: the real interpreter behind the symlink
+        assert found == os.path.realpath(sys.executable)
+    else:
+        assert found == str(tmp_path / "bin" / "python")
