@@ -168,26 +168,30 @@ def test_submit_through_ray_jobs(head, server, tmp_path):
                    "--set", "train.learning_rate=oops", env=env, cwd=tmp_path)
     one_line_error(proc, "train.learning_rate")  # checked before anything reaches the cluster
 
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait", "--tracking-uri", server.uri,
-                   env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip()
+    proc_nowait = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait",
+                          "--tracking-uri", server.uri, env=env, cwd=tmp_path)
+    assert proc_nowait.returncode == 0, proc_nowait.stderr
+    job_id = proc_nowait.stdout.strip()
     assert job_id.startswith("raysubmit_")
-    assert f"rayprop fetch RUN_ID --output DIR --tracking-uri {server.uri}" in proc.stderr, proc.stderr
+    assert f"ray job logs {job_id}" in proc_nowait.stderr, proc_nowait.stderr
+    # its run appears on the server and finishes (asked in-process: cheaper than Ray's CLI)
+    client = MlflowClient(server.uri)
+    deadline, done = time.time() + 240, []
+    while not done and time.time() < deadline:
+        done = [r for r in client.search_runs([run.info.experiment_id], "attributes.status = 'FINISHED'")
+                if r.info.run_id != summary["run_id"]]
+        time.sleep(1)
+    assert len(done) == 1, done
     status = ray_job_status(head, env, job_id)
     assert f"job '{job_id.lower()}' succeeded" in status, status
     # the one command that fetches it later, given the run id the job's log names
-    runs = MlflowClient(server.uri).search_runs(["0", *[e.experiment_id for e in
-                                                       MlflowClient(server.uri).search_experiments()]],
-                                                order_by=["start_time DESC"], max_results=1)
     later = tmp_path / "later"
-    proc = rayprop("fetch", runs[0].info.run_id, "--output", later, "--tracking-uri", server.uri,
+    proc = rayprop("fetch", done[0].info.run_id, "--output", later, "--tracking-uri", server.uri,
                    env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((later / "summary.json").read_text())["run_id"] == runs[0].info.run_id
-    proc = rayprop("fetch", runs[0].info.run_id, "--output", later, "--tracking-uri", server.uri,
-                   env=env, cwd=tmp_path)
-    one_line_error(proc, "already holds")  # never over another model's files
+    assert json.loads((later / "summary.json").read_text())["run_id"] == done[0].info.run_id
+    assert f"rayprop fetch RUN_ID --output DIR --tracking-uri {server.uri}" in \
+        [line for line in proc_nowait.stderr.splitlines() if "rayprop fetch" in line][0]
 
 
 def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, server, tmp_path):
@@ -222,6 +226,12 @@ def test_fetch_refuses_what_has_no_model(server, tmp_path):
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "0" * 32, "no such run")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.npz").write_bytes(b"another model's")
+    proc = rayprop("fetch", running, "--output", tmp_path / "b", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, "already holds model.npz")  # never over another model's files
+    assert (tmp_path / "b" / "model.npz").read_bytes() == b"another model's"
 
 
 def test_submit_refuses_a_job_whose_results_stay_on_the_head(tmp_path):
