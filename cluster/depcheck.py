@@ -10,6 +10,7 @@ line starting with MARKER and exits EXIT_MISSING when something is missing;
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 # import name -> the name pip installs it by (rayprop's runtime dependencies, Ray aside)
@@ -21,8 +22,10 @@ MARKER = "rayprop: missing on the cluster:"
 
 
 def missing() -> list[str]:
-    """The pip names of the dependencies this Python cannot import."""
-    gone = []
+    """The pip names of the dependencies this Python cannot import ("ray" first when it
+    lacks Ray itself: then it is not the cluster's Python at all)."""
+    # Found, not imported: importing Ray takes a second, and the job imports it next anyway.
+    gone = [] if importlib.util.find_spec("ray") is not None else ["ray"]
     for module, name in DEPENDENCIES.items():
         try:
             importlib.import_module(module)

@@ -127,9 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: MLFLOW_TRACKING_URI here, else tracking.uri); use a server the "
                    "cluster can reach, http://HOST:PORT")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    s.add_argument("--output", metavar="DIR|URI",
+                   help="DIR: wait for the job, then put its model.npz, model.json, summary.json "
+                   "here (from its run on the tracking server); URI (s3://, gs://, file://...): "
+                   "the job writes its files there")
+    s.add_argument("--no-wait", action="store_true",
+                   help="print the job id (and how to fetch its model later) and return")
     s.add_argument("--pip", action="store_true", help="have Ray pip-install rayprop's dependencies "
                    "for the job (runtime_env pip), for a cluster whose Python lacks them")
+
+    f = sub.add_parser("fetch", help="a finished run's model files from its MLflow artifacts",
+                       description="Download model.npz, model.json and summary.json of a finished "
+                       "run (trained here, elsewhere, or by `rayprop submit`) from the tracking "
+                       "store into a folder.")
+    f.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id")
+    f.add_argument("--output", required=True, metavar="DIR", help="where the files go (created if needed)")
+    f.add_argument("--tracking-uri", metavar="URI",
+                   help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
 
     g = sub.add_parser("gradcheck", help="check Eq. 12 against finite differences",
                        description="Compare the back-propagated gradient with central finite "

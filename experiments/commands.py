@@ -115,9 +115,11 @@ def ui(args) -> int:
     return run_ui(stores.resolve_uri(args.tracking_uri, None), args.host, args.port)
 
 
-def submit(args) -> int:
+def submit(args) -> int | None:
     from cluster.jobs import submit as submit_job
+    from experiments import fetch
     from workers.builtin_sets import BUILTIN_NAMES
+    from workers.locations import is_uri
 
     cfg = _config(args)  # a bad config fails here, before anything reaches the cluster
     address = args.address or os.environ.get("RAY_ADDRESS")
@@ -130,11 +132,49 @@ def submit(args) -> int:
     if uri:
         train_args.append(f"--tracking-uri {shlex.quote(uri)}")
     uri = uri or cfg.tracking.uri or stores.DEFAULT_URI
+    # --output URI: the job writes there. --output DIR: a folder here, where the model
+    # comes (from the run's artifacts on the tracking server) once the job has finished.
+    output_uri = args.output if args.output and is_uri(args.output) else None
+    local_out = Path(args.output).expanduser() if args.output and not output_uri else None
+    if not stores.is_server(uri) and not output_uri:
+        # The job's folder and a local store are in Ray's session folder on the head,
+        # deleted with the session: nothing of the run would be left to see.
+        raise InputError(f"--tracking-uri: the job's run would stay in {stores.redact(uri)} on the head, "
+                         "deleted with Ray's session; give --tracking-uri http://MLFLOW-HOST:PORT or --output URI")
+    if local_out is not None:
+        if not stores.is_server(uri):
+            raise InputError(f"--output {local_out}: the model comes here from a tracking server; "
+                             "give --tracking-uri http://MLFLOW-HOST:PORT")
+        fetch.check_target(local_out)
     note = f"the job logs its MLflow run to {stores.redact(uri)}"
     if not stores.is_server(uri):
-        note += " on the cluster's node (give --tracking-uri http://MLFLOW-HOST:PORT to see it here)"
-    return submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
-                      lambda s: s in BUILTIN_NAMES, note, pip=args.pip)
+        note += f" on the cluster's node; its files go to {output_uri}"
+    later = None
+    if stores.is_server(uri):
+        later = ("once it has finished, its model files come here with: "
+                 + fetch.command("RUN_ID", uri, str(local_out or "DIR"))
+                 + " (RUN_ID: the MLflow run that `ray job logs {job_id}` names)")
+    job_id, run_id = submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
+                                lambda s: s in BUILTIN_NAMES, note, pip=args.pip,
+                                output_uri=output_uri, later=later)
+    if args.no_wait or local_out is None:
+        return None
+    if run_id is None:
+        raise RunError(f"job {job_id} succeeded, but its log names no MLflow run to fetch the model from")
+    fetch.fetch(run_id, uri, local_out)
+    print(f"rayprop submit: model.npz, model.json, summary.json of run {run_id} in {local_out}",
+          file=sys.stderr)
+    return None
+
+
+def fetch(args) -> None:
+    from experiments import fetch as fetching
+
+    uri = stores.resolve_uri(args.tracking_uri, None)
+    out_dir = Path(args.output).expanduser()
+    fetching.fetch(args.run_id, uri, out_dir)
+    print(f"rayprop fetch: model.npz, model.json, summary.json of run {args.run_id} in {out_dir}",
+          file=sys.stderr)
 
 
 def gradcheck(args) -> None:

@@ -60,6 +60,8 @@ def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:
     the command that shows it."""
     if is_server(uri):
         return run_page(redact(uri), experiment_id, run_id)
+    if os.environ.get("RAYPROP_IN_JOB"):  # a submitted job: `rayprop ui` on the submitter shows nothing
+        return f"{redact(uri)} on the cluster's node"
     return f"{redact(uri)} (see it with: rayprop ui{'' if uri == DEFAULT_URI else ' --tracking-uri ' + redact(uri)})"
 
 

@@ -31,7 +31,8 @@ def wait_listening(port: int, seconds: float) -> bool:
 
 
 class Head:
-    def __init__(self, log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, log_dir: Path, num_cpus: int = 2, env: dict[str, str] | None = None,
+                 venv_on_path: bool = True):
         self.token = secrets.token_hex(16)
         self.gcs_port, self.client_port, self.dashboard_port = free_port(), free_port(), free_port()
         # Worker ports: a range of our own, clear of the ports Ray Client's proxy hands
@@ -42,7 +43,12 @@ class Head:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))
         self.log = open(log_dir / "head.log", "wb")
         bin_dir = Path(sys.executable).parent
-        self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        # venv_on_path=False: `ray start` run by its full path from a shell whose PATH
+        # lacks the venv (not activated), so a bare `python` there is another Python.
+        path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != bin_dir]
+        if venv_on_path:
+            path.insert(0, str(bin_dir))
+        self.env = {**os.environ, "PATH": os.pathsep.join(path),
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(

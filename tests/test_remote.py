@@ -15,9 +15,21 @@ SPIRALS = "data: {source: spirals}\nmodel: {layers: [2, 16, 3]}\ntrain: {epochs:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    h = Head(tmp_path_factory.mktemp("rayhead"))
+    # Started as `/path/to/venv/bin/ray start --head` from a shell whose PATH lacks the
+    # venv (not activated): a bare `python` there is another Python, without rayprop's
+    # dependencies; submitted jobs must still run with the Python of the cluster's Ray.
+    h = Head(tmp_path_factory.mktemp("rayhead"), venv_on_path=False)
     yield h
     h.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.mlflowserver import MlflowServer
+
+    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield s
+    s.stop()
 
 
 def rayprop(*args, env, cwd, timeout=240):
@@ -96,10 +108,37 @@ def test_nothing_listening_is_one_line(tmp_path):
     one_line_error(proc, "nothing listens", str(port))
 
 
-def test_submit_through_ray_jobs(head, tmp_path):
+def ray_job_status(head, env, job_id, seconds=180) -> str:
+    """Follow a job to its end with Ray's own CLI, in a process of its own (Ray reads the
+    auth mode once per process, at import)."""
+    ray_cli = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "status", job_id,
+               "--address", head.jobs_address]
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status = subprocess.run(ray_cli, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                                text=True, timeout=60).stdout.lower()
+        if any(word in status for word in ("succeeded", "failed", "stopped")):
+            return status
+        time.sleep(1)
+    return status
+
+
+def no_ray_lines(text):
+    """Ray's own log lines (its INFO logging, the entrypoint line, raylet forwards) are not
+    rayprop's console."""
+    for marker in ("INFO packaging.py", "INFO sdk.py", "INFO job_manager.py", "INFO worker.py",
+                   "Running entrypoint for job", "(raylet)"):
+        assert marker not in text, text
+
+
+def test_submit_through_ray_jobs(head, server, tmp_path):
+    """A local data file shipped with the job, the job run by the cluster's Python (not
+    the PATH's), its log followed, and the model back here in --output DIR from the run
+    on the tracking server."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import numpy as np
+    from mlflow import MlflowClient
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((301, 2))
@@ -109,42 +148,111 @@ def test_submit_through_ray_jobs(head, tmp_path):
     cfg.write_text(f"data: {{source: {tmp_path / 'local.parquet'}}}\nmodel: {{layers: [2, 8, 2]}}\n"
                    "train: {epochs: 3, optimizer: adam, learning_rate: 0.05, batch_size: 32}\n")
     env = client_env(tmp_path, head.token)
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--workers", "2", env=env, cwd=tmp_path)
+    got = tmp_path / "got"
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--workers", "2",
+                   "--tracking-uri", server.uri, "--output", got, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the job's own log, followed to the end: it trained on the shipped file with 2 workers
     assert "in a Ray job: 2 workers" in proc.stdout and "done: 3 epochs" in proc.stdout, proc.stdout
+    no_ray_lines(proc.stdout + proc.stderr)
+    summary = json.loads((got / "summary.json").read_text())
+    assert summary["workers"] == 2 and summary["epochs"] == 3
+    run = MlflowClient(server.uri).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and f"run {summary['run_id']} in {got}" in proc.stderr
+    # the files here are the run's, byte for byte as the server stored them
+    for name in ("model.npz", "model.json", "summary.json"):
+        stored = [p for p in (server.root / "artifacts").rglob(name) if summary["run_id"] in str(p)]
+        assert len(stored) == 1 and stored[0].read_bytes() == (got / name).read_bytes(), name
 
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait",
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait", "--tracking-uri", server.uri,
                    "--set", "train.learning_rate=oops", env=env, cwd=tmp_path)
     one_line_error(proc, "train.learning_rate")  # checked before anything reaches the cluster
 
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip()
+    proc_nowait = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait",
+                          "--tracking-uri", server.uri, env=env, cwd=tmp_path)
+    assert proc_nowait.returncode == 0, proc_nowait.stderr
+    job_id = proc_nowait.stdout.strip()
     assert job_id.startswith("raysubmit_")
-    # Follow it to its end with Ray's own CLI, in a process of its own (Ray reads the
-    # auth mode once per process, at import).
-    ray_cli = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "status", job_id,
-               "--address", head.jobs_address]
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        status = subprocess.run(ray_cli, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
-                                text=True, timeout=60).stdout.lower()
-        if any(word in status for word in ("succeeded", "failed", "stopped")):
-            break
+    assert f"ray job logs {job_id}" in proc_nowait.stderr, proc_nowait.stderr
+    # its run appears on the server and finishes (asked in-process: cheaper than Ray's CLI)
+    client = MlflowClient(server.uri)
+    deadline, done = time.time() + 240, []
+    while not done and time.time() < deadline:
+        done = [r for r in client.search_runs([run.info.experiment_id], "attributes.status = 'FINISHED'")
+                if r.info.run_id != summary["run_id"]]
         time.sleep(1)
+    assert len(done) == 1, done
+    status = ray_job_status(head, env, job_id)
     assert f"job '{job_id.lower()}' succeeded" in status, status
+    # the one command that fetches it later, given the run id the job's log names
+    later = tmp_path / "later"
+    proc = rayprop("fetch", done[0].info.run_id, "--output", later, "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((later / "summary.json").read_text())["run_id"] == done[0].info.run_id
+    assert f"rayprop fetch RUN_ID --output DIR --tracking-uri {server.uri}" in \
+        [line for line in proc_nowait.stderr.splitlines() if "rayprop fetch" in line][0]
 
 
-def test_submit_with_a_wrong_token_is_one_line(head, tmp_path):
+def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, server, tmp_path):
+    """The job's own last line and its id; its exit code's kind (2: bad input there)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: /nonexistent/rows.parquet}\nmodel: {layers: [2, 4, 2]}\n")
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
+                   env=client_env(tmp_path, head.token), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rayprop submit: error: job raysubmit_") and "/nonexistent/rows.parquet" in last, \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
+    no_ray_lines(proc.stdout + proc.stderr)
+
+
+def test_fetch_refuses_what_has_no_model(server, tmp_path):
+    """Unknown run, a run still RUNNING, a finished run without model files: one line each."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    env = client_env(tmp_path, None)
+    running = client.create_run("0").info.run_id
+    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, running, "RUNNING")
+    client.set_terminated(running)
+    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, running, "no model files")
+    proc = rayprop("fetch", "0" * 32, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, "0" * 32, "no such run")
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.npz").write_bytes(b"another model's")
+    proc = rayprop("fetch", running, "--output", tmp_path / "b", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, "already holds model.npz")  # never over another model's files
+    assert (tmp_path / "b" / "model.npz").read_bytes() == b"another model's"
+
+
+def test_submit_refuses_a_job_whose_results_stay_on_the_head(tmp_path):
+    """No tracking server and no output URI: refused before anything is sent (no cluster here)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(SPIRALS)
-    proc = rayprop("submit", cfg, "--address", head.jobs_address,
+    env = {k: v for k, v in client_env(tmp_path, None).items() if not k.startswith("MLFLOW_")}
+    proc = rayprop("submit", cfg, "--address", f"http://127.0.0.1:{free_port()}", env=env, cwd=tmp_path,
+                   timeout=60)
+    one_line_error(proc, "--tracking-uri", "deleted with Ray's session", "--output URI")
+
+
+def test_submit_with_a_wrong_token_is_one_line(head, server, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SPIRALS)
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
                    env=client_env(tmp_path, "ffffffffffffffffffffffffffffffff"), cwd=tmp_path, timeout=60)
     one_line_error(proc, "authentication", "token")
 
 
-def test_submit_refuses_a_large_local_file(head, tmp_path, monkeypatch):
+def test_submit_refuses_a_large_local_file(head, server, tmp_path, monkeypatch):
     from cluster import jobs
 
     big = tmp_path / "big.csv"
@@ -152,6 +260,6 @@ def test_submit_refuses_a_large_local_file(head, tmp_path, monkeypatch):
         f.truncate(jobs.MAX_SHIPPED_BYTES + 1)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{source: {big}}}\n")
-    proc = rayprop("submit", cfg, "--address", head.jobs_address,
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
                    env=client_env(tmp_path, head.token), cwd=tmp_path, timeout=60)
     one_line_error(proc, "data.source", "too large to ship", "path or URI")
