@@ -43,6 +43,7 @@ from workers.locations import is_uri
 MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
 PACKAGES = ("trainer", "workers", "cluster", "experiments")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SUBMISSION_ENV = "RAYPROP_SUBMISSION_ID"  # the job's id, in its environment on the cluster
 SUBMIT_RETRY_SECONDS = 60  # a head that just started answers "no available agent" for a while
 # What a head that is not ready yet answers (HTTP 500 / 503): worth another try.
 NOT_READY = ("try again later", "no available agent")
@@ -133,11 +134,15 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         entrypoint = " ".join([". cluster/job_python.sh && \"$RAYPROP_PYTHON\" -m cluster.depcheck && "
                                "exec \"$RAYPROP_PYTHON\" -m experiments.cli train job.yaml",
                                "--output", shlex.quote(output), *train_args])
-        runtime_env = {"working_dir": str(workdir), "env_vars": {"RAYPROP_IN_JOB": "1"}}
+        # The job's id is ours to choose: the job tags its MLflow run with it, so
+        # `rayprop fetch JOB_ID` finds the run before anyone has read the job's log.
+        submission_id = f"raysubmit_rayprop_{uuid.uuid4().hex[:16]}"
+        runtime_env = {"working_dir": str(workdir),
+                       "env_vars": {"RAYPROP_IN_JOB": "1", SUBMISSION_ENV: submission_id}}
         if pip:
             runtime_env["pip"] = pip_requirements()
         job_id = _submit_with_retry(
-            client, entrypoint=entrypoint, runtime_env=runtime_env,
+            client, entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
             metadata={"rayprop": "train", "experiment": str(config.get("experiment", ""))})
     print(f"rayprop submit: job {job_id} submitted to {redact(address)}", file=sys.stderr)
     if tracking_note:

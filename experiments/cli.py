@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download model.npz, model.json and summary.json of a finished "
                        "run (trained here, elsewhere, or by `rayprop submit`) from the tracking "
                        "store into a folder.")
-    f.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id")
+    f.add_argument("run_id", metavar="RUN_OR_JOB_ID",
+                   help="the MLflow run id, or the job id `rayprop submit` printed")
     f.add_argument("--output", required=True, metavar="DIR", help="where the files go (created if needed)")
     f.add_argument("--tracking-uri", metavar="URI",
                    help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")

@@ -152,8 +152,7 @@ def submit(args) -> int | None:
     later = None
     if stores.is_server(uri):
         later = ("once it has finished, its model files come here with: "
-                 + fetch.command("RUN_ID", uri, str(local_out or "DIR"))
-                 + " (RUN_ID: the MLflow run that `ray job logs {job_id}` names)")
+                 + fetch.command("{job_id}", uri, str(local_out or "DIR")))
     job_id, run_id = submit_job(dataclasses.asdict(cfg), address, train_args, not args.no_wait,
                                 lambda s: s in BUILTIN_NAMES, note, pip=args.pip,
                                 output_uri=output_uri, later=later)
@@ -172,8 +171,8 @@ def fetch(args) -> None:
 
     uri = stores.resolve_uri(args.tracking_uri, None)
     out_dir = Path(args.output).expanduser()
-    fetching.fetch(args.run_id, uri, out_dir)
-    print(f"rayprop fetch: model.npz, model.json, summary.json of run {args.run_id} in {out_dir}",
+    run_id = fetching.fetch(args.run_id, uri, out_dir)
+    print(f"rayprop fetch: model.npz, model.json, summary.json of run {run_id} in {out_dir}",
           file=sys.stderr)
 
 

@@ -13,6 +13,7 @@ and moved in only once all three are there.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from experiments.training import check_writable_dir
 from trainer.errors import InputError, RunError, one_line
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")  # as run_artifacts.MODEL_FILES
+SUBMISSION_TAG = "rayprop.submission_id"  # on the run of a job `rayprop submit` sent: its job id
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def check_target(out_dir: Path, what: str = "--output") -> None:
@@ -31,9 +34,23 @@ def check_target(out_dir: Path, what: str = "--output") -> None:
         raise InputError(f"{what}: {out_dir} already holds {there[0]}; choose another folder")
 
 
-def fetch(run_id: str, uri: str, out_dir: Path) -> None:
-    """Put the run's model files into out_dir; InputError (one line) when the run is
+def _run_of_job(client, job_id: str, uri: str) -> str:
+    """The run id of the submitted job `job_id` (its SUBMISSION_TAG), in any experiment."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{SUBMISSION_TAG}` = '{job_id}'",
+                              max_results=1) if experiments else []
+    if not runs:
+        raise InputError(f"{job_id}: no run of that id, nor of a job of that id, in the tracking store "
+                         f"at {stores.redact(uri)} (a job that has not started training has none yet)")
+    return runs[0].info.run_id
+
+
+def fetch(run_id: str, uri: str, out_dir: Path) -> str:
+    """Put the run's model files into out_dir and return the run's id; `run_id` may also be
+    the id of a job `rayprop submit` sent. InputError (one line) when the run is
     unknown, not finished or has no model files, RunError when the download fails."""
+    if not RUN_ID.match(run_id) and "'" in run_id:
+        raise InputError(f"{run_id!r}: not a run id or a job id")
     check_target(out_dir)
     db = stores.sqlite_path(uri)
     if db is not None and not db.exists():  # MLflow would create an empty store just to look
@@ -45,7 +62,11 @@ def fetch(run_id: str, uri: str, out_dir: Path) -> None:
 
     client = MlflowClient(uri)
     try:
+        if not RUN_ID.match(run_id):
+            run_id = _run_of_job(client, run_id, uri)
         run = client.get_run(run_id)
+    except InputError:
+        raise
     except MlflowException:
         raise InputError(f"run {run_id}: no such run in the tracking store at {stores.redact(uri)}") from None
     except Exception as e:  # a server that does not answer, ...
@@ -69,6 +90,7 @@ def fetch(run_id: str, uri: str, out_dir: Path) -> None:
             raise RunError(f"run {run_id}: downloading its model files failed ({one_line(e)})") from None
         for name in MODEL_FILES:
             (Path(tmp) / name).replace(out_dir / name)
+    return run_id
 
 
 def command(run_id: str, uri: str, out_dir: str = "DIR") -> str:

@@ -347,6 +347,11 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if resume is None:
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
+    from cluster.jobs import SUBMISSION_ENV
+    from experiments.fetch import SUBMISSION_TAG
+
+    if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
+        run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})
     run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
                   "rayprop.nodes": nodes})
 

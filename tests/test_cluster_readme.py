@@ -9,7 +9,7 @@ What the test adds, because the head, the joining nodes and the tracking server
 share one machine with whatever else runs on it, and nothing else:
 - each `ray start` gets ports and a temp dir of its own (`_isolation`), and the
   README's default ports (6379, 8265, 10001, 5000) are replaced by free ones;
-- `RUN_ID` is replaced by the id the `--no-wait` submit printed;
+- `JOB_ID` is replaced by the id the `--no-wait` submit printed;
 - step 7's job runs in the background while the test joins one more node;
 - `ray stop` is not run: it stops every Ray process of the user on the machine. The
   cluster's processes are found by a marker in their environment and killed by
@@ -86,7 +86,7 @@ class Cluster:
         for default, port in self.ports.items():
             command = re.sub(rf"(?<=[:=\s]){default}\b", str(port), command)
         if run_id:
-            command = command.replace("RUN_ID", run_id)
+            command = command.replace("JOB_ID", run_id)
         if re.search(r"\bray start\b", command):
             command += " " + " ".join(self._isolation("--head" in command))
         return command

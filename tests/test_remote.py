@@ -173,7 +173,9 @@ def test_submit_through_ray_jobs(head, server, tmp_path):
     assert proc_nowait.returncode == 0, proc_nowait.stderr
     job_id = proc_nowait.stdout.strip()
     assert job_id.startswith("raysubmit_")
-    assert f"ray job logs {job_id}" in proc_nowait.stderr, proc_nowait.stderr
+    printed = [line for line in proc_nowait.stderr.splitlines() if "rayprop fetch" in line]
+    assert printed and f"rayprop fetch {job_id} --output DIR --tracking-uri {server.uri}" in printed[0], \
+        proc_nowait.stderr
     # its run appears on the server and finishes (asked in-process: cheaper than Ray's CLI)
     client = MlflowClient(server.uri)
     deadline, done = time.time() + 240, []
@@ -184,14 +186,13 @@ def test_submit_through_ray_jobs(head, server, tmp_path):
     assert len(done) == 1, done
     status = ray_job_status(head, env, job_id)
     assert f"job '{job_id.lower()}' succeeded" in status, status
-    # the one command that fetches it later, given the run id the job's log names
-    later = tmp_path / "later"
-    proc = rayprop("fetch", done[0].info.run_id, "--output", later, "--tracking-uri", server.uri,
-                   env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((later / "summary.json").read_text())["run_id"] == done[0].info.run_id
-    assert f"rayprop fetch RUN_ID --output DIR --tracking-uri {server.uri}" in \
-        [line for line in proc_nowait.stderr.splitlines() if "rayprop fetch" in line][0]
+    # the one command printed fetches it later, by the job's id; and by the run's id
+    for name, which in (("later", job_id), ("by-run", done[0].info.run_id)):
+        proc = rayprop("fetch", which, "--output", tmp_path / name, "--tracking-uri", server.uri,
+                       env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((tmp_path / name / "summary.json").read_text())["run_id"] == done[0].info.run_id
+    assert (tmp_path / "later" / "model.npz").read_bytes() == (tmp_path / "by-run" / "model.npz").read_bytes()
 
 
 def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, server, tmp_path):
@@ -225,6 +226,9 @@ def test_fetch_refuses_what_has_no_model(server, tmp_path):
     proc = rayprop("fetch", "0" * 32, "--output", tmp_path / "a", "--tracking-uri", server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "0" * 32, "no such run")
+    proc = rayprop("fetch", "raysubmit_unknown", "--output", tmp_path / "a", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, "raysubmit_unknown", "no run of that id, nor of a job of that id")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.npz").write_bytes(b"another model's")
