@@ -172,6 +172,9 @@ CASES = [
     # -- flags and output
     ("output is a file", train("--output", "a_file"), ["--output", "a_file"]),
     ("output under a file", train("--output", "a_file/out"), ["--output", "a_file", "not a directory"]),
+    ("output URI with credentials", train("--output", "s3://key:pw@bucket/out"),
+     ["--output", "s3://bucket/out", "carries credentials"]),
+    ("output URI of unknown scheme", train("--output", "ftp://host/out"), ["--output", "ftp://"]),
     ("unknown flag", train("--epochs", "3"), ["--epochs"]),
     ("workers 0", train("--workers", "0"), ["--workers", "0"]),
     ("workers not a number", train("--workers", "two"), ["--workers"]),
