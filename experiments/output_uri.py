@@ -32,6 +32,7 @@ from pathlib import Path
 from experiments.output_folder import MODEL_FILES, OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
 from trainer.checkpoint import KEEP, PREFIX, SUFFIX, run_of
 from trainer.errors import InputError, RunError
+from workers.locations import explain
 from workers.output_store import OutputStore
 
 CHECKPOINTS = "checkpoints"
@@ -161,7 +162,7 @@ class UriClaim:
                 self.store.delete(f"{CHECKPOINTS}/{old}")
             self._own = self._own[-KEEP:]
         except (OSError, InputError) as err:
-            raise RunError(f"--output {self.name}: cannot copy {path.name} there ({err})") from None
+            raise RunError(f"--output {self.name}: cannot copy {path.name} there ({_why_failed(err)})") from None
 
     def written(self, out_dir: Path) -> None:
         """The model files are in the staging folder: copy them, summary.json last (a
@@ -172,7 +173,7 @@ class UriClaim:
                 if (out_dir / name).exists():
                     self.store.upload(out_dir / name, name)
         except (OSError, InputError) as err:
-            raise RunError(f"--output {self.name}: cannot copy the model files there ({err})") from None
+            raise RunError(f"--output {self.name}: cannot copy the model files there ({_why_failed(err)})") from None
 
     def __exit__(self, *exc) -> bool:
         # Metric points the tracking store missed stay in the staging folder (the run's
@@ -180,6 +181,11 @@ class UriClaim:
         if not any((self.out_dir / SPOOL_DIR).glob("*")):
             shutil.rmtree(self.out_dir, ignore_errors=True)
         return False
+
+
+def _why_failed(err: BaseException) -> str:
+    """A few words naming no secret (a storage error's text may carry request details)."""
+    return str(err) if isinstance(err, InputError) else explain(err)
 
 
 def claim_output(spec: str, resume_run_id: str | None, move_aside: bool):

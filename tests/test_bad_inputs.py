@@ -190,6 +190,8 @@ CASES = [
     # -- sweep
     ("sweep without a sweep section", ["sweep", "good.yaml", "--local", "--output", "out"],
      ["good.yaml", "no sweep: section", "--grid"]),
+    ("sweep to a URI", ["sweep", "good.yaml", "--local", "--grid", "train.seed=1,2", "--output", "s3://b/x"],
+     ["--output", "s3://b/x", "local folder"]),
     ("sweep grid with a bad value", ["sweep", "good.yaml", "--local", "--grid", "train.epochs=3,many"],
      ["sweep.train.epochs", "many"]),
     ("sweep grid with a negative rate", ["sweep", "good.yaml", "--local", "--grid",

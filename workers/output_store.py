@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainer.errors import InputError, one_line
-from workers.locations import explain, is_uri, locate
+from workers.locations import explain, locate
 
 OBJECT_STORES = {"s3", "gcs", "abfs"}  # pyarrow's type names: whole-object uploads
 CHUNK = 1 << 20
@@ -119,7 +119,3 @@ class OutputStore:
         except FileNotFoundError:
             pass
 
-
-def sibling(spec: str, n: int) -> str:
-    """The n-th folder beside `spec` (n >= 2): runs/spirals -> runs/spirals-2."""
-    return f"{spec.rstrip('/')}-{n}" if is_uri(spec) else str(Path(spec)) + f"-{n}"
