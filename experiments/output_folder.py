@@ -182,6 +182,12 @@ class OutputClaim:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 
+    def saved(self, path: Path) -> None:
+        """A checkpoint is in place: in a local folder, nothing more to do (see output_uri.py)."""
+
+    def written(self, out_dir: Path) -> None:
+        """The model files are in place: nothing more to do."""
+
     def __exit__(self, *exc) -> bool:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock

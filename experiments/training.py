@@ -227,8 +227,8 @@ def describe(job: Job, pool, where: str) -> str:
 
 # ---- training ------------------------------------------------------------------------
 
-def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
-    """`rayprop train`: (summary, output folder, the line saying what the tracking store
+def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
+    """`rayprop train`: (summary, output folder or URI, the line saying what the tracking store
     did not get, or None). Raises InputError before anything is
     written; RunError (run FAILED) or TrainingStopped (run KILLED) while running, each
     with a `hint` naming the checkpoint to go on from."""
@@ -338,8 +338,9 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     run's artifacts; then write the model files and summary.json. Returns the summary.
     `end_early`: a sweep's early-stopping decision (trainer/coordinator.py); a run it
     ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
-    naming the last good checkpoint. `output`: the claim of a URI output, which copies
-    each checkpoint and the model files there (out_dir is then its staging folder)."""
+    naming the last good checkpoint. `output`: the output's claim (output_folder.py,
+    output_uri.py); a URI's copies each checkpoint and the model files there from
+    out_dir, its staging folder."""
     from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
@@ -352,14 +353,14 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if resume is None:
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
-    run.set_tags({OUTPUT_TAG: output.name if output is not None else str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
-                  "rayprop.nodes": nodes})
+    where_to = output.name if output is not None else str(out_dir.resolve())  # the URI for a URI
+    run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes})
 
     last_upload, uploaded = [-ARTIFACT_CHECKPOINT_SECONDS], [None]
 
     def saved(path):
-        if hasattr(output, "saved"):
-            output.saved(path)  # to the URI before the artifacts: the newest there is whole
+        if output is not None:
+            output.saved(path)  # to a URI output before the artifacts
         to_artifacts(path)
 
     def to_artifacts(path, final=False):
@@ -394,7 +395,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 should_stop=should_stop, end_early=end_early)
     except RunError as e:  # the run ends FAILED; what is kept
         if checkpointer.latest:
-            where = f"{output.name}/checkpoints/{checkpointer.latest.name}" if output is not None else checkpointer.latest
+            where = f"{where_to}/checkpoints/{checkpointer.latest.name}"
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
         raise
     finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
@@ -410,7 +411,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if result.stopped_early:
         summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)
-    if hasattr(output, "written"):
+    if output is not None:
         output.written(out_dir)
     run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
