@@ -125,6 +125,8 @@ class OutputClaim:
     def _taken(self, out_dir: Path, locked: bool = False) -> InputError | None:
         """Why `out_dir` is not this job's (the refusal), None when it is free."""
         if not out_dir.is_dir():
+            if out_dir.exists():  # a sibling DIR-2 that is a file: the next one is tried
+                return InputError(f"--output {out_dir}: exists and is not a directory")
             return None
         busy = None if locked else self._busy(out_dir)
         if busy is not None:

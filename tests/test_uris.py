@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import one_line_exit_2
+from trainer.errors import InputError
 from tests.raycluster import free_port, wait_listening
 from tests.raydata import config, write_parquet
 from trainer.model_io import load_model
@@ -455,3 +456,52 @@ def test_an_output_uri_that_cannot_be_written_is_exit_2_before_training(out_work
     result = rayprop("train", "c.yaml", "--local", "--quiet", "--output", "s3://nobucket/runs/x",
                      "--tracking-uri", store, cwd=d)
     one_line_exit_2(result, "--output", "s3://nobucket/runs/x", "no such bucket")
+
+
+def test_a_uri_claim_moves_aside_from_a_claimed_prefix_and_notices_a_takeover(tmp_path, capsys):
+    """Two claims of one prefix (file://, no training): the second writes the first free
+    sibling; a claim whose owner object was overwritten by another job stops (RunError)
+    before copying another file, so the other run's prefix gets nothing of it."""
+    from experiments.output_uri import UriClaim
+    from trainer.errors import RunError
+
+    uri = f"file://{tmp_path / 'out'}"
+    with UriClaim(uri, move_aside=True) as first:
+        first.record("a" * 32)
+        with UriClaim(uri, move_aside=True) as second:
+            assert second.name == uri + "-2"
+            assert f"{uri} holds the files of run {'a' * 32}; this run writes to {uri}-2" in capsys.readouterr().err
+            ckpt = first.out_dir / "ckpt-000000001.npz"
+            ckpt.write_bytes(b"whole")
+            first.saved(ckpt)
+            assert (tmp_path / "out" / "checkpoints" / ckpt.name).read_bytes() == b"whole"
+            # Another job that found the prefix free at the same moment writes its owner object.
+            (tmp_path / "out" / ".rayprop-run").write_text(json.dumps({"run_id": "b" * 32, "job": "other"}))
+            late = first.out_dir / "ckpt-000000002.npz"
+            late.write_bytes(b"late")
+            with pytest.raises(RunError, match="another job claimed it"):
+                first.saved(late)
+            assert not (tmp_path / "out" / "checkpoints" / late.name).exists()
+        assert not second.out_dir.exists(), "the staging folder goes at the end"
+    # Without moving aside (--resume of another run), a taken prefix is refused.
+    with pytest.raises(InputError, match="holds the files of run"):
+        UriClaim(uri, resume_run_id="c" * 32).check()
+
+
+def test_output_store_writes_whole_files_only(tmp_path):
+    """On a file system a file appears under its name only complete: a failing write
+    leaves neither the file nor its temporary."""
+    from workers.output_store import OutputStore
+
+    store = OutputStore(f"file://{tmp_path / 'o'}")
+
+    def broken(out):
+        out.write(b"half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        store._put("checkpoints/ckpt-000000001.npz", broken)
+    assert list((tmp_path / "o").rglob("*.npz")) == [] and list((tmp_path / "o").rglob("*.tmp")) == []
+    store.write_bytes("checkpoints/ckpt-000000001.npz", b"whole")
+    assert store.names("checkpoints") == ["ckpt-000000001.npz"]
+    assert store.read_bytes("checkpoints/ckpt-000000001.npz") == b"whole"
