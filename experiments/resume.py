@@ -1,8 +1,9 @@
 """`rayprop train CONFIG --resume RUN_ID`: find the run's newest good checkpoint.
 
 The run's output folder (or URI: its checkpoints are copied down from there) is
-recorded in its `rayprop.output` tag; its checkpoints are there, and also in the run's artifacts under `checkpoints/`, which are used when
-the directory is gone (another machine, a cleaned-up disk). A corrupt newest
+recorded in its `rayprop.output` tag; its checkpoints are there, and also in the
+run's artifacts under `checkpoints/`, which are used when the folder is gone
+(another machine, a cleaned-up disk). A corrupt newest
 checkpoint falls back to the one before (trainer/checkpoint.py), with a warning.
 Only the run's own checkpoints count: each names its run, and another run's file in
 the same folder is skipped.
