@@ -298,18 +298,6 @@ def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path)
     assert ds.dataset.digest != digest_of(open_source(str(s3["local"] / "d.parquet")), columns)
 
 
-def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
-    from cluster.jobs import stage
-
-    uri = f"s3://{BUCKET}/one/d.parquet"
-    job = stage(config(uri), tmp_path, lambda s: False)
-    assert job["data"]["source"] == uri and not (tmp_path / "data").exists()
-    shipped = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
-    assert SECRET not in shipped and s3["endpoint"] not in shipped
-
-
-
-
 # ---- output to a URI ------------------------------------------------------------------
 
 OUT_EPOCHS = 30
@@ -513,3 +501,16 @@ def test_output_store_writes_whole_files_only(tmp_path):
     store.write_bytes("checkpoints/ckpt-000000001.npz", b"whole")
     assert store.names("checkpoints") == ["ckpt-000000001.npz"]
     assert store.read_bytes("checkpoints/ckpt-000000001.npz") == b"whole"
+
+
+def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
+    from cluster.jobs import stage
+
+    uri = f"s3://{BUCKET}/one/d.parquet"
+    job = stage(config(uri), tmp_path, lambda s: False)
+    assert job["data"]["source"] == uri and not (tmp_path / "data").exists()
+    shipped = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+    assert SECRET not in shipped and s3["endpoint"] not in shipped
+
+
+
