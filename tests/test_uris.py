@@ -270,34 +270,6 @@ def test_csv_is_counted_by_the_driver_only(s3, ray_session):
     assert (again.num_rows, counted) == (ROWS, [])
 
 
-def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path):
-    import mlflow
-    import yaml
-
-    uri = f"s3://{BUCKET}/one/d.parquet"
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(config(uri)))
-    result = rayprop("train", cfg, "--local", "--output", "out", "--tracking-uri", store, "--quiet")
-    assert result.code == 0, result.stderr[-2000:]
-    assert SECRET not in result.stderr + result.stdout
-    ref, _ = train(s3["local"] / "d.parquet", None)
-    assert_same(load_model(tmp_path / "out")[1], ref)
-    run = mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name(
-        "raytest").experiment_id])[0]
-    (ds,) = run.inputs.dataset_inputs
-    assert '"uri": "s3://data/one/d.parquet"' in ds.dataset.source
-    assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
-    # The digest is a function of metadata: the same file under another name differs,
-    # and it is the same as computed again from the footers.
-    from experiments.tracking import digest_of
-    from workers.sources import open_source
-
-    columns = ["x0", "x1", "x2", "x3", "y"]
-    assert ds.dataset.digest == digest_of(open_source(uri), columns)
-    assert ds.dataset.digest != digest_of(open_source(str(s3["local"] / "d.parquet")), columns)
-
-
 # ---- output to a URI ------------------------------------------------------------------
 
 OUT_EPOCHS = 30
@@ -503,6 +475,34 @@ def test_output_store_writes_whole_files_only(tmp_path):
     assert store.read_bytes("checkpoints/ckpt-000000001.npz") == b"whole"
 
 
+def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path):
+    import mlflow
+    import yaml
+
+    uri = f"s3://{BUCKET}/one/d.parquet"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config(uri)))
+    result = rayprop("train", cfg, "--local", "--output", "out", "--tracking-uri", store, "--quiet")
+    assert result.code == 0, result.stderr[-2000:]
+    assert SECRET not in result.stderr + result.stdout
+    ref, _ = train(s3["local"] / "d.parquet", None)
+    assert_same(load_model(tmp_path / "out")[1], ref)
+    run = mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name(
+        "raytest").experiment_id])[0]
+    (ds,) = run.inputs.dataset_inputs
+    assert '"uri": "s3://data/one/d.parquet"' in ds.dataset.source
+    assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
+    # The digest is a function of metadata: the same file under another name differs,
+    # and it is the same as computed again from the footers.
+    from experiments.tracking import digest_of
+    from workers.sources import open_source
+
+    columns = ["x0", "x1", "x2", "x3", "y"]
+    assert ds.dataset.digest == digest_of(open_source(uri), columns)
+    assert ds.dataset.digest != digest_of(open_source(str(s3["local"] / "d.parquet")), columns)
+
+
 def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
     from cluster.jobs import stage
 
@@ -511,6 +511,5 @@ def test_submit_ships_nothing_but_the_config_for_a_uri(s3, tmp_path):
     assert job["data"]["source"] == uri and not (tmp_path / "data").exists()
     shipped = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
     assert SECRET not in shipped and s3["endpoint"] not in shipped
-
 
 
