@@ -175,6 +175,8 @@ CASES = [
     ("output URI with credentials", train("--output", "s3://key:pw@bucket/out"),
      ["--output", "s3://bucket/out", "carries credentials"]),
     ("output URI of unknown scheme", train("--output", "ftp://host/out"), ["--output", "ftp://"]),
+    ("output URI that cannot be written", train("--output", "file:///proc/rayprop-none/out"),
+     ["--output", "file:///proc/rayprop-none/out", "cannot write there"]),
     ("unknown flag", train("--epochs", "3"), ["--epochs"]),
     ("workers 0", train("--workers", "0"), ["--workers", "0"]),
     ("workers not a number", train("--workers", "two"), ["--workers"]),

@@ -461,6 +461,8 @@ def test_output_store_writes_whole_files_only(tmp_path):
     leaves neither the file nor its temporary."""
     from workers.output_store import OutputStore
 
+    OutputStore(f"file://{tmp_path / 'checked' / 'out'}").check()
+    assert list(tmp_path.iterdir()) == [], "a check leaves no folder behind"
     store = OutputStore(f"file://{tmp_path / 'o'}")
 
     def broken(out):

@@ -46,14 +46,26 @@ class OutputStore:
         """InputError now, rather than after training, if the folder cannot be written:
         a probe object is written and deleted."""
         probe = f".rayprop-probe-{uuid.uuid4().hex}"
+        fs, made = self.loc.fs, None  # on a file system: the first folder the probe made
         try:
             if not self.whole_objects:
-                self.loc.fs.create_dir(self.loc.path, recursive=True)
-            with self.loc.fs.open_output_stream(self._path(probe)) as out:
+                made = self._first_missing()
+                fs.create_dir(self.loc.path, recursive=True)
+            with fs.open_output_stream(self._path(probe)) as out:
                 out.write(b"")
-            self.loc.fs.delete_file(self._path(probe))
+            fs.delete_file(self._path(probe))
+            if made is not None:  # nothing left behind by a check
+                fs.delete_dir(made)
         except (OSError, ValueError) as err:
             raise self._fail(err, "write there") from None
+
+    def _first_missing(self) -> str | None:
+        """The outermost folder of the path that does not exist yet (None: it exists)."""
+        missing = None
+        path = self.loc.path.rstrip("/")
+        while path and self.loc.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            missing, path = path, path.rsplit("/", 1)[0]
+        return missing
 
     def exists(self, relative: str) -> bool:
         return self.loc.fs.get_file_info(self._path(relative)).type == pafs.FileType.File
