@@ -173,7 +173,8 @@ class UriClaim:
                 if (out_dir / name).exists():
                     self.store.upload(out_dir / name, name)
         except (OSError, InputError) as err:
-            raise RunError(f"--output {self.name}: cannot copy the model files there ({_why_failed(err)})") from None
+            why = _why_failed(err)
+            raise RunError(f"--output {self.name}: cannot copy the model files there ({why})") from None
 
     def __exit__(self, *exc) -> bool:
         # Metric points the tracking store missed stay in the staging folder (the run's

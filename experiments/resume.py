@@ -32,7 +32,8 @@ OUTPUT_TAG = "rayprop.output"
 STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
 FREE_PREFIXES = ("cluster.", "tracking.")
-FREE_KEYS = {"experiment", "train.output", "train.checkpoint_every", "train.checkpoint_seconds", "train.max_worker_failures"}
+FREE_KEYS = {"experiment", "train.output", "train.checkpoint_every", "train.checkpoint_seconds",
+             "train.max_worker_failures"}
 SHOWN = 60  # characters of a value shown in a refusal
 
 
