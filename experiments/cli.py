@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a network from a YAML config",
                        description="Train a network from a YAML config; the job is one MLflow run.")
-    _training_flags(t, output="where model.npz, model.json, summary.json go "
-                    "(default: runs/EXPERIMENT-TIMESTAMP)")
+    _training_flags(t, output="where model.npz, model.json, summary.json and checkpoints go: a folder "
+                    "or a URI (s3://, gs://, file://, ...); a taken DIR gives DIR-2, ... "
+                    "(default: train.output, else runs/EXPERIMENT-TIMESTAMP)")
     t.add_argument("--resume", metavar="RUN_ID",
                    help="continue this MLflow run from its latest checkpoint (same CONFIG)")
 

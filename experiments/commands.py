@@ -29,6 +29,7 @@ from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
 from trainer.network import Workspace, forward
 from workers.examples import Schema, load_examples, resolve_schema
+from workers.locations import is_uri
 from workers.shard import count_correct
 from workers.sources import open_source
 
@@ -92,6 +93,8 @@ def sweep(args) -> None:
             for _, job in children):
         raise InputError(f"sweep_grace_epochs: {cfg.sweep_grace_epochs} leaves asha no milestone "
                          f"before the last epoch (train.epochs); lower it or train longer")
+    if args.output and is_uri(args.output):  # its trials' folders are claimed by lock (output_folder.py)
+        raise InputError(f"--output {args.output}: a sweep writes to a local folder; a URI is for rayprop train")
     out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
     training.check_writable_dir(out_root, "--output")
     for i in range(len(children)):  # each run's folder must be free (one run per folder)

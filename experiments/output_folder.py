@@ -4,24 +4,28 @@
 DIR/checkpoints/), so two runs in one folder would overwrite each other's model and
 checkpoints. Instead a job claims the folder before its MLflow run is created:
 
-- while a job writes in DIR it holds an exclusive lock (flock) on DIR/.rayprop-run,
-  so a second job at the same time is refused at once; the kernel drops the lock
-  when the job ends, however it ends (kill -9 included);
-- DIR/.rayprop-run names the run the folder belongs to; a later job for another
-  run is refused, naming that run (and `--resume RUN_ID` when it can go on), unless
-  it is that run being resumed;
-- a folder from before the lock file is recognised by the run id in its
-  summary.json or checkpoints.
+- while a job writes in DIR it holds an exclusive lock (flock) on DIR/.rayprop-run;
+  the kernel drops the lock when the job ends, however it ends (kill -9 included);
+- DIR/.rayprop-run names the run the folder belongs to (a folder from before the
+  lock file is recognised by the run id in its summary.json or checkpoints).
 
-A refusal is InputError (exit 2) before anything is written. rayprop deletes only
-its own run's files (trainer/checkpoint.py prunes by run id), never another run's.
+A new run (`rayprop train`) whose DIR is taken -- another run's files, finished or
+not, or another job writing there now -- writes to the first free sibling DIR-2,
+DIR-3, ... instead, and says so in one line: running a command twice works, and two
+runs never mix their files. `--resume RUN` continues in the run's own folder and a
+sweep's run-NN folders are fixed: there a taken folder is refused (InputError,
+exit 2) before anything is written, naming the run. rayprop deletes only its own
+run's files (trainer/checkpoint.py prunes by run id), never another run's.
+An output URI (s3://...) is claimed by experiments/output_uri.py, by the same rules.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 from trainer.checkpoint import checkpoint_files, run_of
@@ -67,17 +71,43 @@ def _refuse(out_dir: Path, run_id: str | None, finished: bool) -> InputError:
     return InputError(f"--output {out_dir}: holds the files of run {run_id}; {hint}")
 
 
-class OutputClaim:
-    """`with OutputClaim(DIR, resume_run_id)`: DIR is this job's until the block ends."""
+def siblings(first: str):
+    """first, first-2, first-3, ...: where a new run may write."""
+    yield first
+    for n in itertools.count(2):
+        yield f"{first.rstrip('/')}-{n}"
 
-    def __init__(self, out_dir: Path, resume_run_id: str | None = None):
-        self.out_dir, self.resume_run_id = out_dir, resume_run_id
+
+def say_moved(requested, why: str, chosen) -> None:
+    """The one line saying a new run did not get the folder it named, and where it writes."""
+    sep = " " if why.startswith("holds") else ": "
+    print(f"rayprop: {requested}{sep}{why}; this run writes to {chosen}", file=sys.stderr)
+
+
+def _why(refusal: InputError, out_dir) -> str:
+    """A refusal's reason without its flag and advice: "holds the files of run X"."""
+    return str(refusal).removeprefix(f"--output {out_dir}: ").split("; ")[0]
+
+
+class OutputClaim:
+    """`with OutputClaim(DIR, resume_run_id, move_aside)`: `claim.out_dir` is this job's
+    until the block ends. With move_aside (a new run), a taken DIR gives its first free
+    sibling; without, a taken DIR is refused."""
+
+    def __init__(self, out_dir: Path, resume_run_id: str | None = None, move_aside: bool = False):
+        self.requested = self.out_dir = out_dir
+        self.resume_run_id, self.move_aside = resume_run_id, move_aside
         self._fd: int | None = None
 
-    def _busy(self) -> InputError | None:
+    @property
+    def name(self) -> str:
+        """The output location as recorded in the run's rayprop.output tag."""
+        return str(self.out_dir.resolve())
+
+    def _busy(self, out_dir: Path) -> InputError | None:
         """The refusal when a job holds the folder's lock now, else None."""
         try:
-            fd = os.open(self.out_dir / OWNER_FILE, os.O_RDONLY)
+            fd = os.open(out_dir / OWNER_FILE, os.O_RDONLY)
         except OSError:
             return None
         try:
@@ -87,48 +117,78 @@ class OutputClaim:
             owner = _read_owner(os.pread(fd, 4096, 0).decode(errors="replace"))
             who = f"run {owner['run_id']}" if owner.get("run_id") else "another job"
             pid = f" (pid {owner['pid']})" if owner.get("pid") else ""
-            return InputError(f"--output {self.out_dir}: {who}{pid} is writing there now; "
+            return InputError(f"--output {out_dir}: {who}{pid} is writing there now; "
                               "choose another folder")
         finally:
             os.close(fd)  # and with it the shared lock
 
-    def check(self) -> None:
-        """Refuse (InputError) a folder that is another run's, without writing anything."""
-        if not self.out_dir.is_dir():
-            return
-        busy = self._busy()
+    def _taken(self, out_dir: Path, locked: bool = False) -> InputError | None:
+        """Why `out_dir` is not this job's (the refusal), None when it is free."""
+        if not out_dir.is_dir():
+            if out_dir.exists():  # a sibling DIR-2 that is a file: the next one is tried
+                return InputError(f"--output {out_dir}: exists and is not a directory")
+            return None
+        busy = None if locked else self._busy(out_dir)
         if busy is not None:
-            raise busy
-        self._check_owner()
-
-    def _check_owner(self) -> None:
-        owner = owner_of(self.out_dir)
+            return busy
+        owner = owner_of(out_dir)
         if owner is not None and (owner[0] is None or owner[0] != self.resume_run_id):
-            raise _refuse(self.out_dir, *owner)
+            return _refuse(out_dir, *owner)
+        return None
+
+    def _candidates(self):
+        return map(Path, siblings(str(self.requested))) if self.move_aside else iter([self.requested])
+
+    def check(self) -> None:
+        """Refuse (InputError) a taken folder when it may not move aside; writes nothing."""
+        for out_dir in self._candidates():
+            refusal = self._taken(out_dir)
+            if refusal is None:
+                return
+            if not self.move_aside:
+                raise refusal
 
     def __enter__(self) -> "OutputClaim":
-        self.check()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.out_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        first_refusal = None
+        for out_dir in self._candidates():
+            refusal = self._taken(out_dir) or self._lock(out_dir)
+            if refusal is None:
+                break
+            if not self.move_aside:
+                raise refusal
+            first_refusal = first_refusal or refusal
+        self.out_dir = out_dir
+        if first_refusal is not None:
+            say_moved(self.requested, _why(first_refusal, self.requested), out_dir)
+        return self
+
+    def _lock(self, out_dir: Path) -> InputError | None:
+        """Take the folder's lock (None), or the refusal when it is taken after all."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise self._busy() or InputError(f"--output {self.out_dir}: another job is writing "
-                                             "there now; choose another folder") from None
+            return self._busy(out_dir) or InputError(f"--output {out_dir}: another job is writing "
+                                                     "there now; choose another folder")
         self._fd = fd
-        try:
-            self._check_owner()  # again under the lock: a job may have written there since
-        except InputError:
+        refusal = self._taken(out_dir, locked=True)  # again under the lock: a job may have written there since
+        if refusal is not None:
             self.__exit__()
-            raise
-        return self
+        return refusal
 
     def record(self, run_id: str) -> None:
         """Write the owning run's id (in place: the lock is on this file)."""
         data = json.dumps({"run_id": run_id, "pid": os.getpid()}).encode() + b"\n"
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
+
+    def saved(self, path: Path) -> None:
+        """A checkpoint is in place: in a local folder, nothing more to do (see output_uri.py)."""
+
+    def written(self, out_dir: Path) -> None:
+        """The model files are in place: nothing more to do."""
 
     def __exit__(self, *exc) -> bool:
         if self._fd is not None:

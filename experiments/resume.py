@@ -1,8 +1,9 @@
 """`rayprop train CONFIG --resume RUN_ID`: find the run's newest good checkpoint.
 
-The run's output directory is recorded in its `rayprop.output` tag; its checkpoints
-are there, and also in the run's artifacts under `checkpoints/`, which are used when
-the directory is gone (another machine, a cleaned-up disk). A corrupt newest
+The run's output folder (or URI: its checkpoints are copied down from there) is
+recorded in its `rayprop.output` tag; its checkpoints are there, and also in the
+run's artifacts under `checkpoints/`, which are used when the folder is gone
+(another machine, a cleaned-up disk). A corrupt newest
 checkpoint falls back to the one before (trainer/checkpoint.py), with a warning.
 Only the run's own checkpoints count: each names its run, and another run's file in
 the same folder is skipped.
@@ -24,13 +25,15 @@ from experiments import stores
 from trainer.checkpoint import Checkpoint, check_resumable, latest_checkpoint
 from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
+from workers.locations import explain, is_uri
 
 OUTPUT_TAG = "rayprop.output"
 # A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
 STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
 FREE_PREFIXES = ("cluster.", "tracking.")
-FREE_KEYS = {"experiment", "train.checkpoint_every", "train.checkpoint_seconds", "train.max_worker_failures"}
+FREE_KEYS = {"experiment", "train.output", "train.checkpoint_every", "train.checkpoint_seconds",
+             "train.max_worker_failures"}
 SHOWN = 60  # characters of a value shown in a refusal
 
 
@@ -53,8 +56,8 @@ def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str
                              f"{_short(logged[key])} in the run; resume with the run's config")
 
 
-def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
-    """(checkpoint, output directory, experiment id) of run `run_id` in the store at `uri`."""
+def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, str, str]:
+    """(checkpoint, output folder or URI, experiment id) of run `run_id` in the store at `uri`."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -77,9 +80,17 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
     from experiments.tracking import run_params
 
     check_same_config(run_id, run.data.params, run_params(job.resolved_cfg))
-    out_dir = Path(out)
     skipped = []  # unreadable checkpoints: warnings if a good one is found, else the error
-    ckpt = latest_checkpoint(out_dir / "checkpoints", skipped.append, run_id=run_id)
+    if is_uri(out):  # an output URI: its checkpoints are read from there
+        from experiments.output_uri import fetch_checkpoints
+
+        try:
+            folder = fetch_checkpoints(out, Path(tempfile.mkdtemp(prefix="rayprop-resume-")))
+        except OSError as err:
+            raise InputError(f"--resume {run_id}: cannot read {out}/checkpoints ({explain(err)})") from None
+    else:
+        folder = Path(out) / "checkpoints"
+    ckpt = latest_checkpoint(folder, skipped.append, run_id=run_id)
     if ckpt is None:
         tmp = Path(tempfile.mkdtemp(prefix="rayprop-resume-"))
         try:
@@ -92,7 +103,7 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
             raise InputError(f"--resume {run_id}: no readable checkpoint in the run's folder or artifacts; "
                              f"newest: {skipped[0].split(';')[0].removeprefix('checkpoint ')}")
         raise InputError(f"--resume {run_id}: the run has no readable checkpoint "
-                         f"(in {out_dir / 'checkpoints'} or its artifacts)")
+                         f"(in {out}/checkpoints or its artifacts)")
     for message in skipped:
         _warn(message)
     if ckpt.meta.get("layers", list(job.spec.layers)) != list(job.spec.layers):
@@ -105,4 +116,4 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
                         job.plan.steps_per_epoch)
     except ValueError as e:
         raise InputError(f"--resume {run_id}: checkpoint {e}") from None
-    return ckpt, out_dir, run.info.experiment_id
+    return ckpt, out, run.info.experiment_id

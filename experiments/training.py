@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import stores
-from experiments.output_folder import OutputClaim
+from experiments.output_uri import UriClaim, claim_output
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -227,8 +227,8 @@ def describe(job: Job, pool, where: str) -> str:
 
 # ---- training ------------------------------------------------------------------------
 
-def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
-    """`rayprop train`: (summary, output folder, the line saying what the tracking store
+def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
+    """`rayprop train`: (summary, output folder or URI, the line saying what the tracking store
     did not get, or None). Raises InputError before anything is
     written; RunError (run FAILED) or TrainingStopped (run KILLED) while running, each
     with a `hint` naming the checkpoint to go on from."""
@@ -241,14 +241,16 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
         from experiments.resume import find_checkpoint
 
         resume, resumed_out, experiment_id = find_checkpoint(uri, opts.resume, job)
-        out_dir = Path(opts.output).expanduser() if opts.output else resumed_out
+        output = opts.output or cfg.train.output or resumed_out
     else:
-        out_dir = Path(opts.output).expanduser() if opts.output else default_output(cfg)
-    check_writable_dir(out_dir, "--output")
-    claim = OutputClaim(out_dir, opts.resume)
-    claim.check()  # another run's folder: refused before Ray starts
+        output = opts.output or cfg.train.output or str(default_output(cfg))
+    # A new run whose folder is taken writes to a free sibling (experiments/output_folder.py).
+    claim = claim_output(output, opts.resume, move_aside=opts.resume is None)
+    if not isinstance(claim, UriClaim):  # a URI's check() writes a probe object
+        check_writable_dir(claim.out_dir, "--output")
+    claim.check()  # unwritable, or another run's folder and --resume: refused before Ray starts
     if resume is not None and resume.position.epoch >= cfg.train.epochs:
-        return deliver_only(job, opts, uri, experiment_id, out_dir, claim)
+        return deliver_only(job, opts, uri, experiment_id, claim)
     workers = opts.workers or (1 if opts.local else cfg.cluster.workers)
     if not opts.local and workers != "auto" and workers < cfg.cluster.min_workers:
         raise InputError(f"--workers {workers}: fewer than cluster.min_workers={cfg.cluster.min_workers}")
@@ -278,6 +280,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
             if experiment_id is None:
                 experiment_id = tracking.open_experiment(uri, cfg.experiment)
             stack.enter_context(claim)  # the folder is this job's until the run has ended
+            out_dir = claim.out_dir  # where training writes (for a URI: a local staging folder)
             bar = ProgressBar(cfg.train.epochs, job.plan.steps_per_epoch, opts.quiet)
             stack.callback(bar.close)
             print(f"rayprop: training {describe(job, pool, place)}", file=sys.stderr)
@@ -294,16 +297,15 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
                   file=sys.stderr)
-            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop)
+            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim)
     except TrainingStopped as e:  # the run has ended KILLED
-        e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
+        e.hint = (f"checkpoint in {claim.name}/checkpoints; continue with: rayprop train "
                   f"{opts.config_name} --resume {run.run_id}")
         raise
-    return summary, out_dir, run.report
+    return summary, claim.name, run.report
 
 
-def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, out_dir: Path,
-                 claim: OutputClaim) -> tuple[dict, Path, str | None]:
+def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, claim) -> tuple[dict, str, str | None]:
     """--resume of a run whose training is complete (the tracking store died at its end):
     send the store what it missed (kept metric points, model artifacts) and end the run."""
     import json
@@ -312,29 +314,33 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, out_dir:
     from experiments.interrupts import StopFlag
     from experiments.run_artifacts import log_outputs
 
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    if summary.get("run_id") != opts.resume:
-        raise InputError(f"--resume {opts.resume}: its training is complete but {out_dir / 'summary.json'} "
-                         "is not this run's; nothing to resume")
-    print(f"rayprop: run {opts.resume} finished training; sending the tracking store what it missed",
-          file=sys.stderr)
-    with claim, StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
-                                                        out_dir=out_dir, stop=stop) as run:
-        run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
-    return summary, out_dir, run.report
+    with claim:  # for a URI, its files are copied to the staging folder
+        out_dir = claim.out_dir
+        try:
+            summary = json.loads((out_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("run_id") != opts.resume:
+            raise InputError(f"--resume {opts.resume}: its training is complete but {claim.name}/summary.json "
+                             "is not this run's; nothing to resume")
+        print(f"rayprop: run {opts.resume} finished training; sending the tracking store what it missed",
+              file=sys.stderr)
+        with StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
+                                                     out_dir=out_dir, stop=stop) as run:
+            run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+    return summary, claim.name, run.report
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
-        resume: Checkpoint | None = None, should_stop=None, end_early=None) -> dict:
+        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
     run's artifacts; then write the model files and summary.json. Returns the summary.
     `end_early`: a sweep's early-stopping decision (trainer/coordinator.py); a run it
     ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
-    naming the last good checkpoint."""
+    naming the last good checkpoint. `output`: the output's claim (output_folder.py,
+    output_uri.py); a URI's copies each checkpoint and the model files there from
+    out_dir, its staging folder."""
     from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
@@ -352,10 +358,15 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
 
     if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
         run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})
-    run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
-                  "rayprop.nodes": nodes})
+    where_to = output.name if output is not None else str(out_dir.resolve())  # the URI for a URI
+    run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes})
 
     last_upload, uploaded = [-ARTIFACT_CHECKPOINT_SECONDS], [None]
+
+    def saved(path):
+        if output is not None:
+            output.saved(path)  # to a URI output before the artifacts
+        to_artifacts(path)
 
     def to_artifacts(path, final=False):
         # A copy in the run's artifacts (for --resume where DIR is gone) at most once per
@@ -379,7 +390,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         optimizer.load_state(resume.optimizer)
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers)},
-                                on_saved=to_artifacts, before_save=run.metrics.before_checkpoint,
+                                on_saved=saved, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
@@ -389,7 +400,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 should_stop=should_stop, end_early=end_early)
     except RunError as e:  # the run ends FAILED; what is kept
         if checkpointer.latest:
-            e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {checkpointer.latest}"]))
+            where = f"{where_to}/checkpoints/{checkpointer.latest.name}"
+            e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
         raise
     finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
         if checkpointer.latest is not None and checkpointer.latest != uploaded[0]:
@@ -404,6 +416,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if result.stopped_early:
         summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)
+    if output is not None:
+        output.written(out_dir)
     run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
 

@@ -172,6 +172,11 @@ CASES = [
     # -- flags and output
     ("output is a file", train("--output", "a_file"), ["--output", "a_file"]),
     ("output under a file", train("--output", "a_file/out"), ["--output", "a_file", "not a directory"]),
+    ("output URI with credentials", train("--output", "s3://key:pw@bucket/out"),
+     ["--output", "s3://bucket/out", "carries credentials"]),
+    ("output URI of unknown scheme", train("--output", "ftp://host/out"), ["--output", "ftp://"]),
+    ("output URI that cannot be written", train("--output", "file:///proc/rayprop-none/out"),
+     ["--output", "file:///proc/rayprop-none/out", "cannot write there"]),
     ("unknown flag", train("--epochs", "3"), ["--epochs"]),
     ("workers 0", train("--workers", "0"), ["--workers", "0"]),
     ("workers not a number", train("--workers", "two"), ["--workers"]),
@@ -187,6 +192,8 @@ CASES = [
     # -- sweep
     ("sweep without a sweep section", ["sweep", "good.yaml", "--local", "--output", "out"],
      ["good.yaml", "no sweep: section", "--grid"]),
+    ("sweep to a URI", ["sweep", "good.yaml", "--local", "--grid", "train.seed=1,2", "--output", "s3://b/x"],
+     ["--output", "s3://b/x", "local folder"]),
     ("sweep grid with a bad value", ["sweep", "good.yaml", "--local", "--grid", "train.epochs=3,many"],
      ["sweep.train.epochs", "many"]),
     ("sweep grid with a negative rate", ["sweep", "good.yaml", "--local", "--grid",

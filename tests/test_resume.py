@@ -181,18 +181,63 @@ def test_resume_refuses_a_config_that_changes_the_result(stopped, rayprop, overr
     assert runs_of(uri) == before  # the run is still KILLED, no new run
 
 
+def run_in(folder: Path) -> str:
+    """The one run whose files `folder` holds: summary, checkpoints and owner file agree."""
+    from trainer.checkpoint import checkpoint_files, run_of
+
+    run_id = json.loads((folder / "summary.json").read_text())["run_id"]
+    assert json.loads((folder / ".rayprop-run").read_text())["run_id"] == run_id
+    assert {run_of(p) for p in checkpoint_files(folder / "checkpoints")} == {run_id}
+    return run_id
+
+
+def test_the_same_command_twice_writes_two_folders(work, rayprop):
+    """A quick start run twice: the second run writes to DIR-2, says so, and the two
+    runs' files do not mix; both are the same training, so the same weights."""
+    d, uri = work
+    args = ("train", "c.yaml", "--local", "--quiet", "--output", "twice", "--tracking-uri", uri,
+            "--set", "train.epochs=2")
+    first = rayprop(*args, cwd=d)
+    assert first.returncode == 0, first.stderr[-2000:]
+    first_id, first_files = run_in(d / "twice"), folder_state(d / "twice")
+    second = rayprop(*args, cwd=d)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"rayprop: twice holds the files of run {first_id}; this run writes to twice-2\n" in second.stderr
+    assert folder_state(d / "twice") == first_files, "the first run's folder is left as it was"
+    second_id = run_in(d / "twice-2")
+    assert second_id != first_id
+    assert the_run(uri, d / "twice-2")[1].info.run_id == second_id  # its rayprop.output tag
+    assert np.array_equal(weights(d / "twice" / "model.npz"), weights(d / "twice-2" / "model.npz"))
+
+
 @pytest.mark.parametrize("folder", ["stopped", "ref"])
-def test_a_second_run_in_a_run_folder_is_refused_naming_the_run(work, stopped, rayprop, folder):
+def test_a_new_run_in_a_run_folder_writes_beside_it(work, stopped, rayprop, folder):
+    """A stopped run's folder (which --resume may still continue) or a finished one's."""
     d, uri, stopped_id = stopped
     owner = json.loads((d / "ref" / "summary.json").read_text())["run_id"] if folder == "ref" else stopped_id
     before_runs, before_files = runs_of(uri), folder_state(d / folder)
     result = rayprop("train", "c.yaml", "--local", "--quiet", "--output", folder, "--tracking-uri", uri,
-                     "--set", "train.seed=4", cwd=d)
-    one_line_exit_2(result, f"--output {folder}", owner, *(["--resume"] if folder == "stopped" else []))
-    assert runs_of(uri) == before_runs and folder_state(d / folder) == before_files
+                     "--set", "train.seed=4", "--set", "train.epochs=2", cwd=d)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"rayprop: {folder} holds the files of run {owner}; this run writes to {folder}-2" in result.stderr
+    assert folder_state(d / folder) == before_files
+    new_id = run_in(d / f"{folder}-2")
+    assert runs_of(uri) == {**before_runs, new_id: "FINISHED"}
+
+
+def test_resume_into_another_runs_folder_is_refused(work, stopped, rayprop):
+    """--resume keeps to one folder: another run's is refused, nothing written."""
+    d, uri, stopped_id = stopped
+    owner = json.loads((d / "ref" / "summary.json").read_text())["run_id"]
+    before_runs, before_files = runs_of(uri), folder_state(d / "ref")
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--resume", stopped_id, "--output", "ref",
+                     "--tracking-uri", uri, cwd=d)
+    one_line_exit_2(result, "--output ref", owner)
+    assert runs_of(uri) == before_runs and folder_state(d / "ref") == before_files
 
 
 def test_two_jobs_at_once_on_one_folder(work, rayprop):
+    """The second job writes beside the first, which goes on undisturbed."""
     d, uri = work
     first = subprocess.Popen(cli("train", "c.yaml", "--local", "--quiet", "--output", "busy", "--tracking-uri", uri,
                                  "--set", "train.epochs=100000", cwd=d), cwd=d, env=env(),
@@ -200,11 +245,11 @@ def test_two_jobs_at_once_on_one_folder(work, rayprop):
     try:
         wait_for_checkpoint(first, d / "busy" / "checkpoints", min_files=1)
         first_id = json.loads((d / "busy" / ".rayprop-run").read_text())["run_id"]
-        before = runs_of(uri)
         second = rayprop("train", "c.yaml", "--local", "--quiet", "--output", "busy", "--tracking-uri", uri,
-                         "--set", "train.seed=4", cwd=d)
-        one_line_exit_2(second, "--output busy", first_id, "writing there now")
-        assert runs_of(uri) == before
+                         "--set", "train.seed=4", "--set", "train.epochs=2", cwd=d)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert f"rayprop: busy: run {first_id} (pid {first.pid}) is writing there now; " \
+               "this run writes to busy-2" in second.stderr
         assert first.poll() is None, "the first job must go on"
     finally:
         first.send_signal(signal.SIGINT)
@@ -212,6 +257,8 @@ def test_two_jobs_at_once_on_one_folder(work, rayprop):
     assert first.returncode == 130, err[-2000:]
     from trainer.checkpoint import checkpoint_files, run_of
     assert {run_of(p) for p in checkpoint_files(d / "busy" / "checkpoints")} == {first_id}
+    assert not (d / "busy" / "summary.json").exists()
+    assert run_in(d / "busy-2") not in (first_id, None)
 
 
 def test_resume_uses_only_its_own_checkpoints_and_may_change_workers(stopped):

@@ -9,10 +9,12 @@ names it and no secret.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import one_line_exit_2
+from trainer.errors import InputError
 from tests.raycluster import free_port, wait_listening
 from tests.raydata import config, write_parquet
 from trainer.model_io import load_model
@@ -270,6 +273,213 @@ def test_csv_is_counted_by_the_driver_only(s3, ray_session):
     finally:
         sources._count_rows = real
     assert (again.num_rows, counted) == (ROWS, [])
+
+
+# ---- output to a URI ------------------------------------------------------------------
+
+OUT_EPOCHS = 30
+OUT_CONFIG = f"""\
+experiment: uri-out
+model: {{layers: [2, 16, 3], hidden_activation: tanh, dtype: float64}}
+data: {{source: spirals, validation_fraction: 0.1}}
+train: {{optimizer: adam, learning_rate: 0.01, batch_size: 8, epochs: {OUT_EPOCHS}, seed: 3,
+        checkpoint_seconds: 0}}
+"""
+OUT_STEPS = OUT_EPOCHS * -(-810 // 8)  # 810 training rows
+
+
+@pytest.fixture(scope="module")
+def out_work(s3, tmp_path_factory):
+    """A folder with the config, a tracking store, and the weights of an undisturbed
+    run with a local --output (the reference); the bucket's file system."""
+    d = tmp_path_factory.mktemp("uri-out")
+    (d / "c.yaml").write_text(OUT_CONFIG)
+    store = f"sqlite:///{d / 'mlflow.db'}"
+    ref = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "c.yaml", "--local", "--quiet",
+                          "--output", "ref", "--tracking-uri", store], cwd=d, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    fs = pafs.S3FileSystem(endpoint_override=s3["endpoint"], scheme="http", region="us-east-1",
+                           access_key="testing", secret_key=SECRET)
+    return d, store, load_model(d / "ref")[1], fs
+
+
+def s3_files(fs, prefix: str) -> dict[str, bytes]:
+    """Every object below BUCKET/prefix, by relative name (one a running job deletes
+    between the listing and the read -- its write probe, an old checkpoint -- is left out)."""
+    infos = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True))
+    out = {}
+    for i in infos:
+        if i.type == pafs.FileType.File:
+            try:
+                with fs.open_input_stream(i.path) as f:
+                    out[i.path.removeprefix(f"{BUCKET}/{prefix}/")] = f.read()
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def model_of(files: dict[str, bytes], tmp_path) -> np.ndarray:
+    for name in ("model.npz", "model.json"):
+        (tmp_path / name).write_bytes(files[name])
+    return load_model(tmp_path)[1]
+
+
+def output_tag(store: str, run_id: str) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient(store).get_run(run_id).data.tags["rayprop.output"]
+
+
+def test_train_to_s3_writes_the_files_there_and_a_second_run_beside_them(out_work, rayprop, tmp_path):
+    d, store, ref, fs = out_work
+    args = ("train", "c.yaml", "--local", "--quiet", "--output", f"s3://{BUCKET}/runs/a", "--tracking-uri", store)
+    first = rayprop(*args, cwd=d)
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = s3_files(fs, "runs/a")
+    run_id = json.loads(files["summary.json"])["run_id"]
+    assert json.loads(files["summary.json"])["steps"] == OUT_STEPS
+    assert json.loads(files[".rayprop-run"])["run_id"] == run_id
+    ckpts = sorted(n for n in files if n.startswith("checkpoints/"))
+    assert 1 <= len(ckpts) <= 3 and ckpts[-1] == f"checkpoints/ckpt-{OUT_STEPS:09d}.npz", ckpts
+    assert not [n for n in files if n.endswith(".tmp")]
+    assert_same(model_of(files, tmp_path), ref)
+    assert output_tag(store, run_id) == f"s3://{BUCKET}/runs/a"
+    assert f"model written to s3://{BUCKET}/runs/a/model.npz" in first.stderr
+    assert SECRET not in first.stderr + first.stdout
+    # The same command again: the prefix is the first run's, so the second takes a-2.
+    second = rayprop(*args, cwd=d)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (f"rayprop: s3://{BUCKET}/runs/a holds the files of run {run_id}; "
+            f"this run writes to s3://{BUCKET}/runs/a-2") in second.stderr
+    assert s3_files(fs, "runs/a") == files
+    other = s3_files(fs, "runs/a-2")
+    second_id = json.loads(other["summary.json"])["run_id"]
+    assert second_id != run_id and json.loads(other[".rayprop-run"])["run_id"] == second_id
+    assert output_tag(store, second_id) == f"s3://{BUCKET}/runs/a-2"
+
+
+def test_killed_mid_run_resumes_from_the_checkpoints_at_the_uri(out_work, tmp_path):
+    """SIGKILL once the bucket holds checkpoints; --resume takes the newest from the
+    bucket (the run's artifacts have only an older one: they get one a minute) and
+    ends with the undisturbed run's weights."""
+    from trainer.checkpoint import read_checkpoint
+
+    d, store, ref, fs = out_work
+    uri = f"s3://{BUCKET}/runs/killed"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", "c.yaml", "--local", "--quiet",
+                             "--output", uri, "--tracking-uri", store], cwd=d, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len([n for n in s3_files(fs, "runs/killed") if n.startswith("checkpoints/")]) < 2:
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no checkpoints reached the bucket"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    files, again = None, s3_files(fs, "runs/killed")
+    while files != again:  # a request the server got whole before the kill may land just after
+        files = again
+        time.sleep(0.5)
+        again = s3_files(fs, "runs/killed")
+    assert "summary.json" not in files
+    run_id = json.loads(files[".rayprop-run"])["run_id"]
+    newest = sorted(n for n in files if n.startswith("checkpoints/"))[-1]
+    (tmp_path / "newest.npz").write_bytes(files[newest])
+    step = read_checkpoint(tmp_path / "newest.npz").position.global_step
+    resumed = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "c.yaml", "--local", "--quiet",
+                              "--resume", run_id, "--tracking-uri", store], cwd=d, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at step {step}:" in resumed.stderr, resumed.stderr[-2000:]
+    assert "writes to" not in resumed.stderr  # the run's own prefix
+    files = s3_files(fs, "runs/killed")
+    assert json.loads(files["summary.json"]) ["run_id"] == run_id
+    assert json.loads(files["summary.json"])["steps"] == OUT_STEPS
+    assert_same(model_of(files, tmp_path), ref)
+    assert len([n for n in files if n.startswith("checkpoints/")]) <= 3  # the run's newest 3 are kept
+
+
+def test_file_uri_output(out_work, rayprop, tmp_path):
+    d, store, ref, _ = out_work
+    out = tmp_path / "shared" / "run"
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--output", f"file://{out}",
+                     "--tracking-uri", store, "--set", "train.output=elsewhere", cwd=d)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same(load_model(out)[1], ref)
+    run_id = json.loads((out / "summary.json").read_text())["run_id"]
+    assert output_tag(store, run_id) == f"file://{out}"
+    assert not (d / "elsewhere").exists(), "--output wins over train.output"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_train_output_in_the_config_is_used_without_the_flag(out_work, rayprop, tmp_path):
+    d, store, _, _ = out_work
+    out = tmp_path / "from-config"
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--tracking-uri", store,
+                     "--set", f"train.output=file://{out}", "--set", "train.epochs=1", cwd=d)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "model.npz").exists() and (out / "summary.json").exists()
+
+
+def test_an_output_uri_that_cannot_be_written_is_exit_2_before_training(out_work, rayprop, strict_s3):
+    d, store, _, _ = out_work
+    result = rayprop("train", "c.yaml", "--local", "--quiet", "--output", "s3://nobucket/runs/x",
+                     "--tracking-uri", store, cwd=d)
+    one_line_exit_2(result, "--output", "s3://nobucket/runs/x", "no such bucket")
+
+
+def test_a_uri_claim_moves_aside_from_a_claimed_prefix_and_notices_a_takeover(tmp_path, capsys):
+    """Two claims of one prefix (file://, no training): the second writes the first free
+    sibling; a claim whose owner object was overwritten by another job stops (RunError)
+    before copying another file, so the other run's prefix gets nothing of it."""
+    from experiments.output_uri import UriClaim
+    from trainer.errors import RunError
+
+    uri = f"file://{tmp_path / 'out'}"
+    with UriClaim(uri, move_aside=True) as first:
+        first.record("a" * 32)
+        with UriClaim(uri, move_aside=True) as second:
+            assert second.name == uri + "-2"
+            assert f"{uri} holds the files of run {'a' * 32}; this run writes to {uri}-2" in capsys.readouterr().err
+            ckpt = first.out_dir / "ckpt-000000001.npz"
+            ckpt.write_bytes(b"whole")
+            first.saved(ckpt)
+            assert (tmp_path / "out" / "checkpoints" / ckpt.name).read_bytes() == b"whole"
+            # Another job that found the prefix free at the same moment writes its owner object.
+            (tmp_path / "out" / ".rayprop-run").write_text(json.dumps({"run_id": "b" * 32, "job": "other"}))
+            late = first.out_dir / "ckpt-000000002.npz"
+            late.write_bytes(b"late")
+            with pytest.raises(RunError, match="another job claimed it"):
+                first.saved(late)
+            assert not (tmp_path / "out" / "checkpoints" / late.name).exists()
+        assert not second.out_dir.exists(), "the staging folder goes at the end"
+    # Without moving aside (--resume of another run), a taken prefix is refused.
+    with pytest.raises(InputError, match="holds the files of run"):
+        UriClaim(uri, resume_run_id="c" * 32).check()
+
+
+def test_output_store_writes_whole_files_only(tmp_path):
+    """On a file system a file appears under its name only complete: a failing write
+    leaves neither the file nor its temporary."""
+    from workers.output_store import OutputStore
+
+    OutputStore(f"file://{tmp_path / 'checked' / 'out'}").check()
+    assert list(tmp_path.iterdir()) == [], "a check leaves no folder behind"
+    store = OutputStore(f"file://{tmp_path / 'o'}")
+
+    def broken(out):
+        out.write(b"half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        store._put("checkpoints/ckpt-000000001.npz", broken)
+    assert list((tmp_path / "o").rglob("*.npz")) == [] and list((tmp_path / "o").rglob("*.tmp")) == []
+    store.write_bytes("checkpoints/ckpt-000000001.npz", b"whole")
+    assert store.names("checkpoints") == ["ckpt-000000001.npz"]
+    assert store.read_bytes("checkpoints/ckpt-000000001.npz") == b"whole"
 
 
 def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path):

@@ -117,6 +117,9 @@ class TrainConfig:
     # ... but not sooner than this after the last one (one-step epochs would spend their time writing)
     checkpoint_seconds: float = ranged(2.0, lo=0)
     max_worker_failures: int = ranged(3, lo=0)  # shard workers that may be lost and replaced in one run
+    # Where the model files, summary.json and checkpoints go: a folder or a URI (s3://, gs://,
+    # file://, ... as data.source); None: runs/EXPERIMENT-TIMESTAMP. --output wins.
+    output: str | None = None
 
 
 @dataclass(frozen=True)
