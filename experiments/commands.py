@@ -148,7 +148,7 @@ def submit(args) -> int | None:
         if not stores.is_server(uri):
             raise InputError(f"--output {local_out}: the model comes here from a tracking server; "
                              "give --tracking-uri http://MLFLOW-HOST:PORT")
-        fetch.check_target(local_out)
+        local_out = fetch.free_target(local_out)
     note = f"the job logs its MLflow run to {stores.redact(uri)}"
     if not stores.is_server(uri):
         note += f" on the cluster's node; its files go to {output_uri}"

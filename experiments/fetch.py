@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from experiments import stores
+from experiments.output_folder import say_moved, siblings
 from experiments.training import check_writable_dir
 from trainer.errors import InputError, RunError, one_line
 
@@ -32,6 +33,20 @@ def check_target(out_dir: Path, what: str = "--output") -> None:
     there = [name for name in MODEL_FILES if (out_dir / name).exists()]
     if there:
         raise InputError(f"{what}: {out_dir} already holds {there[0]}; choose another folder")
+
+
+def free_target(out_dir: Path) -> Path:
+    """out_dir, or (a second `submit --output DIR`) its first sibling DIR-2, DIR-3, ...
+    that holds no model files, said in one line: as `rayprop train` does."""
+    for candidate in map(Path, siblings(str(out_dir))):
+        if candidate.exists() and not candidate.is_dir():
+            continue
+        if not any((candidate / name).exists() for name in MODEL_FILES):
+            if candidate != out_dir:
+                say_moved(out_dir, "holds model files", candidate)
+            check_target(candidate)
+            return candidate
+    raise AssertionError("siblings() never ends")
 
 
 def _run_of_job(client, job_id: str, uri: str) -> str:
