@@ -54,10 +54,11 @@ def _port(text: str) -> int:
     return value
 
 
-def _training_flags(p: argparse.ArgumentParser, output: str) -> None:
+def _training_flags(p: argparse.ArgumentParser, output: str, config_optional: bool = False) -> None:
     """The flags `train` and `sweep` share."""
-    p.add_argument("config", metavar="CONFIG",
-                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
+    p.add_argument("config", metavar="CONFIG", nargs="?" if config_optional else None,
+                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)"
+                   + ("; with --resume it may be left out: the run's own config is used" if config_optional else ""))
     p.add_argument("--local", action="store_true", help="single-process mode, no Ray")
     p.add_argument("--address", metavar="ADDR",
                    help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
@@ -86,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network from a YAML config",
                        description="Train a network from a YAML config; the job is one MLflow run.")
     _training_flags(t, output="where model.npz, model.json, summary.json go "
-                    "(default: runs/EXPERIMENT-TIMESTAMP)")
+                    "(default: runs/EXPERIMENT-TIMESTAMP)", config_optional=True)
     t.add_argument("--resume", metavar="RUN_ID",
-                   help="continue this MLflow run from its latest checkpoint (same CONFIG)")
+                   help="continue this MLflow run from its latest checkpoint, with the run's logged "
+                   "config (a CONFIG given is checked against it)")
 
     w = sub.add_parser("sweep", help="train the trials of the config's sweep: section side by side",
                        description="Train every combination of the config's `sweep:` grid (and of "

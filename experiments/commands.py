@@ -44,7 +44,14 @@ def _config(args):
         # above the file's workers is fine; `--workers 5` above max_workers is not).
         overrides.append(f"cluster.workers={workers}")
     try:
-        cfg = load_config(example_configs.resolve(args.config), overrides)
+        if args.config is not None:
+            cfg = load_config(example_configs.resolve(args.config), overrides)
+        elif getattr(args, "resume", None):  # `rayprop train --resume RUN_ID`: the run's own config
+            from experiments.run_config import config_of_run
+
+            cfg = config_of_run(args.resume, args.tracking_uri, overrides)
+        else:
+            raise InputError("CONFIG is required (or --resume RUN_ID, to continue a run with its own config)")
     except ConfigError as e:
         if workers is not None and f"cluster.workers={workers}" in str(e):
             raise ConfigError(f"--workers {workers}: {e}") from None

@@ -16,6 +16,7 @@ Everything here is a check that can fail on bad input, so it runs before trainin
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
 
 OUTPUT_TAG = "rayprop.output"
+SWEEP_OUTPUT_TAG = "rayprop.sweep.output"  # a sweep's parent: its DIR, absolute (sweep --resume)
+SOURCE_TAG = "rayprop.data.source"  # where the run read its data (a local file: its absolute path)
 # A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
 STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
@@ -40,6 +43,25 @@ def _warn(message: str) -> None:
 
 def _short(value: str) -> str:
     return value if len(value) <= SHOWN else value[:SHOWN - 3] + "..."
+
+
+def resume_command(run_id: str, uri: str, local: bool, address: str | None) -> str:
+    """The command that continues run `run_id`, as it is printed: no CONFIG (the run's own
+    is used, --set values included), and the flags that say where the run and its
+    workers are when they were not found by default."""
+    return shlex.join(["rayprop", "train", "--resume", run_id, *where_flags(uri, local, address)])
+
+
+def where_flags(uri: str, local: bool, address: str | None) -> list[str]:
+    """--local, --address, --tracking-uri as a printed command needs them to find the run."""
+    words = []
+    if local:
+        words.append("--local")
+    if address:
+        words += ["--address", stores.redact(address)]
+    if uri != stores.DEFAULT_URI:  # said even when it came from MLFLOW_TRACKING_URI: pasted anywhere, it works
+        words += ["--tracking-uri", stores.redact(uri)]
+    return words
 
 
 def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str]) -> None:
@@ -76,7 +98,10 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
     from experiments.tracking import run_params
 
-    check_same_config(run_id, run.data.params, run_params(job.resolved_cfg))
+    here, logged = run_params(job.resolved_cfg), dict(run.data.params)
+    if here.get("data.source") == run.data.tags.get(SOURCE_TAG):  # the file the run read, named absolutely
+        logged["data.source"] = here["data.source"]  # (a config-less resume names it so)
+    check_same_config(run_id, logged, here)
     out_dir = Path(out)
     skipped = []  # unreadable checkpoints: warnings if a good one is found, else the error
     ckpt = latest_checkpoint(out_dir / "checkpoints", skipped.append, run_id=run_id)

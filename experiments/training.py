@@ -76,7 +76,7 @@ class Job:
 class Options:
     """What the command line adds to the config for one `rayprop train`."""
 
-    config_name: str  # as the user gave it, for the "continue with" hint
+    config_name: str | None  # as the user gave it; None: `--resume RUN_ID` with the run's own config
     workers: int | str | None = None  # a count or "auto"; None: cluster.workers (1 with local)
     local: bool = False
     address: str | None = None
@@ -296,8 +296,10 @@ def train(cfg: Config, opts: Options) -> tuple[dict, Path, str | None]:
                   file=sys.stderr)
             summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop)
     except TrainingStopped as e:  # the run has ended KILLED
-        e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: rayprop train "
-                  f"{opts.config_name} --resume {run.run_id}")
+        from experiments.resume import resume_command
+
+        e.hint = (f"checkpoint in {out_dir / 'checkpoints'}; continue with: "
+                  f"{resume_command(run.run_id, uri, opts.local, opts.address)}")
         raise
     return summary, out_dir, run.report
 
