@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="add (or replace) an axis of the grid, values as YAML scalars, e.g. "
                    "--grid train.learning_rate=0.01,0.1 (repeatable)")
+    w.add_argument("--resume", metavar="PARENT_RUN_ID",
+                   help="continue this sweep (its parent run) in its --output DIR: finished trials are "
+                   "kept, stopped or killed ones go on from their checkpoints, the others start")
     w.add_argument("--concurrency", type=_positive_int, metavar="N",
                    help="trials at once, at most (default: sweep_concurrency, else as many as the "
                    "cluster's CPUs hold; 1 with --local)")

@@ -75,8 +75,9 @@ def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str
                              f"{_short(logged[key])} in the run; resume with the run's config")
 
 
-def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
-    """(checkpoint, output directory, experiment id) of run `run_id` in the store at `uri`."""
+def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[Checkpoint | None, Path, str]:
+    """(checkpoint, output directory, experiment id) of run `run_id` in the store at `uri`;
+    not `required` (a sweep's trial killed in its first epoch): None when it has none."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -112,6 +113,8 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, Path, str]:
             ckpt = latest_checkpoint(Path(local), skipped.append, run_id=run_id)
         except (MlflowException, OSError):
             ckpt = None
+    if ckpt is None and not required and not skipped:
+        return None, out_dir, run.info.experiment_id
     if ckpt is None:
         if skipped:  # name what is wrong with the newest; the line has no room for the folder too
             raise InputError(f"--resume {run_id}: no readable checkpoint in the run's folder or artifacts; "

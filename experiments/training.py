@@ -346,7 +346,9 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     # --workers), as the rayprop.workers tag does.
     resolved = dataclasses.replace(job.resolved_cfg, cluster=dataclasses.replace(
         job.resolved_cfg.cluster, workers=pool.num_workers))
-    if resume is None:
+    # A sweep's trial killed before its first checkpoint starts over in its own run,
+    # whose params (the same config) may already be there: MLflow refuses them twice.
+    if resume is None and not (run.resume_run_id and run.client.get_run(run.run_id).data.params):
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
     run.set_tags({OUTPUT_TAG: str(out_dir.resolve()), "rayprop.workers": pool.num_workers,
