@@ -224,6 +224,9 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             experiment_id = tracking.open_experiment(uri, cfg.experiment)
         else:
             experiment_id = resume.experiment_id
+        # DIR is this sweep's while it runs (a lock the kernel drops at exit, kill -9 too):
+        # a --resume of it meanwhile is refused rather than training its trials twice.
+        root = stack.enter_context(OutputClaim(out_root))
         stop = stack.enter_context(StopFlag())  # before the runs: their SIGTERM hook defers to it
         axes = " x ".join(short_keys(list(cfg.sweep)).values())
         parent = stack.enter_context(tracking.TrackedRun(
@@ -231,6 +234,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             resume_run_id=resume.parent_id if resume is not None else None,
             tags={"rayprop.sweep": "parent", "rayprop.version": __version__,
                   "rayprop.sweep.concurrency": at_once}))
+        root.record(parent.run_id)
         if resume is None:
             parent.log_params(parent_params(cfg))
             parent.set_tags({SWEEP_OUTPUT_TAG: str(out_root.resolve())})  # where --resume finds the trials

@@ -98,6 +98,11 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
     if recorded is not None and out_root.resolve() != Path(recorded):
         raise InputError(f"--output {out_root}: sweep {parent_id} has its runs in {recorded}")
 
+    try:
+        OutputClaim(out_root).check()  # the sweep's process holds DIR while it runs
+    except InputError:
+        raise InputError(f"--resume {parent_id}: the sweep is still running in {out_root}; "
+                         "stop it first (Ctrl-C)") from None
     kids = {r.info.run_id: r for r in client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
     by_folder = {r.data.tags[OUTPUT_TAG]: r.info.run_id for r in kids.values() if OUTPUT_TAG in r.data.tags}

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from experiments import training
+from experiments.output_folder import OWNER_FILE, OutputClaim
 from tests.conftest import RAYPROP, installed_rayprop, one_line_exit_2
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
@@ -53,7 +54,7 @@ def runs_of(uri: str):
 
 def test_a_killed_sweep_goes_on_where_it_stopped(tmp_path, rayprop):
     data = write_parquet(tmp_path / "d.parquet", m=300)
-    raw = config(data, "adam", 16, epochs=3, checkpoint_seconds=0, learning_rate=0.01)
+    raw = config(data, "adam", 32, epochs=3, checkpoint_seconds=0, learning_rate=0.01)
     raw["sweep"] = {"train.epochs": EPOCHS}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,6 +79,12 @@ def test_a_killed_sweep_goes_on_where_it_stopped(tmp_path, rayprop):
     assert not (out / "run-03").exists()
     first_files = {p.name: p.read_bytes() for p in (out / "run-01").iterdir() if p.is_file()}
 
+    # A sweep holds its DIR while it runs (the lock the kernel dropped at the kill): going
+    # on with it while a process holds it is refused.
+    assert json.loads((out / OWNER_FILE).read_text())["run_id"] == parent_id
+    with OutputClaim(out):
+        one_line_exit_2(rayprop("sweep", "sweep.yaml", *flags, "--resume", parent_id), "still running")
+
     # Another sweep than the one in the store: one line, nothing run.
     other = dict(raw, sweep={"train.epochs": [3, 400, 4]})
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
@@ -94,7 +101,8 @@ def test_a_killed_sweep_goes_on_where_it_stopped(tmp_path, rayprop):
 
     parent, kids = runs_of(uri)
     assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
-    assert len(kids) == 3 and {r.info.status for r in kids.values()} == {"FINISHED"}
+    assert len(kids) == 3 and {r.info.status for r in kids.values()} == {"FINISHED"}, \
+        ({k[-6:]: r.info.status for k, r in kids.items()}, cont.stderr[-3000:])
     again = kids[str((out / "run-01").resolve())]
     assert again.info.run_id == first.info.run_id and again.info.end_time == first.info.end_time
     assert {p.name: p.read_bytes() for p in (out / "run-01").iterdir() if p.is_file()} == first_files
