@@ -54,10 +54,11 @@ def _port(text: str) -> int:
     return value
 
 
-def _training_flags(p: argparse.ArgumentParser, output: str) -> None:
+def _training_flags(p: argparse.ArgumentParser, output: str, config_optional: bool = False) -> None:
     """The flags `train` and `sweep` share."""
-    p.add_argument("config", metavar="CONFIG",
-                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)")
+    p.add_argument("config", metavar="CONFIG", nargs="?" if config_optional else None,
+                   help="YAML config file, or the name of a shipped example (xor, spirals, digits, w-tiny, ...)"
+                   + ("; with --resume it may be left out: the run's own config is used" if config_optional else ""))
     p.add_argument("--local", action="store_true", help="single-process mode, no Ray")
     p.add_argument("--address", metavar="ADDR",
                    help="Ray to use: auto (a running local cluster), HOST:PORT, or ray://HOST:PORT "
@@ -87,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network from a YAML config; the job is one MLflow run.")
     _training_flags(t, output="where model.npz, model.json, summary.json and checkpoints go: a folder "
                     "or a URI (s3://, gs://, file://, ...); a taken DIR gives DIR-2, ... "
-                    "(default: train.output, else runs/EXPERIMENT-TIMESTAMP)")
+                    "(default: train.output, else runs/EXPERIMENT-TIMESTAMP)", config_optional=True)
     t.add_argument("--resume", metavar="RUN_ID",
-                   help="continue this MLflow run from its latest checkpoint (same CONFIG)")
+                   help="continue this MLflow run from its latest checkpoint, with the run's logged "
+                   "config (a CONFIG given is checked against it)")
 
     w = sub.add_parser("sweep", help="train the trials of the config's sweep: section side by side",
                        description="Train every combination of the config's `sweep:` grid (and of "
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="add (or replace) an axis of the grid, values as YAML scalars, e.g. "
                    "--grid train.learning_rate=0.01,0.1 (repeatable)")
+    w.add_argument("--resume", metavar="PARENT_RUN_ID",
+                   help="continue this sweep (its parent run) in its --output DIR: finished trials are "
+                   "kept, stopped or killed ones go on from their checkpoints, the others start")
     w.add_argument("--concurrency", type=_positive_int, metavar="N",
                    help="trials at once, at most (default: sweep_concurrency, else as many as the "
                    "cluster's CPUs hold; 1 with --local)")

@@ -45,7 +45,14 @@ def _config(args):
         # above the file's workers is fine; `--workers 5` above max_workers is not).
         overrides.append(f"cluster.workers={workers}")
     try:
-        cfg = load_config(example_configs.resolve(args.config), overrides)
+        if args.config is not None:
+            cfg = load_config(example_configs.resolve(args.config), overrides)
+        elif getattr(args, "resume", None):  # `rayprop train --resume RUN_ID`: the run's own config
+            from experiments.run_config import config_of_run
+
+            cfg = config_of_run(args.resume, args.tracking_uri, overrides)
+        else:
+            raise InputError("CONFIG is required (or --resume RUN_ID, to continue a run with its own config)")
     except ConfigError as e:
         if workers is not None and f"cluster.workers={workers}" in str(e):
             raise ConfigError(f"--workers {workers}: {e}") from None
@@ -95,15 +102,32 @@ def sweep(args) -> None:
                          f"before the last epoch (train.epochs); lower it or train longer")
     if args.output and is_uri(args.output):  # its trials' folders are claimed by lock (output_folder.py)
         raise InputError(f"--output {args.output}: a sweep writes to a local folder; a URI is for rayprop train")
-    out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
-    training.check_writable_dir(out_root, "--output")
-    for i in range(len(children)):  # each run's folder must be free (one run per folder)
-        OutputClaim(sweeps.run_dir(out_root, i)).check()
     uri = training.tracking_uri(args.tracking_uri, cfg)
+    resume = None
+    if args.resume:  # a stopped or killed sweep goes on (experiments/sweep_resume.py)
+        from experiments.sweep_resume import plan
+
+        if cfg.sweep_scheduler == "asha":
+            raise InputError(f"--resume {args.resume}: not with sweep_scheduler: asha (its stops depend on "
+                             "every trial's milestones); go on with each trial: rayprop train --resume RUN_ID")
+        resume = plan(uri, args.resume, cfg, children, sweeps.parent_params(cfg), args.output, sweeps.run_dir)
+        out_root = resume.out_root
+    else:
+        out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
+    training.check_writable_dir(out_root, "--output")
+    for i in range(len(children)):  # each new run's folder must be free (one run per folder)
+        if resume is None or (i not in resume.kept and i not in resume.resumed):
+            OutputClaim(sweeps.run_dir(out_root, i)).check()
     try:
-        results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency)
+        results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency, resume)
     except sweeps.SweepStopped as e:
         print(sweeps.table(e.results))
+        from experiments.resume import where_flags
+
+        e.hint = "continue the sweep with: " + shlex.join([
+            "rayprop", "sweep", args.config, *[w for s in args.overrides for w in ("--set", s)],
+            *[w for g in args.grid for w in ("--grid", g)], "--output", str(e.out_root),
+            "--resume", e.parent_run_id, *where_flags(uri, args.local, args.address)])
         raise
     print(sweeps.table(results))
     print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "

@@ -17,6 +17,7 @@ Everything here is a check that can fail on bad input, so it runs before trainin
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +29,8 @@ from trainer.optimizers import make_optimizer
 from workers.locations import explain, is_uri
 
 OUTPUT_TAG = "rayprop.output"
+SWEEP_OUTPUT_TAG = "rayprop.sweep.output"  # a sweep's parent: its DIR, absolute (sweep --resume)
+SOURCE_TAG = "rayprop.data.source"  # where the run read its data (a local file: its absolute path)
 # A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
 STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
@@ -45,6 +48,25 @@ def _short(value: str) -> str:
     return value if len(value) <= SHOWN else value[:SHOWN - 3] + "..."
 
 
+def resume_command(run_id: str, uri: str, local: bool, address: str | None) -> str:
+    """The command that continues run `run_id`, as it is printed: no CONFIG (the run's own
+    is used, --set values included), and the flags that say where the run and its
+    workers are when they were not found by default."""
+    return shlex.join(["rayprop", "train", "--resume", run_id, *where_flags(uri, local, address)])
+
+
+def where_flags(uri: str, local: bool, address: str | None) -> list[str]:
+    """--local, --address, --tracking-uri as a printed command needs them to find the run."""
+    words = []
+    if local:
+        words.append("--local")
+    if address:
+        words += ["--address", stores.redact(address)]
+    if uri != stores.DEFAULT_URI:  # said even when it came from MLFLOW_TRACKING_URI: pasted anywhere, it works
+        words += ["--tracking-uri", stores.redact(uri)]
+    return words
+
+
 def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str]) -> None:
     """InputError naming the first setting that changes the result and differs from
     the run's logged params. Keys only one side has (another rayprop version) pass."""
@@ -56,8 +78,9 @@ def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str
                              f"{_short(logged[key])} in the run; resume with the run's config")
 
 
-def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, str, str]:
-    """(checkpoint, output folder or URI, experiment id) of run `run_id` in the store at `uri`."""
+def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[Checkpoint | None, str, str]:
+    """(checkpoint, output folder or URI, experiment id) of run `run_id` in the store at `uri`;
+    not `required` (a sweep's trial killed in its first epoch): None when it has none."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -79,7 +102,10 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, str, str]:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
     from experiments.tracking import run_params
 
-    check_same_config(run_id, run.data.params, run_params(job.resolved_cfg))
+    here, logged = run_params(job.resolved_cfg), dict(run.data.params)
+    if here.get("data.source") == run.data.tags.get(SOURCE_TAG):  # the file the run read, named absolutely
+        logged["data.source"] = here["data.source"]  # (a config-less resume names it so)
+    check_same_config(run_id, logged, here)
     skipped = []  # unreadable checkpoints: warnings if a good one is found, else the error
     if is_uri(out):  # an output URI: its checkpoints are read from there
         from experiments.output_uri import fetch_checkpoints
@@ -98,6 +124,8 @@ def find_checkpoint(uri: str, run_id: str, job) -> tuple[Checkpoint, str, str]:
             ckpt = latest_checkpoint(Path(local), skipped.append, run_id=run_id)
         except (MlflowException, OSError):
             ckpt = None
+    if ckpt is None and not required and not skipped:
+        return None, out, run.info.experiment_id
     if ckpt is None:
         if skipped:  # name what is wrong with the newest; the line has no room for the folder too
             raise InputError(f"--resume {run_id}: no readable checkpoint in the run's folder or artifacts; "

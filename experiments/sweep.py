@@ -31,7 +31,7 @@ from experiments import stores, training
 from experiments.in_order import run_in_order
 from experiments.output_folder import OutputClaim
 from experiments.progress import ProgressBar
-from experiments.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG
+from experiments.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG
 from experiments.training import Job
 from trainer import __version__
 from trainer.config import Config
@@ -125,11 +125,11 @@ class SweepStopped(Stopped):
     """Ctrl-C or SIGTERM: every running trial stopped after its step (checkpoint, run
     KILLED) and no more started; `results` as far as they got."""
 
-    def __init__(self, results: list[Result]):
+    def __init__(self, results: list[Result], parent_run_id: str, out_root: Path):
         killed = sum(r.status == "KILLED" for r in results)
         super().__init__(f"sweep stopped: {killed} trial{'s' if killed != 1 else ''} stopped after "
-                         f"a step with a checkpoint (continue one with rayprop train --resume RUN_ID)")
-        self.results = results
+                         f"a step with a checkpoint")
+        self.results, self.parent_run_id, self.out_root = results, parent_run_id, out_root
 
 
 class _InProcess:
@@ -162,12 +162,23 @@ def _at_once(cap: int | None, count: int, local: bool, cpus_per_trial: int) -> i
     return max(min(cap or count, count, fits), 1)
 
 
+def parent_params(cfg: Config) -> dict[str, str]:
+    """What the parent run logs: the base config, the sweep's axes and its settings."""
+    from experiments import tracking
+
+    return {**tracking.run_params(cfg.without_sweep()),
+            **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()},
+            **{k: str(v) for k, v in cfg.sweep_settings().items()}}
+
+
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
-        opts: training.Options, concurrency: int | None = None) -> list[Result]:
+        opts: training.Options, concurrency: int | None = None, resume=None) -> list[Result]:
     """Train the prepared `children` (trials in the sweep's order) as child runs of one
     parent run, side by side (module doc). A child that fails while running (diverged,
     workers lost) ends FAILED with its one line and the sweep goes on. Raises
-    SweepStopped after Ctrl-C, once every trial has ended."""
+    SweepStopped after Ctrl-C, once every trial has ended. `resume`: a stopped sweep's
+    Plan (experiments/sweep_resume.py): its parent run goes on, its kept trials are not
+    trained again, its stopped ones go on in their own runs."""
     from experiments import tracking
     from experiments.early_stopping import SuccessiveHalving
     from experiments.interrupts import StopFlag, ThreadStop
@@ -176,6 +187,10 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     counts = [_workers(opts.workers, job, local) for _, job in children]
     cpus = [n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children)]
     results = [Result(combo) for combo, _ in children]
+    if resume is not None:
+        results = [resume.kept.get(i, r) for i, r in enumerate(results)]
+    todo = [i for i in range(len(children)) if resume is None or i not in resume.kept]
+    first = todo[0] if todo else None
     cap = concurrency or cfg.sweep_concurrency
     parent = None
     with ExitStack() as stack:
@@ -188,7 +203,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             need = max(cpus) * ((cap or 1) if address is None else 1)
             conn = training.connect_ray(address, need, stack)
             where, kind = training.where(conn), conn.kind
-        at_once = _at_once(cap, len(children), local, max(cpus))
+        at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
 
         def reserve(i: int, give_up=lambda: False):
             if local:
@@ -200,21 +215,33 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             return slot if slot.wait(give_up) else None
 
         # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
-        first_slot = reserve(0)
+        first_slot = reserve(first) if todo else _InProcess()
         stack.callback(first_slot.release)
-        first_pool = [training.open_pool(children[0][1], counts[0], local, first_slot.strategy)]
+        first_pool = [training.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
+            if todo else []
         stack.callback(lambda: first_pool and first_pool[0].close())
-        experiment_id = tracking.open_experiment(uri, cfg.experiment)
+        if resume is None:
+            experiment_id = tracking.open_experiment(uri, cfg.experiment)
+        else:
+            experiment_id = resume.experiment_id
+        # DIR is this sweep's while it runs (a lock the kernel drops at exit, kill -9 too):
+        # a --resume of it meanwhile is refused rather than training its trials twice.
+        root = stack.enter_context(OutputClaim(out_root))
         stop = stack.enter_context(StopFlag())  # before the runs: their SIGTERM hook defers to it
         axes = " x ".join(short_keys(list(cfg.sweep)).values())
         parent = stack.enter_context(tracking.TrackedRun(
             experiment_id, run_name=f"sweep: {axes} ({len(children)} runs)", stop=stop,
+            resume_run_id=resume.parent_id if resume is not None else None,
             tags={"rayprop.sweep": "parent", "rayprop.version": __version__,
                   "rayprop.sweep.concurrency": at_once}))
-        parent.log_params({**tracking.run_params(cfg.without_sweep()),
-                           **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()},
-                           **{k: str(v) for k, v in cfg.sweep_settings().items()}})
-        print(f"rayprop sweep: {len(children)} runs, {at_once} at a time, under MLflow run "
+        root.record(parent.run_id)
+        if resume is None:
+            parent.log_params(parent_params(cfg))
+            parent.set_tags({SWEEP_OUTPUT_TAG: str(out_root.resolve())})  # where --resume finds the trials
+        going_on = "" if resume is None else (
+            f" (resumed: {len(resume.kept)} kept, {len(resume.resumed)} going on, "
+            f"{len(todo) - len(resume.resumed)} to start)")
+        print(f"rayprop sweep: {len(children)} runs{going_on}, {at_once} at a time, under MLflow run "
               f"{parent.run_id} in experiment {cfg.experiment!r} at "
               f"{stores.where_to_see(uri, experiment_id, parent.run_id)}", file=sys.stderr)
         halving = None
@@ -224,13 +251,14 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
 
         def work(i: int, slot) -> None:
             combo, job = children[i]
-            pool = first_pool.pop() if i == 0 else None
+            pool = first_pool.pop() if i == first else None
             try:
                 if pool is None:
                     pool = training.open_pool(job, counts[i], local, slot.strategy)
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
-                             quiet=opts.quiet or at_once > 1)  # bars side by side would garble
+                             quiet=opts.quiet or at_once > 1,  # bars side by side would garble
+                             resumed=resume.resumed.get(i) if resume is not None else None)
             except (RunError, InputError) as e:  # opening the pool: no run was started
                 results[i].status = "FAILED"
                 results[i].error = getattr(e, "kind", None) or one_line(e, 80)
@@ -243,35 +271,48 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                     pool.close()
                 slot.release()
 
-        run_in_order(len(children), at_once, lambda i: first_slot if i == 0 else reserve(i, stop),
-                     work, stop)
+        run_in_order(len(todo), at_once, lambda k: first_slot if k == 0 else reserve(todo[k], stop),
+                     lambda k, slot: work(todo[k], slot), stop)
         _record_best(parent, results)
         if stop():
             _write_results(out_root, parent.run_id, results)
-            raise SweepStopped(results)
+            raise SweepStopped(results, parent.run_id, out_root)
     _write_results(out_root, parent.run_id, results)
     return results
 
 
 def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result, out_dir: Path,
                  experiment_id: str, parent_run_id: str, where: str, kind: str, stop, halving,
-                 quiet: bool) -> None:
-    """One child run on its own pool, in the calling thread; the outcome goes into `result`."""
+                 quiet: bool, resumed=None) -> None:
+    """One child run on its own pool, in the calling thread; the outcome goes into `result`.
+    resumed: (its child run, the checkpoint to go on from or None) for a stopped trial."""
     from experiments import tracking
 
+    child_id, ckpt = resumed or (None, None)
     name = f"run {i + 1}/{count} {label(combo)}"
     print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
     bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
     try:
-        with OutputClaim(out_dir) as claim, \
+        with OutputClaim(out_dir, child_id) as claim, \
                 tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
                                     parent_run_id=parent_run_id, tags={"rayprop.sweep": "child"},
-                                    out_dir=out_dir, stop=stop) as run:
+                                    out_dir=out_dir, stop=stop, resume_run_id=child_id) as run:
             claim.record(run.run_id)
             result.run_id = run.run_id
+            if child_id is not None:
+                at = f"step {ckpt.position.global_step}" if ckpt is not None else "its first step (no checkpoint)"
+                print(f"rayprop sweep: {name}: resuming MLflow run {child_id} at {at}", file=sys.stderr)
             end_early = halving.hook(i, job.cfg.train.epochs) if halving is not None else None
-            result.summary = training.fit(job, pool, run, out_dir, [bar], kind, should_stop=stop,
-                                          end_early=end_early)
+            done = _trained(out_dir, child_id) if ckpt is not None and ckpt.position.epoch >= job.cfg.train.epochs \
+                else None
+            if done is not None:  # killed while its model went to the store: send it, end the run
+                from experiments.run_artifacts import log_outputs
+
+                run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+                result.summary = done
+            else:
+                result.summary = training.fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
+                                              should_stop=stop, end_early=end_early)
             result.stopped_at = result.summary.get("stopped_early_at_epoch")
             if result.stopped_at is not None:
                 run.set_tags({STOPPED_EARLY_TAG: "true", STOPPED_AT_TAG: result.stopped_at})
@@ -280,7 +321,8 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
         result.status = "FINISHED"
         s = result.summary
         how = "finished" if result.stopped_at is None else f"stopped early after epoch {result.stopped_at}"
-        score = f"val_loss {s['val_loss']:.4g}" if s.get("val_loss") is not None else f"final_loss {s['final_loss']:.4g}"
+        score = f"val_loss {s['val_loss']:.4g}" if s.get("val_loss") is not None else \
+            f"final_loss {_num(s.get('final_loss'), '.4g')}"
         print(f"rayprop sweep: {name}: {how}, {score}", file=sys.stderr)
     except TrainingStopped as e:  # Ctrl-C: the run has ended KILLED after a whole step
         result.status, result.error = "KILLED", "stopped"
@@ -293,6 +335,17 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
         print(f"rayprop sweep: {name}: {describe(e)}", file=sys.stderr)
     finally:
         bar.close()
+
+
+def _trained(out_dir: Path, run_id: str) -> dict | None:
+    """The summary.json of run `run_id` in `out_dir` (its training had ended), else None."""
+    import json
+
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("run_id") == run_id else None
 
 
 def _write_results(out_root: Path, parent_run_id: str, results: list[Result]) -> None:

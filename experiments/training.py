@@ -76,7 +76,7 @@ class Job:
 class Options:
     """What the command line adds to the config for one `rayprop train`."""
 
-    config_name: str  # as the user gave it, for the "continue with" hint
+    config_name: str | None  # as the user gave it; None: `--resume RUN_ID` with the run's own config
     workers: int | str | None = None  # a count or "auto"; None: cluster.workers (1 with local)
     local: bool = False
     address: str | None = None
@@ -299,8 +299,10 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                   file=sys.stderr)
             summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim)
     except TrainingStopped as e:  # the run has ended KILLED
-        e.hint = (f"checkpoint in {claim.name}/checkpoints; continue with: rayprop train "
-                  f"{opts.config_name} --resume {run.run_id}")
+        from experiments.resume import resume_command
+
+        e.hint = (f"checkpoint in {claim.name}/checkpoints; continue with: "
+                  f"{resume_command(run.run_id, uri, opts.local, opts.address)}")
         raise
     return summary, claim.name, run.report
 
@@ -350,7 +352,9 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     # --workers), as the rayprop.workers tag does.
     resolved = dataclasses.replace(job.resolved_cfg, cluster=dataclasses.replace(
         job.resolved_cfg.cluster, workers=pool.num_workers))
-    if resume is None:
+    # A sweep's trial killed before its first checkpoint starts over in its own run,
+    # whose params (the same config) may already be there: MLflow refuses them twice.
+    if resume is None and not (run.resume_run_id and run.client.get_run(run.run_id).data.params):
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
     from cluster.jobs import SUBMISSION_ENV
