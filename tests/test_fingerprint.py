@@ -1,0 +1,126 @@
+"""A job knows its data: a source that changes under a job, or between a killed job
+and its `--resume`, stops it with exit 2 naming the file, instead of training on two
+data sets. Real processes, real SIGKILLs, a real sqlite MLflow store; the Ray cases
+on a real local Ray (the CLI's own, and one for the in-process pool).
+
+The control in each case is an undisturbed job on the original data: restoring the
+original bytes AND the modification time (what a fingerprint cannot see) lets the
+resume finish with its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import one_line_exit_2
+from trainer.checkpoint import latest_checkpoint
+
+ROWS = 600
+
+
+def cli(*args):
+    return [sys.executable, "-m", "experiments.cli", *map(str, args)]
+
+
+def run_cli(*args, cwd, timeout=300):
+    return subprocess.run(cli(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_csv(path: Path, seed: int) -> None:
+    """ROWS rows, every value printed at a fixed width: another seed gives a file of
+    the same size and row count with other values."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (ROWS, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int) + (X[:, 0] > 0.5)
+    with open(path, "w") as f:  # in place: same path, same inode
+        f.write("x0,x1,y\n" + "".join(f"{a:+.6f},{b:+.6f},{c}\n" for (a, b), c in zip(X, y)))
+
+
+def weights(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return np.concatenate([z[k].ravel() for k in sorted(z.files)])
+
+
+def relative(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def wait_for(proc, condition, what: str, seconds=180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the job ended before {what}: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.02)
+
+
+def kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+LOCAL_CONFIG = """\
+experiment: fingerprint-local
+model: {layers: [2, 16, 3], hidden_activation: tanh, dtype: float64}
+data: {source: d.csv, target: y}
+train: {optimizer: adam, learning_rate: 0.01, batch_size: 8, epochs: 20, seed: 1, checkpoint_seconds: 0}
+"""
+
+
+def test_resume_refuses_a_csv_rewritten_in_place_and_goes_on_with_the_original(tmp_path, rayprop):
+    (tmp_path / "c.yaml").write_text(LOCAL_CONFIG)
+    csv, uri = tmp_path / "d.csv", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_csv(csv, seed=0)
+    original, stat0 = csv.read_bytes(), csv.stat()
+    args = ("train", "c.yaml", "--local", "--quiet", "--tracking-uri", uri)
+    ref = rayprop(*args, "--output", "ref")  # in process: no start-up to wait for
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    job = subprocess.Popen(cli(*args, "--output", "out"), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        wait_for(job, lambda: len(list((tmp_path / "out/checkpoints").glob("ckpt-*.npz"))) >= 2,
+                 "a second checkpoint")
+    finally:
+        kill_group(job)
+    run_id = latest_checkpoint(tmp_path / "out/checkpoints").meta["run_id"]
+
+    write_csv(csv, seed=1)  # other values, same path, size and row count
+    assert csv.stat().st_size == stat0.st_size and csv.read_bytes() != original
+    refused = rayprop(*args, "--resume", run_id)
+    line = one_line_exit_2(refused, f"--resume {run_id}", str(csv), "changed since the run started")
+    assert "modified" in line
+
+    # The original bytes and modification time back: the fingerprint matches (it cannot
+    # tell this from the original), and the run ends with the undisturbed run's weights.
+    csv.write_bytes(original)
+    os.utime(csv, ns=(stat0.st_atime_ns, stat0.st_mtime_ns))
+    resumed = rayprop(*args, "--resume", run_id)
+    from mlflow import MlflowClient
+
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert relative(weights(tmp_path / "out/model.npz"), weights(tmp_path / "ref/model.npz")) <= 1e-9
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tag = run.data.tags["rayprop.data_fingerprint"]
+    recorded = json.loads(Path(client.download_artifacts(run_id, "data_fingerprint.json", str(tmp_path)))
+                          .read_text())
+    assert recorded["hash"] == tag and recorded["files"][0]["file"] == str(csv)
+    assert recorded["files"][0]["size"] == stat0.st_size and recorded["files"][0]["rows"] == ROWS
