@@ -124,3 +124,105 @@ def test_resume_refuses_a_csv_rewritten_in_place_and_goes_on_with_the_original(t
                           .read_text())
     assert recorded["hash"] == tag and recorded["files"][0]["file"] == str(csv)
     assert recorded["files"][0]["size"] == stat0.st_size and recorded["files"][0]["rows"] == ROWS
+
+
+def write_parquet(path: Path, seed: int, m: int = 4000) -> None:
+    """m rows of 4 features and 3 classes, written plainly (no dictionary, no
+    compression): another seed gives a file of the same size, schema and row groups."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m, 4))
+    y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] * X[:, 2] > 0.3)
+    table = pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y})
+    pq.write_table(table, path, row_group_size=500, compression="none", use_dictionary=False)
+
+
+RAY_CONFIG = """\
+experiment: fingerprint-ray
+model: {layers: [4, 12, 3], hidden_activation: tanh, dtype: float64}
+data: {source: d.parquet, validation_fraction: 0.1}
+train: {optimizer: adam, learning_rate: 0.01, batch_size: 64, epochs: 400, seed: 2, checkpoint_seconds: 0}
+"""
+
+
+def test_a_replaced_ray_worker_that_finds_the_parquet_file_replaced_stops_the_job(tmp_path):
+    from benchmarks.memory import shard_actors
+
+    (tmp_path / "c.yaml").write_text(RAY_CONFIG)
+    data, uri = tmp_path / "d.parquet", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_parquet(data, seed=0)
+    size = data.stat().st_size
+    job = subprocess.Popen(cli("train", "c.yaml", "--workers", 2, "--quiet", "--output", "out",
+                               "--tracking-uri", uri), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        wait_for(job, lambda: any((tmp_path / "out/checkpoints").glob("ckpt-*.npz")), "a checkpoint")
+        workers = shard_actors(job.pid)
+        assert len(workers) == 2, workers
+        # Replaced atomically (a new file renamed over the old), then a worker killed:
+        # its replacement opens the new file.
+        write_parquet(tmp_path / "new.parquet", seed=1)
+        os.replace(tmp_path / "new.parquet", data)
+        assert data.stat().st_size == size
+        os.kill(workers[0], signal.SIGKILL)
+        err = job.communicate(timeout=240)[1]
+    finally:
+        kill_group(job)
+    assert job.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert f"{data} changed since the job started (modified" in last, last
+    assert "last good checkpoint" in last, last
+    assert latest_checkpoint(tmp_path / "out/checkpoints").path.name in last  # kept, and named
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).get_run(latest_checkpoint(tmp_path / "out/checkpoints").meta["run_id"])
+    assert run.info.status == "FAILED"
+    assert "changed since the job started" in run.data.tags["rayprop.error"]
+
+
+class ReplaceAndKill:
+    """A coordinator listener: after step `at`, replaces the data file atomically and
+    SIGKILLs worker `rank`'s process while the next step is computed."""
+
+    def __init__(self, pool, data: Path, rank: int, at: int):
+        self.pool, self.data, self.rank, self.at = pool, data, rank, at
+
+    def on_step(self, step, epoch, loss, n):
+        if step == self.at:
+            write_parquet(self.data.with_suffix(".new"), seed=1, m=1000)
+            os.replace(self.data.with_suffix(".new"), self.data)
+            pid = self.pool.info[self.rank]["pid"]
+            threading.Timer(0.002, lambda: os.kill(pid, signal.SIGKILL)).start()
+
+    def on_epoch(self, epoch, metrics):
+        pass
+
+
+def test_a_reshard_that_reaches_a_replaced_file_stops_the_job(tmp_path):
+    """No CPU for a replacement in time (cluster.replace_seconds: 0): the survivor takes
+    the lost worker's rows, reading them from the file, which has been replaced."""
+    from cluster.connect import connect
+    from experiments import training
+    from trainer.config import from_dict
+    from trainer.coordinator import train
+    from trainer.errors import DataError  # DataChangedError is one; named so the test runs on older code
+    from trainer.optimizers import make_optimizer
+    from workers.ray_pool import RayPool
+
+    data = tmp_path / "d.parquet"
+    write_parquet(data, seed=0, m=1000)
+    job = training.prepare(from_dict({
+        "experiment": "fingerprint-reshard", "model": {"layers": [4, 8, 3], "dtype": "float64"},
+        "data": {"source": str(data)}, "cluster": {"replace_seconds": 0},
+        "train": {"optimizer": "sgd", "learning_rate": 0.05, "batch_size": 100, "epochs": 3}}))
+    with connect(None, 2):
+        pool = RayPool(job.task, job.cfg.cluster, 2, max_failures=3)
+        try:
+            with pytest.raises(DataError, match=f"{data} changed since the job started"):
+                train(pool, job.theta0.copy(), make_optimizer("sgd", 0.05), job.plan, 3,
+                      [ReplaceAndKill(pool, data, rank=1, at=2)])
+            assert pool.events == [] and len(pool.resizes) == 1  # no replacement: the reshard read it
+            assert pool.resizes[0].startswith("2 -> 1 workers: worker 1 (rows 500-1000) lost")
+        finally:
+            pool.close()
