@@ -31,7 +31,9 @@ start (and read their rows) while training goes on, and join at the first step
 boundary after they are ready. Each change of size is one `reshard`: new row ranges
 for the new count, workers keep or move to ranges as workers/reshard.py decides, and
 the planes are wired anew. A step depends only on (theta, epoch, k), so the weights
-do not change; only the order of additions does.
+do not change; only the order of additions does. Rows read again must be the rows
+the job started with: a new or moving worker that finds a file changed since the
+job's fingerprint (workers/fingerprint.py) stops the job (DataChangedError, exit 2).
 """
 
 from __future__ import annotations
