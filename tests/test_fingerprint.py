@@ -226,3 +226,39 @@ def test_a_reshard_that_reaches_a_replaced_file_stops_the_job(tmp_path):
             assert pool.resizes[0].startswith("2 -> 1 workers: worker 1 (rows 500-1000) lost")
         finally:
             pool.close()
+
+
+def test_a_folder_resumed_names_a_file_gone_new_or_changed(tmp_path):
+    from trainer.errors import DataChangedError
+    from workers.fingerprint import compare, take
+    from workers.sources import open_source
+
+    folder = tmp_path / "d"
+    (folder / "k=1").mkdir(parents=True)
+    for name, seed in (("a", 0), ("b", 1)):
+        write_parquet(folder / "k=1" / f"{name}.parquet", seed, m=50)
+    was = take(open_source(str(folder)))
+    compare("R", was, take(open_source(str(folder))))  # unchanged: passes
+    (folder / "k=1/c.parquet").write_bytes((folder / "k=1/a.parquet").read_bytes())
+    with pytest.raises(DataChangedError, match=f"--resume R: data.source: {folder}/k=1/c.parquet is new"):
+        compare("R", was, take(open_source(str(folder))))
+    os.replace(folder / "k=1/c.parquet", folder / "k=1/b.parquet")
+    with pytest.raises(DataChangedError, match=r"k=1/b.parquet changed since the run started \(modified"):
+        compare("R", was, take(open_source(str(folder))))
+    (folder / "k=1/b.parquet").unlink()
+    with pytest.raises(DataChangedError, match=f"{folder}/k=1/b.parquet is gone"):
+        compare("R", was, take(open_source(str(folder))))
+
+
+def test_what_a_fingerprint_compares():
+    from workers.fingerprint import difference, file_entry
+
+    was = file_entry("f", 100, 5_000_000_000, 10, [5, 5])
+    assert difference(was, file_entry("f", 100, 5_000_000_000, 10, [5, 5]), remote=False) is None
+    assert difference(was, file_entry("f", 101, 5_000_000_000, 10, [5, 5]), False) == "size 100 -> 101 bytes"
+    assert difference(was, file_entry("f", 100, 5_000_000_001, 10, [5, 5]), False).startswith("modified 1970")
+    # An object store's listing and HEAD report the time at other precisions: seconds count there.
+    assert difference(was, file_entry("f", 100, 5_400_000_000, 10, [5, 5]), remote=True) is None
+    assert difference(was, file_entry("f", 100, 6_000_000_000, 10, [5, 5]), remote=True) is not None
+    assert difference(was, file_entry("f", 100, 5_000_000_000, 10, [4, 6]), False) == \
+        "row groups of [5, 5] (2) -> [4, 6] (2) rows"
