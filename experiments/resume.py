@@ -10,7 +10,8 @@ the same folder is skipped.
 
 The config must be the run's: any setting that changes the result (data, model,
 optimizer, batch size, seed, split, epochs...) is compared with the run's logged
-params and a difference is refused, naming the key. Where and how it runs
+params and a difference is refused, naming the key; so is data that changed since
+the run (its checkpoint's fingerprint, workers/fingerprint.py), naming the file. Where and how it runs
 (cluster.*, --workers, --local, tracking.*) may change: the result does not.
 Everything here is a check that can fail on bad input, so it runs before training.
 """
@@ -139,6 +140,10 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
                          f"the config says {list(job.spec.layers)}")
     if ckpt.position.epoch > job.cfg.train.epochs:
         raise InputError(f"--resume {run_id}: the checkpoint is past train.epochs={job.cfg.train.epochs}")
+    if ckpt.position.epoch < job.cfg.train.epochs:  # rows will be read again: they must be the run's
+        from workers.fingerprint import compare
+
+        compare(run_id, ckpt.meta.get("data_fingerprint"), job.fingerprint)
     try:  # a checkpoint edited by hand, or another optimizer's, must not reach training
         check_resumable(ckpt, job.spec.size, make_optimizer(job.cfg.train.optimizer, 1.0).state(),
                         job.plan.steps_per_epoch)

@@ -57,6 +57,7 @@ from workers.sources import Source  # noqa: E402
 # the second fails on the table's unique key. One at a time in this process.
 _DATASETS = threading.Lock()
 
+FINGERPRINT_TAG, FINGERPRINT_ARTIFACT = "rayprop.data_fingerprint", "data_fingerprint.json"
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
 CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
@@ -329,6 +330,13 @@ class TrackedRun:
                        "rayprop.data.rows": source.num_rows})
         with _DATASETS:
             mlflow.log_input(dataset_of(source, columns), context="training")
+
+    def log_fingerprint(self, fingerprint: dict | None) -> None:
+        """The data's fingerprint (workers/fingerprint.py): its hash as the tag
+        `rayprop.data_fingerprint`, the per-file list as the artifact `data_fingerprint.json`."""
+        if fingerprint:
+            self.set_tags({FINGERPRINT_TAG: fingerprint["hash"]})
+            self.client.log_dict(self.run_id, fingerprint, FINGERPRINT_ARTIFACT)
 
     def _close_metrics(self) -> int:
         """Points kept locally after delivering what the store takes in time."""

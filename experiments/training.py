@@ -32,7 +32,7 @@ from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
 from trainer.config import Config, check_size
 from trainer.coordinator import TrainingStopped, train as coordinate
-from trainer.errors import InputError, RunError
+from trainer.errors import DataChangedError, InputError, RunError
 from trainer.model_io import (expected_shapes, probe_write, read_arrays, save_model, theta_from_arrays,
                               write_json)
 from trainer.network import NetworkSpec, init_theta
@@ -58,13 +58,14 @@ class Job:
     val_rows: np.ndarray
     plan: BatchPlan
     theta0: np.ndarray  # initial parameters
+    fingerprint: dict | None = None  # of the data, from metadata (workers/fingerprint.py)
 
     @property
     def task(self) -> ShardTask:
         """What every shard worker of this job opens (local and Ray pools alike)."""
         return ShardTask(self.spec, self.plan, self.source.spec, self.source.num_rows, self.schema,
                          (self.cfg.data.validation_fraction, self.cfg.data.split_seed),
-                         self.source.handoff())
+                         self.source.handoff(), self.fingerprint)
 
     @property
     def resolved_cfg(self) -> Config:
@@ -143,7 +144,9 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
         theta0 = theta_from_arrays(spec, read_arrays(path, expected_shapes(spec)), path)
     else:
         theta0 = init_theta(spec, cfg.model.init, cfg.train.seed)
-    return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0)
+    from workers.fingerprint import take
+
+    return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0, take(source))
 
 
 # ---- where things go -----------------------------------------------------------------
@@ -357,6 +360,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if resume is None and not (run.resume_run_id and run.client.get_run(run.run_id).data.params):
         run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
                     pool.num_workers, nodes, ray_kind)
+        run.log_fingerprint(job.fingerprint)
     from cluster.jobs import SUBMISSION_ENV
     from experiments.fetch import SUBMISSION_TAG
 
@@ -393,7 +397,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if resume:
         optimizer.load_state(resume.optimizer)
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
-                                {"run_id": run.run_id, "layers": list(job.spec.layers)},
+                                {"run_id": run.run_id, "layers": list(job.spec.layers),
+                                 "data_fingerprint": job.fingerprint},
                                 on_saved=saved, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     try:
@@ -402,7 +407,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 [*listeners, run.metrics, PoolSize(pool, run.metrics)],
                                 resume=resume.position if resume else None, checkpointer=checkpointer,
                                 should_stop=should_stop, end_early=end_early)
-    except RunError as e:  # the run ends FAILED; what is kept
+    except (RunError, DataChangedError) as e:  # the run ends FAILED; what is kept
         if checkpointer.latest:
             where = f"{where_to}/checkpoints/{checkpointer.latest.name}"
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))

@@ -1,7 +1,8 @@
 """What can go wrong, by kind; the CLI maps each kind to its exit code in one place.
 
 - `InputError`: the user's to fix (a config field, a data file, a command-line
-  value); nothing has been written. Exit 2.
+  value); nothing has been written. Exit 2. (`DataChangedError`, the data changed
+  under a running job, is found mid-run: the run ends FAILED, its checkpoint kept.)
 - `RunError`: a failure while running (the loss diverged, workers were lost); the
   run ends FAILED and the last good checkpoint is kept. Exit 1.
 - `Stopped`: stopped on request (Ctrl-C, SIGTERM) after a whole step. Exit 130.
@@ -28,6 +29,12 @@ class ConfigError(InputError):
 
 class DataError(InputError):
     """A data source is missing, unreadable, or holds values that do not fit the model."""
+
+
+class DataChangedError(DataError):
+    """The data source changed under a running job (a worker that re-reads its rows
+    found a file other than the job's fingerprint says), or since the run being
+    resumed: bad input, exit 2; mid-run the run ends FAILED, the last checkpoint kept."""
 
 
 class RunError(RuntimeError):

@@ -60,6 +60,10 @@ class MemorySource(RangeSource):
     def fingerprint(self) -> list:
         return [[self.name, None, self.num_rows]]
 
+    def facts(self) -> dict:
+        """No files: the set is its name and its generator's parameters (the job's fingerprint)."""
+        return {"builtin": {"name": self.name, "rows": self.num_rows, **getattr(self, "params", {})}}
+
 
 def _frozen(*arrays):
     for a in arrays:
@@ -111,6 +115,7 @@ class TeacherSource(MemorySource):
         self.num_rows, self._n, self._rows = m, n, 0   # _rows: drawn so far from the stream
         self._rng = None
         self.classes = max(2, n_out)  # y is the argmax over max(2, n_out) teacher outputs
+        self.params = {"n": n, "n_out": n_out, "x_seed": 0, "teacher_seed": 1}
         self.column_types = {**{f"x{j}": "float" for j in range(n)}, "y": "int64"}
 
     def _pieces(self, lo, hi, columns):
@@ -132,9 +137,10 @@ class LazySet(MemorySource):
     only the row count and the columns, never generates it; a reader generates it
     whole (a few hundred kB) on its first read."""
 
-    def __init__(self, name: str, rows: int, n: int, classes: int, make):
+    def __init__(self, name: str, rows: int, n: int, classes: int, make, params: dict | None = None):
         self.name = self.spec = name
         self.num_rows, self.classes, self._make = rows, classes, make
+        self.params = {"n": n, "classes": classes, **(params or {})}
         self.column_types = {**{f"x{j}": "double" for j in range(n)}, "y": "int64"}
 
     def _pieces(self, lo, hi, columns):
@@ -200,8 +206,8 @@ def builtin_source(name: str) -> MemorySource:
     if name == "xor":
         return LazySet(name, 4, 2, 2, xor_arrays)
     if name == "spirals":
-        return LazySet(name, 900, 2, 3, spiral_arrays)
+        return LazySet(name, 900, 2, 3, spiral_arrays, {"points_per_class": 300, "seed": 0})
     if name == "digits":
         digits_path()  # scikit-learn's file is there (or one line saying it is not), not read yet
-        return LazySet(name, 1797, 64, 10, digits_arrays)
+        return LazySet(name, 1797, 64, 10, digits_arrays, {"file": "sklearn digits.csv.gz"})
     raise DataError(f"data.source: no built-in set {name!r} (built-in sets: {', '.join(BUILTIN_NAMES)})")

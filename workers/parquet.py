@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainer.errors import DataError, one_line
+from workers import fingerprint as fp
 from workers.locations import Location, explain
 from workers.sources import (ARROW_ERRORS, RangeSource, check_regular_file, column_to_numpy, format_columns,
                              named_types, show_name, table_to_numpy)
@@ -40,8 +41,10 @@ class ParquetFileSource(RangeSource):
                  remote: bool = False, size: int | None = None):
         self.name = self.spec = name or path
         self.remote, self.size = remote, size
+        self._path, self._fs, self.mtime_ns, self.expected = path, fs, None, None
         if fs is None and size is None:
-            self.size = os.path.getsize(path)
+            st = os.stat(path)   # before the footer: a change after this shows in the fingerprint
+            self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
         try:
             handle = fs.open_input_file(path) if fs is not None else path
             self._file = pq.ParquetFile(handle)
@@ -95,6 +98,39 @@ class ParquetFileSource(RangeSource):
     def fingerprint(self) -> list:
         return [[self.name, self.size, self.num_rows]]
 
+    @property
+    def row_groups(self) -> list[int]:
+        """Rows per row group, from the footer."""
+        return np.diff(self._starts).tolist()
+
+    def _now(self) -> dict:
+        """The file's facts as they are now: size and time from a stat, rows from the footer read."""
+        now = fp.stat(self._fs if self.remote else None, self._path)
+        return {**now, "rows": self.num_rows, "row_groups": self.row_groups}
+
+    def entry(self, file: str | None = None) -> dict:
+        """This file's fingerprint entry, under the name `file` (default: its own)."""
+        if self.mtime_ns is None:
+            now = self._now()
+            self.mtime_ns = now["mtime_ns"]
+            self.size = self.size if self.size is not None else now["size"]
+        return fp.file_entry(file or self.name, self.size, self.mtime_ns, self.num_rows, self.row_groups)
+
+    def facts(self) -> dict:
+        return {"files": [self.entry()]}
+
+    def expect(self, fingerprint: dict) -> None:
+        self.expect_entry(fp.entries(fingerprint).get(self.name))
+
+    def expect_entry(self, entry: dict | None) -> None:
+        """Check against `entry` now (the footer just read) and before every read."""
+        self.expected = entry
+        self.verify()
+
+    def verify(self) -> None:
+        if self.expected is not None:
+            fp.check_file(self.expected, self.name, self._now(), self.remote)
+
 
 def _partitions(relative: str) -> dict[str, str]:
     """{key: value} of the hive-style folders (key=value) on a file's relative path."""
@@ -130,6 +166,8 @@ class ParquetDirSource(RangeSource):
     def __init__(self, location: Location, known: dict | None = None):
         self.name = self.spec = location.name
         self.remote, self._location = location.remote, location
+        self._mtimes: dict[str, int] = {}   # the driver's listing's modification times
+        self._expected: dict[str, dict] | None = None   # a worker's: the job's fingerprint, per file
         if known is None:
             known = self._scan(location)
         self._relative = [f[0] for f in known["files"]]
@@ -147,7 +185,10 @@ class ParquetDirSource(RangeSource):
     def _open_file(self, i: int) -> ParquetFileSource:
         if i not in self._files:
             path, name = self._location.join(self._relative[i])
-            self._files[i] = ParquetFileSource(path, self._location.fs, name, self.remote, self._sizes[i])
+            f = ParquetFileSource(path, self._location.fs, name, self.remote, self._sizes[i])
+            if self._expected is not None:
+                f.expect_entry(self._expected.get(self._relative[i]))
+            self._files[i] = f
         return self._files[i]
 
     def _scan(self, location: Location) -> dict:
@@ -166,6 +207,7 @@ class ParquetDirSource(RangeSource):
             if not self.remote:
                 check_regular_file(os.path.join(location.path, *relative.split("/")))
             found.append((relative, info.size))
+            self._mtimes[relative] = info.mtime_ns
         if not found:
             raise DataError(f"data.source: no .parquet files in directory {self.name}")
         found.sort()
@@ -234,3 +276,19 @@ class ParquetDirSource(RangeSource):
 
     def fingerprint(self) -> list:
         return [[r, s, n] for r, s, n in zip(self._relative, self._sizes, self._rows)]
+
+    def facts(self) -> dict:
+        """Each file's entry under its path in the folder; sizes and times from the
+        listing, row groups from the footers (the driver read them all)."""
+        files = []
+        for i, relative in enumerate(self._relative):
+            groups = self._open_file(i).row_groups
+            files.append(fp.file_entry(relative, self._sizes[i], self._mtimes.get(relative),
+                                       self._rows[i], groups))
+        return {"files": files}
+
+    def expect(self, fingerprint: dict) -> None:
+        # Each file is checked when a read first reaches it, and before every read.
+        self._expected = fp.entries(fingerprint)
+        for i, f in self._files.items():
+            f.expect_entry(self._expected.get(self._relative[i]))

@@ -31,7 +31,9 @@ start (and read their rows) while training goes on, and join at the first step
 boundary after they are ready. Each change of size is one `reshard`: new row ranges
 for the new count, workers keep or move to ranges as workers/reshard.py decides, and
 the planes are wired anew. A step depends only on (theta, epoch, k), so the weights
-do not change; only the order of additions does.
+do not change; only the order of additions does. Rows read again must be the rows
+the job started with: a new or moving worker that finds a file changed since the
+job's fingerprint (workers/fingerprint.py) stops the job (DataChangedError, exit 2).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.errors import InputError, RunError, one_line
 from trainer.pool import EvalSums, ShardSums, WorkerLostError
+from workers.fingerprint import raise_if_changed
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
@@ -103,6 +106,8 @@ class RayPool:
                 self.info = ray.get([a.ready.remote() for a in self.actors])
             except ray.exceptions.RayActorError as e:  # died while starting (out of memory, killed)
                 raise WorkerLostError(f"a shard worker died while starting ({one_line(e)})") from None
+            for info in self.info:
+                raise_if_changed(info)  # changed since the driver's fingerprint, moments ago
             errors = [i for i in self.info if i["error"]]
             if errors:
                 raise InputError(worker_error(task.source_spec, errors[0]))
@@ -323,18 +328,22 @@ class RayPool:
             done += ready
             if time.monotonic() >= deadline or should_stop():
                 break
-        ready = {}
+        ready, failed = {}, None
         for ref in done:
             try:
                 info = ray.get(ref)
             except LOST_WORKER_ERRORS:
                 continue
             if info["error"]:  # its rows were read fine at the start: the source changed
-                raise WorkerLostError(f"a new worker could not read its rows: {info['error']}")
+                failed = failed or info
+                continue
             ready[index[ref]] = (started[index[ref]][0], info)
         for j, (actor, _) in started.items():
-            if j not in ready:
+            if j not in ready or failed:
                 ray.kill(actor)
+        if failed:  # a file other than the job's fingerprint says: exit 2, the run FAILED
+            raise_if_changed(failed)
+            raise WorkerLostError(f"a new worker could not read its rows: {failed['error']}")
         return dict(sorted(ready.items()))
 
     def _reshard(self, ranges, takers, started: dict) -> None:
@@ -357,6 +366,8 @@ class RayPool:
                 self.info[j] = ray.get(ref)
             except LOST_WORKER_ERRORS as e:
                 died = died or e
+                continue
+            raise_if_changed(self.info[j])  # it read a file that changed: stop the job
         if died is not None:
             raise died
         assert sum(i["n_train"] for i in self.info) == self._m, "a re-shard must cover every training row"

@@ -129,12 +129,15 @@ class ShardTask:
     # The driver's source.handoff(): a CSV's row count and types, a folder's files and
     # their row counts, so that no worker counts or lists again (metadata, never rows).
     source_known: dict | None = None
+    # The job's data fingerprint (workers/fingerprint.py): a worker checks every file it
+    # reads against it, so a replaced or re-sharded worker never reads changed data.
+    fingerprint: dict | None = None
 
     def open_source(self):
         """The source as this task's worker opens it: by its spec, with what the driver knew."""
         from workers.sources import open_source
 
-        return open_source(self.source_spec, self.source_known)
+        return open_source(self.source_spec, self.source_known, self.fingerprint)
 
     def ranges(self, workers: int) -> list[tuple[int, int]]:
         return shard_ranges(self.num_rows, workers)

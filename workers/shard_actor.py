@@ -13,7 +13,7 @@ import os
 import numpy as np
 import ray
 
-from trainer.errors import InputError
+from trainer.errors import DataChangedError, InputError
 from trainer.pool import EvalSums, ShardSums
 from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
 from workers.shard import ShardTask
@@ -41,19 +41,20 @@ class ShardActor:
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
         self.task, self.lo, self.hi, self.error = task, lo, hi, None
+        self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer = self.plane = None
         try:
             self.source = task.open_source()
             self.worker = task.open(lo, hi, self.source)
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
-            self.error = str(e)
+            self.error, self.data_changed = str(e), isinstance(e, DataChangedError)
 
     def ready(self) -> dict:
         """What this actor holds, and where; or the input error it met."""
         ctx = ray.get_runtime_context()
-        info = {"error": self.error, "node_id": ctx.get_node_id(), "pid": os.getpid(),
-                "rows": (self.lo, self.hi)}
+        info = {"error": self.error, "data_changed": self.data_changed, "node_id": ctx.get_node_id(),
+                "pid": os.getpid(), "rows": (self.lo, self.hi)}
         if self.error is not None:  # which side fails, and why: workers/storage_env.py
             # The node's address as the cluster knows it (the one `ray status` shows).
             ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == info["node_id"]), None)
@@ -67,12 +68,16 @@ class ShardActor:
 
     def reshard(self, lo: int, hi: int) -> dict:
         """Hold rows [lo, hi) instead (the pool changed size): the rows it holds already
-        stay in memory; only the others are read."""
+        stay in memory; only the others are read. A file changed since the job's
+        fingerprint is reported as ready() reports errors (the driver stops the job)."""
         self.detach()  # the pool wires the planes anew afterwards
         held = (self.lo, self.hi, self.worker)
         self.rows_read = (hi - lo) - max(min(hi, self.hi) - max(lo, self.lo), 0)
         self.lo, self.hi = lo, hi
-        self.worker = self.task.open(lo, hi, self.source, held)
+        try:
+            self.worker = self.task.open(lo, hi, self.source, held)
+        except DataChangedError as e:
+            self.error, self.data_changed = str(e), True
         return self.ready()
 
     # --- the object-store path, and validation ---

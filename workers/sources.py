@@ -15,6 +15,9 @@ Opening a source reads metadata only: Parquet footers (row counts, names, types)
 folder's listing, and for CSV one counting pass. What a shard worker needs to reopen
 it without doing that again is `handoff()`, which the driver ships with the task.
 
+The driver's `facts()` are what the job's fingerprint records (workers/fingerprint.py);
+a worker's source is told them (`expect`) and checks each file it reads against them.
+
 Every user-caused problem (missing or unreadable file, unknown extension, no rows, a
 FIFO or device where a file should be, compressed bytes under a .csv name, a header
 that is not UTF-8, two columns of one name, a directory whose files disagree on a
@@ -36,6 +39,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from trainer.errors import DataError, one_line
+from workers import fingerprint as fp
 from workers.locations import Location, explain, locate
 
 # What pyarrow raises for bad files: ArrowInvalid & co. derive from ArrowException,
@@ -62,6 +66,10 @@ class Source(Protocol):
     def describe(self) -> dict: ...
 
     def fingerprint(self) -> list: ...
+
+    def facts(self) -> dict: ...
+
+    def expect(self, fingerprint: dict) -> None: ...
 
 
 # Leading bytes of formats that pyarrow's CSV reader would take for (garbled) text.
@@ -151,6 +159,7 @@ class RangeSource:
             if hasattr(self, "last_row_groups_read"):
                 self.last_row_groups_read = []
             return
+        self.verify()  # a file that changed since the fingerprint is not read
         try:
             yield from self._pieces(lo, hi, list(columns))
         except ARROW_ERRORS as err:
@@ -195,6 +204,16 @@ class RangeSource:
         """[name, bytes, rows] of each file, from metadata: what the dataset digest hashes."""
         return [[self.name, None, self.num_rows]]
 
+    def facts(self) -> dict:
+        """What the job's fingerprint records of this source (workers/fingerprint.py)."""
+        return {"files": [fp.file_entry(self.name, None, None, self.num_rows)]}
+
+    def expect(self, fingerprint: dict) -> None:
+        """Check the files read from now on against the job's fingerprint (a worker)."""
+
+    def verify(self) -> None:
+        """DataChangedError if the file has changed since the fingerprint (see `expect`)."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} rows={self.num_rows}>"
 
@@ -225,7 +244,7 @@ class CsvSource(RangeSource):
     def __init__(self, location: Location, known: dict | None = None):
         self.name = self.spec = location.name
         self.remote, self._location = location.remote, location
-        self._types, self.size = None, None
+        self._types, self.size, self.mtime_ns, self.expected = None, None, None, None
         if known is not None:
             self.schema, self.num_rows, self.size = known["schema"], known["num_rows"], known["size"]
             self._types = {f.name: f.type for f in self.schema}
@@ -303,13 +322,15 @@ class CsvSource(RangeSource):
         loc = self._location
         try:
             if self.remote:
+                info = loc.fs.get_file_info(loc.path)   # before reading: a later change shows
+                self.size, self.mtime_ns = info.size, info.mtime_ns
                 with loc.fs.open_input_stream(loc.path, compression=None) as f:
                     head = f.read(8)
-                self.size = loc.fs.get_file_info(loc.path).size
             else:
+                st = os.stat(loc.path)
+                self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
                 with open(loc.path, "rb") as f:
                     head = f.read(8)
-                self.size = os.stat(loc.path).st_size
         except OSError as err:
             why = explain(err) if self.remote else err.strerror
             raise DataError(f"data.source: cannot read {self.name}: {why}") from None
@@ -320,6 +341,21 @@ class CsvSource(RangeSource):
 
     def fingerprint(self) -> list:
         return [[self.name, self.size, self.num_rows]]
+
+    def facts(self) -> dict:
+        return {"files": [fp.file_entry(self.name, self.size, self.mtime_ns, self.num_rows)]}
+
+    def expect(self, fingerprint: dict) -> None:
+        self.expected = fp.entries(fingerprint).get(self.name)
+        self.verify()
+
+    def verify(self) -> None:
+        # Size and time only: the rows were counted by the driver, and a worker reads its
+        # own range once (counting again would read the file a second time).
+        if self.expected is not None:
+            loc = self._location
+            fp.check_file(self.expected, self.name, fp.stat(loc.fs if self.remote else None, loc.path),
+                          self.remote)
 
 
 def _count_rows(reader) -> tuple[int, dict[str, float]]:
@@ -356,13 +392,15 @@ def _remote_kind(location: Location) -> str:
     return "dir" if info.type == pafs.FileType.Directory else "file"
 
 
-def open_source(spec: str, known: dict | None = None) -> Source:
+def open_source(spec: str, known: dict | None = None, expected: dict | None = None) -> Source:
     """A built-in set name (`builtin_sets.BUILTIN_NAMES`), a .parquet file, a directory
     of .parquet files, or a .csv file, as a local path (`~` expanded) or a URI
     (workers/locations.py) -> a Source with at least one row.
 
     known: the source's `handoff()` from the process that opened it first (a shard
-    worker gets the driver's), so a CSV is not counted nor a folder listed again."""
+    worker gets the driver's), so a CSV is not counted nor a folder listed again.
+    expected: the job's fingerprint (workers/fingerprint.py): every file this source
+    reads is checked against it first (a DataChangedError names a changed one)."""
     from workers import builtin_sets   # imported here: these modules build on RangeSource
     from workers.parquet import ParquetDirSource, ParquetFileSource
 
@@ -395,4 +433,6 @@ def open_source(spec: str, known: dict | None = None) -> Source:
                         "(expected .parquet, a directory of .parquet files, or .csv)")
     if source.num_rows == 0:
         raise DataError(f"data.source: {location.name} has no rows")
+    if expected is not None:
+        source.expect(expected)
     return source
