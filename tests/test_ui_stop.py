@@ -41,6 +41,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -89,7 +96,7 @@ class Ui:
         deadline = time.monotonic() + LOADED
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"rayprop ui exited with {self.proc.returncode}"
-            found = [p for p in children(self.proc.pid) if b"mlflow" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            found = [p for p in children(self.proc.pid) if b"mlflow" in cmdline(p)]
             if found:
                 self.server = found[0]
                 return self.server
@@ -110,13 +117,15 @@ class Ui:
         assert self.server is not None and not group_alive(self.server), "a process of the server is left"
 
     def kill(self) -> None:
-        for pgid in (self.proc.pid, self.server):
-            if pgid is not None:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        """After a failure: both groups, while their ids are surely still theirs."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.server is not None and group_alive(self.server) and self._server_running():
+            os.killpg(self.server, signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+    def _server_running(self) -> bool:
+        return f"--port\0{self.port}".encode() in cmdline(self.server)
 
 
 @pytest.fixture(scope="module")
