@@ -62,10 +62,11 @@ class Ui:
     def __init__(self, uri: str, cwd: Path):
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # As a shell starts a script's background job: SIGINT ignored (then exec: same pid).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.cli", "ui", "--tracking-uri", uri, "--port", str(self.port)],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            ["/bin/sh", "-c", 'trap "" INT; exec "$0" -m experiments.cli ui --tracking-uri "$1" --port "$2"',
+             sys.executable, uri, str(self.port)],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.server: int | None = None  # the mlflow server's pid = its process group
         self.lines = {"out": queue.Queue(), "err": queue.Queue()}
         for name, stream in (("out", self.proc.stdout), ("err", self.proc.stderr)):
