@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from trainer import __version__
 from trainer.config import MAX_WORKERS
@@ -182,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, a usage error (its line is printed)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    from experiments import commands  # heavy imports only after the arguments parse
-
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C stops every command, even one started with SIGINT ignored (a script's
+        # background job): `rayprop ui` would otherwise outlive it, and its server too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     prog = f"rayprop {args.command}"
     try:
+        from experiments import commands  # heavy imports only after the arguments parse
+
         code = getattr(commands, args.command)(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return EXIT_OK if code is None else code

@@ -306,10 +306,19 @@ class TrackedRun:
             return False
 
     def upload_later(self, path: str, artifact_path: str) -> None:
-        """Copy a file to the run's artifacts from the outbox's thread (training goes on)."""
+        """Copy a checkpoint file to the run's artifacts from the outbox's thread
+        (training goes on). The file may be gone by then, or go while MLflow opens it:
+        the checkpointer keeps only the newest KEEP, and short epochs write more than
+        that before the outbox gets here. A pruned file is no failure of the store (a
+        newer checkpoint follows, the last one at the end), so it must not count as one:
+        that made a healthy job skip its final uploads and exit 3. Checking first and
+        then uploading leaves that window open; asking after a failure closes it."""
         def upload():
-            if os.path.exists(path):  # a checkpoint pruned meanwhile has a newer one
+            try:
                 self.client.log_artifact(self.run_id, path, artifact_path)
+            except Exception:
+                if os.path.exists(path):  # the file is there: the store refused it
+                    raise
         self.metrics.outbox.put_task(upload)
 
     def log_params(self, params: dict[str, str]) -> None:
