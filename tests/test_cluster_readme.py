@@ -77,7 +77,7 @@ class Cluster:
         self.env.update({"HOME": str(self.home), "PATH": path, MARKER: self.marker,
                          "PYTHONUNBUFFERED": "1"})
         self.ports = {"6379": free_port(), "8265": free_port(), "10001": free_port(), "5000": free_port()}
-        self.temp_dir = Path(f"/tmp/rc{self.marker[:6]}")  # Ray's socket paths must stay short
+        self.temp_dirs: list[Path] = []
         self.background: list[subprocess.Popen] = []
         self.log = open(root / "commands.log", "a")
 
@@ -93,7 +93,12 @@ class Cluster:
 
     def _isolation(self, head: bool) -> list[str]:
         base = 24000 + secrets.randbelow(8000)
-        flags = ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        # A temp dir per node, as on separate machines: a node's runtime-env agent deletes
+        # the unpacked working_dirs it does not use, under its own temp dir; sharing one
+        # with the head, it deleted the running job's folder. Short: Ray's socket paths.
+        temp_dir = Path(f"/tmp/rc{self.marker[:6]}-{len(self.temp_dirs)}")
+        self.temp_dirs.append(temp_dir)
+        flags = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                  f"--min-worker-port={base}", f"--max-worker-port={base + 499}",
                  *(f"--{name}={free_port()}" for name in (
                      "node-manager-port", "object-manager-port", "runtime-env-agent-port",
@@ -149,7 +154,7 @@ class Cluster:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run(["rm", "-rf", str(self.temp_dir)])
+        subprocess.run(["rm", "-rf", *map(str, self.temp_dirs)])
         self.log.close()
 
     def _marked(self) -> list[int]:
