@@ -17,7 +17,8 @@ cores; see the README's Speed section).
 
 The host then adds the slots in rank order into slot 0: the node's sums leave it as
 ONE array, whatever the number of workers on it (the README's Scaling section).
-A peer that dies closes its socket, which the host sees at once as `PeerLost`.
+A peer that dies closes its socket, which the host sees at once as `PeerLost`; one
+that is alive but silent past the gather's timeout (hung) is `PeersSilent`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import select
 import socket
 import struct
 import threading
 import time
 
 import numpy as np
+
+from trainer.pool import StepAbandoned
 
 OP_STOP, OP_STEP, OP_EVAL = 0, 1, 2
 COMMAND = struct.Struct("<iqq")  # op, epoch, k
@@ -41,6 +45,7 @@ FAILED = {op: r.pack(-1, *r.unpack(bytes(r.size))[1:]) for op, r in REPLY.items(
 HELLO = struct.Struct("<q")  # the peer's slot on the node
 SHAPE = struct.Struct("<qqq")  # P, slots, dtype itemsize: what the host's buffers hold
 ERROR_LEN = struct.Struct("<i")
+STOP_POLL_S = 0.25  # how often a gather that may be stopped looks at the stop request
 
 
 class PeerLost(ConnectionError):
@@ -52,6 +57,18 @@ class PeerLost(ConnectionError):
 
     def __str__(self) -> str:
         return f"worker in slot {self.args[0]} of its node: {self.args[1]}"
+
+
+class PeersSilent(PeerLost):
+    """Peers alive (their sockets open) that did not answer in time: hung."""
+
+    def __init__(self, slots: list[int], why: str):
+        ConnectionError.__init__(self, slots, why)  # args as given: pickles through Ray
+        self.slot, self.slots = slots[0], list(slots)
+
+    def __str__(self) -> str:
+        which = ", ".join(map(str, self.args[0]))
+        return f"worker(s) in slot(s) {which} of its node: {self.args[1]}"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -135,27 +152,49 @@ class PlaneHost:
             except OSError as e:
                 raise PeerLost(slot, f"cannot send the step ({e})") from None
 
-    def gather(self, timeout: float | None) -> dict[int, tuple]:
+    def gather(self, timeout: float | None, should_stop=None) -> dict[int, tuple]:
         """Each peer's reply to what was sent, by slot: (n, loss_sum, compute_seconds)
         for a step, whose sums are then in self.sums[slot]; (n, loss_sum, correct,
-        count) for an evaluation."""
+        count) for an evaluation.
+
+        Peers that have not answered within `timeout` seconds raise PeersSilent (all
+        of them at once); `should_stop()`, looked at every STOP_POLL_S while waiting,
+        raises StepAbandoned: the step is given up, its replies no longer wanted."""
         reply = REPLY[self._op]
         replies = {}
-        for slot, conn in self.peers.items():
-            conn.settimeout(timeout)
-            try:
-                data = _recv_exact(conn, reply.size)
-            except socket.timeout:
-                raise PeerLost(slot, f"no answer within {timeout:g} s") from None
-            except OSError as e:
-                raise PeerLost(slot, str(e)) from None
-            if not data:
-                raise PeerLost(slot, "its process ended")
-            values = reply.unpack(data)
-            if values[0] < 0:
-                (length,) = ERROR_LEN.unpack(_recv_exact(conn, ERROR_LEN.size))
-                raise RuntimeError(_recv_exact(conn, length).decode(errors="replace"))
-            replies[slot] = values
+        waiting = {conn.fileno(): (slot, conn) for slot, conn in self.peers.items()}
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            wait = STOP_POLL_S if should_stop is not None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeersSilent(sorted(slot for slot, _ in waiting.values()),
+                                      f"no answer within {timeout:g} s")
+                wait = left if wait is None else min(wait, left)
+            events = poller.poll(None if wait is None else wait * 1000)
+            for fd, _ in events:
+                slot, conn = waiting.pop(fd)
+                poller.unregister(fd)
+                conn.settimeout(timeout)  # the reply has begun: the rest follows at once
+                try:
+                    data = _recv_exact(conn, reply.size)
+                except socket.timeout:
+                    raise PeersSilent([slot], f"no answer within {timeout:g} s") from None
+                except OSError as e:
+                    raise PeerLost(slot, str(e)) from None
+                if not data:
+                    raise PeerLost(slot, "its process ended")
+                values = reply.unpack(data)
+                if values[0] < 0:
+                    (length,) = ERROR_LEN.unpack(_recv_exact(conn, ERROR_LEN.size))
+                    raise RuntimeError(_recv_exact(conn, length).decode(errors="replace"))
+                replies[slot] = values
+            if waiting and should_stop is not None and should_stop():
+                raise StepAbandoned("stopped while waiting for the workers' sums")
         return replies
 
     def reduce(self, replies: dict[int, tuple]) -> tuple[int, float, float]:
