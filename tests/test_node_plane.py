@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
+from trainer.pool import StepAbandoned
+from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PeersSilent, PlaneHost, PlanePeer
 
 P = 7
 
@@ -148,3 +149,48 @@ def test_peers_of_the_host_see_the_same_memory(plane):
     host.send(OP_STEP, theta, 0, 0)
     host.gather(timeout=10)
     np.testing.assert_array_equal(seen[0], theta)
+
+
+def silent_step(release: threading.Event):
+    """A peer's step that does not answer until `release` is set (a hung worker)."""
+
+    def step(theta, epoch, k, out):
+        release.wait(30)
+        out[:] = 0
+        return 0, 0.0, 0.0
+
+    return step
+
+
+def test_silent_peers_are_named_together_after_the_timeout(plane):
+    host, peers = plane
+    release = threading.Event()
+    connect(host, peers, [fake_step(0, 5), silent_step(release), silent_step(release)])
+    host.send(OP_STEP, np.ones(P), 0, 0)
+    t = time.perf_counter()
+    try:
+        with pytest.raises(PeersSilent, match=r"slot\(s\) 1, 2 of its node: no answer within 0.5 s") as info:
+            host.gather(timeout=0.5)
+        assert 0.5 <= time.perf_counter() - t < 5
+        assert info.value.slots == [1, 2]
+    finally:
+        release.set()
+    import pickle  # a leader raises it to the coordinator through Ray
+
+    err = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(err, PeerLost) and err.slots == [1, 2] and err.slot == 1
+
+
+def test_a_stop_request_ends_the_wait_for_a_silent_peer(plane):
+    host, peers = plane
+    release, asked = threading.Event(), []
+    connect(host, peers, [fake_step(0, 5), silent_step(release)])
+    host.send(OP_STEP, np.ones(P), 0, 0)
+    threading.Timer(0.3, asked.append, (True,)).start()  # Ctrl-C, 0.3 s into the wait
+    t = time.perf_counter()
+    try:
+        with pytest.raises(StepAbandoned):
+            host.gather(timeout=60, should_stop=lambda: bool(asked))
+        assert time.perf_counter() - t < 5  # not the 60 s
+    finally:
+        release.set()
