@@ -190,6 +190,7 @@ class RayPool:
         refs[i] answers for, by slot (one worker's call: [rank]; a leader's node: its
         ranks, the leader first). Raises WorkersLost naming the workers that died or did
         not answer by `deadline`, StepAbandoned on a stop."""
+        within = deadline - time.monotonic()  # for the message of a worker that misses it
         try:  # the usual case: every answer in before the first look at the stop flag
             return ray.get(refs, timeout=min(SLICE_S, max(deadline - time.monotonic(), 0)))
         except ray.exceptions.GetTimeoutError:
@@ -212,7 +213,7 @@ class RayPool:
             left = deadline - time.monotonic()
             if left <= 0:
                 silent = [owners[i][0] for i in pending.values()]
-                raise WorkersLost(silent, "hung: no answer within the bound (cluster.hang_seconds)")
+                raise WorkersLost(silent, f"hung: no answer within {within:.0f} s (cluster.hang_seconds)")
             ray.wait(list(pending), num_returns=len(pending), timeout=min(SLICE_S, left))
 
     @staticmethod
