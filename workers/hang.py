@@ -12,13 +12,15 @@ and elasticity). The bound comes from the run's own times, `cluster.hang_seconds
   step over many rows may take minutes.
 - a number: that many seconds for every wait.
 
-Every wait also looks at the job's stop request every SLICE_S, so a Ctrl-C is
-answered at once even while a worker hangs.
+Every wait also looks at the job's stop request every SLICE_S: the step in flight
+then gets STOP_GRACE_S more to finish (the job then stops after it, as usual), and is
+given up after that, so a Ctrl-C is answered within seconds even while a worker hangs.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections import deque
 
 FACTOR = 10.0
@@ -27,6 +29,7 @@ FIRST_S = 300.0
 MIN_HISTORY = 2
 HISTORY = 50
 SLICE_S = 0.25
+STOP_GRACE_S = 2.0  # a step in flight when the stop request comes may finish within this
 
 
 class WaitBound:
@@ -50,3 +53,18 @@ class WaitBound:
         if like is not None and len(like._times) >= MIN_HISTORY:
             return max(FLOOR_S, FACTOR * scale * statistics.median(like._times))
         return FIRST_S
+
+
+class StopGrace:
+    """`should_stop`, True only once the stop request is STOP_GRACE_S old: what a wait
+    for workers asks before it gives up the step in flight."""
+
+    def __init__(self, should_stop):
+        self.should_stop, self._since = should_stop, None
+
+    def __call__(self) -> bool:
+        if not self.should_stop():
+            return False
+        if self._since is None:
+            self._since = time.monotonic()
+        return time.monotonic() - self._since >= STOP_GRACE_S

@@ -48,7 +48,7 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.errors import InputError, one_line
 from trainer.pool import EvalSums, ShardSums, StepAbandoned, WorkerLostError
-from workers.hang import FIRST_S, SLICE_S, WaitBound
+from workers.hang import FIRST_S, SLICE_S, StopGrace, WaitBound
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
@@ -97,7 +97,8 @@ class RayPool:
         self.max_failures = max_failures
         self.placement_timeout = cluster.replace_seconds if placement_timeout is None else placement_timeout
         # Set by the job to its stop request (Ctrl-C, SIGTERM): the wait for a lost
-        # worker's replacement ends at once then, rather than after placement_timeout.
+        # worker's replacement ends at once then, rather than after placement_timeout,
+        # and a step that a worker holds up is given up (StepAbandoned).
         self.should_stop = lambda: False
         self.grow_check_seconds = GROW_CHECK_SECONDS
         self.failures = 0
@@ -179,7 +180,7 @@ class RayPool:
                         ray.get(ref)
                     except ray.exceptions.RayActorError as e:
                         raise WorkersLost([ranks[attach.index(ref)]], f"died while attaching ({one_line(e, 80)})") from None
-                if self.should_stop():
+                if self._give_up():
                     raise StepAbandoned("stopped while the workers attached") from None
                 if time.monotonic() >= deadline:
                     silent = [r for s, r in enumerate(ranks) if s not in self._host.peers]
@@ -208,7 +209,7 @@ class RayPool:
                     raise self._named(e, owners[i]) from None
             if not pending:
                 return [results[i] for i in range(len(refs))]
-            if self.should_stop():
+            if self._give_up():
                 raise StepAbandoned("stopped while waiting for the workers")
             left = deadline - time.monotonic()
             if left <= 0:
@@ -235,6 +236,17 @@ class RayPool:
         self._host_ranks, self._leader_ranks = [], []
         if host is not None:
             host.close()
+
+    @property
+    def should_stop(self):
+        return self._should_stop
+
+    @should_stop.setter
+    def should_stop(self, should_stop) -> None:
+        self._should_stop = should_stop
+        # What a wait for workers asks before it gives up the step in flight: the stop
+        # request has come, and the step had STOP_GRACE_S to finish since (workers/hang.py).
+        self._give_up = StopGrace(should_stop)
 
     @property
     def num_workers(self) -> int:
@@ -280,7 +292,7 @@ class RayPool:
 
     def _gather_host(self, bound: float) -> dict:
         try:
-            return self._host.gather(bound, self.should_stop)
+            return self._host.gather(bound, self._give_up)
         except PeerLost as e:
             raise self._named(e, self._host_ranks) from None
 
@@ -417,7 +429,7 @@ class RayPool:
         lost, pending = set(known), list(refs)
         deadline = time.monotonic() + self._step_bound.seconds()
         while pending:
-            if self.should_stop():
+            if self._give_up():
                 raise StepAbandoned("stopped while looking for lost workers")
             left = deadline - time.monotonic()
             if left <= 0:
