@@ -22,6 +22,11 @@ The per-step data path (cluster.data_plane):
 Validation (once per epoch) takes the same path as the steps, so each worker computes
 in one thread only.
 
+Hangs (workers/hang.py). Every wait for workers has a bound, cluster.hang_seconds
+(auto: from the run's own step times); a worker silent past it is lost like a dead
+one: killed and replaced. Every wait also looks at the job's stop request, and gives
+up the step in flight (StepAbandoned) rather than wait out a hung worker.
+
 Size (README: Faults and elasticity). A lost worker is replaced over the same rows;
 when no replacement can start within cluster.replace_seconds the pool goes on with
 the workers left, over all the rows, down to cluster.min_workers. With
