@@ -131,24 +131,27 @@ class DyingTask(ShardTask):
 
     arm: str = ""
     fired: str = ""
+    signal: int = signal.SIGKILL  # or SIGSTOP: the worker hangs while reading its rows
 
     def open(self, lo, hi, source=None, held=None):
         if os.path.exists(self.arm):
             try:
-                os.close(os.open(self.fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                fd = os.open(self.fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 pass
             else:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), self.signal)
         return super().open(lo, hi, source, held)
 
 
-def dying_task(job, tmp_path, armed: bool) -> DyingTask:
+def dying_task(job, tmp_path, armed: bool, sig=signal.SIGKILL) -> DyingTask:
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors unpickle DyingTask
     task = DyingTask(*(getattr(job.task, f.name) for f in dataclasses.fields(job.task)),
-                     arm=str(tmp_path / "arm"), fired=str(tmp_path / "fired"))
+                     arm=str(tmp_path / "arm"), fired=str(tmp_path / "fired"), signal=int(sig))
     if armed:
         (tmp_path / "arm").touch()
     return task
@@ -162,6 +165,30 @@ def test_a_worker_killed_while_the_pool_starts_is_replaced(ray_session, job, ref
         theta = run(job, pool)
     finally:
         pool.close()
+    assert relative_difference(theta, reference) <= 1e-9
+
+
+def test_a_worker_that_hangs_while_the_pool_starts_is_replaced(ray_session, job, reference, tmp_path, monkeypatch):
+    from workers import ray_pool
+
+    # Not 300 s and 10x: the others read their rows in a second or two here.
+    monkeypatch.setattr(ray_pool, "FIRST_S", 3.0)
+    monkeypatch.setattr(ray_pool, "FACTOR", 2.0)
+    pool, pid = None, None
+    try:
+        pool = RayPool(dying_task(job, tmp_path, armed=True, sig=signal.SIGSTOP), job.cfg.cluster, 2, 3)
+        pid = int((tmp_path / "fired").read_text())
+        assert pool.failures == 1 and "died while starting (hung: its rows not read within" in pool.events[0], \
+            pool.events
+        assert pid not in [i["pid"] for i in pool.info]
+        theta = run(job, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+        if pid is None and (tmp_path / "fired").exists():
+            pid = int((tmp_path / "fired").read_text())
+        if pid is not None:
+            release(pid)
     assert relative_difference(theta, reference) <= 1e-9
 
 

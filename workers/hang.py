@@ -12,6 +12,10 @@ and elasticity). The bound comes from the run's own times, `cluster.hang_seconds
   step over many rows may take minutes.
 - a number: that many seconds for every wait.
 
+While the pool starts, a worker reading its rows has no bound until the first worker
+has read its own; then the others get FACTOR times as long, at least FIRST_S (the
+rows are split evenly). Attaching to a node's plane is bounded by ATTACH_TIMEOUT_S.
+
 Every wait also looks at the job's stop request every SLICE_S: the step in flight
 then gets STOP_GRACE_S more to finish (the job then stops after it, as usual), and is
 given up after that, so a Ctrl-C is answered within seconds even while a worker hangs.

@@ -53,7 +53,7 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.errors import InputError, one_line
 from trainer.pool import EvalSums, ShardSums, StepAbandoned, WorkerLostError
-from workers.hang import FIRST_S, SLICE_S, StopGrace, WaitBound
+from workers.hang import FACTOR, FIRST_S, SLICE_S, StopGrace, WaitBound
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
@@ -461,14 +461,25 @@ class RayPool:
         against max_failures and started again. Those not ready within `timeout` (None:
         no limit) or when the job is asked to stop are stopped and left out."""
         starting = self._start_missing(ranges, takers)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            # The pool's start: no bound until a worker has read its rows, then the
+            # others get FACTOR times as long (at least FIRST_S): the rows are split
+            # evenly, so a worker far behind hangs (workers/hang.py).
+            deadline = self._StragglerDeadline(time.monotonic())
+        else:
+            deadline = time.monotonic() + timeout
         ready = {}
         try:
             while starting:
                 done, died = self._wait_ready(starting, deadline, self.should_stop)
                 ready.update(done)
+                if timeout is None and not self.should_stop():
+                    hung = [j for j in starting if j not in done and j not in died]
+                    died.update({j: f"hung: its rows not read within {deadline(1) - deadline.t0:.0f} s, "
+                                    f"{FACTOR:g}x the first worker's time" for j in hung})
+                    deadline = self._StragglerDeadline(time.monotonic(), deadline.first_seconds)
                 starting = {}
-                for j, why in died.items():
+                for j, why in sorted(died.items()):
                     reason = f"worker {j} (rows {ranges[j][0]}-{ranges[j][1]}) died {when} ({why})"
                     self._count_losses(1, reason)
                     self.events.append(f"{reason}; started again")
@@ -505,19 +516,35 @@ class RayPool:
                 started[j] = (actor, actor.ready.remote())
         return started
 
+    class _StragglerDeadline:
+        """A deadline for starting workers: none until the first of them is ready
+        (`first_seconds` after t0), then t0 + max(FIRST_S, FACTOR x first_seconds)."""
+
+        def __init__(self, t0: float, first_seconds: float | None = None):
+            self.t0, self.first_seconds = t0, first_seconds
+
+        def __call__(self, n_ready: int) -> float | None:
+            if self.first_seconds is None:
+                if not n_ready:
+                    return None
+                self.first_seconds = time.monotonic() - self.t0
+            return self.t0 + max(FIRST_S, FACTOR * self.first_seconds)
+
     @staticmethod
-    def _wait_ready(started: dict, deadline: float | None, should_stop=lambda: False) -> tuple[dict, dict]:
+    def _wait_ready(started: dict, deadline, should_stop=lambda: False) -> tuple[dict, dict]:
         """({index: (actor, info)} of the new actors that have read their rows by
-        `deadline` (None: no limit) or until `should_stop()`, looked at every SLICE_S;
-        {index: why} of those that died meanwhile). The others (not placed, still
-        starting, or dead) are stopped."""
+        `deadline` (None: no limit; a callable: the deadline given how many are ready)
+        or until `should_stop()`, looked at every SLICE_S; {index: why} of those that
+        died meanwhile). The others (not placed, still starting, or hung) are stopped."""
         index = {ref: j for j, (_, ref) in started.items()}
         done, pending = [], list(index)
         while pending:
-            left = SLICE_S if deadline is None else max(0.0, min(SLICE_S, deadline - time.monotonic()))
+            until = deadline(len(done)) if callable(deadline) else deadline
+            left = SLICE_S if until is None else max(0.0, min(SLICE_S, until - time.monotonic()))
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
             done += ready
-            if (deadline is not None and time.monotonic() >= deadline) or should_stop():
+            until = deadline(len(done)) if callable(deadline) else deadline
+            if (until is not None and time.monotonic() >= until) or should_stop():
                 break
         ready, died = {}, {}
         for ref in done:
