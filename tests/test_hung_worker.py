@@ -2,8 +2,8 @@
 lost worker: declared lost within seconds (a bound from the run's own step times),
 killed, replaced, and the weights end as an undisturbed run's. A Ctrl-C or SIGTERM
 while a worker hangs stops the job at once, with the last completed step
-checkpointed. A worker that dies while the pool starts, or while a replacement reads
-its rows, is replaced like one lost mid-training."""
+checkpointed. A worker that dies or hangs while the pool starts, or dies while a
+replacement reads its rows, is replaced like one lost mid-training."""
 
 import dataclasses
 import os
