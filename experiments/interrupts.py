@@ -2,7 +2,9 @@
 
 The first SIGINT or SIGTERM only raises a flag the coordinator reads after every
 step (it then writes a checkpoint and raises TrainingStopped, and the MLflow run
-ends KILLED). A second one means "now": it raises KeyboardInterrupt wherever the
+ends KILLED). A Ray pool waiting for a worker looks at the flag too, and gives up
+the step in flight when it is still waiting 2 s later (the checkpoint is then the
+last completed step's), so a hung worker never holds a stop. A second one means "now": it raises KeyboardInterrupt wherever the
 job is, sets `hurry` (the cleanup then only writes local files and skips a store
 that is not answering) and gives the signals their default action back, so a third
 kills the process outright.
@@ -40,7 +42,7 @@ class StopFlag:
         if self._raise_now:
             raise KeyboardInterrupt
         print(f"\nrayprop: {self.signal_name}: stopping after this step and writing a checkpoint "
-              "(again to stop at once)", file=sys.stderr)
+              "(a step that a worker holds up is given up in 2 s; again to stop at once)", file=sys.stderr)
 
     @contextmanager
     def interruptible(self):

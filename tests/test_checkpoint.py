@@ -12,6 +12,7 @@ from trainer.coordinator import DivergedError, TrainingStopped, train
 from trainer.errors import RunError
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
+from trainer.pool import StepAbandoned
 from workers.local_pool import LocalPool
 from workers.shard import ShardWorker
 
@@ -179,3 +180,47 @@ def test_a_run_prunes_only_its_own_checkpoints(tmp_path):
     assert len(warnings) == 1 and "another run" in warnings[0]
     assert ck.latest_checkpoint(tmp_path, run_id="B").position.global_step == 102
     assert ck.latest_checkpoint(tmp_path, run_id="C", warn=warnings.append) is None
+
+
+class AbandonAt(LocalPool):
+    """A pool whose step `step` (1-based), or whose `evaluation`-th evaluation, is given
+    up on a stop request, as a Ray pool does while a worker hangs."""
+
+    def __init__(self, workers, step=None, evaluation=None):
+        super().__init__(workers)
+        self.step, self.evaluation, self.steps, self.evaluations = step, evaluation, 0, 0
+
+    def gradient_sums(self, theta, epoch, k):
+        self.steps += 1
+        if self.steps == self.step:
+            raise StepAbandoned("stopped while waiting for the workers")
+        return super().gradient_sums(theta, epoch, k)
+
+    def evaluate_sums(self, theta):
+        self.evaluations += 1
+        if self.evaluations == self.evaluation:
+            raise StepAbandoned("stopped while waiting for the workers")
+        return super().evaluate_sums(theta)
+
+
+@pytest.mark.parametrize("abandon, position", [({"step": 11}, (1, 3, 10)),  # batch 3 of epoch 2 in flight
+                                               ({"evaluation": 1}, (1, 0, 7))])  # epoch 1's validation
+def test_a_step_given_up_on_a_stop_checkpoints_the_last_completed_step(tmp_path, abandon, position):
+    pool, plan = pool_and_plan()
+    ref_theta, ref_opt = fresh()
+    ref = train(pool, ref_theta, ref_opt, plan, EPOCHS)
+
+    pool, plan = pool_and_plan()
+    rng = np.random.default_rng(1)
+    X_val, Y_val = rng.standard_normal((20, 3)), np.eye(4)[rng.integers(0, 4, 20)]  # so that there is a validation
+    pool = AbandonAt([ShardWorker(SPEC, plan, w.lo, w.X, w.Y.T, X_val, Y_val) for w in pool.workers], **abandon)
+    theta, opt = fresh()
+    with pytest.raises(TrainingStopped) as info:
+        train(pool, theta, opt, plan, EPOCHS, checkpointer=ck.Checkpointer(tmp_path, 100, {"run_id": "r1"}))
+    p = info.value.position
+    assert (p.epoch, p.k, p.global_step) == position
+
+    result, theta, c = resume_from(tmp_path)
+    assert c.position.global_step == position[2]
+    assert np.array_equal(theta, ref_theta)
+    assert result.final_loss == ref.final_loss

@@ -48,6 +48,8 @@ def test_defaults_fill_every_key_but_the_source():
     ({**BASE, "cluster": {"workers": "auto", "min_workers": 4, "max_workers": 2}},
      "cluster.max_workers: must be at least cluster.min_workers=4"),
     ({**BASE, "cluster": {"replace_seconds": -1}}, "cluster.replace_seconds: must be at least 0"),
+    ({**BASE, "cluster": {"hang_seconds": 0.5}}, "cluster.hang_seconds: must be at least 1, got 0.5"),
+    ({**BASE, "cluster": {"hang_seconds": "soon"}}, "cluster.hang_seconds: expected a number or 'auto', got 'soon'"),
     ({**BASE, "train": 5}, "train: expected a mapping"),
     ({**BASE, "colour": "red"}, "colour: unknown key"),
 ])
@@ -237,3 +239,24 @@ def test_layers_inferred_from_the_data_are_held_to_the_same_size_limit(monkeypat
     monkeypatch.setattr(trainer.config, "MAX_PARAMETERS", 2 * 64 + 64 + 64 * 2 + 2 - 1)
     with pytest.raises(ConfigError, match=r"model.layers: \[2, 64, 2\] has 322 parameters, more than 321"):
         training.prepare(cfg)
+
+
+def test_hang_seconds_is_auto_or_a_number_of_seconds():
+    assert from_dict({"data": {"source": "xor"}}).cluster.hang_seconds == "auto"
+    assert from_dict({"data": {"source": "xor"}, "cluster": {"hang_seconds": 30}}).cluster.hang_seconds == 30.0
+    assert from_dict({"data": {"source": "xor"}, "cluster": {"hang_seconds": "auto"}}).cluster.hang_seconds == "auto"
+
+
+def test_the_hang_bound_follows_the_runs_step_times():
+    from workers.hang import FIRST_S, FLOOR_S, WaitBound
+
+    steps, evals = WaitBound(), WaitBound()
+    assert steps.seconds() == FIRST_S and evals.seconds(steps, 20) == FIRST_S  # nothing timed yet
+    for t in (0.001, 0.003, 2.0):
+        steps.record(t)
+    assert steps.seconds() == FLOOR_S  # 10 x the median (3 ms) is below the floor
+    for _ in range(10):
+        steps.record(4.0)
+    assert steps.seconds() == 40.0
+    assert evals.seconds(steps, 2.5) == 100.0  # no evaluation timed: the steps' bound, by rows
+    assert WaitBound(7.0).seconds() == 7.0

@@ -296,3 +296,40 @@ def test_ctrl_c_while_waiting_for_a_replacement_stops_without_the_wait(cluster, 
         result.stderr[-2000:]
     client, run = the_run(uri)
     assert run.info.status == "KILLED"
+
+
+def test_a_stopped_worker_on_another_node_is_lost_and_replaced(cluster, data, script, rayprop, tmp_path):
+    """The worker off the coordinator's node leads its node's plane: stopped (SIGSTOP),
+    it is declared lost after the hang bound, killed by Ray, and replaced."""
+    import signal
+
+    path, job, ref = data
+    if not cluster.worker_nodes:  # a test above removed one: two nodes of one CPU again
+        cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+    cfg = write_config(tmp_path, path, workers=2)
+    nodes = {n.node_id for n in cluster.worker_nodes}
+    stopped = []
+
+    def stop_the_other_nodes_worker(pool):
+        (rank,) = [r for r, i in enumerate(pool.info) if i["node_id"] in nodes]
+        stopped.append((pool.info[rank]["pid"], time.monotonic()))
+        os.kill(stopped[0][0], signal.SIGSTOP)
+
+    script.actions = {20: stop_the_other_nodes_worker}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        result = rayprop("train", cfg, "--address", cluster.address, "--output", "out", "--tracking-uri", uri)
+    finally:
+        for pid, _ in stopped:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+    assert result.code == 0, result.stderr[-3000:]
+    pool = script.pools[-1]
+    assert pool.failures == 1 and "lost (hung: no answer within" in pool.events[0], pool.events
+    assert stopped[0][0] not in [i["pid"] for i in pool.info]
+    rel = relative_difference(weights(job, tmp_path / "out"), ref)
+    assert rel <= 1e-9, f"relative difference to the undisturbed 2-worker run {rel:.2e}"

@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from trainer.pool import StepAbandoned
 from workers import node_plane
-from workers.node_plane import HELLO, OP_EVAL, OP_STEP, PeerLost, PlaneHost, PlanePeer
+from workers.node_plane import HELLO, OP_EVAL, OP_STEP, PeerLost, PeersSilent, PlaneHost, PlanePeer
 
 P = 7
 
@@ -264,13 +265,43 @@ def test_a_silent_or_wrong_connection_of_this_user_holds_up_no_peer(plane, monke
         t = time.perf_counter()
         attach(host, peers)  # accept(3, timeout=10)
         assert time.perf_counter() - t < 10
-        for s in (wrong, silent):  # both closed (the silent one when accept ended), nothing sent
-            s.settimeout(10)
-            assert s.recv(64) == b""
+        wrong.settimeout(10)
+        assert wrong.recv(64) == b""  # closed, nothing sent
         check_steps(host)
+        # The silent one waits out its own greeting deadline (a later accept may still
+        # take it) and is closed with the plane at the latest, nothing sent.
+        silent.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            silent.recv(64)
+        host.close()
+        silent.settimeout(10)
+        assert silent.recv(64) == b""
     finally:
         silent.close()
         wrong.close()
+
+
+def test_a_greeting_under_way_when_one_accept_ends_is_finished_by_the_next():
+    """The pool accepts a second at a time: a peer half-way through its greeting when a
+    call times out keeps its connection, and the next call attaches it."""
+    host = PlaneHost(P, np.float64, 1)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        peer.connect(host.address)
+        hello = HELLO.pack(0, bytes.fromhex(host.ticket[1]))
+        peer.sendall(hello[:5])
+        with pytest.raises(TimeoutError):
+            host.accept(1, timeout=0.3)
+        peer.sendall(hello[5:])
+        host.accept(1, timeout=5)
+        assert list(host.peers) == [0]
+        msg, fds, _, _ = socket.recv_fds(peer, 64, 2)
+        assert len(fds) == 2
+        for fd in fds:
+            os.close(fd)
+    finally:
+        peer.close()
+        host.close()
 
 
 def test_a_connection_that_never_greets_is_closed_after_the_greeting_time_out(monkeypatch):
@@ -311,3 +342,48 @@ def test_a_peer_with_a_wrong_token_is_refused_in_one_line():
     finally:
         peer.join()
         host.close()
+
+
+def silent_step(release: threading.Event):
+    """A peer's step that does not answer until `release` is set (a hung worker)."""
+
+    def step(theta, epoch, k, out):
+        release.wait(30)
+        out[:] = 0
+        return 0, 0.0, 0.0
+
+    return step
+
+
+def test_silent_peers_are_named_together_after_the_timeout(plane):
+    host, peers = plane
+    release = threading.Event()
+    connect(host, peers, [fake_step(0, 5), silent_step(release), silent_step(release)])
+    host.send(OP_STEP, np.ones(P), 0, 0)
+    t = time.perf_counter()
+    try:
+        with pytest.raises(PeersSilent, match=r"slot\(s\) 1, 2 of its node: no answer within 0.5 s") as info:
+            host.gather(timeout=0.5)
+        assert 0.5 <= time.perf_counter() - t < 5
+        assert info.value.slots == [1, 2]
+    finally:
+        release.set()
+    import pickle  # a leader raises it to the coordinator through Ray
+
+    err = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(err, PeerLost) and err.slots == [1, 2] and err.slot == 1
+
+
+def test_a_stop_request_ends_the_wait_for_a_silent_peer(plane):
+    host, peers = plane
+    release, asked = threading.Event(), []
+    connect(host, peers, [fake_step(0, 5), silent_step(release)])
+    host.send(OP_STEP, np.ones(P), 0, 0)
+    threading.Timer(0.3, asked.append, (True,)).start()  # Ctrl-C, 0.3 s into the wait
+    t = time.perf_counter()
+    try:
+        with pytest.raises(StepAbandoned):
+            host.gather(timeout=60, should_stop=lambda: bool(asked))
+        assert time.perf_counter() - t < 5  # not the 60 s
+    finally:
+        release.set()

@@ -132,6 +132,10 @@ class ClusterConfig:
     max_workers: int | None = ranged(None, lo=1, hi=MAX_WORKERS)  # with workers: auto; None: no limit
     # How long a lost worker's replacement may take to start before the pool goes on with fewer.
     replace_seconds: float = ranged(120.0, lo=0)
+    # A worker alive but silent this long in a step is hung: killed and replaced like a
+    # dead one. "auto": 10x the median of the run's recent steps, at least 10 s (300 s
+    # before two steps are timed); workers/hang.py.
+    hang_seconds: float | Literal["auto"] = ranged("auto", lo=1)
     address: str | None = None
     cpus_per_worker: int = ranged(1, lo=1)
     # The per-step data path: "shm", one shared-memory plane per node with the node's

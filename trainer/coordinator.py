@@ -23,7 +23,7 @@ from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpointer, Position
 from trainer.errors import DivergedError, Stopped
 from trainer.optimizers import GradientDescent
-from trainer.pool import ShardSums, WorkerPool
+from trainer.pool import ShardSums, StepAbandoned, WorkerPool
 
 
 class TrainingStopped(Stopped):
@@ -96,7 +96,9 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     start_epoch + epochs - 1, counting steps on from resume.global_step.
     `checkpointer` writes checkpoints (trainer/checkpoint.py); `should_stop()` is
     asked after every step, and when it says so the coordinator writes a checkpoint
-    and raises TrainingStopped: an interrupt loses at most the step in flight.
+    and raises TrainingStopped: an interrupt loses at most the step in flight. A pool
+    that cannot finish the step in flight (a worker does not answer) gives it up on the
+    stop request (StepAbandoned): the checkpoint is then the last completed step's.
     `end_early(epochs_done, metrics)` is asked after every epoch but the last (a sweep's
     early-stopping scheduler): True ends training there, as if it were the last epoch,
     with a checkpoint to go on from.
@@ -116,7 +118,12 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         t_epoch = time.perf_counter() - carried.epoch_seconds
         epoch_loss_sum, compute = carried.epoch_loss_sum, carried.epoch_compute
         for k in range(first_k, plan.steps_per_epoch):
-            sums = pool.gradient_sums(theta, epoch, k)
+            try:
+                sums = pool.gradient_sums(theta, epoch, k)
+            except StepAbandoned:  # a stop while a worker did not answer: the step never happened
+                here = Position(epoch, k, result.steps, epoch_loss_sum, time.perf_counter() - t_epoch, compute)
+                _final_checkpoint(checkpointer, theta, optimizer, here)
+                raise TrainingStopped(here) from None
             n, loss_sum = reduce_sums(sums, grad)
             assert n == plan.batch_size_of(k), f"workers summed {n} examples, batch {k} has {plan.batch_size_of(k)}"
             grad /= n  # the one division by m (docs/design.md, section 1)
@@ -141,7 +148,16 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         train_seconds += seconds
         if not np.isfinite(theta).all():
             raise DivergedError(f"weights stopped being finite in epoch {epoch + 1}")
-        val_loss, val_acc = evaluate(pool, theta)
+        try:
+            val_loss, val_acc = evaluate(pool, theta)
+        except StepAbandoned:
+            # The epoch's steps are done but not its validation: a checkpoint at the next
+            # epoch (whose resume goes on without this epoch's validation metrics), or,
+            # after the last epoch (a position past the plan), the checkpoints so far.
+            here = Position(epoch + 1, 0, result.steps)
+            if epoch + 1 < end_epoch:
+                _final_checkpoint(checkpointer, theta, optimizer, here)
+            raise TrainingStopped(here) from None
         metrics = {"epoch_loss": epoch_loss_sum / plan.m,
                    "examples_per_second": plan.m / seconds,
                    "step_seconds": seconds / plan.steps_per_epoch,

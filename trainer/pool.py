@@ -13,7 +13,14 @@ from typing import Protocol
 
 import numpy as np
 
-from trainer.errors import WorkerLostError  # noqa: F401 (raised by pools, part of the protocol)
+from trainer.errors import Stopped, WorkerLostError  # noqa: F401 (raised by pools, part of the protocol)
+
+
+class StepAbandoned(Stopped):
+    """The job's stop request (Ctrl-C, SIGTERM) came while the pool waited for its
+    workers: the step (or evaluation) in flight did not happen, and the parameters
+    are those after the last completed step. A pool raises it from gradient_sums or
+    evaluate_sums rather than wait out a worker that does not answer."""
 
 
 @dataclass

@@ -23,7 +23,8 @@ cores; see the README's Speed section).
 
 The host then adds the slots in rank order into slot 0: the node's sums leave it as
 ONE array, whatever the number of workers on it (the README's Scaling section).
-A peer that dies closes its socket, which the host sees at once as `PeerLost`.
+A peer that dies closes its socket, which the host sees at once as `PeerLost`; one
+that is alive but silent past the gather's timeout (hung) is `PeersSilent`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import select
 import selectors
 import socket
 import struct
@@ -38,6 +40,8 @@ import threading
 import time
 
 import numpy as np
+
+from trainer.pool import StepAbandoned
 
 OP_STOP, OP_STEP, OP_EVAL = 0, 1, 2
 COMMAND = struct.Struct("<iqq")  # op, epoch, k
@@ -53,6 +57,7 @@ ERROR_LEN = struct.Struct("<i")
 # its own deadline and they are read side by side: a silent one costs the real peers
 # nothing, and only the greetings of our own user are read at all.
 GREETING_TIMEOUT_S = 10.0
+STOP_POLL_S = 0.25  # how often a gather that may be stopped looks at the stop request
 
 
 class PeerLost(ConnectionError):
@@ -64,6 +69,18 @@ class PeerLost(ConnectionError):
 
     def __str__(self) -> str:
         return f"worker in slot {self.args[0]} of its node: {self.args[1]}"
+
+
+class PeersSilent(PeerLost):
+    """Peers alive (their sockets open) that did not answer in time: hung."""
+
+    def __init__(self, slots: list[int], why: str):
+        ConnectionError.__init__(self, slots, why)  # args as given: pickles through Ray
+        self.slot, self.slots = slots[0], list(slots)
+
+    def __str__(self) -> str:
+        which = ", ".join(map(str, self.args[0]))
+        return f"worker(s) in slot(s) {which} of its node: {self.args[1]}"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -110,6 +127,8 @@ class PlaneHost:
         self._token = secrets.token_bytes(TOKEN_BYTES)
         self.ticket = (self.address, self._token.hex())
         self.peers: dict[int, socket.socket] = {}
+        # Connections of this user whose greeting is under way: (bytes so far, its deadline).
+        self._greeting: dict[socket.socket, tuple[bytearray, float]] = {}
 
     def accept(self, expected: int, timeout: float) -> None:
         """Take connections until `expected` peers have attached (or raise TimeoutError).
@@ -119,11 +138,16 @@ class PlaneHost:
         ours get GREETING_TIMEOUT_S to greet with the right token and a slot of this
         plane, else they are closed too. None of it touches the overall deadline."""
         deadline = time.monotonic() + timeout
-        greeting: dict[socket.socket, tuple[bytearray, float]] = {}  # connection -> (bytes so far, its deadline)
+        # Greetings under way outlive one call: the pool accepts a second at a time
+        # (to notice a worker that died meanwhile), and a peer half-way through its
+        # greeting at the end of a call must not lose its connection.
+        greeting = self._greeting
         refused = 0
         with selectors.DefaultSelector() as sel:
             self._listener.setblocking(False)
             sel.register(self._listener, selectors.EVENT_READ)
+            for conn in greeting:
+                sel.register(conn, selectors.EVENT_READ)
             try:
                 while len(self.peers) < expected:
                     now = time.monotonic()
@@ -141,8 +165,8 @@ class PlaneHost:
                         else:
                             refused += self._read_greeting(sel, greeting, key.fileobj)
             finally:
-                for conn in list(greeting):
-                    self._drop(sel, greeting, conn)
+                for conn in greeting:  # still greeting: kept for the next call (or close)
+                    sel.unregister(conn)
                 self._listener.setblocking(True)
 
     def _take_connections(self, sel, greeting) -> int:
@@ -201,7 +225,8 @@ class PlaneHost:
 
     @staticmethod
     def _drop(sel, greeting, conn) -> int:
-        sel.unregister(conn)
+        if sel is not None:
+            sel.unregister(conn)
         del greeting[conn]
         conn.close()
         return 1
@@ -218,33 +243,55 @@ class PlaneHost:
             except OSError as e:
                 raise PeerLost(slot, f"cannot send the step ({e})") from None
 
-    def gather(self, timeout: float | None) -> dict[int, tuple]:
+    def gather(self, timeout: float | None, should_stop=None) -> dict[int, tuple]:
         """Each peer's reply to what was sent, by slot: (n, loss_sum, compute_seconds)
         for a step, whose sums are then in self.sums[slot]; (n, loss_sum, correct,
-        count) for an evaluation."""
+        count) for an evaluation.
+
+        Peers that have not answered within `timeout` seconds raise PeersSilent (all
+        of them at once); `should_stop()`, looked at every STOP_POLL_S while waiting,
+        raises StepAbandoned: the step is given up, its replies no longer wanted."""
         reply = REPLY[self._op]
         replies = {}
-        for slot, conn in self.peers.items():
-            conn.settimeout(timeout)
-            try:
-                data = _recv_exact(conn, reply.size)
-            except socket.timeout:
-                raise PeerLost(slot, f"no answer within {timeout:g} s") from None
-            except OSError as e:
-                raise PeerLost(slot, str(e)) from None
-            if not data:
-                raise PeerLost(slot, "its process ended")
-            values = reply.unpack(data)
-            if values[0] < 0:
+        waiting = {conn.fileno(): (slot, conn) for slot, conn in self.peers.items()}
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            wait = STOP_POLL_S if should_stop is not None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeersSilent(sorted(slot for slot, _ in waiting.values()),
+                                      f"no answer within {timeout:g} s")
+                wait = left if wait is None else min(wait, left)
+            events = poller.poll(None if wait is None else wait * 1000)
+            for fd, _ in events:
+                slot, conn = waiting.pop(fd)
+                poller.unregister(fd)
+                conn.settimeout(timeout)  # the reply has begun: the rest follows at once
                 try:
-                    head = _recv_exact(conn, ERROR_LEN.size)
-                    text = _recv_exact(conn, ERROR_LEN.unpack(head)[0]) if head else b""
+                    data = _recv_exact(conn, reply.size)
+                except socket.timeout:
+                    raise PeersSilent([slot], f"no answer within {timeout:g} s") from None
                 except OSError as e:
-                    raise PeerLost(slot, f"failed, and its message was lost ({e})") from None
-                if not text:
-                    raise PeerLost(slot, "failed, and its process ended")
-                raise RuntimeError(text.decode(errors="replace"))
-            replies[slot] = values
+                    raise PeerLost(slot, str(e)) from None
+                if not data:
+                    raise PeerLost(slot, "its process ended")
+                values = reply.unpack(data)
+                if values[0] < 0:
+                    try:
+                        head = _recv_exact(conn, ERROR_LEN.size)
+                        text = _recv_exact(conn, ERROR_LEN.unpack(head)[0]) if head else b""
+                    except OSError as e:
+                        raise PeerLost(slot, f"failed, and its message was lost ({e})") from None
+                    if not text:
+                        raise PeerLost(slot, "failed, and its process ended")
+                    raise RuntimeError(text.decode(errors="replace"))
+                replies[slot] = values
+            if waiting and should_stop is not None and should_stop():
+                raise StepAbandoned("stopped while waiting for the workers' sums")
         return replies
 
     def reduce(self, replies: dict[int, tuple]) -> tuple[int, float, float]:
@@ -270,6 +317,8 @@ class PlaneHost:
         return n, loss_sum, seconds
 
     def close(self) -> None:
+        for conn in list(self._greeting):
+            self._drop(None, self._greeting, conn)
         for conn in self.peers.values():
             try:
                 conn.sendall(COMMAND.pack(OP_STOP, 0, 0))

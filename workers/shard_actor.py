@@ -9,6 +9,7 @@ drives the steps; this module is what runs inside each actor process (named
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import ray
@@ -19,7 +20,6 @@ from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
 from workers.shard import ShardTask
 from workers.storage_env import storage_variables
 
-STEP_TIMEOUT_S = 600  # a step slower than this on a worker counts as a lost worker
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 
 
@@ -113,20 +113,24 @@ class ShardActor:
     def accept(self, peers: int) -> None:
         self.plane.accept(peers, ATTACH_TIMEOUT_S)
 
-    def node_step(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
-        """This node's sums for the step: the peers' and this worker's own, added."""
+    def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float) -> ShardSums:
+        """This node's sums for the step: the peers' and this worker's own, added. Peers
+        silent for `timeout` seconds (the pool's hang bound) raise PeersSilent."""
         plane = self.plane
         plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
+        t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
-        replies = plane.gather(STEP_TIMEOUT_S)
+        replies = plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
         n, loss_sum, seconds = plane.reduce({0: own, **replies})
         return ShardSums(plane.sums[0], loss_sum, n, seconds)
 
-    def node_evaluate(self, theta: np.ndarray) -> EvalSums:
+    def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""
         self.plane.send(OP_EVAL, theta)
+        t0 = time.monotonic()
         own = self._evaluate(self.plane.theta)
-        return add_evals([own, *self.plane.gather(STEP_TIMEOUT_S).values()])
+        replies = self.plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
+        return add_evals([own, *replies.values()])
 
     def detach(self) -> None:
         if self.peer is not None:
