@@ -14,6 +14,7 @@ stop after its step; its errors are raised here as the same kinds (same exit cod
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from trainer.errors import WorkerLostError, one_line
 
 POLL_SECONDS = 0.25  # how stale the client's view may get; the end arrives at once
 CLOSE_SECONDS = 10  # for the actor to close its pool before it is killed
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # The logger RayPool says lost workers with, so the line reads the same from either place.
 pool_log = logging.getLogger("workers.ray_pool")
@@ -52,7 +54,8 @@ class RemotePool:
         try:
             return self._ray.get(ref)
         except self._ray.exceptions.RayActorError as e:
-            raise WorkerLostError(f"the job's coordinator in the cluster was lost ({one_line(e, 120)})") from None
+            why = one_line(ANSI.sub("", str(e)), 160)  # Ray colours the actor's name
+            raise WorkerLostError(f"the job's coordinator in the cluster was lost ({why})") from None
 
     def gradient_sums(self, theta, epoch, k):
         raise NotImplementedError("a Ray Client job's steps are taken in the cluster: use coordinate()")
