@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,50 +112,77 @@ def test_a_ray_client_job_trains_in_the_cluster_as_local_mode(head, tmp_path, te
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == EPOCHS
 
 
-def test_ctrl_c_stops_a_ray_client_job_after_its_step_and_it_resumes(head, tmp_path, template_db):
-    epochs = 150  # 1950 steps: seconds of training, stopped in its first epochs
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(CONFIG % epochs)
-    env = client_env(tmp_path, head.token)
-    uri = store(template_db, tmp_path / "store")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", str(cfg), "--address",
-                             head.client_address, "--workers", "2", "--output", str(out),
-                             "--tracking-uri", uri], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
-                            text=True)
+# Full-batch steps (one per epoch), so a run of S epochs is a run of S steps: the weights
+# at a stop after step S are those of an undisturbed run with train.epochs=S. So many
+# epochs that no run ends before its Ctrl-C, which is sent once a checkpoint exists.
+LONG = ("experiment: rc\ndata: {source: spirals, validation_fraction: 0}\n"
+        "model: {layers: [2, 16, 3], dtype: float64}\n"
+        "train: {optimizer: adam, learning_rate: 0.01, batch_size: full, epochs: 1000000, seed: 4, "
+        "checkpoint_seconds: 0.5}\n")
+
+
+def interrupt_after_a_checkpoint(args, env, cwd, out: Path, after_step: int = 0) -> tuple[int, str]:
+    """Run `rayprop train ARGS`, Ctrl-C it once a checkpoint past `after_step` is in
+    out/checkpoints (the client wrote it from the coordinator's event); (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "train", *map(str, args)], cwd=cwd,
+                            env=env, stderr=subprocess.PIPE, text=True)
     try:
-        for line in proc.stderr:  # an epoch's line: training runs and its events reach us
-            if line.startswith("epoch 1/"):
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            ckpt = newest_checkpoint(out)
+            if ckpt is not None and ckpt.position.global_step > after_step:
                 break
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err[-3000:]
+    return proc.returncode, err
+
+
+def stopped_at(code: int, err: str) -> int:
+    assert code == 130, err[-3000:]
     assert "Traceback" not in err and "stopped after step" in err and "--resume" in err, err[-3000:]
-    stopped_at = int(err.split("stopped after step ")[1].split()[0].rstrip(";:,"))
-    assert 13 <= stopped_at < epochs * 13
+    return int(err.split("stopped after step ")[1].split()[0].rstrip(";:,"))
+
+
+def local_theta(cfg, steps: int, tmp_path, template_db, env) -> np.ndarray:
+    out = tmp_path / f"local-{steps}"
+    proc = rayprop("train", cfg, "--local", "--quiet", "--output", out, "--set", f"train.epochs={steps}",
+                   "--tracking-uri", store(template_db, tmp_path / f"store-{steps}"), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return newest_checkpoint(out).theta  # the last epoch always gets one
+
+
+def test_ctrl_c_stops_a_ray_client_job_after_its_step_and_it_resumes(head, tmp_path, template_db):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(LONG)
+    env = client_env(tmp_path, head.token)
+    uri = store(template_db, tmp_path / "store")
+    out = tmp_path / "out"
+    args = [cfg, "--address", head.client_address, "--workers", "2", "--output", out, "--tracking-uri", uri]
+    first = stopped_at(*interrupt_after_a_checkpoint(args, env, tmp_path, out))
     ckpt = newest_checkpoint(out)
-    assert ckpt is not None and ckpt.position.global_step == stopped_at  # the stop's own checkpoint
+    assert ckpt.position.global_step == first and int(ckpt.optimizer["t"]) == first  # the stop's own
     assert not (out / "summary.json").exists()
     client, run = the_run(uri, ckpt.meta["run_id"])
     assert run.info.status == "KILLED"
     loss_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
-    assert loss_steps == list(range(1, stopped_at + 1))  # each step up to the stop, once
+    assert loss_steps == list(range(1, first + 1))  # each step up to the stop, once
+    assert rel_diff(ckpt.theta, local_theta(cfg, first, tmp_path, template_db, env)) <= 1e-9
 
-    # Resumed through ray:// from that checkpoint, it ends where an undisturbed local run does.
-    resumed = rayprop("train", cfg, "--resume", run.info.run_id, "--address", head.client_address,
-                      "--workers", "2", "--tracking-uri", uri, env=env, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    local = rayprop("train", cfg, "--local", "--output", tmp_path / "local", "--tracking-uri",
-                    store(template_db, tmp_path / "store-local"), env=env, cwd=tmp_path)
-    assert local.returncode == 0, local.stderr[-3000:]
-    rel = rel_diff(weights(out / "model.npz"), weights(tmp_path / "local" / "model.npz"))
-    assert rel <= 1e-9, f"stopped and resumed through ray:// vs local mode: relative difference {rel:.2e}"
+    # Resumed through ray:// from that checkpoint (theta, Adam's buffers, the position),
+    # then stopped again: still on the undisturbed run's path.
+    second = stopped_at(*interrupt_after_a_checkpoint([*args, "--resume", run.info.run_id], env, tmp_path,
+                                                      out, after_step=first))
+    assert second > first
+    ckpt = newest_checkpoint(out)
+    assert ckpt.position.global_step == second and ckpt.meta["run_id"] == run.info.run_id
+    assert rel_diff(ckpt.theta, local_theta(cfg, second, tmp_path, template_db, env)) <= 1e-9
     loss_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
-    assert loss_steps == list(range(1, epochs * 13 + 1))
+    assert loss_steps == list(range(1, second + 1))
 
 
 def test_errors_in_the_cluster_are_the_same_kinds(head, tmp_path, template_db):
