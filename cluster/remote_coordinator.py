@@ -65,7 +65,11 @@ class EventQueue:
         self.pool = pool
         self._items: list[tuple] = []
         self._lock = threading.Lock()
-        self._seen = (0, 0, None, None)  # resizes, lost-worker lines, workers, nodes sent so far
+        self._seen = self._now()  # resizes, lost-worker lines, workers, nodes: the client has these
+
+    def _now(self) -> tuple:
+        p = self.pool
+        return len(p.resizes), len(p.events), p.num_workers, p.num_nodes
 
     def put(self, item: tuple) -> None:
         with self._lock:
@@ -81,7 +85,7 @@ class EventQueue:
         calls to it, i.e. before the step or epoch event that follows."""
         p = self.pool
         resizes, events = self._seen[:2]
-        now = (len(p.resizes), len(p.events), p.num_workers, p.num_nodes)
+        now = self._now()
         if now != self._seen:
             self.put(("pool", p.num_workers, p.num_nodes, p.resizes[resizes:], p.events[events:]))
             self._seen = now

@@ -76,40 +76,10 @@ class RemotePool:
             if not stop_sent and should_stop is not None and should_stop():
                 self.actor.stop.remote()
                 stop_sent = True
-            for event in self._get(self.actor.poll.remote(POLL_SECONDS)):
-                kind = event[0]
-                if kind == "step":
-                    for lst in listeners:
-                        lst.on_step(*event[1:])
-                elif kind == "epoch":
-                    for lst in listeners:
-                        lst.on_epoch(*event[1:])
-                elif kind == "pool":
-                    self.num_workers, self.num_nodes = event[1], event[2]
-                    self.resizes += event[3]  # PoolSize reads the new lines at the next step
-                    for line in event[4]:
-                        pool_log.warning("rayprop: %s", line)
-                elif kind == "checkpoint":
-                    _, ckpt_theta, state, position = event
-                    optimizer.load_state(state)
-                    checkpointer.save(ckpt_theta, optimizer, position)
-                elif kind == "end":
-                    return self._end(event[1], theta, optimizer, t0)
-
-    @staticmethod
-    def _end(outcome, theta, optimizer, t0) -> TrainResult:
-        kind = outcome[0]
-        if kind == "done":
-            _, result, final, state = outcome
-            theta[...] = final
-            optimizer.load_state(state)
-            result.wall_seconds = time.perf_counter() - t0  # as this machine waited for it
-            return result
-        if kind == "stopped":
-            raise TrainingStopped(outcome[1])
-        if kind == "error":
-            raise outcome[1]
-        raise RuntimeError(f"the job's coordinator in the cluster failed:\n{outcome[1]}")
+            outcome = replay(self._get(self.actor.poll.remote(POLL_SECONDS)), self, listeners, optimizer,
+                             checkpointer)
+            if outcome is not None:
+                return end(outcome, theta, optimizer, t0)
 
     def close(self) -> None:
         actor, self.actor = getattr(self, "actor", None), None
@@ -120,3 +90,46 @@ class RemotePool:
         except Exception:  # gone already, or not closing in time: it goes anyway
             pass
         self._ray.kill(actor)
+
+
+def replay(events: list[tuple], pool, listeners, optimizer, checkpointer):
+    """Hand the coordinator's events to this machine's listeners and checkpointer, in
+    order, and keep `pool`'s size and resize lines current; the outcome when the batch
+    holds the end (cluster/remote_coordinator.py), else None."""
+    for event in events:
+        kind = event[0]
+        if kind == "step":
+            for lst in listeners:
+                lst.on_step(*event[1:])
+        elif kind == "epoch":
+            for lst in listeners:
+                lst.on_epoch(*event[1:])
+        elif kind == "pool":
+            pool.num_workers, pool.num_nodes = event[1], event[2]
+            pool.resizes += event[3]  # PoolSize reads the new lines at the next step
+            for line in event[4]:
+                pool_log.warning("rayprop: %s", line)
+        elif kind == "checkpoint":
+            _, theta, state, position = event
+            optimizer.load_state(state)
+            checkpointer.save(theta, optimizer, position)
+        elif kind == "end":
+            return event[1]
+    return None
+
+
+def end(outcome, theta, optimizer, t0) -> TrainResult:
+    """The result, with theta and the optimizer as the coordinator left them; or its
+    stop or error, raised here."""
+    kind = outcome[0]
+    if kind == "done":
+        _, result, final, state = outcome
+        theta[...] = final
+        optimizer.load_state(state)
+        result.wall_seconds = time.perf_counter() - t0  # as this machine waited for it
+        return result
+    if kind == "stopped":
+        raise TrainingStopped(outcome[1])
+    if kind == "error":
+        raise outcome[1]
+    raise RuntimeError(f"the job's coordinator in the cluster failed:\n{outcome[1]}")
