@@ -194,10 +194,26 @@ TRANSIENT_CLIENT_ERRORS = ("Starting Ray client server failed", "Initialization 
 CLIENT_ATTEMPTS = 3
 
 
+# What a Ray Client job's actors (its coordinator and shard workers) import in the
+# cluster. They travel with the connection as the job's py_modules, as `rayprop submit`
+# ships them in its working_dir: the nodes need only Ray and rayprop's dependencies, and
+# run this machine's version of the code.
+CLUSTER_PACKAGES = ("trainer", "workers", "cluster")
+
+
+def _client_runtime_env() -> dict:
+    import importlib
+    from pathlib import Path
+
+    folders = [str(Path(importlib.import_module(name).__file__).parent) for name in CLUSTER_PACKAGES]
+    return {"py_modules": folders, "excludes": ["__pycache__", "*.pyc"]}
+
+
 def _init_with_retries(ray, address: str, log_level: int) -> None:
+    runtime_env = _client_runtime_env() if address.startswith("ray://") else None
     for attempt in range(1, CLIENT_ATTEMPTS + 1):
         try:
-            ray.init(address=address, logging_level=log_level)
+            ray.init(address=address, logging_level=log_level, runtime_env=runtime_env)
             return
         except ConnectionError as e:
             if attempt == CLIENT_ATTEMPTS or not any(t in str(e) for t in TRANSIENT_CLIENT_ERRORS):

@@ -13,6 +13,7 @@ Ray and MLflow are imported inside the functions: the input checks run first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -276,7 +277,12 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
             else:
                 conn = connect_ray(opts.address or cfg.cluster.address, cpus_needed(cfg, workers), stack)
                 place, kind = where(conn), conn.kind
-            pool = open_pool(job, workers, opts.local)
+            if kind == "client":  # the coordinator goes into the cluster (experiments/remote_pool.py)
+                from experiments.remote_pool import RemotePool
+
+                pool = RemotePool(job.task, cfg.cluster, workers, cfg.train.max_worker_failures)
+            else:
+                pool = open_pool(job, workers, opts.local)
             stack.callback(pool.close)
             from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
 
@@ -403,10 +409,12 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
-            result = coordinate(pool, theta, optimizer, job.plan, t.epochs,
-                                [*listeners, run.metrics, PoolSize(pool, run.metrics)],
-                                resume=resume.position if resume else None, checkpointer=checkpointer,
-                                should_stop=should_stop, end_early=end_early)
+            # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
+            drive = getattr(pool, "coordinate", None) or functools.partial(coordinate, pool)
+            result = drive(theta, optimizer, job.plan, t.epochs,
+                           [*listeners, run.metrics, PoolSize(pool, run.metrics)],
+                           resume=resume.position if resume else None, checkpointer=checkpointer,
+                           should_stop=should_stop, end_early=end_early)
     except (RunError, DataChangedError) as e:  # the run ends FAILED; what is kept
         if checkpointer.latest:
             where = f"{where_to}/checkpoints/{checkpointer.latest.name}"

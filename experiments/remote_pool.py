@@ -1,0 +1,135 @@
+"""A Ray Client job's pool, seen from the client: the coordinator runs in the cluster.
+
+`RemotePool` stands where a RayPool stands in `fit` (num_workers, num_nodes, m,
+m_val, resizes), but its workers and its coordinator live in the cluster
+(cluster/remote_coordinator.py); its `coordinate` takes trainer.coordinator.train's
+arguments and runs that loop there. Across the client link go, once, the initial
+theta and optimizer, and back, every POLL_SECONDS in one batch, the run's events,
+which are replayed here to the same listeners (progress bar, MLflow's MetricLogger,
+the pool-size lines) and to the same Checkpointer (files in the local output
+folder), in the order the coordinator made them. Ctrl-C asks the coordinator to
+stop after its step; its errors are raised here as the same kinds (same exit codes).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import numpy as np
+
+from trainer.coordinator import TrainResult, TrainingStopped
+from trainer.errors import WorkerLostError, one_line
+
+POLL_SECONDS = 0.25  # how stale the client's view may get; the end arrives at once
+CLOSE_SECONDS = 10  # for the actor to close its pool before it is killed
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# The logger RayPool says lost workers with, so the line reads the same from either place.
+pool_log = logging.getLogger("workers.ray_pool")
+
+
+class RemotePool:
+    def __init__(self, task, cluster, workers, max_failures):
+        import ray
+
+        from cluster.remote_coordinator import start_coordinator
+
+        self._ray = ray
+        self.actor = start_coordinator()
+        self.should_stop = lambda: False
+        try:
+            facts = self._get(self.actor.open.remote(task, cluster, workers, max_failures))
+        except BaseException:
+            self.close()
+            raise
+        if "error" in facts:
+            self.close()
+            raise facts["error"]  # bad data (exit 2) or workers lost while starting (exit 1)
+        self.num_workers, self.num_nodes = facts["workers"], facts["nodes"]
+        self.m, self.m_val, self.resizes = facts["m"], facts["m_val"], facts["resizes"]
+
+    def _get(self, ref):
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayActorError as e:
+            why = one_line(ANSI.sub("", str(e)), 160)  # Ray colours the actor's name
+            raise WorkerLostError(f"the job's coordinator in the cluster was lost ({why})") from None
+
+    def gradient_sums(self, theta, epoch, k):
+        raise NotImplementedError("a Ray Client job's steps are taken in the cluster: use coordinate()")
+
+    evaluate_sums = gradient_sums
+
+    def coordinate(self, theta: np.ndarray, optimizer, plan, epochs: int, listeners=(), start_epoch: int = 0,
+                   resume=None, checkpointer=None, should_stop=None, end_early=None) -> TrainResult:
+        """trainer.coordinator.train, run in the cluster; theta and optimizer end as there."""
+        assert end_early is None, "a sweep's trials drive their pools from this machine"
+        schedule = None if checkpointer is None else {
+            "every_epochs": checkpointer.every_epochs, "max_seconds": checkpointer.max_seconds,
+            "min_seconds": checkpointer.min_seconds, "last_epoch": checkpointer.last_epoch}
+        t0 = time.perf_counter()
+        self._get(self.actor.start.remote(theta, optimizer, plan, epochs, start_epoch, resume, schedule))
+        stop_sent = False
+        while True:
+            if not stop_sent and should_stop is not None and should_stop():
+                self.actor.stop.remote()
+                stop_sent = True
+            outcome = replay(self._get(self.actor.poll.remote(POLL_SECONDS)), self, listeners, optimizer,
+                             checkpointer)
+            if outcome is not None:
+                return end(outcome, theta, optimizer, t0)
+
+    def close(self) -> None:
+        actor, self.actor = getattr(self, "actor", None), None
+        if actor is None:
+            return
+        try:
+            self._ray.get(actor.close.remote(), timeout=CLOSE_SECONDS)
+        except Exception:  # gone already, or not closing in time: it goes anyway
+            pass
+        self._ray.kill(actor)
+
+
+def replay(events: list[tuple], pool, listeners, optimizer, checkpointer):
+    """Hand the coordinator's events to this machine's listeners and checkpointer, in
+    order, and keep `pool`'s size and resize lines current; the outcome when the batch
+    holds the end (cluster/remote_coordinator.py), else None."""
+    for event in events:
+        kind = event[0]
+        if kind == "step":
+            for lst in listeners:
+                lst.on_step(*event[1:])
+        elif kind == "epoch":
+            for lst in listeners:
+                lst.on_epoch(*event[1:])
+        elif kind == "pool":
+            pool.num_workers, pool.num_nodes = event[1], event[2]
+            pool.resizes += event[3]  # PoolSize reads the new lines at the next step
+            for line in event[4]:
+                pool_log.warning("rayprop: %s", line)
+        elif kind == "checkpoint":
+            _, theta, state, position = event
+            optimizer.load_state(state)
+            checkpointer.save(theta, optimizer, position)
+        elif kind == "end":
+            return event[1]
+    return None
+
+
+def end(outcome, theta, optimizer, t0) -> TrainResult:
+    """The result, with theta and the optimizer as the coordinator left them; or its
+    stop or error, raised here."""
+    kind = outcome[0]
+    if kind == "done":
+        _, result, final, state = outcome
+        theta[...] = final
+        optimizer.load_state(state)
+        result.wall_seconds = time.perf_counter() - t0  # as this machine waited for it
+        return result
+    if kind == "stopped":
+        raise TrainingStopped(outcome[1])
+    if kind == "error":
+        raise outcome[1]
+    raise RuntimeError(f"the job's coordinator in the cluster failed:\n{outcome[1]}")
