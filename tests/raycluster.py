@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -101,3 +102,30 @@ class Head:
         self.proc.wait(timeout=5)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def pinned_auth_mode(mode: str):
+    """RAY_AUTH_MODE=`mode` for this process and the nodes it starts, restored after.
+
+    Ray reads the mode into its C++ config once, and a local `ray.init` earlier in the
+    process (another test module) turns it to "token" (and writes a token into
+    ~/.ray/auth_token). Nodes of a `ray.cluster_utils.Cluster` started with "disabled"
+    after that had every actor creation cancelled ("died while starting"), even with
+    the config read again. So tests pin "token": the nodes and the driver then agree
+    whatever ran before (the token file is made if missing). The config is read
+    again on the way in and out, for the mode the process goes on with.
+    """
+    from ray._raylet import Config
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = mode
+    Config.initialize("")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+        Config.initialize("")

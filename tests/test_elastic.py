@@ -18,6 +18,8 @@ import time
 import mlflow
 import numpy as np
 import pytest
+
+from tests.raycluster import pinned_auth_mode
 import yaml
 
 from experiments import training
@@ -40,8 +42,8 @@ def cluster():
 
     # As in test_multinode: the auth mode pinned for nodes and driver alike, and a short
     # temp dir of our own (Ray's socket paths must stay under 108 bytes).
-    saved_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    auth = pinned_auth_mode("token")
+    auth.__enter__()
     temp_dir = tempfile.mkdtemp(prefix="rpel", dir="/tmp")
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False, "temp_dir": temp_dir})
     try:
@@ -51,10 +53,7 @@ def cluster():
     finally:
         c.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_mode
+        auth.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

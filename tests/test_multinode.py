@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.raycluster import pinned_auth_mode
 import yaml
 
 from cluster.connect import connect
@@ -36,8 +38,8 @@ def cluster():
     # driver later turned token mode on (cluster.connect does when ~/.ray/auth_token
     # exists) while the nodes run without it, every actor creation is cancelled. So
     # the mode is pinned, the same for nodes and driver, and restored afterwards.
-    saved_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    auth = pinned_auth_mode("token")
+    auth.__enter__()
     # A short temp dir of our own: Ray's socket paths must stay under 108 bytes.
     temp_dir = tempfile.mkdtemp(prefix="rpmn", dir="/tmp")
     c = Cluster(initialize_head=True, head_node_args={
@@ -51,10 +53,7 @@ def cluster():
     finally:
         c.shutdown()  # stops every raylet and store it started, by process
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_mode
+        auth.__exit__(None, None, None)
 
 
 def make_pool(job, workers, data_plane="shm"):
