@@ -25,12 +25,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_config": (),
     "test_data": (),
     "test_early_stopping": (),
+    "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
     "test_network": (),
     "test_training": (),
     "test_cluster_readme": (RAY, SERVER, SLOW),
     "test_elastic": (RAY, SLOW),
-    "test_hostile_inputs": (RAY, SERVER, SLOW),
     "test_listeners": (RAY,),
     "test_mlflow": (RAY, SERVER, SLOW),
     "test_multinode": (RAY,),
@@ -55,6 +55,8 @@ FIXTURES: dict[str, tuple[str, ...]] = {
     "s3": (SERVER,),
     "s3_with_a_user": (SERVER,),
     "spirals_run": (SLOW,),  # test_cli: trains through the installed command (a subprocess)
+    "killed_run": (SLOW,),  # test_hostile_inputs: a real run, stopped
+    "small_disk": (SLOW,),  # test_hostile_inputs: a tmpfs mounted, trainings into it
 }
 
 # "module::test function" -> markers: the slow tests of a fast module.
@@ -64,6 +66,8 @@ TESTS: dict[str, tuple[str, ...]] = {
     "test_cli::test_train_xor_end_to_end": (SLOW,),  # 300 epochs and a first MLflow store: seconds
     "test_data::test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read": (SLOW,),
     "test_data::test_teacher_mnist_shape": (SLOW,),
+    "test_hostile_inputs::test_sigterm_while_ray_starts_leaves_no_ray_behind": (RAY, SLOW),
+    "test_hostile_inputs::test_predict_into_a_pipe_closed_early_is_quiet": (SLOW,),  # the installed command
 }
 
 
