@@ -59,13 +59,15 @@ def _keep_writes_in_temp_folders(config) -> None:
     atexit.register(shutil.rmtree, session, True)  # after Ray's own exit handler (registered later)
     cache = config.cache.mkdir("xdg-cache") if getattr(config, "cache", None) else session / "cache"
     home = session / "home"
+    # Ray's temp folder is RAY_TMPDIR/ray; it must exist: a Cluster given a temp_dir of
+    # its own still writes its `ray_current_cluster` record there.
     for folder in (home, session / "ray", cache):
         folder.mkdir(parents=True, exist_ok=True)
     os.environ.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
                        "XDG_DATA_HOME": str(home / ".local" / "share"),
                        "XDG_STATE_HOME": str(home / ".local" / "state"),
                        "XDG_CACHE_HOME": str(cache), "MPLCONFIGDIR": str(cache / "matplotlib"),
-                       "RAY_TMPDIR": str(session / "ray")})
+                       "RAY_TMPDIR": str(session)})
 
 
 def pytest_collection_modifyitems(config, items):
