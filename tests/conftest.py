@@ -10,17 +10,26 @@ prove the installed command itself use `installed_rayprop` (a real subprocess).
 
 The package is installed editable (`pip install -e '.[test]'`, as `.ci/run` does), so
 subprocesses import this checkout without any PYTHONPATH.
+
+Two more things are decided here for every module, so that a new module cannot forget
+them: the tiers (`tiers.py`: the markers `ray`, `server`, `slow`) and where the suite may
+write (`pytest_configure` below: nothing outside its temp folders and pytest's cache).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.tiers import markers_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +41,39 @@ def pytest_configure(config):
     if where != REPO:
         raise pytest.UsageError(f"the tests import rayprop from {where}, not this checkout {REPO}: "
                                 f"install it with  pip install -e '{REPO}[test]'")
+    _keep_writes_in_temp_folders(config)
+
+
+def _keep_writes_in_temp_folders(config) -> None:
+    """Point every per-user folder the product, Ray, MLflow and matplotlib write to at
+    folders of this session, before any of them is imported; subprocesses inherit it.
+
+    HOME: a local `ray.init` writes `~/.ray/auth_token`, MLflow `~/.config/mlflow/`.
+    RAY_TMPDIR: Ray's sessions and its `ray_current_cluster` record (a bare address would
+    otherwise find another cluster of this machine there); short, for Ray's Unix sockets.
+    XDG_CACHE_HOME: rayprop's empty-store template and matplotlib's font list. It lives in
+    pytest's cache folder (.pytest_cache/, beside the tests, ignored by git), kept between
+    sessions: MLflow takes 5-15 s to make the template, too long to pay in every run.
+    """
+    session = Path(tempfile.mkdtemp(prefix="rpt", dir="/tmp"))
+    atexit.register(shutil.rmtree, session, True)  # after Ray's own exit handler (registered later)
+    cache = config.cache.mkdir("xdg-cache") if getattr(config, "cache", None) else session / "cache"
+    home = session / "home"
+    # Ray's temp folder is RAY_TMPDIR/ray; it must exist: a Cluster given a temp_dir of
+    # its own still writes its `ray_current_cluster` record there.
+    for folder in (home, session / "ray", cache):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                       "XDG_DATA_HOME": str(home / ".local" / "share"),
+                       "XDG_STATE_HOME": str(home / ".local" / "state"),
+                       "XDG_CACHE_HOME": str(cache), "MPLCONFIGDIR": str(cache / "matplotlib"),
+                       "RAY_TMPDIR": str(session)})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in markers_of(item):
+            item.add_marker(name)
 
 
 @dataclass

@@ -1,5 +1,8 @@
-"""A tracking server that dies mid-training: a real `mlflow server` on loopback,
-started here on a port of its own and killed by its process id while a job trains.
+"""A tracking server that dies mid-training: the job talks to a real `mlflow server`
+on loopback through a TCP proxy of the test's own, a process killed with SIGKILL while
+the job trains: to the job, the server died (its connections drop, its port refuses).
+The server behind it lives on for the next test and stands for the server started
+again on the same backend: one server start for the module, not one per kill.
 
 Training goes on, the model files are written, the job ends with exit 3 and one
 line saying what the store did not get and where it is kept; started again on the
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.mlflowserver import MlflowServer
+from tests.tcpproxy import TcpProxy
 
 EPOCHS, BATCH, TRAIN_ROWS = 40, 8, 810
 STEPS = EPOCHS * -(-TRAIN_ROWS // BATCH)
@@ -48,32 +52,37 @@ def wait_for(path_glob, work: Path, proc, seconds=180):
         time.sleep(0.02)
 
 
-def kill_server(server: MlflowServer) -> None:
-    os.killpg(server.proc.pid, signal.SIGKILL)  # the server's process group: its uvicorn worker too
-    server.proc.wait(timeout=30)
-    server.log.close()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture
 def work(tmp_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
-    (tmp_path / "server").mkdir()
     return tmp_path
 
 
-def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work):
-    server = MlflowServer(work / "server")
+@pytest.fixture
+def proxy(server):
+    """The server as the job sees it; `proxy.kill()` is the server's death."""
+    proxy = TcpProxy(server.port)
+    yield proxy
+    proxy.kill()
+
+
+def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work, server, proxy):
     proc = None
     try:
-        proc = start_job(work, server.uri)
+        proc = start_job(work, proxy.uri)
         wait_for("out/checkpoints/ckpt-*.npz", work, proc)  # epoch 1 of 40 is done
-        kill_server(server)
+        proxy.kill()
         _, err = proc.communicate(timeout=300)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        if server.proc.poll() is None:
-            server.stop()
     assert proc.returncode == 3, err[-3000:]
     assert "Traceback" not in err
     spool = work / "out" / "mlflow-undelivered" / "metrics.jsonl"
@@ -85,42 +94,38 @@ def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work):
     assert summary["steps"] == STEPS and (work / "out" / "model.npz").is_file()
     run_id = summary["run_id"]
 
-    # The same backend behind a new server: what it has plus what was kept is every step,
-    # and `--resume` sends what it lacks (each point once), the model, and ends the run.
+    # The same backend, reached again (the server behind the dead proxy): what it has
+    # plus what was kept is every step, and `--resume` sends what it lacks (each point
+    # once), the model, and ends the run.
     from mlflow import MlflowClient
 
     from experiments.outbox import read_spool
 
-    again = MlflowServer(work / "server")
-    try:
-        client = MlflowClient(again.uri)
-        assert client.get_run(run_id).info.status == "RUNNING"
-        stored = {m.step for m in client.get_metric_history(run_id, "loss")}
-        kept = {m.step for m in read_spool(spool) if m.key == "loss"}
-        assert stored < set(range(1, STEPS + 1)), "the server died before the end"
-        assert stored | kept == set(range(1, STEPS + 1))
-        resumed = start_job(work, again.uri, "--resume", run_id)
-        _, err = resumed.communicate(timeout=300)
-        assert resumed.returncode == 0, err[-3000:]
-        assert client.get_run(run_id).info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run_id, "loss")]
-        assert sorted(steps) == list(range(1, STEPS + 1)), "each step exactly once"
-        assert len(client.get_metric_history(run_id, "epoch_loss")) == EPOCHS
-        assert {a.path for a in client.list_artifacts(run_id)} >= {"model.npz", "summary.json"}
-        assert not spool.exists()
-        assert json.loads((work / "out" / "summary.json").read_text()) == summary
-    finally:
-        again.stop()
+    client = MlflowClient(server.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    stored = {m.step for m in client.get_metric_history(run_id, "loss")}
+    kept = {m.step for m in read_spool(spool) if m.key == "loss"}
+    assert stored < set(range(1, STEPS + 1)), "the server died before the end"
+    assert stored | kept == set(range(1, STEPS + 1))
+    resumed = start_job(work, server.uri, "--resume", run_id)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, STEPS + 1)), "each step exactly once"
+    assert len(client.get_metric_history(run_id, "epoch_loss")) == EPOCHS
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"model.npz", "summary.json"}
+    assert not spool.exists()
+    assert json.loads((work / "out" / "summary.json").read_text()) == summary
 
 
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_stops_promptly_after_the_server_died(work, presses):
-    server = MlflowServer(work / "server")
+def test_ctrl_c_stops_promptly_after_the_server_died(work, proxy, presses):
     proc = None
     try:
-        proc = start_job(work, server.uri, "--set", "train.epochs=100000")
+        proc = start_job(work, proxy.uri, "--set", "train.epochs=100000")
         wait_for("out/checkpoints/ckpt-*.npz", work, proc)
-        kill_server(server)
+        proxy.kill()
         time.sleep(3)  # training goes on without the store
         assert proc.poll() is None
         t0 = time.time()
@@ -133,8 +138,6 @@ def test_ctrl_c_stops_promptly_after_the_server_died(work, presses):
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        if server.proc.poll() is None:
-            server.stop()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert seconds < (30 if presses == 1 else 10), f"took {seconds:.1f}s to stop"
