@@ -29,6 +29,15 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_layering": (),
     "test_network": (),
     "test_training": (),
+    "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
+    "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables
+    "test_fingerprint": (RAY, SLOW),
+    "test_hung_worker": (RAY, SLOW),
+    "test_ray_client": (RAY, SERVER, SLOW),
+    "test_resume_run_config": (SLOW,),
+    "test_submit_lines": (SLOW,),  # job_python.sh under real Python parents
+    "test_sweep_resume": (SLOW,),
+    "test_ui_stop": (SERVER, SLOW),
     "test_cluster_readme": (RAY, SERVER, SLOW),
     "test_elastic": (RAY, SLOW),
     "test_listeners": (RAY,),
