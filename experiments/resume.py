@@ -79,9 +79,8 @@ def check_same_config(run_id: str, logged: dict[str, str], params: dict[str, str
                              f"{_short(logged[key])} in the run; resume with the run's config")
 
 
-def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[Checkpoint | None, str, str]:
-    """(checkpoint, output folder or URI, experiment id) of run `run_id` in the store at `uri`;
-    not `required` (a sweep's trial killed in its first epoch): None when it has none."""
+def open_run(uri: str, run_id: str):
+    """(MlflowClient, the run) for `--resume run_id`; InputError when there is no such run."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -93,9 +92,17 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
-        run = client.get_run(run_id)
+        return client, client.get_run(run_id)
     except MlflowException:
         raise InputError(f"--resume {run_id}: no such run in the tracking store") from None
+
+
+def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[Checkpoint | None, str, str]:
+    """(checkpoint, output folder or URI, experiment id) of run `run_id` in the store at `uri`;
+    not `required` (a sweep's trial killed in its first epoch): None when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    client, run = open_run(uri, run_id)
     if run.info.status == "FINISHED" and run.data.tags.get(STOPPED_EARLY_TAG) != "true":
         raise InputError(f"--resume {run_id}: the run already FINISHED; nothing to resume")
     out = run.data.tags.get(OUTPUT_TAG)

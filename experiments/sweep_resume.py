@@ -21,7 +21,7 @@ from pathlib import Path
 
 from experiments.output_folder import OWNER_FILE, OutputClaim
 from experiments.resume import (FREE_KEYS, FREE_PREFIXES, OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG,
-                                SWEEP_OUTPUT_TAG, check_same_config, find_checkpoint)
+                                SWEEP_OUTPUT_TAG, check_same_config, find_checkpoint, open_run)
 from trainer.checkpoint import Checkpoint
 from trainer.config import Config
 from trainer.errors import InputError
@@ -68,23 +68,10 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
     """What to do with each trial of sweep `parent_id` (InputError if it cannot go on).
     children: the prepared (combo, Job) of every trial; params: what this config's parent
     run would log; output: --output as given; run_dir(out_root, i): trial i's folder."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from experiments import stores
     from experiments.sweep import Result
     from experiments.tracking import run_params
 
-    db = stores.sqlite_path(uri)
-    if db is not None and not db.exists():
-        raise InputError(f"--resume {parent_id}: no such run (no tracking store at {db})")
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    try:
-        parent = client.get_run(parent_id)
-    except MlflowException:
-        raise InputError(f"--resume {parent_id}: no such run in the tracking store") from None
+    client, parent = open_run(uri, parent_id)
     if parent.data.tags.get("rayprop.sweep") != "parent":
         raise InputError(f"--resume {parent_id}: not a sweep's parent run (continue a training run "
                          f"with rayprop train --resume {parent_id})")

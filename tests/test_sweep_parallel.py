@@ -271,6 +271,7 @@ def test_ctrl_c_stops_every_running_trial_after_its_step(tmp_path, monkeypatch, 
     raw["sweep"] = {"train.learning_rate": [0.05, 0.02, 0.01]}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setattr(InterruptInTrial2, "sent", [])  # once per test, whatever ran before
     monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = rayprop("sweep", path, "--local", "--concurrency", "2", "--tracking-uri", uri,

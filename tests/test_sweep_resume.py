@@ -23,6 +23,7 @@ from experiments import training
 from experiments.output_folder import OWNER_FILE, OutputClaim
 from tests.conftest import RAYPROP, installed_rayprop, one_line_exit_2
 from tests.raydata import config, write_parquet
+from tests.test_sweep_parallel import InterruptInTrial2  # Ctrl-C at step 3 of trial 2
 from trainer.config import from_dict
 from trainer.coordinator import train as coordinate
 from trainer.model_io import load_model
@@ -124,28 +125,6 @@ def test_a_killed_sweep_goes_on_where_it_stopped(tmp_path, rayprop):
     one_line_exit_2(done, "already FINISHED")
 
 
-class InterruptInTrial2:
-    """A progress-bar stand-in: at step 3 of trial 2, SIGINT to this process (a Ctrl-C), once."""
-
-    sent: list = []
-
-    def __init__(self, *args, **kwargs):
-        import threading
-
-        self.thread = threading.current_thread().name
-
-    def on_step(self, step, epoch, loss, n):
-        if self.thread == "rayprop-trial-2" and step == 3 and not self.sent:
-            self.sent.append(step)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def on_epoch(self, epoch, metrics):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_the_hint_of_a_stopped_sweep_continues_it(tmp_path, monkeypatch, rayprop):
     """Ctrl-C during trial 2 of 3 (two at once, --set and --grid given): the line printed
     says how to go on, and that command, as printed, ends the sweep with every trial
@@ -153,6 +132,7 @@ def test_the_hint_of_a_stopped_sweep_continues_it(tmp_path, monkeypatch, rayprop
     data = write_parquet(tmp_path / "d.parquet", m=300)
     raw = config(data, "sgd", 16, epochs=20, checkpoint_seconds=0)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setattr(InterruptInTrial2, "sent", [])  # once per test, whatever ran before
     monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stopped = rayprop("sweep", "sweep.yaml", "--local", "--concurrency", "2", "--tracking-uri", uri, "--quiet",
