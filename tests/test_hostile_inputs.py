@@ -378,8 +378,10 @@ def test_submit_to_a_cluster_without_pyarrow_names_it_and_the_way_out(files, tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=head_without_pyarrow.token)
     # A process of its own: Ray reads the auth mode once per process, at import.
+    # An output URI the cluster can write (this machine's folder): else the submit is
+    # refused before it reaches the cluster (its results would stay on the head).
     result = installed_rayprop("submit", "good.yaml", "--address", head_without_pyarrow.jobs_address,
-                               cwd=tmp_path, env=env)
+                               "--output", f"file://{tmp_path / 'out'}", cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
