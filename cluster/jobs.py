@@ -160,7 +160,8 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
             if answer in ("y", "yes"):
                 client.stop_job(job_id)
                 raise Stopped(f"asked the cluster to stop job {job_id}") from None
-        raise Stopped(f"job {job_id} goes on; follow it with `ray job logs -f {job_id}`") from None
+        raise Stopped(f"job {job_id} goes on; follow it with `ray job logs -f {job_id} "
+                      f"--address {redact(address)}`") from None
 
 
 @contextlib.contextmanager

@@ -161,6 +161,10 @@ def submit(args) -> int | None:
     uri = uri or cfg.tracking.uri or stores.DEFAULT_URI
     # --output URI: the job writes there. --output DIR: a folder here, where the model
     # comes (from the run's artifacts on the tracking server) once the job has finished.
+    if args.output:
+        from experiments.output_uri import check_spec
+
+        check_spec(args.output)  # a URI the job could not write: refused here, before it is sent
     output_uri = args.output if args.output and is_uri(args.output) else None
     local_out = Path(args.output).expanduser() if args.output and not output_uri else None
     if not stores.is_server(uri) and not output_uri:
@@ -187,6 +191,8 @@ def submit(args) -> int | None:
         return None
     if run_id is None:
         raise RunError(f"job {job_id} succeeded, but its log names no MLflow run to fetch the model from")
+    # Chosen again: another submit to the same DIR may have filled it meanwhile.
+    local_out = fetch.free_target(local_out)
     fetch.fetch(run_id, uri, local_out)
     print(f"rayprop submit: model.npz, model.json, summary.json of run {run_id} in {local_out}",
           file=sys.stderr)
@@ -196,6 +202,10 @@ def submit(args) -> int | None:
 def fetch(args) -> None:
     from experiments import fetch as fetching
 
+    from workers.locations import is_uri
+
+    if is_uri(args.output):
+        raise InputError(f"--output {args.output}: the model files come to a folder here, not a URI")
     uri = stores.resolve_uri(args.tracking_uri, None)
     out_dir = Path(args.output).expanduser()
     run_id = fetching.fetch(args.run_id, uri, out_dir)

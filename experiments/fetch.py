@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 from experiments import stores
-from experiments.output_folder import say_moved, siblings
+from experiments.output_folder import owner_of, say_moved, siblings
 from experiments.training import check_writable_dir
 from trainer.errors import InputError, RunError, one_line
+from workers.locations import is_uri
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")  # as run_artifacts.MODEL_FILES
 SUBMISSION_TAG = "rayprop.submission_id"  # on the run of a job `rayprop submit` sent: its job id
@@ -28,20 +29,29 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def check_target(out_dir: Path, what: str = "--output") -> None:
-    """InputError now if the model files cannot go to out_dir (or would replace others)."""
+    """InputError now if the model files cannot go to out_dir (or would replace others,
+    or join another run's checkpoints: one run's files per folder)."""
+    if is_uri(str(out_dir)):
+        raise InputError(f"{what}: {out_dir}: the model files come to a folder here, not a URI")
     check_writable_dir(out_dir, what)
     there = [name for name in MODEL_FILES if (out_dir / name).exists()]
     if there:
         raise InputError(f"{what}: {out_dir} already holds {there[0]}; choose another folder")
+    owner = owner_of(out_dir) if out_dir.is_dir() else None
+    if owner is not None:
+        raise InputError(f"{what}: {out_dir} holds the files of run {owner[0] or '(unknown)'}; "
+                         "choose another folder")
 
 
 def free_target(out_dir: Path) -> Path:
     """out_dir, or (a second `submit --output DIR`) its first sibling DIR-2, DIR-3, ...
     that holds no model files, said in one line: as `rayprop train` does."""
+    check_writable_dir(out_dir, "--output")  # a file there is named as one, not moved aside
     for candidate in map(Path, siblings(str(out_dir))):
         if candidate.exists() and not candidate.is_dir():
             continue
-        if not any((candidate / name).exists() for name in MODEL_FILES):
+        if not any((candidate / name).exists() for name in MODEL_FILES) and \
+                (not candidate.is_dir() or owner_of(candidate) is None):
             if candidate != out_dir:
                 say_moved(out_dir, "holds model files", candidate)
             check_target(candidate)
@@ -70,6 +80,7 @@ def fetch(run_id: str, uri: str, out_dir: Path) -> str:
     db = stores.sqlite_path(uri)
     if db is not None and not db.exists():  # MLflow would create an empty store just to look
         raise InputError(f"run {run_id}: no tracking store at {db} (give --tracking-uri)")
+    stores.check(uri)  # a server that does not answer: one line in seconds, not MLflow's retries
     stores.quiet_mlflow()
     stores.hide_links_if_secret(uri)
     from mlflow import MlflowClient
@@ -82,7 +93,9 @@ def fetch(run_id: str, uri: str, out_dir: Path) -> str:
         run = client.get_run(run_id)
     except InputError:
         raise
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store failed, not the id
+            raise RunError(f"--tracking-uri {stores.redact(uri)}: cannot read run {run_id} ({one_line(e)})") from None
         raise InputError(f"run {run_id}: no such run in the tracking store at {stores.redact(uri)}") from None
     except Exception as e:  # a server that does not answer, ...
         raise InputError(f"--tracking-uri {stores.redact(uri)}: cannot read run {run_id} ({one_line(e)})") from None

@@ -189,11 +189,43 @@ def _why_failed(err: BaseException) -> str:
     return str(err) if isinstance(err, InputError) else explain(err)
 
 
+def check_spec(spec: str) -> None:
+    """InputError now, without any request, for an --output that is neither a folder
+    here nor a URI rayprop writes to: `file://` with no path or another host, `s3:x`
+    without its slashes (it would become a folder named "s3:x"), an unknown scheme,
+    credentials, options. `submit` checks this before the job that writes there is sent."""
+    from urllib.parse import urlsplit
+
+    from workers.locations import SCHEMES, is_uri
+
+    head = spec.split(":", 1)[0].lower()
+    if not is_uri(spec):
+        if ":" in spec and head in SCHEMES:
+            raise InputError(f"--output {spec}: expected {head}://... (a folder's name has no '{head}:')")
+        return
+    parts = urlsplit(spec)
+    scheme = parts.scheme.lower()
+    shown = f"{scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+    if scheme not in SCHEMES:
+        raise InputError(f"--output {shown}: unknown URI scheme {scheme + '://'!r} (expected one of "
+                         f"{', '.join(s + '://' for s in SCHEMES)})")
+    if parts.password or (parts.username and scheme not in ("abfs", "abfss")):
+        raise InputError(f"--output {shown} carries credentials; give them through the environment")
+    if parts.query or parts.fragment:
+        raise InputError(f"--output {shown}: no ?options or #fragment in an output URI")
+    if scheme in ("s3", "gs", "gcs") and not parts.netloc:
+        raise InputError(f"--output {shown} names no bucket (expected {scheme}://BUCKET/PREFIX)")
+    if scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.strip("/")):
+        raise InputError(f"--output {shown}: expected file:///ABSOLUTE/PATH (a folder on this machine, "
+                         "not its root)")
+
+
 def claim_output(spec: str, resume_run_id: str | None, move_aside: bool):
     """The claim for `spec`: a local folder (OutputClaim) or a URI (UriClaim)."""
     from experiments.output_folder import OutputClaim
     from workers.locations import is_uri
 
+    check_spec(spec)
     if is_uri(spec):
         return UriClaim(spec, resume_run_id, move_aside)
     return OutputClaim(Path(spec).expanduser(), resume_run_id, move_aside)

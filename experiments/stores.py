@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import tempfile
 import urllib.error
@@ -62,7 +63,9 @@ def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:
         return run_page(redact(uri), experiment_id, run_id)
     if os.environ.get("RAYPROP_IN_JOB"):  # a submitted job: `rayprop ui` on the submitter shows nothing
         return f"{redact(uri)} on the cluster's node"
-    return f"{redact(uri)} (see it with: rayprop ui{'' if uri == DEFAULT_URI else ' --tracking-uri ' + redact(uri)})"
+    # Quoted: a store path with a space must paste as one argument.
+    flag = "" if uri == DEFAULT_URI else " --tracking-uri " + shlex.quote(redact(uri))
+    return f"{redact(uri)} (see it with: rayprop ui{flag})"
 
 
 def experiments_with_runs(ui: str, timeout: float = PROBE_SECONDS) -> list[tuple[str, str]]:

@@ -102,6 +102,7 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
         if run_id not in kids:
             raise InputError(f"--output {folder}: holds run {run_id}, not a trial of sweep {parent_id}")
         child = kids[run_id]
+        _same_data(parent_id, child, job)  # before any trial goes on or starts
         status = child.info.status
         if status in ("FINISHED", "FAILED"):
             check_same_config(run_id, child.data.params, run_params(job.resolved_cfg))
@@ -115,6 +116,30 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
         ckpt, _, _ = find_checkpoint(uri, run_id, job, required=False)
         out.resumed[i] = (run_id, ckpt)
     return out
+
+
+def _same_data(parent_id: str, child, job) -> None:
+    """A trial's data must still be what it read: else the sweep would mix two data sets
+    (trials kept on the old data, the others trained on the new). DataChangedError naming
+    the file, from the trial's recorded fingerprint (workers/fingerprint.py)."""
+    import mlflow
+
+    from experiments.tracking import FINGERPRINT_ARTIFACT, FINGERPRINT_TAG
+    from trainer.errors import DataChangedError
+    from workers.fingerprint import compare
+
+    recorded, now = child.data.tags.get(FINGERPRINT_TAG), job.fingerprint
+    if not recorded or not now or recorded == now.get("hash"):
+        return
+    try:
+        was = mlflow.artifacts.load_dict(f"runs:/{child.info.run_id}/{FINGERPRINT_ARTIFACT}")
+    except Exception:  # the artifact is gone: the hash alone says that something changed
+        was = None
+    if was:
+        compare(parent_id, was, now)
+    raise DataChangedError(f"--resume {parent_id}: data.source {now.get('source', '')} changed since the "
+                           f"sweep started (its fingerprint is {now.get('hash')} here, {recorded} in "
+                           f"run {child.info.run_id})")
 
 
 def _result(result, child, folder: Path):
