@@ -198,6 +198,8 @@ CASES = [
     ("submit output URI of unknown scheme", ["submit", "good.yaml", "--address", "http://127.0.0.1:1",
                                              "--output", "bogus://a/b"], ["--output", "bogus://"]),
     ("fetch into a URI", ["fetch", "0" * 32, "--output", "file:///tmp/x"], ["--output", "not a URI"]),
+    ("fetch from a server that does not answer", ["fetch", "0" * 32, "--output", "x", "--tracking-uri",
+                                                  "http://127.0.0.1:1"], ["http://127.0.0.1:1", "no MLflow server answers"]),
     ("sweep without a sweep section", ["sweep", "good.yaml", "--local", "--output", "out"],
      ["good.yaml", "no sweep: section", "--grid"]),
     ("sweep to a URI", ["sweep", "good.yaml", "--local", "--grid", "train.seed=1,2", "--output", "s3://b/x"],

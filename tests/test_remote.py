@@ -236,6 +236,14 @@ def test_fetch_refuses_what_has_no_model(server, tmp_path):
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "already holds model.npz")  # never over another model's files
     assert (tmp_path / "b" / "model.npz").read_bytes() == b"another model's"
+    # nor beside another run's checkpoints (a stopped run's folder: one run per folder)
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "c" / "checkpoints" / "ckpt-000000007.npz").write_bytes(b"x")
+    (tmp_path / "c" / ".rayprop-run").write_text('{"run_id": "' + "a" * 32 + '"}')
+    proc = rayprop("fetch", running, "--output", tmp_path / "c", "--tracking-uri", server.uri,
+                   env=env, cwd=tmp_path, timeout=60)
+    one_line_error(proc, "holds the files of run " + "a" * 32)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".rayprop-run", "checkpoints"]
 
 
 def test_submit_refuses_a_job_whose_results_stay_on_the_head(tmp_path):

@@ -156,3 +156,28 @@ def test_the_hint_of_a_stopped_sweep_continues_it(tmp_path, monkeypatch, rayprop
         alone = trained_alone({**raw, "train": {**raw["train"], "learning_rate": lr, "momentum": 0.5}})
         rel = np.max(np.abs(theta - alone)) / np.max(np.abs(alone))
         assert rel <= 1e-9, f"learning_rate {lr}: relative difference {rel:.2e}"
+
+
+def test_a_stopped_sweep_whose_data_changed_is_refused(tmp_path, monkeypatch, rayprop):
+    """The data rewritten after a stop: going on would train the unfinished trials on
+    other data than the finished ones. Refused, naming the file and the sweep's run,
+    before any trial goes on."""
+    data = write_parquet(tmp_path / "d.parquet", m=300)
+    raw = config(data, "sgd", 16, epochs=20, checkpoint_seconds=0)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setattr(InterruptInTrial2, "sent", [])
+    monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stopped = rayprop("sweep", "sweep.yaml", "--local", "--concurrency", "2", "--tracking-uri", uri, "--quiet",
+                      "--grid", "train.learning_rate=0.05,0.02,0.01")
+    assert stopped.code == 130, stopped.stderr
+    line = next(x for x in stopped.stderr.splitlines() if "continue the sweep with: " in x)
+    words = shlex.split(line.split("continue the sweep with: ", 1)[1])
+    parent, before = runs_of(uri)
+    monkeypatch.undo()
+    write_parquet(tmp_path / "d.parquet", m=300, seed=7)  # the same rows' count, other values
+    refused = rayprop(*words[1:])
+    one_line_exit_2(refused, "d.parquet", "changed since", parent.info.run_id)
+    _, after = runs_of(uri)
+    assert {r.info.run_id: r.info.status for r in after.values()} == \
+        {r.info.run_id: r.info.status for r in before.values()}  # nothing went on
