@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -243,7 +244,8 @@ def test_a_bad_distribution_is_one_line_naming_the_key(tmp_path, rayprop, sweep,
 
 class InterruptInTrial2:
     """A progress-bar stand-in: at step 3 of trial 2, a SIGINT to this process (as a
-    Ctrl-C would be), once; the main thread's handler takes it."""
+    Ctrl-C would be), once; the main thread's handler takes it. Trial 1 waits at its
+    step 3 for it, so that both trials are running when it comes."""
 
     sent: list = []
 
@@ -254,6 +256,12 @@ class InterruptInTrial2:
         if self.thread == "rayprop-trial-2" and step == 3 and not self.sent:
             self.sent.append(step)
             os.kill(os.getpid(), signal.SIGINT)
+        elif self.thread == "rayprop-trial-1" and step == 3:
+            # Trial 1 waits here until the signal is sent: else a tiny trial may finish
+            # before trial 2 reaches its step 3 (seen: "1 trial stopped").
+            deadline = time.monotonic() + 60
+            while not self.sent and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def on_epoch(self, epoch, metrics):
         pass
@@ -277,7 +285,7 @@ def test_ctrl_c_stops_every_running_trial_after_its_step(tmp_path, monkeypatch, 
     proc = rayprop("sweep", path, "--local", "--concurrency", "2", "--tracking-uri", uri,
                    "--output", tmp_path / "out", "--quiet")
     assert proc.code == 130, proc.stderr
-    assert "sweep stopped: 2 trials stopped after a step" in proc.stderr and "Traceback" not in proc.stderr
+    assert "sweep stopped: 2 trials stopped after a step" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     parent, kids, _ = children_of(uri)
     assert parent.info.status == "KILLED"
     assert sorted(r.info.status for r in kids) == ["KILLED", "KILLED"]
