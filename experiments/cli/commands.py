@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import configs as example_configs
-from experiments.cli.rayprop import EXIT_UNDELIVERED
+from experiments.cli.exit_codes import EXIT_UNDELIVERED
 from experiments.jobs import training
 from experiments.jobs.configfile import load_config, parse_grid
 from experiments.jobs.output_folder import OutputClaim

@@ -24,16 +24,12 @@ import tempfile
 from pathlib import Path
 
 from experiments.tracking import stores
+from experiments.tracking.tags import OUTPUT_TAG, SOURCE_TAG
 from trainer.checkpoint import Checkpoint, check_resumable, latest_checkpoint
 from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
 from workers.data.locations import explain, is_uri
 
-OUTPUT_TAG = "rayprop.output"
-SWEEP_OUTPUT_TAG = "rayprop.sweep.output"  # a sweep's parent: its DIR, absolute (sweep --resume)
-SOURCE_TAG = "rayprop.data.source"  # where the run read its data (a local file: its absolute path)
-# A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
-STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
 FREE_PREFIXES = ("cluster.", "tracking.")
 FREE_KEYS = {"experiment", "train.output", "train.checkpoint_every", "train.checkpoint_seconds",

@@ -18,13 +18,12 @@ import typing
 from typing import Literal, Union
 
 from experiments.jobs.configfile import parse_override
-from experiments.jobs.resume import SOURCE_TAG
 from experiments.tracking import stores
+from experiments.tracking.tags import SOURCE_TAG, SWEEP_TAG
 from trainer.config import Config, from_dict, set_dotted
 from trainer.errors import ConfigError, InputError
 
 REDACTED = "***@"  # what cluster/auth.py redact() leaves in place of user:password@
-SWEEP_TAG = "rayprop.sweep"
 
 
 def _keys() -> dict[str, object]:

@@ -39,7 +39,8 @@ from trainer.model_io import (expected_shapes, probe_write, read_arrays, save_mo
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
 from workers.data.examples import Schema, resolve_schema, split_rows
-from workers.data.sources import Source, open_source
+from workers.data.source import Source
+from workers.data.sources import open_source
 from workers.shard import ShardTask
 
 DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
@@ -114,7 +115,7 @@ def largest_label(source: Source, column: str) -> float | None:
     (the rows' check names what is wrong). A built-in set knows its classes; a Parquet
     footer's statistics give it without reading data pages; else the one column is
     streamed a batch at a time."""
-    classes = getattr(source, "classes", None)
+    classes = source.classes
     if classes:
         return classes - 1
     top = source.column_max(column)
@@ -298,7 +299,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                                                           out_dir=out_dir, stop=stop))
             claim.record(run.run_id)
             if resume is not None:  # a sweep trial stopped early goes on: no longer stopped
-                from experiments.jobs.resume import STOPPED_EARLY_TAG
+                from experiments.tracking.tags import STOPPED_EARLY_TAG
 
                 if run.client.get_run(run.run_id).data.tags.get(STOPPED_EARLY_TAG) == "true":
                     run.set_tags({STOPPED_EARLY_TAG: "resumed"})
@@ -338,7 +339,7 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, claim) -
               file=sys.stderr)
         with StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
                                                      out_dir=out_dir, stop=stop) as run:
-            run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+            run.deliver("model artifacts", lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
     return summary, claim.name, run.report
 
 
@@ -353,7 +354,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     output_uri.py); a URI's copies each checkpoint and the model files there from
     out_dir, its staging folder."""
     from experiments.jobs.pool_size import PoolSize
-    from experiments.jobs.resume import OUTPUT_TAG
+    from experiments.tracking.tags import OUTPUT_TAG
     from experiments.tracking.run_artifacts import log_outputs
 
     nodes = pool.num_nodes
@@ -368,7 +369,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                     pool.num_workers, nodes, ray_kind)
         run.log_fingerprint(job.fingerprint)
     from cluster.jobs import SUBMISSION_ENV
-    from experiments.cli.fetch import SUBMISSION_TAG
+    from experiments.tracking.tags import SUBMISSION_TAG
 
     if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
         run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})
@@ -435,7 +436,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     write_outputs(job, theta, out_dir, summary)
     if output is not None:
         output.written(out_dir)
-    run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
+    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec))  # a dead store: said at the end
     return summary
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from experiments.jobs import training
 from experiments.jobs.output_folder import OutputClaim
 from experiments.jobs.progress import ProgressBar
-from experiments.jobs.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG
 from experiments.jobs.training import Job
 from experiments.sweeps.in_order import run_in_order
 from experiments.tracking import stores
+from experiments.tracking.tags import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG, SWEEP_TAG
 from trainer import __version__
 from trainer.config import Config
 from trainer.coordinator import TrainingStopped
@@ -233,7 +233,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         parent = stack.enter_context(tracking.TrackedRun(
             experiment_id, run_name=f"sweep: {axes} ({len(children)} runs)", stop=stop,
             resume_run_id=resume.parent_id if resume is not None else None,
-            tags={"rayprop.sweep": "parent", "rayprop.version": __version__,
+            tags={SWEEP_TAG: "parent", "rayprop.version": __version__,
                   "rayprop.sweep.concurrency": at_once}))
         root.record(parent.run_id)
         if resume is None:
@@ -296,7 +296,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
     try:
         with OutputClaim(out_dir, child_id) as claim, \
                 tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
-                                    parent_run_id=parent_run_id, tags={"rayprop.sweep": "child"},
+                                    parent_run_id=parent_run_id, tags={SWEEP_TAG: "child"},
                                     out_dir=out_dir, stop=stop, resume_run_id=child_id) as run:
             claim.record(run.run_id)
             result.run_id = run.run_id
@@ -309,7 +309,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
             if done is not None:  # killed while its model went to the store: send it, end the run
                 from experiments.tracking.run_artifacts import log_outputs
 
-                run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+                run.deliver("model artifacts", lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
                 result.summary = done
             else:
                 result.summary = training.fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.jobs.output_folder import OWNER_FILE, OutputClaim
-from experiments.jobs.resume import (FREE_KEYS, FREE_PREFIXES, OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG,
-                                SWEEP_OUTPUT_TAG, check_same_config, find_checkpoint, open_run)
+from experiments.jobs.resume import FREE_KEYS, FREE_PREFIXES, check_same_config, find_checkpoint, open_run
+from experiments.tracking.tags import OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG, SWEEP_TAG
 from trainer.checkpoint import Checkpoint
 from trainer.config import Config
 from trainer.errors import InputError
@@ -72,7 +72,7 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
     from experiments.tracking.run import run_params
 
     client, parent = open_run(uri, parent_id)
-    if parent.data.tags.get("rayprop.sweep") != "parent":
+    if parent.data.tags.get(SWEEP_TAG) != "parent":
         raise InputError(f"--resume {parent_id}: not a sweep's parent run (continue a training run "
                          f"with rayprop train --resume {parent_id})")
     if parent.info.status == "FINISHED":

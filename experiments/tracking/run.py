@@ -46,11 +46,12 @@ stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
 from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
 from experiments.tracking.stores import redact  # noqa: E402
+from experiments.tracking.tags import SOURCE_TAG  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.coordinator import TrainingStopped  # noqa: E402
 from trainer.errors import InputError, Stopped  # noqa: E402
-from workers.data.sources import Source  # noqa: E402
+from workers.data.source import Source  # noqa: E402
 
 # MLflow's SQL store adds a data set to the experiment by looking it up and then
 # inserting it: two runs of a sweep logging the same data set at once both insert, and
@@ -335,7 +336,7 @@ class TrackedRun:
         self.log_params(run_params(cfg))
         self.set_tags({"rayprop.version": __version__, "rayprop.workers": workers,
                        "rayprop.nodes": nodes, "rayprop.ray": ray_kind,
-                       "rayprop.data.source": redact(source.name),
+                       SOURCE_TAG: redact(source.name),
                        "rayprop.data.rows": source.num_rows})
         with _DATASETS:
             mlflow.log_input(dataset_of(source, columns), context="training")
