@@ -437,7 +437,7 @@ def test_a_worker_reopens_a_csv_without_counting_it(tmp_path, monkeypatch):
 
 
 def test_the_driver_generates_no_built_in_set():
-    from experiments.jobs.training import prepare
+    from experiments.jobs.job import prepare
     from trainer.config import from_dict
 
     builtin_sets.builtin_source.cache_clear()
@@ -450,7 +450,7 @@ def test_the_driver_generates_no_built_in_set():
 
 
 def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
-    from experiments.jobs.training import largest_label
+    from experiments.jobs.job import largest_label
     from workers.data.parquet import ParquetFileSource
 
     path = tmp_path / "d.parquet"
@@ -461,7 +461,7 @@ def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
 
 
 def test_the_driver_reads_a_csv_once_even_to_count_classes(tmp_path, monkeypatch):
-    from experiments.jobs.training import prepare
+    from experiments.jobs.job import prepare
     from trainer.config import from_dict
 
     path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 4) for i in range(50)])

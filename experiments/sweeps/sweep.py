@@ -27,10 +27,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.jobs import training
+from experiments.jobs import pools
+from experiments.jobs.fit import fit
+from experiments.jobs.job import Job, Options
 from experiments.jobs.output_folder import OutputClaim
 from experiments.jobs.progress import ProgressBar
-from experiments.jobs.training import Job
 from experiments.sweeps.in_order import run_in_order
 from experiments.tracking import stores
 from experiments.tracking.tags import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG, SWEEP_TAG
@@ -173,7 +174,7 @@ def parent_params(cfg: Config) -> dict[str, str]:
 
 
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
-        opts: training.Options, concurrency: int | None = None, resume=None) -> list[Result]:
+        opts: Options, concurrency: int | None = None, resume=None) -> list[Result]:
     """Train the prepared `children` (trials in the sweep's order) as child runs of one
     parent run, side by side (module doc). A child that fails while running (diverged,
     workers lost) ends FAILED with its one line and the sweep goes on. Raises
@@ -202,8 +203,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             # A local Ray started for the sweep gets the CPUs of `cap` trials at once;
             # a cluster has what it has, and must hold one trial.
             need = max(cpus) * ((cap or 1) if address is None else 1)
-            conn = training.connect_ray(address, need, stack)
-            where, kind = training.where(conn), conn.kind
+            conn = pools.connect_ray(address, need, stack)
+            where, kind = pools.where(conn), conn.kind
         at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
 
         def reserve(i: int, give_up=lambda: False):
@@ -218,7 +219,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
         first_slot = reserve(first) if todo else _InProcess()
         stack.callback(first_slot.release)
-        first_pool = [training.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
+        first_pool = [pools.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
             if todo else []
         stack.callback(lambda: first_pool and first_pool[0].close())
         if resume is None:
@@ -255,7 +256,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             pool = first_pool.pop() if i == first else None
             try:
                 if pool is None:
-                    pool = training.open_pool(job, counts[i], local, slot.strategy)
+                    pool = pools.open_pool(job, counts[i], local, slot.strategy)
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
                              quiet=opts.quiet or at_once > 1,  # bars side by side would garble
@@ -291,7 +292,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
 
     child_id, ckpt = resumed or (None, None)
     name = f"run {i + 1}/{count} {label(combo)}"
-    print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
+    print(f"rayprop sweep: {name}: {pools.describe(job, pool, where)}", file=sys.stderr)
     bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
     try:
         with OutputClaim(out_dir, child_id) as claim, \
@@ -312,7 +313,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
                 run.deliver("model artifacts", lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
                 result.summary = done
             else:
-                result.summary = training.fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
+                result.summary = fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
                                               should_stop=stop, end_early=end_early)
             result.stopped_at = result.summary.get("stopped_early_at_epoch")
             if result.stopped_at is not None:

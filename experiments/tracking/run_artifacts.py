@@ -21,12 +21,11 @@ import yaml
 import trainer
 from experiments.tracking import plots
 from experiments.tracking.run import public_config
-from trainer.model_io import load_model
+from trainer.model_io import MODEL_FILES, load_model
 from trainer.network import NetworkSpec
 from workers.data.examples import Schema, load_examples
 from workers.data.source import Source
 
-MODEL_FILES = ("model.npz", "model.json", "summary.json")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE_ROWS = 5     # rows in the model's input example
 PLOT_ROWS = 2000     # rows drawn on the decision-boundary plot
