@@ -502,7 +502,7 @@ def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path)
     assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
     # The digest is a function of metadata: the same file under another name differs,
     # and it is the same as computed again from the footers.
-    from experiments.tracking.run import digest_of
+    from experiments.tracking.dataset import digest_of
     from workers.data.sources import open_source
 
     columns = ["x0", "x1", "x2", "x3", "y"]

@@ -78,7 +78,7 @@ def train(args) -> int | None:
 
 
 def sweep(args) -> None:
-    from experiments.sweeps import sweep as sweeps
+    from experiments.sweeps import results as sweep_results, sweep as sweeps
     from experiments.sweeps.early_stopping import milestones
 
     cfg = _config(args)
@@ -92,7 +92,7 @@ def sweep(args) -> None:
         try:
             children.append((combo, training.prepare(base.with_overrides(combo), args.init_from)))
         except InputError as e:
-            raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
+            raise InputError(f"sweep combination {sweep_results.label(combo)}: {e}") from None
     if cfg.sweep_scheduler == "asha" and not any(
             milestones(cfg.sweep_grace_epochs, cfg.sweep_reduction_factor, job.cfg.train.epochs)
             for _, job in children):
@@ -119,7 +119,7 @@ def sweep(args) -> None:
     try:
         results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency, resume)
     except sweeps.SweepStopped as e:
-        print(sweeps.table(e.results))
+        print(sweep_results.table(e.results))
         from experiments.jobs.resume import where_flags
 
         e.hint = "continue the sweep with: " + shlex.join([
@@ -127,10 +127,10 @@ def sweep(args) -> None:
             *[w for g in args.grid for w in ("--grid", g)], "--output", str(e.out_root),
             "--resume", e.parent_run_id, *where_flags(uri, args.local, args.address)])
         raise
-    print(sweeps.table(results))
+    print(sweep_results.table(results))
     print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "
           f"{out_root / 'sweep.json'}", file=sys.stderr)
-    if sweeps.best(results) is None:
+    if sweep_results.best(results) is None:
         raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")
 
 

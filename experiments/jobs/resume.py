@@ -105,7 +105,7 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     out = run.data.tags.get(OUTPUT_TAG)
     if not out:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
-    from experiments.tracking.run import run_params
+    from experiments.tracking.params import run_params
 
     here, logged = run_params(job.resolved_cfg), dict(run.data.params)
     if here.get("data.source") == run.data.tags.get(SOURCE_TAG):  # the file the run read, named absolutely

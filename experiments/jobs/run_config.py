@@ -80,7 +80,7 @@ def from_params(run_id: str, params: dict[str, str], tags: dict[str, str], uri: 
                 overrides: list[str]) -> Config:
     """The run's config: its params read back, tracking.uri the store it is in, then
     `--set` overrides. InputError naming the key when a value is not there whole."""
-    from experiments.tracking.run import SECRET_KEY
+    from experiments.tracking.params import SECRET_KEY
 
     if tags.get(SWEEP_TAG) == "parent":
         raise InputError(f"--resume {run_id}: is a sweep's parent run; continue the sweep with "

@@ -20,7 +20,7 @@ import yaml
 
 import trainer
 from experiments.tracking import plots
-from experiments.tracking.run import public_config
+from experiments.tracking.params import public_config
 from trainer.model_io import MODEL_FILES, load_model
 from trainer.network import NetworkSpec
 from workers.data.examples import Schema, load_examples
