@@ -142,9 +142,11 @@ class SharedMemoryPlanes:
     def _accept(self, attach: list, ranks: list[int], deadline: float) -> None:
         """The host's side of attaching: a second at a time, so that a worker that died
         before it attached is named at once rather than after ATTACH_TIMEOUT_S."""
+        host = self._host
+        assert host is not None
         while True:
             try:
-                self._host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
+                host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
                 return
             except TimeoutError:
                 done, _ = ray.wait(attach, num_returns=len(attach), timeout=0)
@@ -156,7 +158,7 @@ class SharedMemoryPlanes:
                 if self._waits.give_up():
                     raise StepAbandoned("stopped while the workers attached") from None
                 if time.monotonic() >= deadline:
-                    silent = [r for s, r in enumerate(ranks) if s not in self._host.peers]
+                    silent = [r for s, r in enumerate(ranks) if s not in host.peers]
                     raise WorkersLost(silent, f"did not attach within {ATTACH_TIMEOUT_S:g} s") from None
 
     def unwire(self) -> None:
@@ -166,6 +168,7 @@ class SharedMemoryPlanes:
             host.close()
 
     def _gather_host(self, bound: float) -> dict:
+        assert self._host is not None
         try:
             return self._host.gather(bound, self._waits.give_up)
         except PeerLost as e:
