@@ -38,6 +38,7 @@ from trainer.model_io import (expected_shapes, probe_write, read_arrays, save_mo
                               write_json)
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
+from trainer.param_hash import param_hash
 from workers.examples import Schema, resolve_schema, split_rows
 from workers.shard import ShardTask
 from workers.sources import Source, open_source
@@ -355,6 +356,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
+    from experiments.tracking import PARAM_HASH_TAG
 
     nodes = pool.num_nodes
     # The params say what ran: cluster.workers is the pool's size (1 in local mode, or
@@ -428,23 +430,28 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                 print(f"rayprop: warning: the last checkpoint did not reach the run's artifacts "
                       f"({type(err).__name__}); it is in {checkpointer.latest.parent}", file=sys.stderr)
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
-    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
+    summary = {**summary_of(job, result, pool.num_workers, run.run_id, theta), "nodes": pool.num_nodes,
                "ray": ray_kind, "resizes": len(pool.resizes)}
     if result.stopped_early:
         summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)
     if output is not None:
         output.written(out_dir)
+    run.deliver("the parameter hash tag", lambda: run.set_tags({PARAM_HASH_TAG: summary["param_hash"]}))
     run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
     return summary
 
 
-def summary_of(job: Job, result, workers: int, run_id: str | None) -> dict:
+def summary_of(job: Job, result, workers: int, run_id: str | None, theta: np.ndarray) -> dict:
     return {"run_id": run_id, "steps": result.steps, "epochs": result.epochs,
             "final_loss": result.final_loss, "val_loss": result.val_loss,
             "val_accuracy": result.val_accuracy,
             "examples_per_second": result.examples_per_second,
             "wall_seconds": result.wall_seconds, "workers": workers,
+            # The final weights' hash, and each epoch's (trainer/param_hash.py): runs with
+            # equal hashes trained bitwise-equal weights.
+            "param_hash": param_hash(theta),
+            "param_hashes": {str(e): h for e, h in sorted(result.param_hashes.items())},
             "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
