@@ -354,6 +354,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     output_uri.py); a URI's copies each checkpoint and the model files there from
     out_dir, its staging folder."""
     from experiments.pool_size import PoolSize
+    from experiments.worker_seconds import WorkerSeconds
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
     from experiments.tracking import PARAM_HASH_TAG
@@ -414,7 +415,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
             drive = getattr(pool, "coordinate", None) or functools.partial(coordinate, pool)
             result = drive(theta, optimizer, job.plan, t.epochs,
-                           [*listeners, run.metrics, PoolSize(pool, run.metrics)],
+                           [*listeners, run.metrics, PoolSize(pool, run.metrics), WorkerSeconds(pool, run.metrics)],
                            resume=resume.position if resume else None, checkpointer=checkpointer,
                            should_stop=should_stop, end_early=end_early)
     except (RunError, DataChangedError) as e:  # the run ends FAILED; what is kept

@@ -1,0 +1,63 @@
+"""Stragglers balanced by moving rows: a worker made slow (ShardWorker.delay_per_row,
+a real sleep per row inside its timed compute) gets fewer rows at a step boundary,
+the rows moved are read once, and the weights are those of the undisturbed run.
+
+In process (LocalPool, the same move the Ray pool makes), and on a real local Ray with
+three actors (RayPool), against the undisturbed pool of the same size. Until block sums
+are exact in float32, the runs are float64 and compared within 1e-9 (the order of the
+additions changes with the rows a worker holds); then `same_weights` compares bitwise."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from experiments import training
+from tests.raydata import config, write_parquet
+from trainer.config import from_dict
+from trainer.coordinator import train
+from trainer.optimizers import make_optimizer
+from workers.local_pool import LocalPool
+
+SLOW = 2  # the straggler's rank
+DELAY = 3e-5  # its extra seconds per row: about 20x the compute of a row of this network
+
+
+def same_weights(theta, ref):
+    if theta.dtype == np.float32:
+        return np.array_equal(theta, ref)  # bitwise, whatever rows each worker held
+    return np.max(np.abs(theta - ref)) <= 1e-9 * np.max(np.abs(ref))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    path = write_parquet(tmp_path_factory.mktemp("data") / "d.parquet")
+    return training.prepare(from_dict(config(path, "adam", 64, epochs=4)))
+
+
+def run(job, pool):
+    theta = job.theta0.copy()
+    t = job.cfg.train
+    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+    return theta
+
+
+def test_a_slow_in_process_worker_gets_fewer_rows_and_the_weights_stay(job):
+    ref = run(job, LocalPool.open(job.task, 3, job.source))
+    pool = LocalPool.open(job.task, 3, job.source, rebalance_seconds=1e-6)
+    even = list(pool.ranges)
+    pool.workers[SLOW].delay_per_row = DELAY
+    theta = run(job, pool)
+    assert pool.balance.lines, "the straggler was not rebalanced"
+    assert pool.balance.lines[0].startswith(f"rebalanced: worker {SLOW} was ")
+    rows = [hi - lo for lo, hi in pool.ranges]
+    assert rows[SLOW] < min(rows[r] for r in range(3) if r != SLOW)
+    assert pool.ranges[0][0] == 0 and pool.ranges[-1][1] == job.task.num_rows
+    assert all(a[1] == b[0] for a, b in zip(pool.ranges, pool.ranges[1:]))
+    assert pool.workers[SLOW].delay_per_row == DELAY  # a moved worker is still the slow one
+    assert sum(w.n_train for w in pool.workers) == job.plan.m
+    assert pool.balance.rows_read[0] < job.task.num_rows  # the rows a worker held stayed
+    assert even != pool.ranges
+    assert same_weights(theta, ref)
