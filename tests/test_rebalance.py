@@ -61,3 +61,47 @@ def test_a_slow_in_process_worker_gets_fewer_rows_and_the_weights_stay(job):
     assert pool.balance.rows_read[0] < job.task.num_rows  # the rows a worker held stayed
     assert even != pool.ranges
     assert same_weights(theta, ref)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    from cluster.connect import connect
+
+    with connect(None, 3) as conn:
+        yield conn
+
+
+def ray_pool(job, rebalance_seconds):
+    from workers.ray_pool import RayPool
+
+    cluster = dataclasses.replace(job.cfg.cluster, rebalance_seconds=rebalance_seconds)
+    return RayPool(job.task, cluster, 3, job.cfg.train.max_worker_failures)
+
+
+def test_a_slow_ray_worker_gets_fewer_rows_and_the_weights_stay(ray_session, job):
+    import ray
+
+    pool = ray_pool(job, 0)
+    try:
+        ref = run(job, pool)
+        assert pool.balance is None and len(pool.worker_seconds) == 3
+    finally:
+        pool.close()
+    pool = ray_pool(job, 1e-6)
+    try:
+        even = list(pool.ranges)
+        ray.get(pool.actors[SLOW].slow_down.remote(DELAY))
+        slow_pid = pool.info[SLOW]["pid"]
+        theta = run(job, pool)
+        assert pool.balance.lines, "the straggler was not rebalanced"
+        assert pool.balance.lines[0].startswith(f"rebalanced: worker {SLOW} was ")
+        rows = [hi - lo for lo, hi in pool.ranges]
+        assert rows[SLOW] < min(rows[r] for r in range(3) if r != SLOW) and pool.ranges != even
+        assert pool.info[SLOW]["pid"] == slow_pid and pool.num_workers == 3  # moved, not replaced
+        # A move reads only the rows a worker did not hold.
+        assert all(0 < n < job.task.num_rows for n in pool.balance.rows_read)
+        print("\n".join(pool.balance.lines))
+        assert pool.resizes == [] and pool.events == []
+    finally:
+        pool.close()
+    assert same_weights(theta, ref)

@@ -58,6 +58,7 @@ from trainer.pool import EvalSums, ShardSums, StepAbandoned, WorkerLostError
 from workers.fingerprint import raise_if_changed
 from workers.hang import FACTOR, FIRST_S, SLICE_S, StopGrace, WaitBound
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
+from workers.rebalance import PoolBalance, rows_to_read
 from workers.reshard import reassign
 from workers.shard import ShardTask
 from workers.shard_actor import ATTACH_TIMEOUT_S, ShardActor, add_evals
@@ -115,6 +116,10 @@ class RayPool:
         self.resizes: list[str] = []  # one line per change of size ("2 -> 3 workers: why")
         self._joining = None  # workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline)
         self._last_look = time.monotonic()
+        # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
+        # by rank, and the policy that moves rows to even them out (None: never).
+        self.worker_seconds: list[float] = []
+        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         self._host: PlaneHost | None = None  # the plane of the coordinator's node
@@ -293,6 +298,8 @@ class RayPool:
         # worker is replaced, or the pool changed size, the same call gives the same sums.
         if self.max_workers is not None:
             self._with_recovery(self._grow)  # the step boundary: new workers join here
+        if self.balance is not None:
+            self._with_recovery(self._rebalance)  # ... and slow workers give rows to fast ones
         call = self._plane_step if self.data_plane == "shm" else self._object_store_step
         parts = self._with_recovery(lambda: call(theta, epoch, k))
         self.traffic["steps"] += 1
@@ -326,15 +333,23 @@ class RayPool:
         if self._leaders:
             theta_ref = ray.put(theta)  # fetched once by each other node's object store
             refs = [leader.node_step.remote(theta_ref, epoch, k, bound) for leader in self._leaders]
-        parts = []
+        parts, timed = [], [(0.0, 0)] * self.num_workers  # each rank's (compute seconds, rows)
         if self._host is not None:
             # The coordinator's node: theta into shared memory, sums read in place. The
             # sums array is slot 0 of the plane, valid until the next step: the
             # coordinator adds it into its own buffer right away.
             self._host.send(OP_STEP, theta, epoch, k)
-            n, loss_sum, seconds = self._host.reduce(self._gather_host(bound))
+            replies = self._gather_host(bound)
+            for slot, (n, _, seconds) in replies.items():
+                timed[self._host_ranks[slot]] = (seconds, n)
+            n, loss_sum, seconds = self._host.reduce(replies)
             parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
-        parts += self._await(refs, self._leader_ranks, self._leader_deadline(t0, bound))
+        nodes = self._await(refs, self._leader_ranks, self._leader_deadline(t0, bound))
+        for ranks, node in zip(self._leader_ranks, nodes):
+            for rank, each in zip(ranks, node.per_worker):
+                timed[rank] = each
+        parts += nodes
+        self._timed(timed)
         self._step_bound.record(time.monotonic() - t0)
         self.traffic["bytes_sent"] += theta.nbytes * (len(self._leaders) + (self._host is not None))
         return parts
@@ -360,7 +375,27 @@ class RayPool:
         refs = [a.gradient_sums.remote(theta_ref, epoch, k) for a in self.actors]
         parts = self._await(refs, [[r] for r in range(self.num_workers)], t0 + bound)
         self._step_bound.record(time.monotonic() - t0)
+        self._timed([(p.compute_seconds, p.n) for p in parts])
         return parts
+
+    def _timed(self, timed: list[tuple[float, int]]) -> None:
+        """Each rank's (compute seconds, batch rows) in the step just taken."""
+        self.worker_seconds = [seconds for seconds, _ in timed]
+        if self.balance is not None:
+            self.balance.record(self.worker_seconds, [n for _, n in timed])
+
+    def _rebalance(self) -> None:
+        """At a step boundary: move rows from slow workers to fast ones when the policy
+        says so (workers/balance.py). Every worker keeps its rank (a slow one stays the
+        one with fewer rows) and the rows it still holds; only the rest are read."""
+        old = list(self.ranges)
+        proposal = self.balance.propose(old)
+        if proposal is None:
+            return
+        new, move = proposal
+        self._reshard(new, list(range(self.num_workers)), {}, same_workers=True)
+        line = self.balance.moved(move, old, new, rows_to_read(old, new))
+        log.info("rayprop: %s", line)
 
     def _object_store_evaluate(self, theta):
         bound, t0 = self._evaluation_bound(), time.monotonic()
@@ -573,10 +608,13 @@ class RayPool:
                 ray.kill(actor)
         return dict(sorted(ready.items())), died
 
-    def _reshard(self, ranges, takers, started: dict) -> None:
+    def _reshard(self, ranges, takers, started: dict, same_workers: bool = False) -> None:
         """Move to len(ranges) workers at a step boundary: takers[j] (a current rank)
         or started[j] (a new, ready actor) holds ranges[j]; current actors that take no
-        range are stopped; the planes are wired anew."""
+        range are stopped; the planes are wired anew. same_workers: a rebalance (every
+        worker keeps its rank), else the workers' speeds are measured anew."""
+        if self.balance is not None and not same_workers:
+            self.balance.workers_changed()
         self._unwire()
         for r, actor in enumerate(self.actors):
             if r not in takers:
