@@ -103,7 +103,7 @@ def measured(balancer, seconds_per_row, steps, rows=100):
 
 def test_balancer_waits_for_its_interval_and_for_fresh_steps():
     clock = Clock()
-    b = Balancer(every_seconds=5.0, clock=clock, min_steps=4)
+    b = Balancer(every_seconds=5.0, clock=clock, min_steps=4, min_step_seconds=0)
     cuts, sizes = [0, 3, 6, 9], [1] * 9
     measured(b, [1.0, 1.0, 2.0], 3)
     clock.t = 6.0
@@ -121,6 +121,15 @@ def test_balancer_waits_for_its_interval_and_for_fresh_steps():
     assert b.rates(3) == pytest.approx([1.0, 1.0, 2.0])
 
 
+def test_steps_too_short_to_matter_never_move():
+    clock = Clock()
+    b = Balancer(every_seconds=0.0, clock=clock, min_step_seconds=1e-3)
+    measured(b, [1e-6, 1e-6, 5e-6], 8)  # 0.5 ms a step at the slowest: noise, little to gain
+    assert b.propose([0, 3, 6, 9], [1] * 9) is None
+    measured(b, [1e-6, 1e-6, 5e-5], 8)  # 5 ms
+    assert b.propose([0, 3, 6, 9], [1] * 9) is not None
+
+
 def test_new_workers_are_measured_anew():
     clock = Clock()
     b = Balancer(every_seconds=0.0, clock=clock)
@@ -131,7 +140,7 @@ def test_new_workers_are_measured_anew():
 
 
 def test_steps_without_rows_are_not_measurements():
-    b = Balancer(every_seconds=0.0, clock=Clock(), min_steps=1)
+    b = Balancer(every_seconds=0.0, clock=Clock(), min_steps=1, min_step_seconds=0)
     b.record(0, 0.5, 0)
     b.record(1, 0.5, 10)
     assert b.rates(2) == [0.0, 0.05]

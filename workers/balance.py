@@ -14,9 +14,9 @@ predicted time, and moves only when that beats the current cuts by more than
 `threshold` (a move costs a read of the rows that change hands).
 
 `Balancer` holds the measurements: each worker's compute seconds and rows over its
-last WINDOW steps (a worker's rate is its CPU's, so it carries over a move), and
-asks for a move at most every `every_seconds`, once every worker has MIN_STEPS steps
-measured since the last change.
+last WINDOW steps (a worker's rate is its CPU's, so it carries over a move; the
+median step counts, not a burst), and asks for a move at most every `every_seconds`,
+once every worker has MIN_STEPS steps measured since the last change.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from typing import Sequence
 import numpy as np
 
 THRESHOLD = 0.10  # move only when the predicted step time drops by more than this
-WINDOW = 8  # steps per worker the rate is measured over
-MIN_STEPS = 4  # steps measured at the current cuts before another move is weighed
+WINDOW = 16  # steps per worker the rate is measured over
+MIN_STEPS = 8  # steps measured at the current cuts before another move is weighed
+# No move while even the slowest worker computes less than this per step: there is
+# little to gain, and timings that short are mostly noise (a busy machine, a wake-up).
+MIN_STEP_SECONDS = 1e-3
 
 
 def step_times(rates: Sequence[float], cuts: Sequence[int], prefix: Sequence[int]) -> list[float]:
@@ -142,9 +145,9 @@ class Move:
 
 class Balancer:
     def __init__(self, every_seconds: float, threshold: float = THRESHOLD, window: int = WINDOW,
-                 min_steps: int = MIN_STEPS, clock=time.monotonic):
+                 min_steps: int = MIN_STEPS, clock=time.monotonic, min_step_seconds: float = MIN_STEP_SECONDS):
         """every_seconds: least time between two moves (and from the start to the first)."""
-        self.every_seconds, self.threshold = every_seconds, threshold
+        self.every_seconds, self.threshold, self.min_step_seconds = every_seconds, threshold, min_step_seconds
         self.window, self.min_steps, self.clock = window, min_steps, clock
         self._samples: dict[int, deque] = {}
         self._fresh: dict[int, int] = {}  # steps measured per worker since the last change
@@ -158,12 +161,13 @@ class Balancer:
         self._fresh[rank] = self._fresh.get(rank, 0) + 1
 
     def rates(self, workers: int) -> list[float]:
-        """Each worker's seconds per row over its window (0.0: not measured)."""
+        """Each worker's seconds per row: the median of its window's steps (a step that
+        another process's burst slowed does not move rows; a worker slow for most of
+        the window does). 0.0: not measured."""
         out = []
         for r in range(workers):
-            s = self._samples.get(r, ())
-            rows = sum(n for _, n in s)
-            out.append(sum(t for t, _ in s) / rows if rows else 0.0)
+            s = sorted(t / n for t, n in self._samples.get(r, ()))
+            out.append((s[len(s) // 2] + s[(len(s) - 1) // 2]) / 2 if s else 0.0)
         return out
 
     def changed(self, keep_rates: bool) -> None:
@@ -183,7 +187,8 @@ class Balancer:
         if any(self._fresh.get(r, 0) < self.min_steps for r in range(workers)):
             return None
         rates = self.rates(workers)
-        new = balanced_cuts(rates, cuts, sizes, self.threshold)
+        slowest_step = max(sum(t for t, _ in s) / len(s) for s in self._samples.values())
+        new = balanced_cuts(rates, cuts, sizes, self.threshold) if slowest_step >= self.min_step_seconds else None
         self._last = self.clock()  # weighed: not again before every_seconds
         if new is None:
             return None
