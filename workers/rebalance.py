@@ -1,11 +1,12 @@
 """A pool's side of rebalancing: its row ranges as runs of units, the policy's move
 (workers/balance.py) as new row ranges, and the console line that says so.
 
-The units are UNITS runs of consecutive source rows holding equal shares of the
-training rows (the validation rows between them go along), so a move is a few
-hundred cuts to choose from whatever the data's size. A pool's ranges need not lie on
-unit bounds (the even split at the start does not): each is taken at its nearest
-bound, and the first move puts them on bounds.
+The units are the batch plan's blocks where it has them (train.blocks: a worker's
+rows must be whole blocks, so that its sums are the same whoever computes them), else
+UNITS runs of consecutive source rows holding equal shares of the training rows; the
+validation rows between them go along. A pool's ranges need not lie on unit bounds
+(an even split by rows does not): each is taken at its nearest bound, and the first
+move puts them on bounds.
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ UNITS = 256  # units of the training rows: a move is exact to 1/UNITS of them
 
 
 def row_units(task) -> tuple[list[int], list[int]]:
-    """(bounds, sizes): the units' source-row bounds (UNITS + 1 of them, from 0 to the
-    source's row count) and the training rows in each."""
+    """(bounds, sizes): the units' source-row bounds (one more than the units, from 0 to
+    the source's row count) and the training rows in each."""
     from workers.examples import split_rows
 
     train_rows, _ = split_rows(task.num_rows, *task.split)
     m = len(train_rows)
-    units = max(1, min(UNITS, m))
-    first = [m * u // units for u in range(units + 1)]  # unit u: training indices first[u]..first[u+1]-1
-    bounds = [0, *(int(train_rows[i]) for i in first[1:-1]), task.num_rows]
+    blocks = getattr(task.plan, "bounds", None)  # the plan's blocks' first training indices, and m
+    if blocks is not None:
+        first = [int(t) for t in blocks]
+    else:
+        units = max(1, min(UNITS, m))
+        first = [m * u // units for u in range(units + 1)]  # unit u: training indices first[u]..first[u+1]-1
+    # The cut before training index t is source row train_rows[t] (as ShardTask's ranges cut).
+    bounds = [0, *(int(train_rows[t]) if t < m else task.num_rows for t in first[1:-1]), task.num_rows]
     return bounds, [b - a for a, b in zip(first, first[1:])]
 
 
