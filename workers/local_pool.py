@@ -54,7 +54,8 @@ class LocalPool:
     def m_val(self) -> int:
         return sum(w.n_val for w in self.workers)
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+        # In-process calls never wait for another process: nothing to give up on a stop.
         if self.balance is not None:
             self._rebalance()  # a step boundary
         parts = [w.gradient_sums(theta, epoch, k) for w in self.workers]
@@ -77,7 +78,7 @@ class LocalPool:
         self.ranges = new
         self.balance.moved(move, old, new, rows_to_read(old, new))
 
-    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+    def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         return [w.evaluate_sums(theta) for w in self.workers]
 
     def close(self) -> None:
