@@ -33,9 +33,9 @@ def test_dtype_and_shape_are_part_of_the_hash():
 def test_a_run_logs_each_epochs_hash_and_the_final_one(tmp_path, monkeypatch):
     import mlflow
 
-    from experiments import training
-    from experiments.configfile import load_config
-    from experiments.tracking import PARAM_HASH_TAG
+    from experiments.jobs import training
+    from experiments.jobs.configfile import load_config
+    from experiments.tracking.run import PARAM_HASH_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

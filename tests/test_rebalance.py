@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train

@@ -23,7 +23,7 @@ UNITS = 256  # units of the training rows: a move is exact to 1/UNITS of them
 def row_units(task) -> tuple[list[int], list[int]]:
     """(bounds, sizes): the units' source-row bounds (one more than the units, from 0 to
     the source's row count) and the training rows in each."""
-    from workers.examples import split_rows
+    from workers.data.examples import split_rows
 
     train_rows, _ = split_rows(task.num_rows, *task.split)
     m = len(train_rows)
