@@ -103,7 +103,7 @@ def measured(balancer, seconds_per_row, steps, rows=100):
 
 def test_balancer_waits_for_its_interval_and_for_fresh_steps():
     clock = Clock()
-    b = Balancer(every_seconds=5.0, clock=clock, min_steps=4, min_step_seconds=0)
+    b = Balancer(every_seconds=5.0, clock=clock, min_steps=4, min_step_seconds=0, step_toward=1.0)
     cuts, sizes = [0, 3, 6, 9], [1] * 9
     measured(b, [1.0, 1.0, 2.0], 3)
     clock.t = 6.0
@@ -128,6 +128,23 @@ def test_steps_too_short_to_matter_never_move():
     assert b.propose([0, 3, 6, 9], [1] * 9) is None
     measured(b, [1e-6, 1e-6, 5e-5], 8)  # 5 ms
     assert b.propose([0, 3, 6, 9], [1] * 9) is not None
+
+
+def test_a_move_goes_partway_and_steady_rates_converge():
+    clock = Clock()
+    b = Balancer(every_seconds=0.0, clock=clock, min_steps=1, min_step_seconds=0, step_toward=0.5)
+    cuts, sizes = [0, 100, 200, 300], [1] * 300
+    rates = [1.0, 1.0, 2.0]  # best: 120, 120, 60 rows
+    move = b.propose(cuts, sizes) if measured(b, rates, 1) is None else None
+    assert move.new == [0, 110, 220, 300]  # half of the way: 110, 110, 80
+    for _ in range(6):
+        cuts = move.new
+        b.changed(keep_rates=True)
+        measured(b, rates, 1)
+        move = b.propose(cuts, sizes)
+        if move is None:
+            break
+    assert move is None and worst(rates, cuts, sizes) <= 1.1 * 120  # within the threshold of the best
 
 
 def test_new_workers_are_measured_anew():

@@ -11,7 +11,8 @@ each), and each worker holds a run of consecutive units, in rank order: worker w
 holds units cuts[w] .. cuts[w+1]-1. A worker's step time is modelled as its measured
 seconds per row times its rows. The policy picks the cuts that minimize the largest
 predicted time, and moves only when that beats the current cuts by more than
-`threshold` (a move costs a read of the rows that change hands).
+`threshold` (a move costs a read of the rows that change hands); the move itself goes
+STEP_TOWARD of the way there.
 
 `Balancer` holds the measurements: each worker's compute seconds and rows over its
 last WINDOW steps (a worker's rate is its CPU's, so it carries over a move; the
@@ -32,6 +33,11 @@ import numpy as np
 THRESHOLD = 0.10  # move only when the predicted step time drops by more than this
 WINDOW = 16  # steps per worker the rate is measured over
 MIN_STEPS = 8  # steps measured at the current cuts before another move is weighed
+# A move goes this far from the current cuts toward the best ones: the model (time
+# proportional to rows, at the rates just measured) errs where rows are cached, shared
+# or preempted differently, and a full move on a wrong estimate swings the load from
+# one worker to another. Steady rates converge in a few moves; noise swings half as far.
+STEP_TOWARD = 0.5
 # No move while even the slowest worker computes less than this per step: there is
 # little to gain, and timings that short are mostly noise (a busy machine, a wake-up).
 MIN_STEP_SECONDS = 1e-3
@@ -131,6 +137,18 @@ def _nearest_cut(prefix, rows: float) -> int:
     return e if prefix[e] - rows < rows - prefix[e - 1] else e - 1
 
 
+def partway(old: list[int], best: list[int], prefix: np.ndarray, fraction: float) -> list[int]:
+    """Cuts `fraction` of the way from `old` to `best` in rows (each at its nearest unit
+    bound), each worker keeping a row at least; `best` itself where that fails."""
+    if fraction >= 1:
+        return best
+    cuts = [0, *(_nearest_cut(prefix, prefix[a] + fraction * (prefix[b] - prefix[a]))
+                 for a, b in zip(old[1:-1], best[1:-1])), old[-1]]
+    if all(prefix[b] - prefix[a] >= 1 for a, b in zip(cuts, cuts[1:])) and cuts != old:
+        return cuts
+    return best
+
+
 @dataclass(frozen=True)
 class Move:
     """A rebalance: new cuts, and why."""
@@ -145,9 +163,11 @@ class Move:
 
 class Balancer:
     def __init__(self, every_seconds: float, threshold: float = THRESHOLD, window: int = WINDOW,
-                 min_steps: int = MIN_STEPS, clock=time.monotonic, min_step_seconds: float = MIN_STEP_SECONDS):
+                 min_steps: int = MIN_STEPS, clock=time.monotonic, min_step_seconds: float = MIN_STEP_SECONDS,
+                 step_toward: float = STEP_TOWARD):
         """every_seconds: least time between two moves (and from the start to the first)."""
         self.every_seconds, self.threshold, self.min_step_seconds = every_seconds, threshold, min_step_seconds
+        self.step_toward = step_toward
         self.window, self.min_steps, self.clock = window, min_steps, clock
         self._samples: dict[int, deque] = {}
         self._fresh: dict[int, int] = {}  # steps measured per worker since the last change
@@ -193,6 +213,7 @@ class Balancer:
         if new is None:
             return None
         prefix = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        new = partway(list(cuts), new, prefix, self.step_toward)
         slowest = max(range(workers), key=lambda r: rates[r])
         return Move(list(cuts), new, slowest, rates[slowest] / min(rates),
                     max(step_times(rates, cuts, prefix)), max(step_times(rates, new, prefix)))
