@@ -108,3 +108,32 @@ def test_a_slow_ray_worker_gets_fewer_rows_and_the_weights_stay(ray_session, job
     finally:
         pool.close()
     assert same_weights(theta, ref)
+
+
+def test_each_workers_compute_is_an_epoch_metric_and_each_move_a_line(job, capsys):
+    from experiments.jobs.worker_seconds import METRIC, WorkerSeconds
+
+    class Points:  # what MetricLogger.point receives
+        def __init__(self):
+            self.got = []
+
+        def point(self, key, value, step):
+            self.got.append((key, value, step))
+
+    pool = LocalPool.open(job.task, 3, job.source, rebalance_seconds=1e-6)
+    pool.workers[SLOW].delay_per_row = DELAY
+    points = Points()
+    theta = job.theta0.copy()
+    t = job.cfg.train
+    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, 2, [WorkerSeconds(pool, points)])
+    steps = job.plan.steps_per_epoch
+    assert [(k, s) for k, _, s in points.got] == [(METRIC.format(r), e * steps) for e in (1, 2) for r in range(3)]
+    first = {k: v for k, v, s in points.got if s == steps}
+    # The slow worker's mean compute per step is at least its sleep over its rows.
+    assert first[METRIC.format(SLOW)] > max(first[METRIC.format(r)] for r in range(3) if r != SLOW)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "rebalanced:" in line]
+    assert lines and lines == [f"rayprop: step {s}: {line}" for s, line in zip(_steps(lines), pool.balance.lines)]
+
+
+def _steps(lines):
+    return [int(line.split("step ")[1].split(":")[0]) for line in lines]
