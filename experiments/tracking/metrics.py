@@ -10,6 +10,10 @@ from mlflow.entities import Metric
 
 from experiments.tracking.outbox import Outbox
 
+# The parameters' hash (trainer/param_hash.py) after the newest epoch, and at the end
+# the final weights'; summary.json has every epoch's.
+PARAM_HASH_TAG = "rayprop.param_hash"
+
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
 
@@ -36,6 +40,8 @@ class MetricLogger:
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self.outbox = Outbox(lambda points: client.log_batch(run_id, metrics=points), spool)
+        self._set_tag = lambda key, value: client.set_tag(run_id, key, value)
+        self._hash, self._hash_queued = None, False
 
     def on_step(self, step: int, epoch: int, loss: float, n: int) -> None:
         self.step = step
@@ -45,13 +51,22 @@ class MetricLogger:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch(self, epoch: int, metrics: dict[str, float | str]) -> None:
+        if "param_hash" in metrics:  # a tag, kept current: the newest epoch's hash
+            self._hash = metrics["param_hash"]
+            # One store call in flight at most: 1 ms epochs must not queue a call each.
+            if not self._hash_queued:
+                self._hash_queued = self.outbox.put_task(self._send_hash)
         if self.step <= self.epoch_through:
             return
         now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, self.step) for k, v in metrics.items()]
+        self._buffer += [Metric(k, float(v), now, self.step) for k, v in metrics.items() if k != "param_hash"]
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def _send_hash(self) -> None:  # on the outbox's thread: the newest hash when it gets there
+        self._hash_queued = False
+        self._set_tag(PARAM_HASH_TAG, self._hash)
 
     def point(self, key: str, value: float, step: int) -> None:
         """One point of another metric at `step` (not again for a step a resumed run logged)."""
