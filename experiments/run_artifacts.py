@@ -18,15 +18,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-import trainer
-from experiments import plots
+from experiments import logged_models, plots
 from experiments.training import Job
 from experiments.tracking import public_config
 from trainer.model_io import load_model
 from workers.examples import load_examples
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE_ROWS = 5     # rows in the model's input example
 PLOT_ROWS = 2000     # rows drawn on the decision-boundary plot
 SLICES = 20          # the plot's rows come from this many slices spread over the source
@@ -43,26 +41,34 @@ def sample(job: Job, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def log_pyfunc(job: Job, out_dir: Path) -> None:
+def log_pyfunc(job: Job, out_dir: Path, run=None) -> str:
+    """The final model as a logged model named "model" (experiments/logged_models.py) at
+    the run's last step, with that step's training metrics linked; returns its id.
+    run: the TrackedRun (its logger and last points); None: the active run, no points."""
     X, _ = sample(job, EXAMPLE_ROWS)
     example = pd.DataFrame(X, columns=list(job.schema.features))
+    models = logged_models.of(run, job) if run is not None else logged_models.for_active_run(job)
+    step = run.metrics.step if run is not None and run.metrics is not None else 0
+    points = run.metrics.points_at(step) if run is not None and run.metrics is not None else []
     with tempfile.TemporaryDirectory(prefix="rayprop-model-") as tmp:
         network = Path(tmp) / "network"  # the artifact the model loads: model.npz + model.json
         network.mkdir()
         for name in ("model.npz", "model.json"):
             shutil.copy2(out_dir / name, network / name)
-        mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
-            code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-            pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+        model_id = models.log(logged_models.FINAL_NAME, network, step, points,
+                              {logged_models.KIND_TAG: "final", logged_models.STEP_TAG: str(step)}, example)
+    if run is not None:
+        run.final_model_id = model_id
+    return model_id
 
 
-def log_outputs(job: Job, out_dir: Path, resolved_cfg) -> None:
-    """Everything a run keeps besides params, tags and metrics (into the active run)."""
+def log_outputs(job: Job, out_dir: Path, resolved_cfg, run=None) -> None:
+    """Everything a run keeps besides params, tags and metrics (into the active run).
+    run: the TrackedRun, whose last step's metrics the final model links."""
     mlflow.log_text(yaml.safe_dump(public_config(resolved_cfg), sort_keys=False), "config.yaml")
     for name in MODEL_FILES:
         mlflow.log_artifact(str(out_dir / name))
-    log_pyfunc(job, out_dir)
+    log_pyfunc(job, out_dir, run)
     if job.spec.layers[0] == 2:
         X, Y = sample(job, PLOT_ROWS)
         _, theta, _ = load_model(out_dir)  # the weights as saved, not a copy in memory

@@ -44,6 +44,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
+from experiments.metric_names import logged_name  # noqa: E402
 from experiments.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
 from experiments.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
@@ -61,6 +62,7 @@ FINGERPRINT_TAG, FINGERPRINT_ARTIFACT = "rayprop.data_fingerprint", "data_finger
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
 CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
+RECENT_EPOCHS = 8     # epoch ends whose points MetricLogger keeps for checkpoints' models
 
 # Config keys whose values must never reach a store: credentials go by environment.
 SECRET_KEY = re.compile(r"token|passw|secret|credential|private|apikey|api_key|access_key|(^|_)key$",
@@ -177,6 +179,9 @@ class MetricLogger:
         self.loss_through, self.epoch_through = logged_through
         self.step = 0
         self._buffer: list[Metric] = []
+        # The points of the last few epoch ends, by step: a checkpoint's model links them
+        # (experiments/logged_models.py) without reading the run's history back.
+        self._recent: dict[int, list[Metric]] = {}
         self._last_flush = time.monotonic()
         self.outbox = Outbox(lambda points: client.log_batch(run_id, metrics=points), spool)
 
@@ -184,7 +189,8 @@ class MetricLogger:
         self.step = step
         if step <= self.loss_through:
             return
-        self._buffer.append(Metric("loss", float(loss), int(time.time() * 1000), step))
+        self._last_loss = Metric("loss", float(loss), int(time.time() * 1000), step)
+        self._buffer.append(self._last_loss)
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -192,9 +198,18 @@ class MetricLogger:
         if self.step <= self.epoch_through:
             return
         now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, self.step) for k, v in metrics.items()]
+        points = [Metric(logged_name(k), float(v), now, self.step) for k, v in metrics.items()]
+        self._buffer += points
+        last = getattr(self, "_last_loss", None)
+        self._recent[self.step] = points + ([last] if last is not None and last.step == self.step else [])
+        for old in sorted(self._recent)[:-RECENT_EPOCHS]:
+            del self._recent[old]
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def points_at(self, step: int) -> list[Metric]:
+        """The epoch-end points logged at `step` (none for a step that ended no epoch)."""
+        return list(self._recent.get(step, ()))
 
     def point(self, key: str, value: float, step: int) -> None:
         """One point of another metric at `step` (not again for a step a resumed run logged)."""

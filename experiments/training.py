@@ -87,6 +87,7 @@ class Options:
     output: str | None = None
     resume: str | None = None  # an MLflow run id
     quiet: bool = False
+    register_model: str | None = None  # --register-model NAME: the final model's registry name
 
 
 def infer_layers(cfg: Config, source: Source) -> list[int]:
@@ -307,6 +308,9 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
                   file=sys.stderr)
             summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim)
+            from experiments.checkpoint_models import hint
+
+            print(hint(stores.redact(uri), experiment_id, run.run_id), file=sys.stderr)
     except TrainingStopped as e:  # the run has ended KILLED
         from experiments.resume import resume_command
 
@@ -338,7 +342,7 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, claim) -
               file=sys.stderr)
         with StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=opts.resume,
                                                      out_dir=out_dir, stop=stop) as run:
-            run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+            run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg, run))
     return summary, claim.name, run.report
 
 
@@ -376,6 +380,9 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes})
 
     last_upload, uploaded = [-ARTIFACT_CHECKPOINT_SECONDS], [None]
+    from experiments.checkpoint_models import CheckpointModels
+
+    checkpoint_models = CheckpointModels(run, job)  # each uploaded checkpoint: a logged model too
 
     def saved(path):
         if output is not None:
@@ -389,10 +396,12 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         # newest one goes at the end (final), whatever the minute rule skipped.
         now = time.monotonic()
         if final:  # at the end, in this thread; a store that failed gets it in the report
-            run.deliver("the last checkpoint", lambda: run.client.log_artifact(run.run_id, str(path), "checkpoints"))
+            if run.deliver("the last checkpoint", lambda: run.client.log_artifact(run.run_id, str(path), "checkpoints")):
+                checkpoint_models.later(path)
             uploaded[0] = path
         elif now - last_upload[0] >= ARTIFACT_CHECKPOINT_SECONDS:
             run.upload_later(str(path), "checkpoints")  # from the outbox's thread: no wait
+            checkpoint_models.later(path)
             last_upload[0], uploaded[0] = now, path
 
     if should_stop is not None and hasattr(pool, "should_stop"):
@@ -435,7 +444,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     write_outputs(job, theta, out_dir, summary)
     if output is not None:
         output.written(out_dir)
-    run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved))  # a dead store: said at the end
+    run.deliver("model artifacts", lambda: log_outputs(job, out_dir, resolved, run))  # a dead store: said at the end
     return summary
 
 

@@ -44,8 +44,9 @@ def spirals_yaml(experiment: str, epochs: int = EPOCHS) -> str:
             f"train: {{optimizer: adam, learning_rate: {LR}, batch_size: {BATCH}, epochs: {epochs}, seed: 3}}\n")
 
 
-EPOCH_METRICS = {"epoch_loss", "val_loss", "val_accuracy", "examples_per_second", "step_seconds",
-                 "compute_seconds", "coordination_seconds"}
+# The timing ones under timing/, apart from the training curves in the UI (experiments/metric_names.py).
+EPOCH_METRICS = {"epoch_loss", "val_loss", "val_accuracy", "timing/examples_per_second", "timing/step_seconds",
+                 "timing/compute_seconds", "timing/coordination_seconds"}
 # mse on a linear output with plain SGD at this learning rate overflows within an epoch.
 MSE = {"model.cost": "mse", "model.output_activation": "linear", "model.layers": "[2, 8, 1]",
        "train.optimizer": "sgd"}
