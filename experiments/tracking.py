@@ -62,6 +62,9 @@ FINGERPRINT_TAG, FINGERPRINT_ARTIFACT = "rayprop.data_fingerprint", "data_finger
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
 CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
+# MLflow 3's UI shows an experiment of this kind as model training (runs, charts,
+# models), not as GenAI development (traces, judges): its own tag and value.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 RECENT_EPOCHS = 8     # epoch ends whose points MetricLogger keeps for checkpoints' models
 
 # Config keys whose values must never reach a store: credentials go by environment.
@@ -88,7 +91,10 @@ def open_experiment(uri: str, name: str) -> str:
     stores.start_from_template(uri)  # a new sqlite store in seconds less
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.set_experiment(name).experiment_id
+        experiment = mlflow.set_experiment(name)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # once per experiment; a user's choice stays
+            MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return experiment.experiment_id
     except Exception as e:  # MlflowException, sqlalchemy, requests: any way a store can refuse
         raise InputError(f"tracking URI {redact(uri)}: cannot use experiment {name!r} "
                          f"({first_line(e)[:300]})") from None

@@ -416,6 +416,11 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                  "data_fingerprint": job.fingerprint},
                                 on_saved=saved, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
+    from experiments.system_metrics import NodeMetrics
+
+    # CPU, memory, network per node, beside training (not for a Ray Client job: its
+    # coordinator runs in the cluster, not here).
+    nodes = None if hasattr(pool, "coordinate") else NodeMetrics.start(pool, run.metrics.outbox.put)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
@@ -430,6 +435,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
         raise
     finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
+        if nodes is not None:
+            nodes.stop()
         if checkpointer.latest is not None and checkpointer.latest != uploaded[0]:
             try:
                 to_artifacts(checkpointer.latest, final=True)
