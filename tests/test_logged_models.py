@@ -44,7 +44,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def every_checkpoint(monkeypatch):
-    from experiments import training
+    from experiments.jobs import training
 
     monkeypatch.setattr(training, "ARTIFACT_CHECKPOINT_SECONDS", 0)
 

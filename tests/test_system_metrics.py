@@ -54,7 +54,7 @@ def cluster():
 def test_each_node_running_workers_and_the_coordinator_have_system_metrics(cluster, tmp_path):
     from mlflow import MlflowClient
 
-    from experiments.system_metrics import node_label
+    from experiments.tracking.system_metrics import node_label
 
     path = write_parquet(tmp_path / "d.parquet")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(path, "sgd", 64, epochs=2)))

@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from experiments import logged_models
+from experiments.tracking import logged_models
 from trainer.checkpoint import KEEP, read_checkpoint
 
 
@@ -58,7 +58,7 @@ class CheckpointModels:
     def _example(self):
         import pandas as pd
 
-        from experiments.run_artifacts import EXAMPLE_ROWS, sample
+        from experiments.tracking.run_artifacts import EXAMPLE_ROWS, sample
 
         if not logged_models.of(self.run, self.job).needs_example:
             return None  # the model's template is saved: no example needed

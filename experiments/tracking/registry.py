@@ -41,7 +41,7 @@ def is_model_uri(text: str) -> bool:
 
 def final_model_id(client, run_id: str) -> str | None:
     """The id of run `run_id`'s final logged model (named "model"), None if it has none."""
-    from experiments.logged_models import FINAL_NAME, KIND_TAG
+    from experiments.tracking.logged_models import FINAL_NAME, KIND_TAG
 
     run = client.get_run(run_id)
     models = client.search_logged_models(
@@ -60,7 +60,7 @@ def register(uri: str, run_id: str, name: str, model_id: str | None = None) -> s
     import mlflow
     from mlflow import MlflowClient
 
-    from experiments.tracking import first_line
+    from experiments.tracking.run import first_line
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -84,7 +84,7 @@ def download(model_uri: str, tracking_uri: str, into: Path) -> Path:
     into `into`. InputError (one line) if the store has no such model."""
     import mlflow
 
-    from experiments.tracking import first_line
+    from experiments.tracking.run import first_line
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -111,7 +111,7 @@ class ModelFolder:
     def __enter__(self) -> Path:
         if not is_model_uri(self.model):
             return Path(self.model)
-        from experiments import stores
+        from experiments.tracking import stores
 
         uri = stores.resolve_uri(self.tracking_uri, None)
         stores.check(uri)

@@ -1,7 +1,7 @@
 """What a finished run keeps: the resolved config, the model files, the model as an
 MLflow pyfunc model, and for 2-D inputs a decision-boundary plot.
 
-The pyfunc model is "models from code" (experiments/pyfunc_model.py) and carries
+The pyfunc model is "models from code" (experiments/tracking/pyfunc_model.py) and carries
 rayprop's numpy-only `trainer` package in its code_paths, so it loads and serves
 without rayprop installed. Its signature is inferred by MLflow from the input
 example (a few rows of the data's feature columns) and the model's own output on it.
@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from experiments import logged_models, plots
-from experiments.training import Job
-from experiments.tracking import public_config
+from experiments.jobs.training import Job
+from experiments.tracking import logged_models, plots
+from experiments.tracking.run import public_config
 from trainer.model_io import load_model
-from workers.examples import load_examples
+from workers.data.examples import load_examples
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")
 EXAMPLE_ROWS = 5     # rows in the model's input example

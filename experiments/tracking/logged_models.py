@@ -130,7 +130,7 @@ def network_dir(into: Path, spec, theta: np.ndarray, columns: dict) -> Path:
 
 def _dataset(job) -> tuple[str, str] | None:
     """(name, digest) of the data set the run logged as its input (tracking.dataset_of)."""
-    from experiments.tracking import dataset_of
+    from experiments.tracking.run import dataset_of
 
     try:
         ds = dataset_of(job.source, [*job.schema.features, *job.schema.targets])
