@@ -21,6 +21,7 @@ and identity, so none pays that again.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -40,7 +41,7 @@ FINAL_NAME = "model"  # the final model's name (and artifact name), as before
 CHECKPOINT_PREFIX = "checkpoint-"  # + the global step: checkpoint-000000120
 KIND_TAG, STEP_TAG, EPOCH_TAG = "rayprop.model", "rayprop.step", "rayprop.epoch"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-NETWORK_IN_MODEL, MLMODEL = "artifacts/network", "MLmodel"  # inside a saved pyfunc model
+MLMODEL = "MLmodel"  # a saved model's description
 # The metrics linked to a model: the training curves, not the timing.
 LINKED = ("loss", "epoch_loss", "val_loss", "val_accuracy")
 
@@ -93,17 +94,20 @@ class ModelLogger:
         with self._lock:
             if self._template is None:
                 template = Path(self._tmp.name) / "template"
-                mlflow.pyfunc.save_model(
-                    str(template), python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
-                    code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-                    pip_requirements=requirements())
+                with _no_requirement_check():
+                    mlflow.pyfunc.save_model(
+                        str(template), python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
+                        code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
+                        signature=signature_of(network, example), pip_requirements=requirements())
                 for cache in template.rglob("__pycache__"):
                     shutil.rmtree(cache, ignore_errors=True)
                 self._template = template
         shutil.copytree(self._template, path)
-        for name in ("model.npz", "model.json"):
-            shutil.copy2(network / name, path / NETWORK_IN_MODEL / name)
         meta = Model.load(str(path / MLMODEL))
+        # where MLflow put the "network" artifact in the model (artifacts/<its folder's name>)
+        inside = meta.flavors["python_function"]["artifacts"]["network"]["path"]
+        for name in ("model.npz", "model.json"):
+            shutil.copy2(network / name, path / inside / name)
         meta.model_id = meta.model_uuid = model.model_id
         meta.run_id, meta.artifact_path = self.run_id, model.artifact_location
         meta.utc_time_created = Model().utc_time_created
@@ -119,6 +123,50 @@ class ModelLogger:
                   for p in points if p.key in LINKED]
         if linked:
             self.client.log_batch(self.run_id, metrics=linked)
+
+
+@contextlib.contextmanager
+def _no_requirement_check():
+    """MLflow's save_model checks the model's pip requirements against the installed
+    packages (warn_dependency_requirement_mismatches); the first time in a process that
+    maps every module of every installed distribution to its package: 1-3 s of CPU here,
+    most of what logging the final model cost, and under the GIL while training goes on
+    when a checkpoint's model is the first. rayprop's requirements are the installed
+    numpy and pandas versions (`requirements`), so the check cannot find anything."""
+    import mlflow.utils.environment as environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:  # another MLflow: nothing to skip
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
+
+
+def signature_of(network: Path, example: pd.DataFrame | None):
+    """The model's signature from the example and the network's output on it, computed
+    here: given no signature, MLflow loads and runs the model to infer it (seconds of
+    CPU in the coordinator's process, under the GIL, while training goes on)."""
+    if example is None:
+        return None
+    from mlflow.models import infer_signature
+
+    from trainer.model_io import load_model
+    from trainer.network import forward
+
+    spec, theta, meta = load_model(network)
+    _, AL = forward(spec, theta, np.ascontiguousarray(example.to_numpy(), dtype=spec.dtype))
+    targets = meta.get("targets") or []
+    n_out = spec.layers[-1]
+    # the columns pyfunc_model.output_names gives (not imported: that file is run by MLflow)
+    if meta.get("encoding") == "one_hot":
+        columns = [f"p{k}" for k in range(n_out)]
+    else:
+        columns = list(targets) if len(targets) == n_out else [f"y{k}" for k in range(n_out)]
+    return infer_signature(example, pd.DataFrame(AL.T.copy(), columns=columns))
 
 
 def network_dir(into: Path, spec, theta: np.ndarray, columns: dict) -> Path:

@@ -94,7 +94,13 @@ def download(model_uri: str, tracking_uri: str, into: Path) -> Path:
     except Exception as e:
         raise InputError(f"MODEL {model_uri}: not a rayprop model in {tracking_uri} "
                          f"({first_line(e)[:200]})") from None
-    network = Path(path) / NETWORK
+    try:  # where the model keeps its "network" artifact (artifacts/network when rayprop logged it)
+        from mlflow.models import Model
+
+        inside = Model.load(str(Path(path) / "MLmodel")).flavors["python_function"]["artifacts"]["network"]["path"]
+    except Exception:
+        inside = NETWORK
+    network = Path(path) / inside
     if not (network / "model.npz").is_file():
         raise InputError(f"MODEL {model_uri}: not a rayprop model (no {NETWORK}/model.npz in it)")
     return network
