@@ -238,7 +238,7 @@ def test_train_logs_a_complete_run_to_a_tracking_server(tmp_path, server, mlflow
     # `rayprop ui` on a server URI: the server is the UI already.
     proc = ok(rayprop("ui", "--tracking-uri", server.uri, cwd=tmp_path, timeout=60))
     assert server.uri in proc.stdout
-    assert f"experiment 'on-server': {page}/runs\n" in proc.stdout, proc.stdout
+    assert f"experiment 'on-server': {page}/runs?workflowType=machine_learning\n" in proc.stdout, proc.stdout
     assert run.info.run_id
 
 
