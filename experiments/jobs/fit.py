@@ -53,12 +53,19 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.beta1, t.beta2, t.epsilon)
     if resume:
         optimizer.load_state(resume.optimizer)
-    copies = CheckpointCopies(run, output)
+    from experiments.tracking.checkpoint_models import CheckpointModels
+
+    copies = CheckpointCopies(run, output, models=CheckpointModels(run, job))  # checkpoints as logged models too
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers),
                                  "data_fingerprint": job.fingerprint},
                                 on_saved=copies.saved, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
+    from experiments.tracking.system_metrics import NodeMetrics
+
+    # CPU, memory, network per node, beside training (not for a Ray Client job: its
+    # coordinator runs in the cluster, not here).
+    nodes = None if hasattr(pool, "coordinate") else NodeMetrics.start(pool, run.metrics.outbox.put)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
@@ -73,6 +80,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
         raise
     finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
+        if nodes is not None:
+            nodes.stop()
         copies.finish(checkpointer.latest)
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
     summary = {**summary_of(job, result, pool.num_workers, run.run_id, theta), "nodes": pool.num_nodes,
@@ -84,7 +93,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         output.written(out_dir)
     # a dead store: said at the end
     run.deliver("the parameter hash tag", lambda: run.set_tags({PARAM_HASH_TAG: summary["param_hash"]}))
-    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec))
+    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec, run))
     return summary
 
 
