@@ -44,9 +44,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def every_checkpoint(monkeypatch):
-    from experiments.jobs import training
+    from experiments.jobs import checkpoint_copies
 
-    monkeypatch.setattr(training, "ARTIFACT_CHECKPOINT_SECONDS", 0)
+    monkeypatch.setattr(checkpoint_copies, "ARTIFACT_CHECKPOINT_SECONDS", 0)
 
 
 def client_of(uri):

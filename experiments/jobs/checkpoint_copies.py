@@ -20,7 +20,9 @@ ARTIFACT_CHECKPOINT_SECONDS = 60
 
 
 class CheckpointCopies:
-    def __init__(self, run, output=None, every_seconds: float = ARTIFACT_CHECKPOINT_SECONDS, models=None):
+    def __init__(self, run, output=None, every_seconds: float | None = None, models=None):
+        if every_seconds is None:  # read when a run starts, so a test may set it to 0
+            every_seconds = ARTIFACT_CHECKPOINT_SECONDS
         self.run, self.output, self.every_seconds, self.models = run, output, every_seconds, models
         self.last_upload = -every_seconds  # time.monotonic() of the last upload: the first goes at once
         self.uploaded: Path | None = None  # the newest checkpoint in the artifacts
