@@ -20,6 +20,7 @@ TIERS = (RAY, SERVER, SLOW)
 # Module -> markers of all its tests; () is the fast tier.
 MODULES: dict[str, tuple[str, ...]] = {
     "test_bad_inputs": (),
+    "test_benchmarks": (),  # the harness's smoke run: W-tiny, local mode, 3 steps
     "test_checkpoint": (),
     "test_cli": (),
     "test_config": (),
