@@ -86,14 +86,14 @@ def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float |
 
 
 def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
-          epochs: int, listeners: list[Listener] = (), start_epoch: int = 0,
+          epochs: int, listeners: list[Listener] = (),
           resume: Position | None = None, checkpointer: Checkpointer | None = None,
           should_stop=None, end_early=None) -> TrainResult:
     """Run synchronous data-parallel gradient descent on theta, in place.
 
-    Epochs start_epoch .. start_epoch + epochs - 1, or, with `resume` (a checkpoint's
-    position), from batch resume.k of epoch resume.epoch to the end of epoch
-    start_epoch + epochs - 1, counting steps on from resume.global_step.
+    Epochs 0 .. epochs - 1, or, with `resume` (a checkpoint's position), from batch
+    resume.k of epoch resume.epoch to the end of epoch epochs - 1, counting steps on
+    from resume.global_step.
     `checkpointer` writes checkpoints (trainer/checkpoint.py); `should_stop()` is
     asked after every step, and when it says so the coordinator writes a checkpoint
     and raises TrainingStopped: an interrupt loses at most the step in flight. A pool
@@ -106,8 +106,8 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
     grad = np.empty_like(theta)
     result = TrainResult()
-    end_epoch = start_epoch + epochs
-    pos = resume or Position(start_epoch, 0, 0)
+    end_epoch = epochs
+    pos = resume or Position(0, 0, 0)
     result.steps = pos.global_step
     t_run = time.perf_counter()
     train_seconds = 0.0
