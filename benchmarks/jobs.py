@@ -26,8 +26,9 @@ import os, time, ray, tempfile, sys
 t0 = time.perf_counter()
 sys.path.insert(0, {str(HERE)!r})
 import peers
+path = os.pathsep.join([{str(HERE)!r}, os.environ.get("PYTHONPATH", "")])
 ray.init(address="local", num_cpus={CPUS}, include_dashboard=False, logging_level="ERROR",
-         runtime_env={{"env_vars": {{"PYTHONPATH": os.pathsep.join([{str(HERE)!r}, os.environ.get("PYTHONPATH", "")])}}}})
+         runtime_env={{"env_vars": {{"PYTHONPATH": path}}}})
 t1 = time.perf_counter()
 with tempfile.TemporaryDirectory() as d:
     steps, fit = peers.ray_train("W-mnist", {JOB_EPOCHS}, 0, d)
