@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import configs, training
-from experiments.configfile import load_config
+from experiments import configs
+from experiments.jobs import training
+from experiments.jobs.configfile import load_config
 
 CPUS = 2
 # workload -> (shipped config, epochs per repeat)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from core import CPUS, rnd
-from experiments import training
+from experiments.jobs import training
 from trainer.checkpoint import Position
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer

@@ -54,7 +54,7 @@ def torch_model(spec, theta0):
 def torch_tensors(job):
     import torch
 
-    from workers.builtin_sets import teacher_arrays
+    from workers.data.builtin_sets import teacher_arrays
 
     X, y = teacher_arrays(job.source.spec)
     Xt = torch.from_numpy(np.array(X))

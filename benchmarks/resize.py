@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from core import CPUS, emit, log, med_ms, prepare, rnd, with_load
-from experiments import training
+from experiments.jobs import training
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
 

@@ -45,8 +45,9 @@ def test_a_mode_trained_in_turns_takes_one_runs_steps(bench_modules):
     minibatch plan differ per epoch): 1 + 2 epochs in turns equal 3 epochs at once."""
     from modes import make_mode
 
-    from experiments import configs, training
-    from experiments.configfile import load_config
+    from experiments import configs
+    from experiments.jobs import training
+    from experiments.jobs.configfile import load_config
     from trainer.coordinator import train
     from trainer.optimizers import make_optimizer
 
