@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Union
@@ -203,7 +204,7 @@ class Config:
     def sweep_draw_seed(self) -> int:
         return self.train.seed if self.sweep_seed is None else self.sweep_seed
 
-    def with_overrides(self, pairs: dict[str, object]) -> "Config":
+    def with_overrides(self, pairs: dict[str, object]) -> Config:
         merged = {**_unflatten(self.flat()), **self.sweep_settings()}
         for key, value in pairs.items():
             set_dotted(merged, key, value)
@@ -211,15 +212,15 @@ class Config:
             merged["sweep"] = dict(self.sweep)
         return from_dict(merged)
 
-    def with_sweep(self, axes: dict[str, list]) -> "Config":
+    def with_sweep(self, axes: dict[str, list]) -> Config:
         """This config with `axes` added to (or replacing axes of) its sweep grid."""
         return dataclasses.replace(self, sweep=_check_sweep(self, {**self.sweep, **axes}))
 
-    def without_sweep(self) -> "Config":
+    def without_sweep(self) -> Config:
         """The config of one run: no sweep, sweep_* keys at their defaults."""
         return dataclasses.replace(self, sweep={}, **_SWEEP_DEFAULTS)
 
-    def resolved(self, layers: list[int], output_activation: str) -> "Config":
+    def resolved(self, layers: list[int], output_activation: str) -> Config:
         """The config as trained: the layers and output activation the data and cost
         chose filled in (both already checked by building the network), no sweep."""
         model = dataclasses.replace(self.model, layers=list(layers), output_activation=output_activation)
@@ -262,7 +263,7 @@ def _describe(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return " or ".join(repr(a) for a in args)
-    if origin in (Union, getattr(__import__("types"), "UnionType")):
+    if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is list:
         return f"a list of {_describe(args[0])}"
@@ -277,7 +278,7 @@ def _check(tp, value):
         if value in args:
             return value
         raise TypeError
-    if origin in (Union, getattr(__import__("types"), "UnionType")):
+    if origin in (Union, types.UnionType):
         for a in args:
             try:
                 return _check(a, value)

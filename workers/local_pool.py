@@ -20,7 +20,7 @@ class LocalPool:
         self.resizes: list[str] = []  # an in-process pool keeps its size
 
     @classmethod
-    def open(cls, task: ShardTask, workers: int = 1, source=None) -> "LocalPool":
+    def open(cls, task: ShardTask, workers: int = 1, source=None) -> LocalPool:
         """`workers` shard workers over task's rows, in this process; reading their rows
         is where bad values surface (an InputError)."""
         return cls([task.open(lo, hi, source) for lo, hi in task.ranges(workers)])

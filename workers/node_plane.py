@@ -273,7 +273,7 @@ class PlaneHost:
                 conn.settimeout(timeout)  # the reply has begun: the rest follows at once
                 try:
                     data = _recv_exact(conn, reply.size)
-                except socket.timeout:
+                except TimeoutError:
                     raise PeersSilent([slot], f"no answer within {timeout:g} s") from None
                 except OSError as e:
                     raise PeerLost(slot, str(e)) from None
@@ -358,7 +358,7 @@ class PlanePeer:
             self._sock.connect(address)
             self._sock.sendall(HELLO.pack(slot, bytes.fromhex(token)))
             msg, fds, _, _ = socket.recv_fds(self._sock, SHAPE.size, 2)
-        except socket.timeout:
+        except TimeoutError:
             self._sock.close()
             raise TimeoutError(f"the node's shared memory did not take the worker in slot {slot} "
                                f"within {timeout:g} s") from None
