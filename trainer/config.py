@@ -25,7 +25,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
 from trainer.costs import COSTS
@@ -34,12 +34,25 @@ from trainer.network import INITIALIZERS
 from trainer.optimizers import OPTIMIZERS
 from trainer.search_space import has_distributions, is_distribution, parse_distribution
 
-# The config's words are the keys of the registries that implement them.
-Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
-OutputActivation = Literal[tuple(ACTIVATIONS)]
-Cost = Literal[tuple(COSTS)]
-Initializer = Literal[INITIALIZERS]
-Optimizer = Literal[OPTIMIZERS]
+SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
+
+# The config's words are the keys of the registries that implement them: the reader
+# checks a value against these Literals, built when the module runs. A type checker
+# cannot read a Literal built at run time; to it they are words.
+if TYPE_CHECKING:
+    Activation: TypeAlias = str
+    OutputActivation: TypeAlias = str
+    Cost: TypeAlias = str
+    Initializer: TypeAlias = str
+    Optimizer: TypeAlias = str
+    Scheduler: TypeAlias = str
+else:
+    Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
+    OutputActivation = Literal[tuple(ACTIVATIONS)]
+    Cost = Literal[tuple(COSTS)]
+    Initializer = Literal[INITIALIZERS]
+    Optimizer = Literal[OPTIMIZERS]
+    Scheduler = Literal[SCHEDULERS]
 
 DEFAULT_BATCH = 256
 # Past these a config costs memory or hours before its first step: refused up front.
@@ -151,7 +164,6 @@ class TrackingConfig:
 
 # Keys a sweep cannot vary: its runs share one experiment, one store and one Ray connection.
 NOT_SWEPT = ("experiment", "tracking.uri", "cluster.address")
-SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ class Config:
     sweep_samples: int = ranged(1, lo=1)  # draws of the distributions per grid point
     sweep_seed: int | None = ranged(None, lo=0)  # seed of the draws; None: train.seed
     sweep_concurrency: int | None = ranged(None, lo=1)  # trials at once; None: as the CPUs allow
-    sweep_scheduler: Literal[SCHEDULERS] = "fifo"
+    sweep_scheduler: Scheduler = "fifo"
     sweep_grace_epochs: int = ranged(1, lo=1)  # asha: the first milestone, in epochs
     sweep_reduction_factor: int = ranged(2, lo=2)  # asha: 1/this of the trials go on at a milestone
 
@@ -228,7 +240,7 @@ class Config:
 
 
 SWEEP_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("sweep_"))
-_SWEEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in SWEEP_SETTINGS}
+_SWEEP_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config) if f.name in SWEEP_SETTINGS}
 
 
 def _flatten(d, prefix=""):
@@ -435,7 +447,7 @@ def _check_sweep(base: Config, raw) -> dict[str, list | dict]:
                           "but sweep: has none ({uniform: [a, b]}, {loguniform: ...}, {choice: ...})")
     known = base.flat()
     base = base.without_sweep()  # each value is checked as a setting of one run
-    grid = {}
+    grid: dict[str, list | dict] = {}
     for key, values in raw.items():
         if key not in known:
             same_section = [k for k in known if k.split(".")[0] == str(key).split(".")[0]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,7 +87,7 @@ def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float |
 
 
 def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
-          epochs: int, listeners: list[Listener] = (),
+          epochs: int, listeners: Sequence[Listener] = (),
           resume: Position | None = None, checkpointer: Checkpointer | None = None,
           should_stop=None, end_early=None) -> TrainResult:
     """Run synchronous data-parallel gradient descent on theta, in place.
