@@ -36,7 +36,7 @@ SHORT = 16  # hex digits of the fingerprint's hash shown in tags and messages
 def file_entry(file: str, size: int | None, mtime_ns: int | None, rows: int | None,
                row_groups: list[int] | None = None) -> dict:
     """One file's facts, as a fingerprint lists them."""
-    entry = {"file": file, "size": size, "mtime_ns": mtime_ns, "rows": rows}
+    entry: dict = {"file": file, "size": size, "mtime_ns": mtime_ns, "rows": rows}
     if row_groups is not None:
         entry["row_groups"] = [int(n) for n in row_groups]
     return entry

@@ -50,10 +50,17 @@ ARROW_ERRORS = (pa.ArrowException, OSError)
 class Source(Protocol):
     """What every source offers (CSV here, Parquet in `parquet`, built-in sets in `builtin_sets`)."""
 
-    name: str                     # shown in messages: absolute path or built-in name
-    num_rows: int
-    column_names: list[str]
-    column_types: dict[str, str]  # column -> arrow type as a string, in column order
+    @property
+    def name(self) -> str: ...  # shown in messages: absolute path or built-in name
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def column_names(self) -> list[str]: ...
+
+    @property
+    def column_types(self) -> dict[str, str]: ...  # column -> arrow type as a string, in column order
 
     def read(self, lo: int, hi: int, columns: list[str]) -> dict[str, np.ndarray]: ...
 
@@ -135,6 +142,7 @@ class RangeSource:
     num_rows = 0
     column_types: dict[str, str] = {}
     schema: pa.Schema | None = None   # for the empty read; None where _empty is overridden
+    last_row_groups_read: list   # Parquet sources: the row groups their last read opened
 
     @property
     def column_names(self) -> list[str]:
@@ -180,6 +188,7 @@ class RangeSource:
         raise NotImplementedError
 
     def _empty(self, columns: list[str]) -> dict[str, np.ndarray]:
+        assert self.schema is not None, f"{type(self).__name__} has no schema: it overrides _empty"
         return table_to_numpy(self.schema.empty_table(), columns)
 
     def _explain(self, err: BaseException) -> str:
@@ -244,7 +253,10 @@ class CsvSource(RangeSource):
     def __init__(self, location: Location, known: dict | None = None):
         self.name = self.spec = location.name
         self.remote, self._location = location.remote, location
-        self._types, self.size, self.mtime_ns, self.expected = None, None, None, None
+        self._types: dict | None = None
+        self.size: int | None = None
+        self.mtime_ns: int | None = None
+        self.expected: dict | None = None
         if known is not None:
             self.schema, self.num_rows, self.size = known["schema"], known["num_rows"], known["size"]
             self._types = {f.name: f.type for f in self.schema}
@@ -361,7 +373,7 @@ class CsvSource(RangeSource):
 def _count_rows(reader) -> tuple[int, dict[str, float]]:
     """(rows, {numeric column: its largest value}) in one pass: the driver reads a CSV
     once, and the largest label (for the number of classes) comes with the count."""
-    rows, top = 0, {}
+    rows, top = 0, dict[str, float]()
     try:
         for batch in reader:
             rows += batch.num_rows
@@ -421,6 +433,7 @@ def open_source(spec: str, known: dict | None = None, expected: dict | None = No
         if not os.path.isdir(path):
             check_regular_file(path)
         kind = "dir" if os.path.isdir(path) else "file"
+    source: Source
     if kind == "dir":
         source = ParquetDirSource(location, known)
     elif extension == ".parquet":
