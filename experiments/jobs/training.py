@@ -395,8 +395,6 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             run.upload_later(str(path), "checkpoints")  # from the outbox's thread: no wait
             last_upload[0], uploaded[0] = now, path
 
-    if should_stop is not None and hasattr(pool, "should_stop"):
-        pool.should_stop = should_stop  # Ctrl-C ends a wait for a lost worker's replacement
     t = job.cfg.train
     theta = resume.theta.astype(job.spec.dtype) if resume else job.theta0.copy()
     optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.beta1, t.beta2, t.epsilon)
