@@ -31,9 +31,9 @@ class TimedPool:
     def __getattr__(self, name):
         return getattr(self.pool, name)
 
-    def gradient_sums(self, theta, epoch, k, *rest):  # rest: whatever else the coordinator passes
+    def gradient_sums(self, theta, epoch, k, *args, **kwargs):  # and whatever else the coordinator passes
         t = time.perf_counter()
-        sums = self.pool.gradient_sums(theta, epoch, k, *rest)
+        sums = self.pool.gradient_sums(theta, epoch, k, *args, **kwargs)
         self.calls.append((time.perf_counter() - t, max(s.compute_seconds for s in sums)))
         return sums
 
