@@ -16,6 +16,7 @@ from trainer.errors import InputError, WorkerLostError
 from workers.data.fingerprint import raise_if_changed
 from workers.hang import FACTOR, FIRST_S
 from workers.pool_policy import Stop
+from workers.pool_state import PoolState
 from workers.pool_waits import wait_ready
 from workers.reshard import reassign
 from workers.data.storage_env import worker_error
@@ -38,7 +39,7 @@ class StragglerDeadline:
         return self.t0 + max(FIRST_S, FACTOR * self.first_seconds)
 
 
-class Launching:
+class Launching(PoolState):
     """The part of RayPool that starts actors and carries out a new layout."""
 
     def _start(self, lo: int, hi: int):
@@ -64,7 +65,7 @@ class Launching:
             # The pool's start: no bound until a worker has read its rows, then the
             # others get FACTOR times as long (at least FIRST_S): the rows are split
             # evenly, so a worker far behind hangs (workers/hang.py).
-            deadline = StragglerDeadline(time.monotonic())
+            deadline: StragglerDeadline | float = StragglerDeadline(time.monotonic())
         else:
             deadline = time.monotonic() + timeout
         ready = {}
@@ -72,10 +73,13 @@ class Launching:
             while starting:
                 done, died = wait_ready(starting, deadline, should_stop)
                 ready.update(done)
-                if timeout is None and not should_stop():
+                if isinstance(deadline, StragglerDeadline) and not should_stop():  # timeout None
                     hung = [j for j in starting if j not in done and j not in died]
-                    died.update({j: f"hung: its rows not read within {deadline(1) - deadline.t0:.0f} s, "
-                                    f"{FACTOR:g}x the first worker's time" for j in hung})
+                    if hung:
+                        until = deadline(1)  # a time: with one worker ready there is a bound
+                        assert until is not None
+                        died.update({j: f"hung: its rows not read within {until - deadline.t0:.0f} s, "
+                                        f"{FACTOR:g}x the first worker's time" for j in hung})
                     deadline = StragglerDeadline(time.monotonic(), deadline.first_seconds)
                 starting = {}
                 for j, why in sorted(died.items()):

@@ -20,6 +20,7 @@ from trainer.pool import StepAbandoned
 from workers.hang import SLICE_S
 from workers.pool_launch import log
 from workers.pool_policy import Stop
+from workers.pool_state import PoolState
 from workers.pool_waits import LOST_WORKER_ERRORS
 
 # What a call that lost workers raises: a leader's step fails (RayTaskError) when one
@@ -27,7 +28,7 @@ from workers.pool_waits import LOST_WORKER_ERRORS
 RECOVERABLE = (*LOST_WORKER_ERRORS, ray.exceptions.RayTaskError)
 
 
-class Recovery:
+class Recovery(PoolState):
     """The part of RayPool that recovers from lost workers."""
 
     def _with_recovery(self, call):

@@ -99,6 +99,7 @@ class RayPool(Launching, Recovery, Growth):
         try:
             # Actors start (and read their rows) in parallel; one that dies meanwhile is a
             # lost worker like any other: started again, counted against max_failures.
+            assert isinstance(workers, int)  # "auto" became a number above
             ranges = task.ranges(workers)
             started = self._launch(ranges, [None] * len(ranges), None, "while starting")
             self.actors = [started[j][0] for j in range(len(ranges))]

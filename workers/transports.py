@@ -123,9 +123,10 @@ class SharedMemoryPlanes:
         refs, owners = [], []
         for node, ranks in groups.items():
             if node == self._here:
-                self._host, self._host_ranks = PlaneHost(self._size, self._dtype, len(ranks)), ranks
-                attach = [actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
-                self._accept(attach, ranks, deadline)
+                host = PlaneHost(self._size, self._dtype, len(ranks))
+                self._host, self._host_ranks = host, ranks
+                attach = [actors[r].attach.remote(host.ticket, s) for s, r in enumerate(ranks)]
+                self._accept(host, attach, ranks, deadline)
                 refs += attach
                 owners += [[r] for r in ranks]
             else:
@@ -139,12 +140,12 @@ class SharedMemoryPlanes:
                 self._leader_ranks.append(ranks)
         self._waits.all(refs, owners, deadline + 10)  # the leaders' accept times out first
 
-    def _accept(self, attach: list, ranks: list[int], deadline: float) -> None:
+    def _accept(self, host: PlaneHost, attach: list, ranks: list[int], deadline: float) -> None:
         """The host's side of attaching: a second at a time, so that a worker that died
         before it attached is named at once rather than after ATTACH_TIMEOUT_S."""
         while True:
             try:
-                self._host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
+                host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
                 return
             except TimeoutError:
                 done, _ = ray.wait(attach, num_returns=len(attach), timeout=0)
@@ -157,7 +158,7 @@ class SharedMemoryPlanes:
                 if self._waits.give_up():
                     raise StepAbandoned("stopped while the workers attached") from None
                 if time.monotonic() >= deadline:
-                    silent = [r for s, r in enumerate(ranks) if s not in self._host.peers]
+                    silent = [r for s, r in enumerate(ranks) if s not in host.peers]
                     raise WorkersLost(silent, f"did not attach within {ATTACH_TIMEOUT_S:g} s") from None
 
     def unwire(self) -> None:
@@ -166,9 +167,9 @@ class SharedMemoryPlanes:
         if host is not None:
             host.close()
 
-    def _gather_host(self, bound: float) -> dict:
+    def _gather_host(self, host: PlaneHost, bound: float) -> dict:
         try:
-            return self._host.gather(bound, self._waits.give_up)
+            return host.gather(bound, self._waits.give_up)
         except PeerLost as e:
             raise named(e, self._host_ranks) from None
 
@@ -184,7 +185,7 @@ class SharedMemoryPlanes:
             # sums array is slot 0 of the plane, valid until the next step: the
             # coordinator adds it into its own buffer right away.
             self._host.send(OP_STEP, theta, epoch, k)
-            n, loss_sum, seconds = self._host.reduce(self._gather_host(bound))
+            n, loss_sum, seconds = self._host.reduce(self._gather_host(self._host, bound))
             parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
         parts += self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
         self._traffic["bytes_sent"] += theta.nbytes * (len(self._leaders) + (self._host is not None))
@@ -199,6 +200,6 @@ class SharedMemoryPlanes:
         parts = []
         if self._host is not None:
             self._host.send(OP_EVAL, theta)
-            parts.append(add_evals(self._gather_host(bound).values()))
+            parts.append(add_evals(self._gather_host(self._host, bound).values()))
         parts += self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
         return parts
