@@ -67,7 +67,7 @@ def bench_resize(name="W-mnist", epochs=2):
     import ray
 
     from cluster.connect import connect
-    from workers.ray_pool import RayPool
+    from workers import ray_pool
 
     job = prepare(name, "model.dtype=float64")
     t = job.cfg.train
@@ -77,8 +77,8 @@ def bench_resize(name="W-mnist", epochs=2):
         holder = ray.remote(num_cpus=1)(Stamps).remote(None)
         ray.get(holder.on_epoch.remote(0, {}))
         cluster = dataclasses.replace(job.cfg.cluster, workers="auto", max_workers=CPUS, replace_seconds=0)
-        pool = RayPool(job.task, cluster, "auto", 3)
-        pool.grow_check_seconds = 0.0  # look for free CPUs at every boundary (else every 5 s)
+        ray_pool.GROW_CHECK_SECONDS = 0.0  # look for free CPUs at every boundary (else every 5 s)
+        pool = ray_pool.RayPool(job.task, cluster, "auto", 3)
         clock = Stamps(pool)
         theta = job.theta0.copy()
         try:

@@ -7,7 +7,9 @@ is C = (1/m) sum_j L). `output_delta` returns delta[L] = dL/dZ[L] per column, al
 unscaled by m, so that the backward sums of Eq. 12 are sums over examples; like
 the activations' backward it may overwrite A, which the caller no longer needs.
 
-Each cost names the output activations it fits (`fits`). Two pairs are fused:
+Each cost names the output activations it fits (`fits`) and how its targets are
+encoded (`encoding`: "one_hot" class labels, "binary" 0/1 columns, "numeric" values;
+workers/data/examples.py builds Y by it). Two pairs are fused:
 sigmoid + binary cross-entropy and softmax + cross-entropy have delta = yhat - y
 exactly, and their loss is computed from the logits Z (log-sum-exp / softplus),
 so no log(0) and no overflow in exp, whatever the logits.
@@ -28,6 +30,9 @@ class Cost(Protocol):
     @property
     def fits(self) -> tuple[str, ...]: ...  # the output activations it fits
 
+    @property
+    def encoding(self) -> str: ...  # how its targets are encoded (above)
+
     def loss_sum(self, Y: np.ndarray, A: np.ndarray, Z: np.ndarray) -> float: ...
 
     def output_delta(self, Y: np.ndarray, A: np.ndarray, Z: np.ndarray, activation: str,
@@ -42,6 +47,7 @@ class MeanSquaredError:
     """L = sum_k (yhat_k - y_k)^2, so dL/dyhat = 2 (yhat - y)."""
 
     fits = ("sigmoid", "tanh", "relu", "leaky_relu", "linear", "softmax")
+    encoding = "numeric"
 
     def loss_sum(self, Y, A, Z):
         diff = A - Y
@@ -57,6 +63,7 @@ class MeanAbsoluteError:
     """L = sum_k |yhat_k - y_k|, so dL/dyhat = sign(yhat - y)."""
 
     fits = MeanSquaredError.fits
+    encoding = "numeric"
 
     def loss_sum(self, Y, A, Z):
         return _sum64(np.abs(A - Y))
@@ -75,6 +82,7 @@ class BinaryCrossEntropy:
     """
 
     fits = ("sigmoid",)
+    encoding = "binary"
 
     def loss_sum(self, Y, A, Z):
         # softplus(-|z|) = -log sigmoid(|z|) = -log max(A, 1 - A): one log of a
@@ -101,6 +109,7 @@ class CrossEntropy:
     """
 
     fits = ("softmax",)
+    encoding = "one_hot"
 
     def loss_sum(self, Y, A, Z):
         shifted = Z - Z.max(axis=0, keepdims=True)
@@ -120,3 +129,4 @@ COSTS: dict[str, Cost] = {
     "binary_cross_entropy": BinaryCrossEntropy(),
     "cross_entropy": CrossEntropy(),
 }
+ENCODINGS = tuple(dict.fromkeys(cost.encoding for cost in COSTS.values()))  # every target encoding

@@ -113,13 +113,13 @@ def wait_ready(started: dict, deadline, should_stop=never) -> tuple[dict, dict]:
     while pending:
         until = deadline(len(done)) if callable(deadline) else deadline
         left = SLICE_S if until is None else max(0.0, min(SLICE_S, until - time.monotonic()))
-        newly, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
-        done += newly
+        came, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
+        done += came
         until = deadline(len(done)) if callable(deadline) else deadline
         if (until is not None and time.monotonic() >= until) or should_stop():
             break
-    ready: dict[int, tuple] = {}
-    died: dict[int, str] = {}
+    ready: dict = {}
+    died: dict = {}
     for ref in done:
         try:
             ready[index[ref]] = (started[index[ref]][0], ray.get(ref))

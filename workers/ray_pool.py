@@ -47,7 +47,6 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.pool import EvalSums, ShardSums
 from workers.pool_growth import Growth
-from workers.pool_launch import Launching
 from workers.pool_policy import FailurePolicy, ScalingPolicy, start_size
 from workers.pool_recovery import Recovery
 from workers.pool_waits import Waits
@@ -58,7 +57,7 @@ from workers.transports import make_transport
 GROW_CHECK_SECONDS = 5.0  # how often a pool that may grow asks Ray for free CPUs (never per step)
 
 
-class RayPool(Launching, Recovery, Growth):
+class RayPool(Recovery, Growth):
     def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int | str, max_failures: int,
                  strategy="SPREAD", placement_timeout: float | None = None):
         """cluster: the config's cluster section, whole (cpus_per_worker, data_plane,
@@ -76,7 +75,9 @@ class RayPool(Launching, Recovery, Growth):
         self.max_workers = None  # None: a fixed size, never grown
         if workers == "auto":
             self.max_workers = cluster.max_workers or MAX_WORKERS
-            workers = start_size(self._free_slots(), self.min_workers, self.max_workers)
+            count = start_size(self._free_slots(), self.min_workers, self.max_workers)
+        else:
+            count = int(workers)
         self.max_failures = max_failures
         self.placement_timeout = cluster.replace_seconds if placement_timeout is None else placement_timeout
         self.failure_policy = FailurePolicy(max_failures, self.min_workers)
@@ -99,8 +100,7 @@ class RayPool(Launching, Recovery, Growth):
         try:
             # Actors start (and read their rows) in parallel; one that dies meanwhile is a
             # lost worker like any other: started again, counted against max_failures.
-            assert isinstance(workers, int)  # "auto" became a number above
-            ranges = task.ranges(workers)
+            ranges = task.ranges(count)
             started = self._launch(ranges, [None] * len(ranges), None, "while starting")
             self.actors = [started[j][0] for j in range(len(ranges))]
             self.info = [started[j][1] for j in range(len(ranges))]
@@ -111,10 +111,6 @@ class RayPool(Launching, Recovery, Growth):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def num_workers(self) -> int:
-        return len(self.actors)
 
     @property
     def num_nodes(self) -> int:

@@ -1,9 +1,10 @@
 """The body of one Ray shard worker: a ShardWorker over its rows, and its side of its
 node's shared-memory plane (workers/node_plane.py).
 
-workers/ray_pool.py starts these actors, gives them their rows, wires the planes and
-drives the steps; this module is what runs inside each actor process (named
-`ray::ShardActor`, which benchmarks/memory.py looks for).
+workers/ray_pool.py starts these actors and gives them their rows, and its transport
+(workers/transports.py) wires the planes and drives the steps; this module is what
+runs inside each actor process (named `ray::ShardActor`, which benchmarks/memory.py
+looks for).
 """
 
 from __future__ import annotations

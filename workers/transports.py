@@ -123,10 +123,9 @@ class SharedMemoryPlanes:
         refs, owners = [], []
         for node, ranks in groups.items():
             if node == self._here:
-                host = PlaneHost(self._size, self._dtype, len(ranks))
-                self._host, self._host_ranks = host, ranks
-                attach = [actors[r].attach.remote(host.ticket, s) for s, r in enumerate(ranks)]
-                self._accept(host, attach, ranks, deadline)
+                self._host, self._host_ranks = PlaneHost(self._size, self._dtype, len(ranks)), ranks
+                attach = [actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
+                self._accept(attach, ranks, deadline)
                 refs += attach
                 owners += [[r] for r in ranks]
             else:
@@ -140,9 +139,11 @@ class SharedMemoryPlanes:
                 self._leader_ranks.append(ranks)
         self._waits.all(refs, owners, deadline + 10)  # the leaders' accept times out first
 
-    def _accept(self, host: PlaneHost, attach: list, ranks: list[int], deadline: float) -> None:
+    def _accept(self, attach: list, ranks: list[int], deadline: float) -> None:
         """The host's side of attaching: a second at a time, so that a worker that died
         before it attached is named at once rather than after ATTACH_TIMEOUT_S."""
+        host = self._host
+        assert host is not None
         while True:
             try:
                 host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
@@ -167,9 +168,10 @@ class SharedMemoryPlanes:
         if host is not None:
             host.close()
 
-    def _gather_host(self, host: PlaneHost, bound: float) -> dict:
+    def _gather_host(self, bound: float) -> dict:
+        assert self._host is not None
         try:
-            return host.gather(bound, self._waits.give_up)
+            return self._host.gather(bound, self._waits.give_up)
         except PeerLost as e:
             raise named(e, self._host_ranks) from None
 
@@ -185,7 +187,7 @@ class SharedMemoryPlanes:
             # sums array is slot 0 of the plane, valid until the next step: the
             # coordinator adds it into its own buffer right away.
             self._host.send(OP_STEP, theta, epoch, k)
-            n, loss_sum, seconds = self._host.reduce(self._gather_host(self._host, bound))
+            n, loss_sum, seconds = self._host.reduce(self._gather_host(bound))
             parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
         parts += self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
         self._traffic["bytes_sent"] += theta.nbytes * (len(self._leaders) + (self._host is not None))
@@ -200,6 +202,6 @@ class SharedMemoryPlanes:
         parts = []
         if self._host is not None:
             self._host.send(OP_EVAL, theta)
-            parts.append(add_evals(self._gather_host(self._host, bound).values()))
+            parts.append(add_evals(self._gather_host(bound).values()))
         parts += self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
         return parts
