@@ -121,10 +121,13 @@ class Launching(PoolState):
                 started[j] = (actor, actor.ready.remote())
         return started
 
-    def _reshard(self, ranges, takers, started: dict) -> None:
+    def _reshard(self, ranges, takers, started: dict, same_workers: bool = False) -> None:
         """Move to len(ranges) workers at a step boundary: takers[j] (a current rank)
         or started[j] (a new, ready actor) holds ranges[j]; current actors that take no
-        range are stopped; the transport is wired anew."""
+        range are stopped; the transport is wired anew. same_workers: a rebalance (every
+        worker keeps its rank); else the workers' speeds are measured anew."""
+        if self.balance is not None and not same_workers:
+            self.balance.workers_changed()
         self.transport.unwire()
         for r, actor in enumerate(self.actors):
             if r not in takers:

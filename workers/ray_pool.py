@@ -50,6 +50,7 @@ from workers.pool_growth import Growth
 from workers.pool_policy import FailurePolicy, ScalingPolicy, start_size
 from workers.pool_recovery import Recovery
 from workers.pool_waits import Waits
+from workers.rebalance import PoolBalance, rows_to_read
 from workers.shard import ShardTask
 from workers.shard_actor import ShardActor
 from workers.transports import make_transport
@@ -87,6 +88,10 @@ class RayPool(Recovery, Growth):
         self.resizes: list[str] = []  # one line per change of size ("2 -> 3 workers: why")
         self._joining = None  # workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline)
         self._last_look = time.monotonic()
+        # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
+        # by rank, and what moves rows from slow workers to fast ones (None: never).
+        self.worker_seconds: list[float] = []
+        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         # The bounds of every wait, and the stop request of the call in progress (none
@@ -133,8 +138,13 @@ class RayPool(Recovery, Growth):
         self.waits.stop_on(should_stop)
         if self.max_workers is not None:
             self._with_recovery(self._grow)  # the step boundary: new workers join here
+        if self.balance is not None:
+            self._with_recovery(self._rebalance)  # ... and slow workers give rows to fast ones
         parts = self._with_recovery(lambda: self._timed(self.waits.step_bound, self.waits.step_bound.seconds(),
                                                         lambda bound: self.transport.step(theta, epoch, k, bound)))
+        self.worker_seconds = [seconds for seconds, _ in self.transport.timed]
+        if self.balance is not None:
+            self.balance.record(self.worker_seconds, [n for _, n in self.transport.timed])
         self.traffic["steps"] += 1
         self.traffic["bytes_received"] += sum(p.grad.nbytes for p in parts)
         return parts
@@ -143,6 +153,18 @@ class RayPool(Recovery, Growth):
         self.waits.stop_on(should_stop)
         return self._with_recovery(lambda: self._timed(self.waits.eval_bound, self._evaluation_bound(),
                                                        lambda bound: self.transport.evaluate(theta, bound)))
+
+    def _rebalance(self) -> None:
+        """At a step boundary: move rows from slow workers to fast ones when the policy
+        says so (workers/balance.py). Every worker keeps its rank (a slow one stays the
+        one with fewer rows) and the rows it still holds; only the rest are read."""
+        old = list(self.ranges)
+        proposal = self.balance.propose(old)
+        if proposal is None:
+            return
+        new, move = proposal
+        self._reshard(new, list(range(self.num_workers)), {}, same_workers=True)
+        self.balance.moved(move, old, new, rows_to_read(old, new))
 
     @staticmethod
     def _timed(bound_of_kind, bound: float, call):

@@ -49,6 +49,7 @@ class ShardActor:
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer: PlanePeer | None = None  # this worker's side of its node's plane
         self.plane: PlaneHost | None = None  # the plane it hosts, when it leads its node
+        self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
         try:
             self.source = task.open_source()
             self.worker = task.open(lo, hi, self.source)
@@ -81,9 +82,15 @@ class ShardActor:
         self.lo, self.hi = lo, hi
         try:
             self.worker = self.task.open(lo, hi, self.source, held)
+            self.worker.delay_per_row = self.delay_per_row  # the same (slow) worker, other rows
         except DataChangedError as e:
             self.error, self.data_changed = str(e), True
         return self.ready()
+
+    def slow_down(self, delay_per_row: float) -> None:
+        """A test and benchmark hook: make this worker a straggler by sleeping this long
+        per row it computes (ShardWorker.delay_per_row), from now on, whatever rows it holds."""
+        self.delay_per_row = self.worker.delay_per_row = delay_per_row
 
     # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
@@ -129,9 +136,11 @@ class ShardActor:
         plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
         t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
-        replies = plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
-        n, loss_sum, seconds = plane.reduce({0: own, **replies})
-        return ShardSums(plane.sums[0], loss_sum, n, seconds)
+        replies = {0: own, **plane.gather(max(timeout - (time.monotonic() - t0), 0.001))}
+        n, loss_sum, seconds = plane.reduce(replies)
+        # Each worker's time, so that the driver sees a straggler inside a node too.
+        per_worker = [(replies[s][2], replies[s][0]) for s in sorted(replies)]
+        return ShardSums(plane.sums[0], loss_sum, n, seconds, per_worker)
 
     def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""
