@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
