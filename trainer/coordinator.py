@@ -164,7 +164,8 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             if epoch + 1 < end_epoch:
                 _final_checkpoint(checkpointer, theta, optimizer, here)
             raise TrainingStopped(here) from None
-        metrics = {"epoch_loss": epoch_loss_sum / plan.m,
+        epoch_loss = epoch_loss_sum / plan.m
+        metrics: dict[str, float | str] = {"epoch_loss": epoch_loss,
                    "examples_per_second": plan.m / seconds,
                    "step_seconds": seconds / plan.steps_per_epoch,
                    # How a step's time splits: the slowest worker's compute, and the rest
@@ -178,7 +179,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         metrics["param_hash"] = result.param_hashes[epoch + 1] = param_hash(theta)
         result.history.append(metrics)
         result.epochs += 1
-        result.final_loss, result.val_loss, result.val_accuracy = metrics["epoch_loss"], val_loss, val_acc
+        result.final_loss, result.val_loss, result.val_accuracy = epoch_loss, val_loss, val_acc
         for lst in listeners:
             lst.on_epoch(epoch, metrics)
         here = Position(epoch + 1, 0, result.steps)
