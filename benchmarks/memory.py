@@ -10,9 +10,10 @@ memory and each worker's, and each shard's size in the training dtype (float32).
     python benchmarks/memory.py --code /path/to/other/checkout   # the same jobs on other code
 
 Cases: `tiny` (4,096 rows) gives the processes' size without data (Python, numpy,
-pyarrow, Ray: the figures' floor, subtracted in `*_data_mb`); `wmnist-1rg` is teacher-mnist's 60,000 rows as pyarrow writes them by default
-(one row group); `rand-256mb`, `rand-1gb` are random rows (incompressible) in row
-groups of 32,768 rows; `rand-1gb-1rg` is the 1 GB file as one row group.
+pyarrow, Ray: the figures' floor, subtracted in `*_data_mb`); `wmnist-1rg` is
+teacher-mnist's 60,000 rows as pyarrow writes them by default (one row group);
+`rand-256mb`, `rand-1gb` are random rows (incompressible) in row groups of 32,768
+rows; `rand-1gb-1rg` is the 1 GB file as one row group.
 
 How it measures: the driver's peak is the `ru_maxrss` of the `rayprop` process itself
 (getrusage at its exit, its children not included); workers' peaks are the VmHWM
@@ -169,8 +170,8 @@ def run_job(source: Path, work: Path, code: Path, workers: int) -> dict:
     watch = WorkerWatch()
     t0 = time.monotonic()
     peak_file = work / "driver-peak"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(peak_file=str(peak_file)), "train", str(config), "--workers",
-                             str(workers), "--output", str(work / "out"), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(peak_file=str(peak_file)), "train", str(config),
+                             "--workers", str(workers), "--output", str(work / "out"), "--quiet",
                              "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"],
                             cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watch.root = proc.pid

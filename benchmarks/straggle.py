@@ -90,7 +90,6 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=40, help="steps per window (whole epochs)")
     args = ap.parse_args(argv)
 
-    import ray
 
     from cluster.connect import connect
     from workers.ray_pool import RayPool

@@ -251,7 +251,8 @@ def follow(client, job_id: str) -> str | None:
     how = info.status.lower() + (f" with exit code {code}" if code is not None else "")
     # The job's last line says why (rayprop's own one line, or a traceback's last line);
     # a job that never started has only Ray's message.
-    why = seen["last"] if code is not None and seen["last"] else (one_line(info.message) if info.message else seen["last"])
+    why = seen["last"] if code is not None and seen["last"] else (
+        one_line(info.message) if info.message else seen["last"])
     what = f"job {job_id} {how}: {redact(why)}" if why else f"job {job_id} {how}"
     # The kind of the job's own error decides this command's exit code.
     raise (InputError if code == 2 else RunError)(what)

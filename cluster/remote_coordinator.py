@@ -122,22 +122,22 @@ class CoordinatorActor:
         return {"workers": self.pool.num_workers, "nodes": self.pool.num_nodes, "m": self.pool.m,
                 "m_val": self.pool.m_val, "resizes": list(self.pool.resizes)}
 
-    def start(self, theta, optimizer, plan, epochs, start_epoch, resume, schedule) -> None:
+    def start(self, theta, optimizer, plan, epochs, resume, schedule) -> None:
         """Train in a thread of this actor; the outcome is the last event."""
         checkpointer = None if schedule is None else QueuedCheckpoints(schedule, self.queue.put)
         self._thread = threading.Thread(
             target=self._train, daemon=True,
-            args=(theta, optimizer, plan, epochs, start_epoch, resume, checkpointer))
+            args=(theta, optimizer, plan, epochs, resume, checkpointer))
         self._thread.start()
 
-    def _train(self, theta, optimizer, plan, epochs, start_epoch, resume, checkpointer) -> None:
+    def _train(self, theta, optimizer, plan, epochs, resume, checkpointer) -> None:
         # Arrays that arrive through Ray are read-only views of the object store; the
         # coordinator updates theta and the optimizer's buffers in place.
         theta, optimizer = theta.copy(), copy.deepcopy(optimizer)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence: the coordinator says so
                 result = train(self.pool, theta, optimizer, plan, epochs, [self.queue],
-                               start_epoch=start_epoch, resume=resume, checkpointer=checkpointer,
+                               resume=resume, checkpointer=checkpointer,
                                should_stop=self._stop.is_set)
             outcome = ("done", result, theta, optimizer.state())
         except TrainingStopped as e:

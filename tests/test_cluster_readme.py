@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import signal
 import subprocess
 import sys
@@ -31,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.conftest import REPO
 from tests.raycluster import free_port, wait_listening

@@ -10,7 +10,6 @@ resume finish with its weights.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal

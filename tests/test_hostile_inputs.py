@@ -128,14 +128,16 @@ CASES = [
      ["struct.parquet", "'x0'", "not numeric"]),
     ("predict on a FIFO", ["predict", "good_model", "fifo.csv"], ["fifo.csv", "FIFO"]),
     ("evaluate on gzip", ["evaluate", "good_model", "gzipped.csv"], ["gzipped.csv", "gzip"]),
-    *[(f"{command}: model.json {name}", [command, name, "data.csv"], [name, *words]) for command in ("predict", "evaluate")
+    *[(f"{command}: model.json {name}", [command, name, "data.csv"], [name, *words])
+      for command in ("predict", "evaluate")
       for name, words in [("layers_text", ["'layers'"]), ("layers_float", ["'layers'"]),
                           ("layers_huge", ["W1", "shape"]), ("layers_bool", ["'layers'"]),
                           ("activation_list", ["'hidden_activation'"]), ("dtype_number", ["'dtype'"]),
                           ("features_short", ["'features'"]), ("features_text", ["'features'"]),
                           ("targets_empty", ["'targets'"]), ("encoding_unknown", ["'encoding'"]),
                           ("json_deep", ["not valid JSON"])]],
-    *[(f"{command}: model.npz {name}", [command, name, "data.csv"], [name, *words]) for command in ("predict", "evaluate")
+    *[(f"{command}: model.npz {name}", [command, name, "data.csv"], [name, *words])
+      for command in ("predict", "evaluate")
       for name, words in [("array_missing", ["b2"]), ("array_ints", ["W1", "int64"]),
                           ("array_text", ["b1"]), ("array_shape", ["W2", "shape"]),
                           ("array_nan", ["b2", "finite"]), ("not_npy_member", ["plain arrays"])]],

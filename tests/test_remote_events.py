@@ -56,7 +56,7 @@ def in_the_actor(job, pool, ckpt: Checkpointer, stop_at_once=False):
                 "min_seconds": ckpt.min_seconds, "last_epoch": ckpt.last_epoch}
     if stop_at_once:
         actor.stop()
-    actor.start(theta, opt, job.plan, EPOCHS, 0, None, schedule)
+    actor.start(theta, opt, job.plan, EPOCHS, None, schedule)
     rec = Recorder()
     view = type("View", (), {"resizes": []})()
     deadline = time.monotonic() + 60

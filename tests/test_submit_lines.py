@@ -62,7 +62,8 @@ class Logs:
 
 
 def test_a_missing_dependency_names_the_python_and_the_fix():
-    line = jobs._missing_on_cluster(Logs("rayprop: missing on the cluster: pyarrow mlflow (for /opt/py/bin/python)\n"), "j")
+    logs = Logs("rayprop: missing on the cluster: pyarrow mlflow (for /opt/py/bin/python)\n")
+    line = jobs._missing_on_cluster(logs, "j")
     assert "/opt/py/bin/python -m pip install pyarrow mlflow" in line and "--pip" in line
     line = jobs._missing_on_cluster(Logs("rayprop: missing on the cluster: ray numpy (for /usr/bin/python3)\n"), "j")
     assert "could not find the Python that runs the cluster's Ray" in line and "pip install" not in line

@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np

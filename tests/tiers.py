@@ -20,6 +20,7 @@ TIERS = (RAY, SERVER, SLOW)
 # Module -> markers of all its tests; () is the fast tier.
 MODULES: dict[str, tuple[str, ...]] = {
     "test_bad_inputs": (),
+    "test_benchmarks": (),  # the harness's smoke run: W-tiny, local mode, 3 steps
     "test_checkpoint": (),
     "test_cli": (),
     "test_config": (),
@@ -34,9 +35,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
-    "test_checkpoint_uploads": (SLOW,),
-    "test_logged_models": (SERVER, SLOW),
-    "test_system_metrics": (RAY, SLOW),  # two raylets (ray.cluster_utils) and a training subprocess  # an `mlflow server`; training in this process, no Ray  # a real sqlite store: MLflow's import and tables
+    "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables
+    "test_logged_models": (SERVER, SLOW),  # an `mlflow server`; training in this process, no Ray
+    "test_system_metrics": (RAY, SLOW),  # two raylets (ray.cluster_utils) and a training subprocess
     "test_fingerprint": (RAY, SLOW),
     "test_hung_worker": (RAY, SLOW),
     "test_ray_client": (RAY, SERVER, SLOW),

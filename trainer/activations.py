@@ -19,9 +19,19 @@ cost short-cuts it to yhat - y (see costs.py).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 LEAKY_SLOPE = 0.01  # slope of leaky_relu for Z < 0
+
+
+class Activation(Protocol):
+    """What the network asks of an activation (ACTIVATIONS' values)."""
+
+    def forward(self, Z: np.ndarray, out: np.ndarray) -> np.ndarray: ...
+
+    def backward(self, dA: np.ndarray, A: np.ndarray) -> np.ndarray: ...
 
 
 class Sigmoid:
@@ -102,7 +112,7 @@ class Softmax:
 
 
 # Registry keyed by the config word (model.hidden_activation / model.output_activation).
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Sigmoid(),
     "tanh": Tanh(),
     "relu": ReLU(),

@@ -20,9 +20,10 @@ class BatchPlan:
         """batch_size None (or >= m) means the full batch, in index order."""
         assert m > 0, "a batch plan needs at least one example"
         self.m, self.seed = m, seed
-        self.full = batch_size is None or batch_size >= m
-        self.batch_size = m if self.full else int(batch_size)
-        self._epoch, self._perm = None, None
+        self.batch_size = m if batch_size is None else min(int(batch_size), m)
+        self.full = self.batch_size == m
+        self._epoch: int | None = None
+        self._perm = np.empty(0, dtype=np.int64)
 
     @property
     def steps_per_epoch(self) -> int:

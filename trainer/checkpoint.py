@@ -31,6 +31,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def write_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     p = ckpt.position
     path = directory / f"{PREFIX}{p.global_step:09d}{SUFFIX}"
-    arrays = {"theta": ckpt.theta,
+    # Any: numpy's stub of savez would match a key against its allow_pickle (a bool).
+    arrays: dict[str, Any] = {"theta": ckpt.theta,
               "position": np.array([p.epoch, p.k, p.global_step], dtype=np.int64),
               "epoch_partial": np.array([p.epoch_loss_sum, p.epoch_seconds, p.epoch_compute]),
               "meta": np.array(json.dumps(ckpt.meta))}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
 from trainer.costs import COSTS
@@ -33,12 +33,25 @@ from trainer.optimizers import OPTIMIZERS
 from trainer.config_reader import check_ranges, ranged, read_section
 from trainer.sweep_config import check_sweep
 
-# The config's words are the keys of the registries that implement them.
-Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
-OutputActivation = Literal[tuple(ACTIVATIONS)]
-Cost = Literal[tuple(COSTS)]
-Initializer = Literal[INITIALIZERS]
-Optimizer = Literal[OPTIMIZERS]
+SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
+
+# The config's words are the keys of the registries that implement them: the reader
+# checks a value against these Literals, built when the module runs. A type checker
+# cannot read a Literal built at run time; to it they are words.
+if TYPE_CHECKING:
+    Activation: TypeAlias = str
+    OutputActivation: TypeAlias = str
+    Cost: TypeAlias = str
+    Initializer: TypeAlias = str
+    Optimizer: TypeAlias = str
+    Scheduler: TypeAlias = str
+else:
+    Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
+    OutputActivation = Literal[tuple(ACTIVATIONS)]
+    Cost = Literal[tuple(COSTS)]
+    Initializer = Literal[INITIALIZERS]
+    Optimizer = Literal[OPTIMIZERS]
+    Scheduler = Literal[SCHEDULERS]
 
 DEFAULT_BATCH = 256
 # Past these a config costs memory or hours before its first step: refused up front.
@@ -127,9 +140,6 @@ class TrackingConfig:
     uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
 
 
-SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
-
-
 @dataclass(frozen=True)
 class Config:
     experiment: str = "rayprop"
@@ -145,7 +155,7 @@ class Config:
     sweep_samples: int = ranged(1, lo=1)  # draws of the distributions per grid point
     sweep_seed: int | None = ranged(None, lo=0)  # seed of the draws; None: train.seed
     sweep_concurrency: int | None = ranged(None, lo=1)  # trials at once; None: as the CPUs allow
-    sweep_scheduler: Literal[SCHEDULERS] = "fifo"
+    sweep_scheduler: Scheduler = "fifo"
     sweep_grace_epochs: int = ranged(1, lo=1)  # asha: the first milestone, in epochs
     sweep_reduction_factor: int = ranged(2, lo=2)  # asha: 1/this of the trials go on at a milestone
 
@@ -180,7 +190,7 @@ class Config:
     def sweep_draw_seed(self) -> int:
         return self.train.seed if self.sweep_seed is None else self.sweep_seed
 
-    def with_overrides(self, pairs: dict[str, object]) -> "Config":
+    def with_overrides(self, pairs: dict[str, object]) -> Config:
         merged = {**_unflatten(self.flat()), **self.sweep_settings()}
         for key, value in pairs.items():
             set_dotted(merged, key, value)
@@ -188,15 +198,15 @@ class Config:
             merged["sweep"] = dict(self.sweep)
         return from_dict(merged)
 
-    def with_sweep(self, axes: dict[str, list]) -> "Config":
+    def with_sweep(self, axes: dict[str, list]) -> Config:
         """This config with `axes` added to (or replacing axes of) its sweep grid."""
         return dataclasses.replace(self, sweep=_check_sweep(self, {**self.sweep, **axes}))
 
-    def without_sweep(self) -> "Config":
+    def without_sweep(self) -> Config:
         """The config of one run: no sweep, sweep_* keys at their defaults."""
         return dataclasses.replace(self, sweep={}, **_SWEEP_DEFAULTS)
 
-    def resolved(self, layers: list[int], output_activation: str) -> "Config":
+    def resolved(self, layers: list[int], output_activation: str) -> Config:
         """The config as trained: the layers and output activation the data and cost
         chose filled in (both already checked by building the network), no sweep."""
         model = dataclasses.replace(self.model, layers=list(layers), output_activation=output_activation)
@@ -204,7 +214,7 @@ class Config:
 
 
 SWEEP_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("sweep_"))
-_SWEEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in SWEEP_SETTINGS}
+_SWEEP_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config) if f.name in SWEEP_SETTINGS}
 
 
 def _flatten(d, prefix=""):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,14 +92,14 @@ def evaluate(pool: WorkerPool, theta: np.ndarray, should_stop=None) -> tuple[flo
 
 
 def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan: BatchPlan,
-          epochs: int, listeners: list[Listener] = (), start_epoch: int = 0,
+          epochs: int, listeners: Sequence[Listener] = (),
           resume: Position | None = None, checkpointer: Checkpointer | None = None,
           should_stop=None, end_early=None) -> TrainResult:
     """Run synchronous data-parallel gradient descent on theta, in place.
 
-    Epochs start_epoch .. start_epoch + epochs - 1, or, with `resume` (a checkpoint's
-    position), from batch resume.k of epoch resume.epoch to the end of epoch
-    start_epoch + epochs - 1, counting steps on from resume.global_step.
+    Epochs 0 .. epochs - 1, or, with `resume` (a checkpoint's position), from batch
+    resume.k of epoch resume.epoch to the end of epoch epochs - 1, counting steps on
+    from resume.global_step.
     `checkpointer` writes checkpoints (trainer/checkpoint.py); `should_stop()` is
     asked after every step, and when it says so the coordinator writes a checkpoint
     and raises TrainingStopped: an interrupt loses at most the step in flight. A pool
@@ -111,8 +112,8 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
     grad = np.empty_like(theta)
     result = TrainResult()
-    end_epoch = start_epoch + epochs
-    pos = resume or Position(start_epoch, 0, 0)
+    end_epoch = epochs
+    pos = resume or Position(0, 0, 0)
     result.steps = pos.global_step
     t_run = time.perf_counter()
     train_seconds = 0.0
@@ -163,7 +164,8 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             if epoch + 1 < end_epoch:
                 _final_checkpoint(checkpointer, theta, optimizer, here)
             raise TrainingStopped(here) from None
-        metrics = {"epoch_loss": epoch_loss_sum / plan.m,
+        epoch_loss = epoch_loss_sum / plan.m
+        metrics: dict[str, float | str] = {"epoch_loss": epoch_loss,
                    "examples_per_second": plan.m / seconds,
                    "step_seconds": seconds / plan.steps_per_epoch,
                    # How a step's time splits: the slowest worker's compute, and the rest
@@ -177,7 +179,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         metrics["param_hash"] = result.param_hashes[epoch + 1] = param_hash(theta)
         result.history.append(metrics)
         result.epochs += 1
-        result.final_loss, result.val_loss, result.val_accuracy = metrics["epoch_loss"], val_loss, val_acc
+        result.final_loss, result.val_loss, result.val_accuracy = epoch_loss, val_loss, val_acc
         for lst in listeners:
             lst.on_epoch(epoch, metrics)
         here = Position(epoch + 1, 0, result.steps)

@@ -17,9 +17,26 @@ so no log(0) and no overflow in exp, whatever the logits.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from trainer.activations import ACTIVATIONS
+
+
+class Cost(Protocol):
+    """What the network and the workers ask of a cost (COSTS' values)."""
+
+    @property
+    def fits(self) -> tuple[str, ...]: ...  # the output activations it fits
+
+    @property
+    def encoding(self) -> str: ...  # how its targets are encoded (above)
+
+    def loss_sum(self, Y: np.ndarray, A: np.ndarray, Z: np.ndarray) -> float: ...
+
+    def output_delta(self, Y: np.ndarray, A: np.ndarray, Z: np.ndarray, activation: str,
+                     out: np.ndarray) -> np.ndarray: ...
 
 
 def _sum64(x) -> float:
@@ -106,7 +123,7 @@ class CrossEntropy:
 
 
 # Registry keyed by the config word (model.cost).
-COSTS = {
+COSTS: dict[str, Cost] = {
     "mse": MeanSquaredError(),
     "mae": MeanAbsoluteError(),
     "binary_cross_entropy": BinaryCrossEntropy(),

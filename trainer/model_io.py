@@ -18,7 +18,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -92,7 +94,9 @@ def write_json(path: Path, obj) -> None:
 def save_model(out_dir: Path, spec: NetworkSpec, theta: np.ndarray, columns: dict) -> None:
     """Write out_dir/model.npz and out_dir/model.json. `columns`: features, targets, encoding."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "model.npz", lambda f: np.savez(f, **theta_arrays(spec, theta)))
+    # Any: numpy's stub of savez would match a key against its allow_pickle (a bool).
+    arrays: dict[str, Any] = theta_arrays(spec, theta)
+    atomic_write(out_dir / "model.npz", lambda f: np.savez(f, **arrays))
     write_json(out_dir / "model.json", {
         "format": FORMAT, "rayprop_version": __version__,
         "layers": list(spec.layers), "hidden_activation": spec.hidden_activation,
@@ -121,7 +125,7 @@ def array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
-def read_arrays(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
+def read_arrays(path: Path, expected: Mapping[str, tuple[int, ...]] | None = None,
                 what: str = "a model file") -> dict[str, np.ndarray]:
     """The arrays of an .npz file, refusing pickles; InputError if it is not one.
 
@@ -212,7 +216,7 @@ def load_model(path: str | Path) -> tuple[NetworkSpec, np.ndarray, dict]:
     return spec, theta_from_arrays(spec, arrays, npz), meta
 
 
-def _is_names(value) -> bool:
+def _is_names(value) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 

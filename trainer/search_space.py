@@ -53,6 +53,11 @@ def parse_distribution(key: str, raw: dict) -> tuple[str, list]:
     return kind, [lo, hi]
 
 
+def _only_item(distribution: dict) -> tuple[str, list]:
+    (kind, args), = distribution.items()
+    return kind, args
+
+
 def draw(kind: str, args: list, rng: np.random.Generator):
     if kind == "uniform":
         return float(rng.uniform(args[0], args[1]))
@@ -74,6 +79,6 @@ def trials(sweep: dict, samples: int = 1, seed: int = 0) -> list[dict[str, objec
     for _ in range(samples):
         for point in itertools.product(*(sweep[k] for k in grid_keys)):
             values = dict(zip(grid_keys, point))
-            out.append({k: values[k] if k in values else draw(*next(iter(v.items())), rng)
+            out.append({k: values[k] if k in values else draw(*_only_item(v), rng)
                         for k, v in sweep.items()})
     return out

@@ -10,7 +10,7 @@ tie a sweep's runs together (NOT_SWEPT) cannot vary.
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 from trainer.errors import ConfigError, short
 from trainer.search_space import has_distributions, is_distribution, parse_distribution
@@ -54,7 +54,7 @@ def check_sweep(raw, settings: dict[str, object], samples: int, convert: Convert
     if samples > 1 and not has_distributions(raw):
         raise ConfigError(f"sweep_samples: {samples} draws of the sweep's distributions, "
                           "but sweep: has none ({uniform: [a, b]}, {loguniform: ...}, {choice: ...})")
-    grid = {}
+    grid: dict[str, list | dict] = {}
     for key, values in raw.items():
         if key not in settings:
             same_section = [k for k in settings if k.split(".")[0] == str(key).split(".")[0]]

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ STEP_TOWARD = 0.5
 MIN_STEP_SECONDS = 1e-3
 
 
-def step_times(rates: Sequence[float], cuts: Sequence[int], prefix: Sequence[int]) -> list[float]:
+def step_times(rates: Sequence[float], cuts: Sequence[int], prefix: Sequence[int] | np.ndarray) -> list[float]:
     """Each worker's predicted step time: its seconds per row times its rows."""
     return [r * (prefix[cuts[w + 1]] - prefix[cuts[w]]) for w, r in enumerate(rates)]
 

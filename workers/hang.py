@@ -47,7 +47,7 @@ class WaitBound:
         """A wait of this kind that every worker answered, in `seconds`."""
         self._times.append(seconds)
 
-    def seconds(self, like: "WaitBound | None" = None, scale: float = 1.0) -> float:
+    def seconds(self, like: WaitBound | None = None, scale: float = 1.0) -> float:
         """The bound; with no history of its own yet, `scale` times the bound of `like`
         (evaluations before any was timed: the steps' bound, scaled by rows)."""
         if self.fixed is not None:

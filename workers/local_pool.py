@@ -31,7 +31,7 @@ class LocalPool:
         self.balance = PoolBalance(task, rebalance_seconds) if rebalance_seconds and len(workers) > 1 else None
 
     @classmethod
-    def open(cls, task: ShardTask, workers: int = 1, source=None, rebalance_seconds: float = 0) -> "LocalPool":
+    def open(cls, task: ShardTask, workers: int = 1, source=None, rebalance_seconds: float = 0) -> LocalPool:
         """`workers` shard workers over task's rows, in this process; reading their rows
         is where bad values surface (an InputError)."""
         source = source or task.open_source()
@@ -65,18 +65,19 @@ class LocalPool:
         return parts
 
     def _rebalance(self) -> None:
-        old = self.ranges
-        proposal = self.balance.propose(old)
+        balance, old, task = self.balance, self.ranges, self._task
+        assert balance is not None and old is not None and task is not None  # a pool that rebalances
+        proposal = balance.propose(old)
         if proposal is None:
             return
         new, move = proposal
         for r, ((lo, hi), worker) in enumerate(zip(new, self.workers)):
             if (lo, hi) != old[r]:
-                moved = self._task.open(lo, hi, self._source, (*old[r], worker))
+                moved = task.open(lo, hi, self._source, (*old[r], worker))
                 moved.delay_per_row = worker.delay_per_row  # the same (slow) worker, other rows
                 self.workers[r] = moved
         self.ranges = new
-        self.balance.moved(move, old, new, rows_to_read(old, new))
+        balance.moved(move, old, new, rows_to_read(old, new))
 
     def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         return [w.evaluate_sums(theta) for w in self.workers]

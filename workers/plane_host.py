@@ -199,7 +199,7 @@ class PlaneHost:
                 conn.settimeout(timeout)  # the reply has begun: the rest follows at once
                 try:
                     data = recv_exact(conn, reply.size)
-                except socket.timeout:
+                except TimeoutError:
                     raise PeersSilent([slot], f"no answer within {timeout:g} s") from None
                 except OSError as e:
                     raise PeerLost(slot, str(e)) from None

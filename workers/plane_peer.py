@@ -32,7 +32,7 @@ class PlanePeer:
             self._sock.connect(address)
             self._sock.sendall(HELLO.pack(slot, bytes.fromhex(token)))
             msg, fds, _, _ = socket.recv_fds(self._sock, SHAPE.size, 2)
-        except socket.timeout:
+        except TimeoutError:
             self._sock.close()
             raise TimeoutError(f"the node's shared memory did not take the worker in slot {slot} "
                                f"within {timeout:g} s") from None

@@ -9,6 +9,7 @@ from typing import Any
 
 from workers.pool_policy import FailurePolicy, ScalingPolicy
 from workers.pool_waits import Waits
+from workers.rebalance import PoolBalance
 from workers.shard import ShardTask
 from workers.transports import Transport
 
@@ -33,6 +34,7 @@ class PoolState:
     scaling_policy: ScalingPolicy
     waits: Waits
     transport: Transport
+    balance: PoolBalance | None  # stragglers' rows to faster workers (None: never)
     # Workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline).
     _joining: tuple[list[Rows], list[int | None], dict, float] | None
     _last_look: float

@@ -158,13 +158,14 @@ class RayPool(Recovery, Growth):
         """At a step boundary: move rows from slow workers to fast ones when the policy
         says so (workers/balance.py). Every worker keeps its rank (a slow one stays the
         one with fewer rows) and the rows it still holds; only the rest are read."""
-        old = list(self.ranges)
-        proposal = self.balance.propose(old)
+        balance, old = self.balance, list(self.ranges)
+        assert balance is not None  # asked only of a pool that rebalances
+        proposal = balance.propose(old)
         if proposal is None:
             return
         new, move = proposal
         self._reshard(new, list(range(self.num_workers)), {}, same_workers=True)
-        self.balance.moved(move, old, new, rows_to_read(old, new))
+        balance.moved(move, old, new, rows_to_read(old, new))
 
     @staticmethod
     def _timed(bound_of_kind, bound: float, call):

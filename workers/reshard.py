@@ -22,7 +22,7 @@ def reassign(held: list[Rows], ranges: list[Rows]) -> list[int | None]:
     or None where a new worker must be started. Workers not named are left over."""
     takers: list[int | None] = [None] * len(ranges)
     free = list(range(len(held)))
-    where = {rows: j for j, rows in enumerate(ranges)}
+    where: dict[tuple[int, ...], int] = {rows: j for j, rows in enumerate(ranges)}
     for i, rows in enumerate(held):
         j = where.pop(tuple(rows), None)
         if j is not None:  # the same rows: nothing to read

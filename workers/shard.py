@@ -176,7 +176,7 @@ class ShardTask:
             return load_split_examples(source, self.schema, a, b, train_rows, val_rows, self.spec.dtype)
 
         a, b = (max(lo, held[0]), min(hi, held[1])) if held else (hi, hi)
-        if a >= b:  # nothing held in [lo, hi)
+        if held is None or a >= b:  # nothing held in [lo, hi)
             parts = [read(lo, hi)]
         else:
             old_lo, _, worker = held

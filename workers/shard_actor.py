@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 import ray
@@ -46,7 +47,8 @@ class ShardActor:
         self.task, self.lo, self.hi, self.error = task, lo, hi, None
         self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
-        self.peer = self.plane = None
+        self.peer: PlanePeer | None = None  # this worker's side of its node's plane
+        self.plane: PlaneHost | None = None  # the plane it hosts, when it leads its node
         self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
         try:
             self.source = task.open_source()
@@ -57,7 +59,7 @@ class ShardActor:
     def ready(self) -> dict:
         """What this actor holds, and where; or the input error it met."""
         ctx = ray.get_runtime_context()
-        info = {"error": self.error, "data_changed": self.data_changed, "node_id": ctx.get_node_id(),
+        info: dict[str, Any] = {"error": self.error, "data_changed": self.data_changed, "node_id": ctx.get_node_id(),
                 "pid": os.getpid(), "rows": (self.lo, self.hi)}
         if self.error is not None:  # which side fails, and why: workers/data/storage_env.py
             # The node's address as the cluster knows it (the one `ray status` shows).
@@ -120,13 +122,17 @@ class ShardActor:
         self.plane = PlaneHost(spec.size, spec.dtype, slots)
         return self.plane.ticket
 
+    def _hosted(self) -> PlaneHost:
+        assert self.plane is not None, "the pool calls host() before the plane's other steps"
+        return self.plane
+
     def accept(self, peers: int) -> None:
-        self.plane.accept(peers, ATTACH_TIMEOUT_S)
+        self._hosted().accept(peers, ATTACH_TIMEOUT_S)
 
     def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float) -> ShardSums:
         """This node's sums for the step: the peers' and this worker's own, added. Peers
         silent for `timeout` seconds (the pool's hang bound) raise PeersSilent."""
-        plane = self.plane
+        plane = self._hosted()
         plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
         t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
@@ -138,10 +144,11 @@ class ShardActor:
 
     def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""
-        self.plane.send(OP_EVAL, theta)
+        plane = self._hosted()
+        plane.send(OP_EVAL, theta)
         t0 = time.monotonic()
-        own = self._evaluate(self.plane.theta)
-        replies = self.plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
+        own = self._evaluate(plane.theta)
+        replies = plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
         return add_evals([own, *replies.values()])
 
     def detach(self) -> None:

@@ -162,7 +162,8 @@ class SharedMemoryPlanes:
                     try:
                         ray.get(ref)
                     except ray.exceptions.RayActorError as e:
-                        raise WorkersLost([ranks[attach.index(ref)]], f"died while attaching ({one_line(e, 80)})") from None
+                        raise WorkersLost([ranks[attach.index(ref)]],
+                                          f"died while attaching ({one_line(e, 80)})") from None
                 if self._waits.give_up():
                     raise StepAbandoned("stopped while the workers attached") from None
                 if time.monotonic() >= deadline:

@@ -83,7 +83,8 @@ def train(args) -> int | None:
                   file=sys.stderr)
         return EXIT_UNDELIVERED
     if args.register_model:
-        _register(stores.resolve_uri(args.tracking_uri, cfg.tracking.uri), summary["run_id"], args.register_model, "train")
+        store = stores.resolve_uri(args.tracking_uri, cfg.tracking.uri)
+        _register(store, summary["run_id"], args.register_model, "train")
     return None
 
 

@@ -63,7 +63,7 @@ class _Signals:
         self._first: int | None = None
         self._saved: dict[int, object] = {}
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         for sig in STOP_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._on_signal)
         return self

@@ -4,10 +4,10 @@ The first SIGINT or SIGTERM only raises a flag the coordinator reads after every
 step (it then writes a checkpoint and raises TrainingStopped, and the MLflow run
 ends KILLED). A Ray pool waiting for a worker looks at the flag too, and gives up
 the step in flight when it is still waiting 2 s later (the checkpoint is then the
-last completed step's), so a hung worker never holds a stop. A second one means "now": it raises KeyboardInterrupt wherever the
-job is, sets `hurry` (the cleanup then only writes local files and skips a store
-that is not answering) and gives the signals their default action back, so a third
-kills the process outright.
+last completed step's), so a hung worker never holds a stop. A second one means "now":
+it raises KeyboardInterrupt wherever the job is, sets `hurry` (the cleanup then only
+writes local files and skips a store that is not answering) and gives the signals
+their default action back, so a third kills the process outright.
 
 Once training is over the job only talks to the tracking store; inside
 `interruptible()` the first signal already raises KeyboardInterrupt, so a Ctrl-C
@@ -54,7 +54,7 @@ class StopFlag:
         finally:
             self._raise_now = saved
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved[sig] = signal.signal(sig, self._on_signal)

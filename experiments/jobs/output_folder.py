@@ -150,7 +150,7 @@ class OutputClaim:
             if not self.move_aside:
                 raise refusal
 
-    def __enter__(self) -> "OutputClaim":
+    def __enter__(self) -> OutputClaim:
         first_refusal = None
         for out_dir in self._candidates():
             refusal = self._taken(out_dir) or self._lock(out_dir)

@@ -121,7 +121,7 @@ class UriClaim:
             raise RunError(f"--output {self.name}: another job claimed it while this one ran "
                            f"(host {owner.get('host')}, pid {owner.get('pid')}); stopped before mixing files")
 
-    def __enter__(self) -> "UriClaim":
+    def __enter__(self) -> UriClaim:
         first_refusal = None
         for uri in self._candidates():
             store = OutputStore(uri)

@@ -30,9 +30,9 @@ def _fmt_metrics(metrics: dict) -> str:
 
 
 class ProgressBar:
-    def __init__(self, epochs: int, steps_per_epoch: int, quiet: bool = False, start_epoch: int = 0):
+    def __init__(self, epochs: int, steps_per_epoch: int, quiet: bool = False):
         self.epochs, self.steps_per_epoch, self.quiet = epochs, steps_per_epoch, quiet
-        self.last_epoch = start_epoch + epochs - 1
+        self.last_epoch = epochs - 1
         self.per_epoch = steps_per_epoch > 1
         self.bar = None
         if not quiet and not self.per_epoch:

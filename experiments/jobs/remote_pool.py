@@ -61,7 +61,7 @@ class RemotePool:
 
     evaluate_sums = gradient_sums
 
-    def coordinate(self, theta: np.ndarray, optimizer, plan, epochs: int, listeners=(), start_epoch: int = 0,
+    def coordinate(self, theta: np.ndarray, optimizer, plan, epochs: int, listeners=(),
                    resume=None, checkpointer=None, should_stop=None, end_early=None) -> TrainResult:
         """trainer.coordinator.train, run in the cluster; theta and optimizer end as there."""
         assert end_early is None, "a sweep's trials drive their pools from this machine"
@@ -69,7 +69,7 @@ class RemotePool:
             "every_epochs": checkpointer.every_epochs, "max_seconds": checkpointer.max_seconds,
             "min_seconds": checkpointer.min_seconds, "last_epoch": checkpointer.last_epoch}
         t0 = time.perf_counter()
-        self._get(self.actor.start.remote(theta, optimizer, plan, epochs, start_epoch, resume, schedule))
+        self._get(self.actor.start.remote(theta, optimizer, plan, epochs, resume, schedule))
         stop_sent = False
         while True:
             if not stop_sent and should_stop is not None and should_stop():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import typing
 from typing import Literal, Union
 
@@ -42,7 +43,7 @@ def _keys() -> dict[str, object]:
 def _candidates(tp) -> list:
     """The types a value of annotation `tp` may have, str last (any text is a str)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, getattr(__import__("types"), "UnionType")):
+    if origin in (Union, types.UnionType):
         found = [c for a in args for c in _candidates(a)]
         return sorted(found, key=lambda c: c is str)
     return [tp]

@@ -239,7 +239,8 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
             if done is not None:  # killed while its model went to the store: send it, end the run
                 from experiments.tracking.run_artifacts import log_outputs
 
-                run.deliver("model artifacts", lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
+                run.deliver("model artifacts",
+                            lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
                 result.summary = done
             else:
                 result.summary = fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,

@@ -121,7 +121,7 @@ class TrackedRun:
     def spool(self) -> Path | None:
         return self.out_dir / SPOOL_DIR / SPOOL_FILE if self.out_dir is not None else None
 
-    def __enter__(self) -> "TrackedRun":
+    def __enter__(self) -> TrackedRun:
         logged = (0, 0)
         if self.resume_run_id:
             run = mlflow.start_run(run_id=self.resume_run_id)

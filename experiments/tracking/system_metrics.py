@@ -65,7 +65,7 @@ class NodeMetrics:
         self._thread = threading.Thread(target=self._run, name="rayprop-system-metrics", daemon=True)
 
     @classmethod
-    def start(cls, pool, put, seconds: float = SAMPLE_SECONDS) -> "NodeMetrics":
+    def start(cls, pool, put, seconds: float = SAMPLE_SECONDS) -> NodeMetrics:
         metrics = cls(pool, put, seconds)
         metrics._thread.start()
         return metrics

@@ -73,7 +73,7 @@ def _frozen(*arrays):
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def teacher_weights(name: str) -> tuple[np.ndarray, np.ndarray]:
     """The teacher network (T1, T2) of set `name` (float32), drawn from default_rng(1). Read-only."""
     n, n_out, _ = TEACHERS[name]
@@ -199,7 +199,7 @@ def digits_path() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin_source(name: str) -> MemorySource:
     """The built-in set `name` (one of BUILTIN_NAMES) as a source, cached per process;
     its rows are generated on the first read, not here."""

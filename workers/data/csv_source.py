@@ -31,7 +31,10 @@ class CsvSource(RangeSource):
     def __init__(self, location: Location, known: dict | None = None):
         self.name = self.spec = location.name
         self.remote, self._location = location.remote, location
-        self._types, self.size, self.mtime_ns, self.expected = None, None, None, None
+        self._types: dict | None = None
+        self.size: int | None = None
+        self.mtime_ns: int | None = None
+        self.expected: dict | None = None
         self._max: dict[str, float] = {}  # a numeric column's largest value, from the count (the driver's)
         if known is not None:
             self.schema, self.num_rows, self.size = known["schema"], known["num_rows"], known["size"]
@@ -149,7 +152,7 @@ class CsvSource(RangeSource):
 def _count_rows(reader) -> tuple[int, dict[str, float]]:
     """(rows, {numeric column: its largest value}) in one pass: the driver reads a CSV
     once, and the largest label (for the number of classes) comes with the count."""
-    rows, top = 0, {}
+    rows, top = 0, dict[str, float]()
     try:
         for batch in reader:
             rows += batch.num_rows

@@ -8,9 +8,11 @@ numbers counted from 0 over the whole source (a CSV header is not a row).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from trainer.costs import COSTS
 from trainer.errors import ConfigError, DataError
@@ -36,7 +38,7 @@ def _columns_phrase(names) -> str:
     return f"{len(names)} column{'s' if len(names) != 1 else ''} ({format_columns(names)})"
 
 
-def resolve_schema(source: Source, features: list[str] | None, target: str | list[str],
+def resolve_schema(source: Source, features: Sequence[str] | None, target: str | list[str],
                    layers: list[int], cost: str) -> Schema:
     """Check the configured columns against the source and the model; default features
     are every column but the target(s)."""
@@ -86,7 +88,7 @@ def _numeric(source: Source, name: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _finite(source: Source, name: str, values: np.ndarray, lo: int, dtype: np.dtype) -> np.ndarray:
+def _finite(source: Source, name: str, values: np.ndarray, lo: int, dtype: DTypeLike) -> np.ndarray:
     """The column cast to dtype, refusing NaN, inf and values that overflow dtype."""
     values = _numeric(source, name, values)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -145,14 +147,14 @@ def _fill(source: Source, schema: Schema, lo: int, hi: int, dtype,
     X, X_val = np.empty((n, schema.n_in), dtype), np.empty((n_val, schema.n_in), dtype)
     Y, Y_val = np.zeros((n, schema.n_out), dtype), np.zeros((n_val, schema.n_out), dtype)
     # val_before[r]: held-out rows among the range's first r rows, to place a piece's rows.
-    val_before = np.concatenate([[0], np.cumsum(is_val)]) if n_val else None
+    val_before = np.concatenate([[0], np.cumsum(is_val)]) if is_val is not None and n_val else None
     feature = {name: j for j, name in enumerate(schema.features)}
     target = {name: j for j, name in enumerate(schema.targets)}
     for start, piece in source.pieces(lo, hi, [*schema.features, *schema.targets]):
         r = start - lo
         k = len(next(iter(piece.values())))
-        held = is_val[r:r + k] if n_val else None
-        t, v = (r - int(val_before[r]), int(val_before[r])) if n_val else (r, 0)
+        held = is_val[r:r + k] if is_val is not None and n_val else None
+        t, v = (r - int(val_before[r]), int(val_before[r])) if val_before is not None else (r, 0)
         for name, values in piece.items():
             if name in feature:
                 values = _finite(source, name, values, start, dtype)

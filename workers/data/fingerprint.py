@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from trainer.errors import DataChangedError
 
@@ -36,7 +36,7 @@ SHORT = 16  # hex digits of the fingerprint's hash shown in tags and messages
 def file_entry(file: str, size: int | None, mtime_ns: int | None, rows: int | None,
                row_groups: list[int] | None = None) -> dict:
     """One file's facts, as a fingerprint lists them."""
-    entry = {"file": file, "size": size, "mtime_ns": mtime_ns, "rows": rows}
+    entry: dict = {"file": file, "size": size, "mtime_ns": mtime_ns, "rows": rows}
     if row_groups is not None:
         entry["row_groups"] = [int(n) for n in row_groups]
     return entry
@@ -62,7 +62,7 @@ def entries(fingerprint: dict | None) -> dict[str, dict]:
 def when(a: int | None, b: int | None) -> str:
     """'DATE HH:MM:SS.mmm -> HH:MM:SS.mmm UTC' (the date once when both share it)."""
     def text(ns):
-        return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if a is None or b is None:
         return f"{a} -> {b}"
     x, y = text(a), text(b)

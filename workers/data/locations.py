@@ -174,10 +174,8 @@ def explain(err: BaseException, scheme: str = "s3") -> str:
     text = str(err)
     if "google::cloud" in text or "Azure" in text:  # GCS, Azure: none of S3's hints apply
         scheme = "gs" if "google::cloud" in text else "abfs"
-    for needles, words in ERROR_WORDS:
-        if any(n in text for n in needles):
-            break
-    else:  # something else (a 500 from a server that refuses unsigned requests, ...)
+    words = next((w for needles, w in ERROR_WORDS if any(n in text for n in needles)), None)
+    if words is None:  # something else (a 500 from a server that refuses unsigned requests, ...)
         aws = re.search(r"AWS Error (\w+)(?: \((HTTP status \d+)\))?", text)
         words = f"storage error {aws.group(2) or aws.group(1)}" if aws else _scrub(one_line(err, 120))
         return words + (credentials_hint() if scheme == "s3" else "")

@@ -11,6 +11,7 @@ one piece, never a row group. Opening reads the footers only.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -36,17 +37,20 @@ class ParquetFileSource(RangeSource):
     few columns at a time (a row group may hold the whole file, see the module doc)."""
 
     kind = "parquet"
+    schema: pa.Schema   # the footer's, always
 
     def __init__(self, path: str, fs: pafs.FileSystem | None = None, name: str | None = None,
                  remote: bool = False, size: int | None = None):
         self.name = self.spec = name or path
         self.remote, self.size = remote, size
-        self._path, self._fs, self.mtime_ns, self.expected = path, fs, None, None
+        self._path, self._fs = path, fs
+        self.mtime_ns: int | None = None
+        self.expected: dict | None = None
         if fs is None and size is None:
             st = os.stat(path)   # before the footer: a change after this shows in the fingerprint
             self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
         try:
-            handle = fs.open_input_file(path) if fs is not None else path
+            handle: Any = fs.open_input_file(path) if fs is not None else path   # pa.NativeFile or a path
             self._file = pq.ParquetFile(handle)
             if fs is not None and size is None:
                 self.size = handle.size()
@@ -239,6 +243,7 @@ class ParquetDirSource(RangeSource):
                                         f"{show_name(first.column_types[column])}")
             files.append([relative, f.size, f.num_rows, vals])
             self._scanned[len(files) - 1] = f
+        assert first is not None  # `found` is not empty
         ptypes = {k: _partition_type([v[k] for v in values]) for k in keys}
         for key in keys:
             if key in first.column_types:
@@ -278,7 +283,8 @@ class ParquetDirSource(RangeSource):
         if column in self._ptypes:
             return None
         tops = [self._open_file(i).column_max(column) for i in range(len(self._rows)) if self._rows[i]]
-        return None if not tops or None in tops else max(tops)
+        known = [t for t in tops if t is not None]
+        return max(known) if tops and len(known) == len(tops) else None
 
     def fingerprint(self) -> list:
         return [[r, s, n] for r, s, n in zip(self._relative, self._sizes, self._rows)]

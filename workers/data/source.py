@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator, Protocol
+from typing import Protocol
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -164,6 +165,7 @@ class RangeSource:
         """An empty range was asked for (a source that counts what it reads says so)."""
 
     def _empty(self, columns: list[str]) -> dict[str, np.ndarray]:
+        assert self.schema is not None, f"{type(self).__name__} has no schema: it overrides _empty"
         return table_to_numpy(self.schema.empty_table(), columns)
 
     def _explain(self, err: BaseException) -> str:

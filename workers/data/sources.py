@@ -86,6 +86,7 @@ def open_source(spec: str, known: dict | None = None, expected: dict | None = No
         if not os.path.isdir(path):
             check_regular_file(path)
         kind = "dir" if os.path.isdir(path) else "file"
+    source: Source
     if kind == "dir":
         source = ParquetDirSource(location, known)
     elif extension == ".parquet":

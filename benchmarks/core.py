@@ -1,0 +1,84 @@
+"""What every benchmark shares: the workloads, rounding, how busy the machine was,
+and one JSON document on stdout (progress goes to stderr)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from experiments import configs
+from experiments.jobs import training
+from experiments.jobs.configfile import load_config
+
+CPUS = 2
+# workload -> (shipped config, epochs per repeat)
+WORKLOADS = {"W-tiny": ("w-tiny", 50), "W-mnist": ("w-mnist", 1), "W-wide": ("w-wide", 1)}
+# An idle gap at each switch between timed things: OpenBLAS's and OpenMP's threads spin
+# for a while after their last call, and would take the next one's cores.
+SWITCH_PAUSE_S = 0.5
+# The `rayprop` command of this interpreter's environment, even when it is not on PATH.
+_BESIDE = Path(sys.executable).with_name("rayprop")
+RAYPROP = str(_BESIDE) if _BESIDE.exists() else "rayprop"
+
+
+def log(*parts):
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def rnd(x, digits=4):
+    return float(f"{x:.{digits}g}")
+
+
+def med_ms(xs):
+    return rnd(statistics.median(xs) * 1e3) if xs else None
+
+
+def prepare(name, *overrides):
+    """The workload's job as the product prepares it, validation off."""
+    config, _ = WORKLOADS[name]
+    return training.prepare(load_config(configs.resolve(config), ["data.validation_fraction=0", *overrides]))
+
+
+class LoadMeter:
+    """CPU that OTHER processes used while we measured, from /proc/stat: busy CPU
+    seconds of the machine minus this process tree's, over wall x cores. Ray's actors
+    are children of raylet, not of this process, so with Ray modes the fraction counts
+    them too: read it as "the machine was this busy beyond the driver"."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+        self.load0 = os.getloadavg()[0]
+
+    @staticmethod
+    def _busy():
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own():
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def report(self):
+        wall = time.perf_counter() - self.t0
+        other = (self._busy() - self.busy0) - (self._own() - self.own0)
+        return {"wall_s": rnd(wall), "busy_beyond_driver_cpu_fraction": rnd(max(other, 0) / (wall * CPUS), 3),
+                "loadavg_1min_start": rnd(self.load0, 3), "loadavg_1min_end": rnd(os.getloadavg()[0], 3)}
+
+
+def with_load(measure, *args) -> dict:
+    """measure(*args), a dict, with the machine's load while it ran under "load"."""
+    meter = LoadMeter()
+    out = measure(*args)
+    out["load"] = meter.report()
+    return out
+
+
+def emit(report: dict) -> int:
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
