@@ -6,6 +6,7 @@ import, in ONE run, printing ONE JSON document (progress on stderr).
     python benchmarks/bench.py [--workloads W-tiny,W-mnist] [--modes local,ray1,ray2,...]
                                [--repeats 5] [--job] [--resize] [--profile]
     python benchmarks/bench.py --sweep [--sweep-concurrency 2]
+    python benchmarks/bench.py --workloads W-mnist --modes local,numpy,torch --cpu-clock
 
 Modes: `local`; `rayN` (N workers, shared-memory plane; a 1-worker pool gets both
 CPUs); `rayN-object-store` (every worker through ray.put/ray.get); `torch` (PyTorch
@@ -16,7 +17,8 @@ workers, gloo DDP, each taking half of every batch).
 The rayprop modes train with the product's own pieces (experiments.training.prepare, the
 pools, trainer.coordinator.train) with validation off, and their repeats ALTERNATE so
 that a drift in the machine's speed hits them alike; torch repeats alternate with them
-too; Ray Train runs between the first and second half of the repeats. Each step of a
+too, and so do `numpy` (benchmarks/numpy_step.py: the same network as a plain numpy
+step, in this process); Ray Train runs between the first and second half of the repeats. Each step of a
 rayprop mode is split as measured around the pool and the optimizer (no copy of the
 hot path here): `compute_ms` (the slowest worker, timed by the worker), `transfer_ms`
 (the rest of the pool's call: sending theta, waking workers, collecting sums),
@@ -28,6 +30,9 @@ for 5 epochs (Ray start, actors, data, the MLflow run and model included), with 
 moment each of its console lines appeared, next to the same 5 epochs through Ray Train.
 `--resize` times what a change of the pool's size costs the step at whose boundary
 it happens (W-mnist in float64, 1 -> 2 -> 1 workers on a local Ray; README: Faults and elasticity).
+`--cpu-clock` runs local, numpy and torch on ONE BLAS thread each and times steps by
+the thread's CPU time: on a machine loaded by other work, wall times of 2-thread BLAS
+calls wander several-fold, while one thread's CPU time stays within a few percent.
 `--profile` writes a cProfile of the coordinator's process per mode to benchmarks/profiles/.
 
 `--sweep` times only whole sweeps as a user runs them: two 6-trial sweeps (SWEEPS:
@@ -71,6 +76,8 @@ SWEEP_GRID = ["--grid", "train.learning_rate=0.003,0.01,0.03", "--grid", "model.
 SWEEPS = {"spirals": ["spirals", "--set", "train.epochs=300"],
           "digits-512": ["digits", "--set", "model.layers=[64, 512, 512, 10]", "--set", "train.epochs=40"]}
 SWITCH_PAUSE_S = 0.5
+THREADS = CPUS  # BLAS / PyTorch threads of the local, numpy and torch modes (--cpu-clock: 1)
+clock = time.perf_counter  # step clock of those modes (--cpu-clock: time.thread_time)
 
 
 def log(*parts):
@@ -129,9 +136,9 @@ class TimedPool:
         return getattr(self.pool, name)
 
     def gradient_sums(self, theta, epoch, k):
-        t = time.perf_counter()
+        t = clock()
         sums = self.pool.gradient_sums(theta, epoch, k)
-        self.calls.append((time.perf_counter() - t, max(s.compute_seconds for s in sums)))
+        self.calls.append((clock() - t, max(s.compute_seconds for s in sums)))
         return sums
 
 
@@ -143,9 +150,9 @@ class TimedOptimizer:
         return getattr(self.optimizer, name)
 
     def step(self, theta, grad):
-        t = time.perf_counter()
+        t = clock()
         self.optimizer.step(theta, grad)
-        self.seconds.append(time.perf_counter() - t)
+        self.seconds.append(clock() - t)
 
 
 class StepClock:
@@ -153,7 +160,7 @@ class StepClock:
         self.stamps = []
 
     def on_step(self, step, epoch, loss, n):
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(clock())
 
     def on_epoch(self, epoch, metrics):
         pass
@@ -170,17 +177,17 @@ class RaypropMode:
         self.profile_dir = profile_dir
 
     def run(self, epochs, measure=True):
-        clock = StepClock()
+        stepper = StepClock()
         self.pool.calls, self.optimizer.seconds = [], []
         if self.profiler:
             self.profiler.enable()
-        t0 = time.perf_counter()
-        train(self.pool, self.theta, self.optimizer, self.job.plan, epochs, [clock], start_epoch=self.epoch)
+        t0 = clock()
+        train(self.pool, self.theta, self.optimizer, self.job.plan, epochs, [stepper], start_epoch=self.epoch)
         if self.profiler:
             self.profiler.disable()
         self.epoch += epochs
         if measure:
-            walls = np.diff([t0, *clock.stamps])
+            walls = np.diff([t0, *stepper.stamps])
             self.steps += list(walls)
             for wall, (call, compute), opt in zip(walls, self.pool.calls, self.optimizer.seconds):
                 self.split.append((compute, call - compute, opt, wall - call - opt))
@@ -189,9 +196,10 @@ class RaypropMode:
         plan = self.job.plan
         step = statistics.median(self.steps)
         split = np.median(np.array(self.split), axis=0)
-        out = {"step_ms": rnd(step * 1e3), "examples_per_second": rnd(plan.batch_size / step),
-               "compute_ms": rnd(split[0] * 1e3), "transfer_ms": rnd(split[1] * 1e3),
-               "optimizer_ms": rnd(split[2] * 1e3), "reduce_ms": rnd(split[3] * 1e3)}
+        out = {"step_ms": rnd(step * 1e3), "examples_per_second": rnd(plan.batch_size / step)}
+        if clock is time.perf_counter:  # the workers time their compute by the wall clock
+            out.update({"compute_ms": rnd(split[0] * 1e3), "transfer_ms": rnd(split[1] * 1e3),
+                        "optimizer_ms": rnd(split[2] * 1e3), "reduce_ms": rnd(split[3] * 1e3)})
         if local is not None:
             out["throughput_vs_local"] = rnd(local / step, 3)
         traffic = getattr(self.pool.pool, "traffic", None)
@@ -264,7 +272,7 @@ def torch_child(name, epochs):
     """Serve timed repeats of `name` in PyTorch over stdin/stdout, one JSON line each."""
     import torch
 
-    torch.set_num_threads(CPUS)
+    torch.set_num_threads(THREADS)
     job = prepare(name)
     model = torch_model(job.spec, job.theta0)
     opt = torch.optim.SGD(model.parameters(), lr=job.cfg.train.learning_rate)
@@ -273,7 +281,7 @@ def torch_child(name, epochs):
 
     def run(n):
         nonlocal epoch
-        stamps = [time.perf_counter()]
+        stamps = [clock()]
         for _ in range(n):
             for k in range(plan.steps_per_epoch):
                 idx = plan.batch(epoch, k)
@@ -283,7 +291,7 @@ def torch_child(name, epochs):
                     it = torch.from_numpy(np.sort(idx))
                     xb, yb = Xt.index_select(0, it), yt.index_select(0, it)
                 torch_step(torch, model, opt, xb, yb)
-                stamps.append(time.perf_counter())
+                stamps.append(clock())
             epoch += 1
         return list(np.diff(stamps))
 
@@ -298,7 +306,8 @@ class TorchMode:
     label = "torch"
 
     def __init__(self, name, epochs):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--torch-child", name, "--epochs", str(epochs)],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--torch-child", name, "--epochs", str(epochs),
+                                      *(["--cpu-clock"] if clock is time.thread_time else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = json.loads(self.proc.stdout.readline())["ready"]
         self.steps, self.batch = [], prepare(name).plan.batch_size
@@ -312,7 +321,7 @@ class TorchMode:
 
     def report(self, local=None):
         step = statistics.median(self.steps)
-        out = {"torch": self.version, "threads": CPUS, "step_ms": rnd(step * 1e3),
+        out = {"torch": self.version, "threads": THREADS, "step_ms": rnd(step * 1e3),
                "examples_per_second": rnd(self.batch / step)}
         if local is not None:
             out["throughput_vs_local"] = rnd(local / step, 3)
@@ -321,6 +330,29 @@ class TorchMode:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+class NumpyMode:
+    """benchmarks/numpy_step.py's plain numpy step, in this process (the same BLAS)."""
+
+    label = "numpy"
+
+    def __init__(self, job):
+        from numpy_step import NumpyStep
+
+        self.step_fn, self.steps, self.batch = NumpyStep(job, clock), [], job.plan.batch_size
+
+    def run(self, epochs, measure=True):
+        steps = self.step_fn.run(epochs)
+        if measure:
+            self.steps += steps
+
+    def report(self, local=None):
+        step = statistics.median(self.steps)
+        out = {"step_ms": rnd(step * 1e3), "examples_per_second": rnd(self.batch / step)}
+        if local is not None:
+            out["throughput_vs_local"] = rnd(local / step, 3)
+        return out
 
 
 def torch_importable() -> bool:
@@ -394,6 +426,8 @@ def bench_workload(name, modes, repeats, profile_dir):
     # Logical CPUs for every pool at once (they run in turn); each limits its BLAS threads.
     with connect(None, CPUS * (len(ray_modes) + 2)) as conn, tempfile.TemporaryDirectory() as storage:
         runs = [make_mode(m, job, profile_dir) for m in modes if m == "local" or m in ray_modes]
+        if "numpy" in modes:
+            runs.append(NumpyMode(job))
         if "torch" in modes and torch_importable():
             runs.append(TorchMode(name, epochs))
         try:
@@ -432,6 +466,16 @@ def bench_workload(name, modes, repeats, profile_dir):
     return entry
 
 
+def gemm_info() -> dict:
+    """Which BLAS numpy runs here, and the OpenBLAS kernel that it picked (an
+    OPENBLAS_CORETYPE in the environment pins an older one)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return {"blas": [f"{i['internal_api']} {i['version']} {i.get('architecture', '')}".strip() for i in blas],
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
 def wide_flops(job, step_seconds):
     """GFLOP/s executed (2 forward + 4 backward per weight per example, less the first
     layer's input gradient) beside numpy's float32 matmul measured now."""
@@ -443,9 +487,9 @@ def wide_flops(job, step_seconds):
     a @ a
     times = []
     for _ in range(5):
-        t = time.perf_counter()
+        t = clock()
         a @ a
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     sgemm = 2 * n ** 3 / statistics.median(times) / 1e9
     gflops = flops / step_seconds / 1e9
     return {"gflop_per_s": rnd(gflops), "sgemm_gflop_per_s": rnd(sgemm), "fraction_of_sgemm": rnd(gflops / sgemm, 3)}
@@ -606,9 +650,17 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="cProfile each rayprop mode into benchmarks/profiles/")
     ap.add_argument("--sweep", action="store_true", help="only time a 6-trial sweep, sequential against parallel")
     ap.add_argument("--sweep-concurrency", type=int, default=CPUS, help="trials at once in the parallel sweep")
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="local, numpy and torch on one BLAS thread each, timed by the thread's CPU time")
     ap.add_argument("--torch-child", metavar="WORKLOAD", help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.cpu_clock:
+        global THREADS, clock
+        THREADS, clock = 1, time.thread_time
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
     if args.torch_child:
         return torch_child(args.torch_child, args.epochs)
     if args.sweep:
@@ -625,7 +677,8 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown workload {bad[0]}; known: {', '.join(WORKLOADS)}")
     report = {"benchmark": "rayprop (benchmarks/bench.py)", "note": "compare only ratios from one run",
-              "cpus": os.cpu_count(), "modes": modes, "repeats": args.repeats, "workloads": {}}
+              "cpus": os.cpu_count(), "modes": modes, "clock": "thread CPU, 1 thread" if args.cpu_clock else "wall",
+              "gemm": gemm_info(), "repeats": args.repeats, "workloads": {}}
     profile_dir = Path(__file__).resolve().parent / "profiles" if args.profile else None
     for name in names:
         log(f"{name}: {', '.join(modes)}; {args.repeats} repeats")
