@@ -332,14 +332,15 @@ class TorchMode:
         self.proc.wait(timeout=60)
 
 
+from numpy_step import NumpyStep  # noqa: E402  (beside this file)
+
+
 class NumpyMode:
     """benchmarks/numpy_step.py's plain numpy step, in this process (the same BLAS)."""
 
     label = "numpy"
 
     def __init__(self, job):
-        from numpy_step import NumpyStep
-
         self.step_fn, self.steps, self.batch = NumpyStep(job, clock), [], job.plan.batch_size
 
     def run(self, epochs, measure=True):
@@ -426,7 +427,7 @@ def bench_workload(name, modes, repeats, profile_dir):
     # Logical CPUs for every pool at once (they run in turn); each limits its BLAS threads.
     with connect(None, CPUS * (len(ray_modes) + 2)) as conn, tempfile.TemporaryDirectory() as storage:
         runs = [make_mode(m, job, profile_dir) for m in modes if m == "local" or m in ray_modes]
-        if "numpy" in modes:
+        if "numpy" in modes and NumpyStep.fits(job.spec):
             runs.append(NumpyMode(job))
         if "torch" in modes and torch_importable():
             runs.append(TorchMode(name, epochs))
@@ -453,6 +454,10 @@ def bench_workload(name, modes, repeats, profile_dir):
                 rt["throughput_vs_local"] = rnd(local / (rt["step_ms"] / 1e3), 3) if local else None
                 entry["modes"]["ray-train"] = rt
             ref = runs[0].theta
+            numpy_runs = [r for r in runs if r.label == "numpy"]
+            if numpy_runs and runs[0].label == "local":  # the same epochs: is it the same training?
+                theta = numpy_runs[0].step_fn.theta(job.spec)
+                entry["max_rel_weight_diff_numpy_vs_local"] = rnd(float(np.abs(theta - ref).max() / np.abs(ref).max()), 3)
             entry["max_rel_weight_diff_between_rayprop_modes"] = rnd(max(
                 (float(np.abs(r.theta - ref).max() / np.abs(ref).max()) for r in runs[1:] if hasattr(r, "theta")),
                 default=0.0), 3)

@@ -25,6 +25,11 @@ import numpy as np  # noqa: E402
 class NumpyStep:
     """SGD on softmax cross-entropy for a ReLU MLP: forward, backward, update, nothing else."""
 
+    @staticmethod
+    def fits(spec) -> bool:
+        """The networks this step is written for."""
+        return (spec.hidden_activation, spec.output_activation, spec.cost) == ("relu", "softmax", "cross_entropy")
+
     def __init__(self, job, clock=time.perf_counter):
         from workers.builtin_sets import teacher_arrays
 
@@ -57,6 +62,14 @@ class NumpyStep:
                 d *= acts[l] > 0
             self.W[l] -= self.lr * gW
             self.b[l] -= self.lr * gb
+
+    def theta(self, spec) -> np.ndarray:
+        """The weights in rayprop's flat layout, to compare with its training."""
+        flat = np.empty(spec.size, spec.dtype)
+        Ws, bs = spec.views(flat)
+        for W, b, W_rows, b_rows in zip(Ws, bs, self.W, self.b):
+            W[...], b[:, 0] = W_rows.T, b_rows
+        return flat
 
     def run(self, epochs: int) -> list[float]:
         """Step times (seconds) of `epochs` epochs of the plan."""
