@@ -34,8 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from experiments import configs, training  # noqa: E402
-from experiments.configfile import load_config  # noqa: E402
+from experiments import configs  # noqa: E402
+
+try:  # experiments/ in subpackages (the LAYOUT restructuring), or flat
+    from experiments.jobs import training
+    from experiments.jobs.configfile import load_config
+except ImportError:
+    from experiments import training
+    from experiments.configfile import load_config
 from trainer import activations, costs, coordinator, network, optimizers  # noqa: E402
 from trainer.coordinator import reduce_sums  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
