@@ -5,6 +5,12 @@ dtheta = dC/dtheta is the MEAN gradient of the batch (the coordinator's sum of
 shard sums divided by m). The learning-rate schedule, if any, lives outside and
 sets `lr` between steps. `state()` / `load_state()` expose the buffers for
 checkpoints, as plain arrays.
+
+The steps write every intermediate into buffers kept from step to step (`_scratch`),
+with the same operations in the same order as the plain expressions, so the results
+are bitwise those of `theta -= lr * dtheta` and friends. A temporary the size of theta
+each step is an allocation plus a page-faulting first touch when it is large (W-wide's
+theta is 25 MB): that costs more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -18,9 +24,19 @@ class GradientDescent:
     def __init__(self, lr: float):
         self.lr = lr
         self.t = 0
+        self._buffers: list[np.ndarray] = []
+
+    def _scratch(self, like: np.ndarray, i: int = 0) -> np.ndarray:
+        """Buffer i shaped like theta, made on first use."""
+        while len(self._buffers) <= i:
+            self._buffers.append(np.empty_like(like))
+        buf = self._buffers[i]
+        if buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._buffers[i] = np.empty_like(like)
+        return buf
 
     def step(self, theta: np.ndarray, dtheta: np.ndarray) -> None:
-        theta -= self.lr * dtheta  # one temporary; tiny next to the step's matmuls
+        theta -= np.multiply(dtheta, self.lr, out=self._scratch(dtheta))  # = theta -= lr * dtheta
         self.t += 1
 
     def state(self) -> dict[str, np.ndarray]:
@@ -42,7 +58,7 @@ class Momentum(GradientDescent):
         if self.v is None:
             self.v = np.zeros_like(theta)
         self.v *= self.mu
-        self.v -= self.lr * dtheta
+        self.v -= np.multiply(dtheta, self.lr, out=self._scratch(dtheta))
         theta += self.v
         self.t += 1
 
@@ -70,15 +86,18 @@ class Adam(GradientDescent):
             self.m, self.v = np.zeros_like(theta), np.zeros_like(theta)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
+        s1, s2 = self._scratch(dtheta, 0), self._scratch(dtheta, 1)
         self.m *= b1
-        self.m += (1 - b1) * dtheta
+        self.m += np.multiply(dtheta, 1 - b1, out=s1)
         self.v *= b2
-        self.v += (1 - b2) * np.square(dtheta)
+        np.square(dtheta, out=s1)
+        self.v += np.multiply(s1, 1 - b2, out=s1)
         # Bias corrections folded into scalars: one pass over the vector fewer.
         step_size = self.lr / (1 - b1**self.t)
-        denom = np.sqrt(self.v / (1 - b2**self.t))
+        denom = np.sqrt(np.divide(self.v, 1 - b2**self.t, out=s2), out=s2)
         denom += self.eps
-        theta -= step_size * self.m / denom
+        np.multiply(self.m, step_size, out=s1)
+        theta -= np.divide(s1, denom, out=s1)
 
     def state(self):
         empty = np.zeros(0)
