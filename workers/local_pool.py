@@ -7,6 +7,8 @@ uneven shards give the same training as one.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from trainer.pool import EvalSums, ShardSums
@@ -23,7 +25,19 @@ class LocalPool:
     def open(cls, task: ShardTask, workers: int = 1, source=None) -> "LocalPool":
         """`workers` shard workers over task's rows, in this process; reading their rows
         is where bad values surface (an InputError)."""
-        return cls([task.open(lo, hi, source) for lo, hi in task.ranges(workers)])
+        # The workers run one after the other: each may spread its blocks over every CPU.
+        threads = len(os.sched_getaffinity(0))
+        return cls([task.open(lo, hi, source, threads=threads) for lo, hi in task.ranges(workers)])
+
+    @classmethod
+    def open_blocks(cls, task: ShardTask, counts: list[int], source=None) -> "LocalPool":
+        """Workers taking counts[r] consecutive blocks each (uneven unions of blocks)."""
+        threads = len(os.sched_getaffinity(0))
+        return cls([task.open(lo, hi, source, threads=threads) for lo, hi in task.block_ranges(counts)])
+
+    @property
+    def spec(self):
+        return self.workers[0].spec
 
     @property
     def num_nodes(self) -> int:
@@ -41,8 +55,8 @@ class LocalPool:
     def m_val(self) -> int:
         return sum(w.n_val for w in self.workers)
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
-        return [w.gradient_sums(theta, epoch, k) for w in self.workers]
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> list[ShardSums]:
+        return [w.gradient_sums(theta, epoch, k, scales=scales) for w in self.workers]
 
     def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
         return [w.evaluate_sums(theta) for w in self.workers]
