@@ -29,6 +29,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_layering": (),
     "test_network": (),
     "test_training": (),
+    "test_bitwise": (),  # in-process pools of W-mnist's layers on 300 rows: ~10 s
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
     "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables
     "test_fingerprint": (RAY, SLOW),
