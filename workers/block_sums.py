@@ -62,6 +62,9 @@ class BlockSums:
         self.threads = max(1, min(threads, blocks))
         self.lanes = [_Lane(spec, max(capacity, 1), dt) for _ in range(self.threads)]
         self.stack = np.empty((blocks, spec.size), dt)  # one row per block, theta's layout
+        self.rows = list(self.stack)  # the same row objects every step: their views are built once
+        for lane in self.lanes:
+            lane.ws.view_slots = blocks + 2
         self.scaler = BlockScaler(spec.layers)
         self._pool = ThreadPoolExecutor(self.threads, "rayprop-blocks") if self.threads > 1 else None
 
@@ -76,7 +79,7 @@ class BlockSums:
                 idx = members[a:b]
                 Xb = np.take(X, idx, axis=0, out=lane.xb[: n * X.shape[1]].reshape(n, -1), mode="clip")
                 Yb = np.take(Y, idx, axis=1, out=lane.yb[: n * Y.shape[0]].reshape(-1, n), mode="clip")
-            block = self.stack[rows[i]]
+            block = self.rows[rows[i]]
             losses[i] = backward_sums(spec, theta, Xb, Yb, block, lane.ws)
             maxima[i] = self.scaler.to_integers(block, scale_vector, lane.scratch)
 
