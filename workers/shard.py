@@ -23,6 +23,7 @@ import numpy as np
 from trainer.batches import BatchPlan, even_blocks
 from trainer.network import NetworkSpec, Workspace, backward_sums, forward
 from trainer.costs import COSTS
+from trainer.errors import ConfigError
 from trainer.exact_sum import DEFAULT_SCALE
 from workers.block_sums import BlockSums
 from trainer.pool import EvalSums, ShardSums
@@ -169,7 +170,8 @@ class ShardTask:
         """Source-row ranges for `workers` workers, each a union of whole blocks, as even
         as the blocks allow (more workers than train.blocks: ValueError)."""
         if workers > self.plan.blocks:
-            raise ValueError(f"{workers} workers for train.blocks={self.plan.blocks} blocks")
+            raise ConfigError(f"train.blocks: {workers} workers need at least {workers} blocks, got "
+                              f"{self.plan.blocks} (a worker holds whole blocks)")
         return self.block_ranges(even_blocks(self.plan.blocks, workers))
 
     def block_ranges(self, counts: list[int]) -> list[tuple[int, int]]:
