@@ -112,7 +112,7 @@ def test_a_stopped_worker_is_lost_within_seconds_and_replaced(ray_session, job, 
     try:
         theta = run(job, pool, [stopper])
         assert pool.failures == 1 and len(pool.events) == 1, pool.events
-        assert "worker 1 (rows 501-1003) lost" in pool.events[0] and "no answer" in pool.events[0], pool.events
+        assert "worker 1 (rows 502-1003) lost" in pool.events[0] and "no answer" in pool.events[0], pool.events
         assert pool.info[1]["pid"] != stopper.pid
     finally:
         pool.close()
