@@ -22,6 +22,11 @@ from trainer.exact_sum import BlockScaler
 from trainer.network import NetworkSpec, Workspace, backward_sums
 
 
+# A step with less work than this runs its blocks in one thread: waking a second costs
+# more than it saves (spirals' batch of 64: 1.7 MFLOP; W-tiny's full batch: 18 MFLOP).
+THREADED_MIN_FLOPS = 5e6
+
+
 class _OneThreadBlas:
     """BLAS on one thread for the duration (threadpoolctl, looked up once)."""
 
@@ -66,6 +71,7 @@ class BlockSums:
         for lane in self.lanes:
             lane.ws.view_slots = blocks + 2
         self.scaler = BlockScaler(spec.layers)
+        self.flops_per_example = spec.flops_per_example()
         self._pool = ThreadPoolExecutor(self.threads, "rayprop-blocks") if self.threads > 1 else None
 
     def _run(self, lane: _Lane, theta, members, runs, scale_vector, rows, maxima, losses, which) -> None:
@@ -92,8 +98,9 @@ class BlockSums:
         maxima = np.zeros((max(q, 1), len(self.scaler.sizes)))
         losses = [0.0] * q
         rows = list(range(q))
+        members_n = sum(b - a for _, a, b in runs)
         with _OneThreadBlas():
-            if self._pool is None or q < 2:
+            if self._pool is None or q < 2 or members_n * self.flops_per_example < THREADED_MIN_FLOPS:
                 self._run(self.lanes[0], theta, members, runs, scale_vector, rows, maxima, losses, rows)
             else:
                 t = min(self.threads, q)
