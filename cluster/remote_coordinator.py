@@ -12,7 +12,7 @@ needs of the run becomes events in a queue that the client takes in batches
 lost-worker lines, each checkpoint (theta, optimizer buffers, position) and, at the
 end, the outcome (the final theta and optimizer state, the stop's position, or the
 error). The client replays them to its own listeners and checkpointer
-(experiments/remote_pool.py), so MLflow, the progress bar and the files stay where
+(experiments/jobs/remote_pool.py), so MLflow, the progress bar and the files stay where
 they were. `stop` is Ctrl-C: the coordinator reads the flag after every step.
 
 No MLflow here: this module runs in the cluster's Python.
@@ -118,7 +118,6 @@ class CoordinatorActor:
             self.pool = RayPool(task, cluster, workers, max_failures)
         except (InputError, RunError) as e:
             return {"error": e}
-        self.pool.should_stop = self._stop.is_set  # Ctrl-C ends a wait for a replacement
         self.queue = EventQueue(self.pool)
         return {"workers": self.pool.num_workers, "nodes": self.pool.num_nodes, "m": self.pool.m,
                 "m_val": self.pool.m_val, "resizes": list(self.pool.resizes)}

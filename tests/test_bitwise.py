@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpointer, latest_checkpoint
@@ -151,7 +151,7 @@ def test_recomputes_are_rare_and_counted():
     pool = pool_of(MNIST_LIKE, plan, [3, 3, 2], X, Y)
     calls = []
     inner = pool.gradient_sums
-    pool.gradient_sums = lambda *a: calls.append(a[:3]) or inner(*a)
+    pool.gradient_sums = lambda *a, **kw: calls.append(a[:3]) or inner(*a, **kw)
     theta = init_theta(pool.spec, "he", 0)
     result = train(pool, theta, make_optimizer("sgd", 0.05), plan, 2)
     # The first step is computed twice (its scale is measured), later ones once or

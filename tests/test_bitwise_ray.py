@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cluster.connect import connect
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from tests.test_worker_loss import KillWorker
 from trainer.config import from_dict
@@ -74,7 +74,9 @@ class Resize:
     def on_step(self, step, epoch, loss, n):
         if step in self.sizes:
             pool = self.pool
-            pool._resize(*pool._plan(self.sizes[step], list(range(pool.num_workers))), {}, f"test at step {step}")
+            ranges, takers = pool._plan(self.sizes[step], list(range(pool.num_workers)))
+            started = pool._launch(ranges, takers, 120, "while growing")
+            pool._resize(ranges, takers, started, f"test at step {step}")
 
     def on_epoch(self, epoch, metrics):
         pass

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.ui import STOP_SECONDS
+from experiments.cli.ui import STOP_SECONDS
 from tests.conftest import one_line_exit_2
 from tests.mlflowserver import MlflowServer
 from tests.raycluster import free_port
@@ -333,7 +333,7 @@ def test_a_new_store_starts_from_a_template(tmp_path, template_db, mlflow_mod, m
 
 
 def test_uri_precedence_and_secrets():
-    from experiments.stores import DEFAULT_URI, redact, resolve_uri
+    from experiments.tracking.stores import DEFAULT_URI, redact, resolve_uri
 
     env = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
@@ -351,7 +351,7 @@ def test_uri_precedence_and_secrets():
 
 
 def test_params_drop_secret_keys(mlflow_mod):
-    from experiments.tracking import run_params
+    from experiments.tracking.run import run_params
     from trainer.config import from_dict
 
     cfg = from_dict({"data": {"source": "xor"},
@@ -377,7 +377,7 @@ def test_help_gradcheck_and_bad_input_do_not_import_mlflow(tmp_path):
                 if name.split(".")[0] == "mlflow":
                     raise ModuleNotFoundError("mlflow imported", name=name)
         sys.meta_path.insert(0, Block())
-        from experiments.cli import main
+        from experiments.cli.rayprop import main
         try:
             code = main(sys.argv[1:])
         except SystemExit as e:

@@ -28,6 +28,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
     "test_network": (),
+    "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_bitwise": (),  # in-process pools of W-mnist's layers on 300 rows: ~10 s
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool

@@ -74,13 +74,13 @@ def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
 
 
 def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: int, k: int,
-                 grad: np.ndarray, total: np.ndarray, step: int) -> tuple[list[ShardSums], int, float]:
+                 grad: np.ndarray, total: np.ndarray, step: int, should_stop=None) -> tuple[list[ShardSums], int, float]:
     """grad (float32) <- the exact mean gradient of batch k (trainer/exact_sum.py): the
     workers' integer sums added in float64 (any order gives the same bits), scaled back
     and divided by m once. A step whose block sums left the scale's range is computed
     again at the new scale; every worker count decides alike, from the same maxima."""
     while True:
-        sums = pool.gradient_sums(theta, epoch, k, exact.scales)
+        sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop, scales=exact.scales)
         parts = [s for s in sums if s.n]
         n, loss_sum = sum(s.n for s in parts), sum(s.loss_sum for s in parts)
         if not parts:
@@ -100,11 +100,11 @@ def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: in
     return sums, n, loss_sum
 
 
-def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float | None]:
+def evaluate(pool: WorkerPool, theta: np.ndarray, should_stop=None) -> tuple[float | None, float | None]:
     """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
     if pool.m_val == 0:
         return None, None  # nothing held out: no round trip to the workers
-    parts = pool.evaluate_sums(theta)
+    parts = pool.evaluate_sums(theta, should_stop=should_stop)
     n = sum(p.n for p in parts)
     if n == 0:
         return None, None
@@ -154,9 +154,10 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         for k in range(first_k, plan.steps_per_epoch):
             try:
                 if exact is not None:
-                    sums, n, loss_sum = float32_step(pool, exact, theta, epoch, k, grad, total, result.steps + 1)
+                    sums, n, loss_sum = float32_step(pool, exact, theta, epoch, k, grad, total, result.steps + 1,
+                                                     should_stop)
                 else:
-                    sums = pool.gradient_sums(theta, epoch, k)
+                    sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop)
             except StepAbandoned:  # a stop while a worker did not answer: the step never happened
                 here = position(epoch, k, result.steps, epoch_loss_sum, time.perf_counter() - t_epoch, compute)
                 _final_checkpoint(checkpointer, theta, optimizer, here)
@@ -187,7 +188,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         if not np.isfinite(theta).all():
             raise DivergedError(f"weights stopped being finite in epoch {epoch + 1}")
         try:
-            val_loss, val_acc = evaluate(pool, theta)
+            val_loss, val_acc = evaluate(pool, theta, should_stop)
         except StepAbandoned:
             # The epoch's steps are done but not its validation: a checkpoint at the next
             # epoch (whose resume goes on without this epoch's validation metrics), or,

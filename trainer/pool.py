@@ -73,11 +73,14 @@ class WorkerPool(Protocol):
     def m_val(self) -> int:
         """Validation examples across all shards."""
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> list[ShardSums]:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
+                      scales=None) -> list[ShardSums]:
         """Each worker's sums for batch k of `epoch` at parameters theta, in rank order.
-        scales: float32's per-tensor exponents (trainer/exact_sum.py); None for float64."""
+        `should_stop()`: the job's stop request (None: none), which a pool that waits
+        for workers looks at while it waits (StepAbandoned). scales: float32's
+        per-tensor exponents (trainer/exact_sum.py); None for float64."""
 
-    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+    def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         """Each worker's sums over its validation rows, in rank order."""
 
     def close(self) -> None: ...

@@ -16,11 +16,22 @@ import ray
 
 from trainer.errors import DataChangedError, InputError
 from trainer.pool import EvalSums, ShardSums
-from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
+from workers.data.storage_env import storage_variables
+from workers.node_plane import OP_EVAL, OP_STEP
+from workers.plane_host import PlaneHost
+from workers.plane_peer import PlanePeer
 from workers.shard import ShardTask
-from workers.storage_env import storage_variables
 
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
+
+
+def plane_layout(spec) -> tuple[int, object]:
+    """(extra, sums dtype) of a node's plane for this network: float32 jobs carry the
+    step's scale exponents after theta and each slot's per-tensor maxima after its
+    float64 integer sums (trainer/exact_sum.py); float64 jobs nothing."""
+    if np.dtype(spec.dtype) == np.float32:
+        return 2 * spec.L, np.float64
+    return 0, None
 
 
 def add_evals(replies) -> EvalSums:
@@ -32,6 +43,12 @@ def add_evals(replies) -> EvalSums:
     return total
 
 
+def node_sums(plane: PlaneHost, n: int, loss_sum: float, seconds: float) -> ShardSums:
+    """A node's reduced slot 0 as ShardSums: the sums, and float32's maxima after them."""
+    P, row = plane.size, plane.sums[0]
+    return ShardSums(row[:P], loss_sum, n, seconds, row[P:].copy() if plane.extra else None)
+
+
 class ShardActor:
     """The actor body: a ShardWorker over rows [lo, hi) of the task's source, and its
     side of its node's shared-memory plane (a peer, or the host when it leads the node)."""
@@ -40,13 +57,13 @@ class ShardActor:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
-        self.task, self.lo, self.hi, self.error = task, lo, hi, None
+        self.task, self.lo, self.hi, self.error, self.cpus = task, lo, hi, None, cpus
         self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer = self.plane = None
         try:
             self.source = task.open_source()
-            self.worker = task.open(lo, hi, self.source)
+            self.worker = task.open(lo, hi, self.source, threads=cpus)  # float32 blocks on its CPUs
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
             self.error, self.data_changed = str(e), isinstance(e, DataChangedError)
 
@@ -55,7 +72,7 @@ class ShardActor:
         ctx = ray.get_runtime_context()
         info = {"error": self.error, "data_changed": self.data_changed, "node_id": ctx.get_node_id(),
                 "pid": os.getpid(), "rows": (self.lo, self.hi)}
-        if self.error is not None:  # which side fails, and why: workers/storage_env.py
+        if self.error is not None:  # which side fails, and why: workers/data/storage_env.py
             # The node's address as the cluster knows it (the one `ray status` shows).
             ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == info["node_id"]), None)
             info.update(node_ip=ip, storage_env=storage_variables(self.task.source_spec))
@@ -75,25 +92,32 @@ class ShardActor:
         self.rows_read = (hi - lo) - max(min(hi, self.hi) - max(lo, self.lo), 0)
         self.lo, self.hi = lo, hi
         try:
-            self.worker = self.task.open(lo, hi, self.source, held)
+            self.worker = self.task.open(lo, hi, self.source, held, threads=self.cpus)
         except DataChangedError as e:
             self.error, self.data_changed = str(e), True
         return self.ready()
 
     # --- the object-store path, and validation ---
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
-        return self.worker.gradient_sums(theta, epoch, k)
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> ShardSums:
+        return self.worker.gradient_sums(theta, epoch, k, scales=scales)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         return self.worker.evaluate_sums(theta)
 
     # --- the shared-memory plane ---
     def _step(self, theta, epoch, k, out):
-        s = self.worker.gradient_sums(theta, epoch, k, out)
+        """A step from the plane's buffers: theta (and after it a float32 step's scale
+        exponents) in, the sums (and after them the per-tensor maxima) out."""
+        P = self.worker.spec.size
+        if self.worker.exact:
+            s = self.worker.gradient_sums(theta[:P], epoch, k, out[:P], scales=theta[P:])
+            out[P:] = s.block_max
+        else:
+            s = self.worker.gradient_sums(theta, epoch, k, out)
         return s.n, s.loss_sum, s.compute_seconds
 
     def _evaluate(self, theta):
-        e = self.worker.evaluate_sums(theta)
+        e = self.worker.evaluate_sums(theta[:self.worker.spec.size])
         return e.n, e.loss_sum, e.correct, e.count
 
     def attach(self, ticket: tuple[str, str], slot: int) -> None:
@@ -107,22 +131,22 @@ class ShardActor:
         returns its ticket for the node's other workers."""
         self.detach()
         spec = self.worker.spec
-        self.plane = PlaneHost(spec.size, spec.dtype, slots)
+        self.plane = PlaneHost(spec.size, spec.dtype, slots, *plane_layout(spec))
         return self.plane.ticket
 
     def accept(self, peers: int) -> None:
         self.plane.accept(peers, ATTACH_TIMEOUT_S)
 
-    def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float) -> ShardSums:
+    def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float, scales=None) -> ShardSums:
         """This node's sums for the step: the peers' and this worker's own, added. Peers
         silent for `timeout` seconds (the pool's hang bound) raise PeersSilent."""
         plane = self.plane
-        plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
+        plane.send(OP_STEP, theta, epoch, k, scales)  # the peers start at once
         t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
         replies = plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
         n, loss_sum, seconds = plane.reduce({0: own, **replies})
-        return ShardSums(plane.sums[0], loss_sum, n, seconds)
+        return node_sums(plane, n, loss_sum, seconds)
 
     def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""
