@@ -93,10 +93,13 @@ def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: in
             raise DivergedError(f"{what} became {bad} at step {step} (epoch {epoch + 1})")
         if not exact.rescale(block_max):
             break
+    if len(parts) == 1:  # one node (or worker): its exact sum is the total
+        exact.mean(parts[0].grad, n, grad, total)
+        return sums, n, loss_sum
     np.copyto(total, parts[0].grad)
     for s in parts[1:]:
         total += s.grad  # integers below 2^53: exact in any order
-    exact.mean(total, n, grad)
+    exact.mean(total, n, grad, total)
     return sums, n, loss_sum
 
 

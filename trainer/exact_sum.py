@@ -89,13 +89,18 @@ class ExactSum:
             self.recomputed += 1
         return redo
 
-    def mean(self, total: np.ndarray, n: int, out: np.ndarray) -> np.ndarray:
-        """out (float32) <- total * 2^-s / n, tensor by tensor, rounded once."""
+    def mean(self, total: np.ndarray, n: int, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+        """out (float32) <- total * 2^-s / n, tensor by tensor: the product in float64
+        (into `scratch`, which may be `total`), then rounded once to float32."""
         key = (tuple(self.scales), n)
         if key != self._factor_key:
             per_tensor = np.ldexp(1.0, -self.scales) / n
             self._factor_key, self._factor = key, np.repeat(per_tensor, self.sizes)
-        np.multiply(total, self._factor, out=out, casting="same_kind")
+        if scratch is None:
+            np.multiply(total, self._factor, out=out, casting="same_kind")
+            return out
+        np.multiply(total, self._factor, out=scratch)  # pure float64: faster than a mixed-type ufunc
+        np.copyto(out, scratch, casting="same_kind")
         return out
 
 
