@@ -133,7 +133,7 @@ class DyingTask(ShardTask):
     fired: str = ""
     signal: int = signal.SIGKILL  # or SIGSTOP: the worker hangs while reading its rows
 
-    def open(self, lo, hi, source=None, held=None):
+    def open(self, lo, hi, source=None, held=None, threads=1):
         if os.path.exists(self.arm):
             try:
                 fd = os.open(self.fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -143,7 +143,7 @@ class DyingTask(ShardTask):
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 os.kill(os.getpid(), self.signal)
-        return super().open(lo, hi, source, held)
+        return super().open(lo, hi, source, held, threads)
 
 
 def dying_task(job, tmp_path, armed: bool, sig=signal.SIGKILL) -> DyingTask:

@@ -110,7 +110,7 @@ def test_bad_data_in_a_worker_range_is_an_input_error(ray_session, tmp_path):
 class DyingTask(ShardTask):
     """A shard whose worker process dies while it reads its rows."""
 
-    def open(self, lo, hi, source=None):
+    def open(self, lo, hi, source=None, threads=1):
         os._exit(1)
 
 
