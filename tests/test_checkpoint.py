@@ -190,11 +190,11 @@ class AbandonAt(LocalPool):
         super().__init__(workers)
         self.step, self.evaluation, self.steps, self.evaluations = step, evaluation, 0, 0
 
-    def gradient_sums(self, theta, epoch, k, should_stop=None):
+    def gradient_sums(self, theta, epoch, k, should_stop=None, **scales):
         self.steps += 1
         if self.steps == self.step:
             raise StepAbandoned("stopped while waiting for the workers")
-        return super().gradient_sums(theta, epoch, k, should_stop)
+        return super().gradient_sums(theta, epoch, k, should_stop, **scales)
 
     def evaluate_sums(self, theta, should_stop=None):
         self.evaluations += 1

@@ -195,18 +195,18 @@ def test_grows_when_a_node_joins_and_shrinks_when_one_leaves(cluster, data, scri
     lines = [line for line in result.stderr.splitlines() if " workers: " in line]
     assert len(lines) == 2, result.stderr
     assert lines[0].startswith("rayprop: step 7: 2 -> 3 workers: free CPUs"), lines
-    assert lines[1].startswith("rayprop: step 26: 3 -> 2 workers: worker 2 (rows 668-1003) lost"), lines
+    assert lines[1].startswith("rayprop: step 26: 3 -> 2 workers: worker 2 (rows 629-1003) lost"), lines
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["workers"], summary["resizes"], summary["steps"]) == (2, 2, STEPS)
     pool = script.pools[-1]
-    assert pool.ranges == [(0, 501), (501, 1003)]
+    assert pool.ranges == [(0, 502), (502, 1003)]  # whole blocks (train.blocks: 8, 4 each)
     for (lo, hi), info in zip(pool.ranges, pool.info):  # as each worker reported it after the last move
         assert tuple(info["rows"]) == (lo, hi) and info["rows_held"] == hi - lo
     # Moving from 3 to 2 workers, each read only the rows it did not hold yet: worker 0
-    # held 0-334 and read 334-501, worker 1 held 334-668 and read 668-1003; the Parquet
+    # held 0-253 and read 253-502, worker 1 held 253-629 and read 629-1003; the Parquet
     # row groups (100 rows each) their readers opened were those rows' only.
-    assert [i["rows_read"] for i in pool.info] == [501 - 334, 1003 - 668]
-    assert [i["row_groups_read"] for i in pool.info] == [[3, 4, 5], [6, 7, 8, 9, 10]]
+    assert [i["rows_read"] for i in pool.info] == [502 - 253, 1003 - 629]
+    assert [i["row_groups_read"] for i in pool.info] == [[2, 3, 4, 5], [6, 7, 8, 9, 10]]
 
     client, run = the_run(uri)
     assert run.info.status == "FINISHED"

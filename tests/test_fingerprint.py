@@ -222,7 +222,7 @@ def test_a_reshard_that_reaches_a_replaced_file_stops_the_job(tmp_path):
                 train(pool, job.theta0.copy(), make_optimizer("sgd", 0.05), job.plan, 3,
                       [ReplaceAndKill(pool, data, rank=1, at=2)])
             assert pool.events == [] and len(pool.resizes) == 1  # no replacement: the reshard read it
-            assert pool.resizes[0].startswith("2 -> 1 workers: worker 1 (rows 500-1000) lost")
+            assert pool.resizes[0].startswith("2 -> 1 workers: worker 1 (rows 504-1000) lost")
         finally:
             pool.close()
 

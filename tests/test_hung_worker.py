@@ -112,7 +112,7 @@ def test_a_stopped_worker_is_lost_within_seconds_and_replaced(ray_session, job, 
     try:
         theta = run(job, pool, [stopper])
         assert pool.failures == 1 and len(pool.events) == 1, pool.events
-        assert "worker 1 (rows 501-1003) lost" in pool.events[0] and "no answer" in pool.events[0], pool.events
+        assert "worker 1 (rows 502-1003) lost" in pool.events[0] and "no answer" in pool.events[0], pool.events
         assert pool.info[1]["pid"] != stopper.pid
     finally:
         pool.close()
@@ -133,7 +133,7 @@ class DyingTask(ShardTask):
     fired: str = ""
     signal: int = signal.SIGKILL  # or SIGSTOP: the worker hangs while reading its rows
 
-    def open(self, lo, hi, source=None, held=None):
+    def open(self, lo, hi, source=None, held=None, threads=1):
         if os.path.exists(self.arm):
             try:
                 fd = os.open(self.fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -143,7 +143,7 @@ class DyingTask(ShardTask):
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 os.kill(os.getpid(), self.signal)
-        return super().open(lo, hi, source, held)
+        return super().open(lo, hi, source, held, threads)
 
 
 def dying_task(job, tmp_path, armed: bool, sig=signal.SIGKILL) -> DyingTask:

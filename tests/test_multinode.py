@@ -101,6 +101,33 @@ def test_workers_spread_over_nodes_read_their_rows_and_train_as_local_mode(clust
             assert traffic["bytes_sent"] == steps * NODES * size, (plane, traffic)
 
 
+def test_float32_on_three_nodes_is_bitwise_local_mode_with_float64_sums_per_node(cluster, tmp_path):
+    """float32 (README: The math, "Bit for bit"): two workers on each of three nodes,
+    through the planes and the object store, end with local mode's bits; the sums come
+    back as float64 integers, still one theta-sized array per node per step (shm)."""
+    path = write_parquet(tmp_path / "d.parquet", row_group_size=100)
+    job = training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32")))
+    t = job.cfg.train
+    ref = job.theta0.copy()
+    train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+    workers = NODES * CPUS_PER_NODE
+    with connect(cluster.address, workers):
+        for plane in ("shm", "object_store"):
+            pool = make_pool(job, workers, plane)
+            try:
+                theta = job.theta0.copy()
+                train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)
+                traffic, nodes = pool.traffic, pool.num_nodes
+            finally:
+                pool.close()
+            assert nodes == NODES
+            assert theta.dtype == np.float32 and np.array_equal(theta, ref), f"3 nodes ({plane})"
+            steps = traffic["steps"]  # calls: the first step is computed twice (its scale measured)
+            assert t.epochs * job.plan.steps_per_epoch < steps <= t.epochs * job.plan.steps_per_epoch + 3
+            received = NODES if plane == "shm" else workers
+            assert traffic["bytes_received"] == steps * received * theta.size * 8, (plane, traffic)
+
+
 def test_cli_joins_the_cluster_by_address(cluster, tmp_path):
     path = write_parquet(tmp_path / "d.parquet")
     cfg_file = tmp_path / "c.yaml"

@@ -80,8 +80,9 @@ def test_each_actor_reads_only_its_rows(ray_session, tmp_path):
         info = pool.info
     finally:
         pool.close()
-    # shard_ranges(1003, 3) = [0, 334), [334, 668), [668, 1003)
-    assert [i["rows"] for i in info] == [(0, 334), (334, 668), (668, 1003)]
+    # 903 training rows in 8 blocks, 2 + 3 + 3 of them per worker, cut where a block's
+    # first training row starts (the validation rows before it go to that worker)
+    assert [i["rows"] for i in info] == [(0, 253), (253, 629), (629, 1003)] == job.task.ranges(3)
     for i in info:
         lo, hi = i["rows"]
         assert i["rows_held"] == hi - lo  # reported by the worker from what it holds
@@ -109,7 +110,7 @@ def test_bad_data_in_a_worker_range_is_an_input_error(ray_session, tmp_path):
 class DyingTask(ShardTask):
     """A shard whose worker process dies while it reads its rows."""
 
-    def open(self, lo, hi, source=None):
+    def open(self, lo, hi, source=None, threads=1):
         os._exit(1)
 
 

@@ -76,8 +76,8 @@ def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_sess
         assert pool.failures == 2 and len(pool.events) == 2, (
             killer.killed, first_pid, pool.events, [i["pid"] for i in pool.info], pool.resizes)
         assert pool.info[1]["pid"] not in (first_pid, killer.killed[-1])  # a new process
-        assert pool.info[1]["rows"] == (501, 1003) and pool.info[1]["rows_held"] == 502
-        assert "worker 1 (rows 501-1003) lost" in pool.events[0]
+        assert pool.info[1]["rows"] == (502, 1003) and pool.info[1]["rows_held"] == 501
+        assert "worker 1 (rows 502-1003) lost" in pool.events[0]
     finally:
         pool.close()
     rel = np.max(np.abs(theta - ref)) / np.max(np.abs(ref))

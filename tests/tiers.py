@@ -34,6 +34,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_rebalance": (),  # its Ray test: the ray_session fixture
     "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
+    "test_bitwise": (),  # in-process pools of W-mnist's layers on 300 rows: ~15 s
+    "test_bitwise_ray": (RAY, SLOW),  # 1-8 Ray workers, a resize and a replacement: ~2 min
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
     "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables
     "test_logged_models": (SERVER, SLOW),  # an `mlflow server`; training in this process, no Ray

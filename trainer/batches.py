@@ -8,6 +8,11 @@ used, not dropped). Full-batch GD uses all m examples in order every step.
 A shard worker that owns the contiguous training-index range [lo, hi) computes the
 same plan and keeps the batch members that fall in its range, so any number of
 workers, uneven shards, or a re-sharding, train exactly the same batches.
+
+Blocks (train.blocks, README: The math): the training indices 0..m-1 are cut into
+`blocks` contiguous runs that depend on m alone. A worker's range is always a union of
+whole consecutive blocks, and in float32 the sums are taken per block (the same
+arithmetic whoever computes the block) and combined exactly (trainer/exact_sum.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,28 @@ from __future__ import annotations
 import numpy as np
 
 
+DEFAULT_BLOCKS = 8  # train.blocks: also the largest worker count a job can use
+
+
+def block_bounds(m: int, blocks: int) -> np.ndarray:
+    """Training index where each block starts, and m: blocks + 1 values."""
+    return np.array([m * j // blocks for j in range(blocks + 1)], dtype=np.int64)
+
+
+def even_blocks(blocks: int, workers: int) -> list[int]:
+    """Blocks per worker for `workers` workers, as even as integers allow."""
+    assert 1 <= workers <= blocks, f"{workers} workers for {blocks} blocks"
+    cuts = [blocks * r // workers for r in range(workers + 1)]
+    return [b - a for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 class BatchPlan:
-    def __init__(self, m: int, batch_size: int | None, seed: int):
+    def __init__(self, m: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS):
         """batch_size None (or >= m) means the full batch, in index order."""
         assert m > 0, "a batch plan needs at least one example"
-        self.m, self.seed = m, seed
+        assert blocks >= 1, "a batch plan needs at least one block"
+        self.m, self.seed, self.blocks = m, seed, blocks
+        self.bounds = block_bounds(m, blocks)
         self.batch_size = m if batch_size is None else min(int(batch_size), m)
         self.full = self.batch_size == m
         self._epoch: int | None = None
@@ -59,3 +81,16 @@ class BatchPlan:
         mine.sort()
         mine -= lo
         return mine
+
+    def block_runs(self, lo: int, hi: int, members: np.ndarray | slice) -> list[tuple[int, int, int]]:
+        """(block j, start, stop) of each block in [lo, hi) that has members of the batch:
+        members[start:stop] (offsets from lo, sorted) are block j's. [lo, hi) must be
+        a union of whole blocks."""
+        j0, j1 = (int(np.searchsorted(self.bounds, x)) for x in (lo, hi))
+        assert self.bounds[j0] == lo and self.bounds[j1] == hi, f"[{lo}, {hi}) is not a union of blocks"
+        inner = self.bounds[j0:j1 + 1] - lo
+        if isinstance(members, slice):
+            cuts = inner
+        else:
+            cuts = np.searchsorted(members, inner)
+        return [(j0 + i, int(a), int(b)) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]

@@ -52,6 +52,9 @@ class Position:
     epoch_loss_sum: float = 0.0  # the epoch in progress: loss sum of its steps so far
     epoch_seconds: float = 0.0  # ... their wall time
     epoch_compute: float = 0.0  # ... and the workers' share of it
+    # float32: the exact sum's per-tensor scale exponents for the next step
+    # (trainer/exact_sum.py), so a resumed run, on any worker count, goes on bit for bit.
+    sum_scales: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -80,6 +83,8 @@ def write_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
               "position": np.array([p.epoch, p.k, p.global_step], dtype=np.int64),
               "epoch_partial": np.array([p.epoch_loss_sum, p.epoch_seconds, p.epoch_compute]),
               "meta": np.array(json.dumps(ckpt.meta))}
+    if p.sum_scales is not None:
+        arrays["sum_scales"] = np.array(p.sum_scales, dtype=np.int64)
     arrays.update({f"opt_{k}": np.asarray(v) for k, v in ckpt.optimizer.items()})
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
@@ -111,6 +116,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         epoch, k, step = (int(x) for x in arrays["position"])
         loss_sum, seconds, compute = (float(x) for x in arrays["epoch_partial"])
         meta = json.loads(str(arrays["meta"]))
+        scales = tuple(int(x) for x in arrays["sum_scales"]) if "sum_scales" in arrays else None
     except (*NPZ_ERRORS, KeyError, RecursionError) as e:
         raise ValueError(f"{path.name}: not a readable checkpoint ({e.__class__.__name__})") from None
     if not isinstance(meta, dict):
@@ -121,7 +127,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if not np.isfinite(theta).all():
         raise ValueError(f"{path.name}: parameters are not a finite vector")
     optimizer = {key[4:]: v for key, v in arrays.items() if key.startswith("opt_")}
-    return Checkpoint(theta, optimizer, Position(epoch, k, step, loss_sum, seconds, compute), meta, path)
+    return Checkpoint(theta, optimizer, Position(epoch, k, step, loss_sum, seconds, compute, scales), meta, path)
 
 
 # The arrays every checkpoint holds: (dtype kinds allowed, shape; None: any 1-D).
@@ -135,6 +141,10 @@ def _check_headers(name: str, headers: dict) -> None:
         got, dtype = headers[key]
         if dtype.kind not in kinds or (len(got) != 1 if shape is None else got != shape):
             raise ValueError(f"{name}: {key!r} is {dtype.name[:20]} of shape {got}, not a checkpoint's")
+    if "sum_scales" in headers:
+        got, dtype = headers["sum_scales"]
+        if dtype.kind not in "iu" or len(got) != 1:
+            raise ValueError(f"{name}: 'sum_scales' is {dtype.name[:20]} of shape {got}, not a checkpoint's")
     for key, (_, dtype) in headers.items():
         if key.startswith("opt_") and dtype.kind not in "iuf":
             raise ValueError(f"{name}: {key!r} holds {dtype.name[:20]} values")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
+from trainer.batches import DEFAULT_BLOCKS
 from trainer.costs import COSTS
 from trainer.errors import ConfigError, short
 from trainer.network import INITIALIZERS
@@ -105,6 +106,10 @@ class TrainConfig:
     # ... but not sooner than this after the last one (one-step epochs would spend their time writing)
     checkpoint_seconds: float = ranged(2.0, lo=0)
     max_worker_failures: int = ranged(3, lo=0)  # shard workers that may be lost and replaced in one run
+    # The training examples are cut into this many fixed blocks; a worker holds whole
+    # blocks, so this is also the most workers a job can use. float32 sums are taken per
+    # block and added exactly: the weights do not depend on the worker count (README: The math).
+    blocks: int = ranged(DEFAULT_BLOCKS, lo=1, hi=MAX_WORKERS)
     # Where the model files, summary.json and checkpoints go: a folder or a URI (s3://, gs://,
     # file://, ... as data.source); None: runs/EXPERIMENT-TIMESTAMP. --output wins.
     output: str | None = None
@@ -283,6 +288,11 @@ def _validate(cfg: Config) -> Config:
     if t.optimizer == "gd" and isinstance(t.batch_size, int):
         bad("train.batch_size", "gd uses the full batch; set optimizer: sgd for mini-batches")
     c = cfg.cluster
+    if isinstance(c.workers, int) and c.workers > t.blocks:
+        bad("cluster.workers", f"must be at most train.blocks={t.blocks} (a worker holds whole blocks), "
+            f"got {c.workers}")
+    if c.min_workers > t.blocks:
+        bad("cluster.min_workers", f"must be at most train.blocks={t.blocks}, got {c.min_workers}")
     if isinstance(c.workers, int) and c.min_workers > c.workers:
         bad("cluster.min_workers", f"must be at most cluster.workers={c.workers}, got {c.min_workers}")
     if c.max_workers is not None and c.min_workers > c.max_workers:

@@ -23,6 +23,7 @@ import numpy as np
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpointer, Position
 from trainer.errors import DivergedError, Stopped
+from trainer.exact_sum import ExactSum
 from trainer.optimizers import GradientDescent
 from trainer.param_hash import param_hash
 from trainer.pool import ShardSums, StepAbandoned, WorkerPool
@@ -78,6 +79,36 @@ def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
     return n, loss_sum
 
 
+def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: int, k: int,
+                 grad: np.ndarray, total: np.ndarray, step: int, should_stop=None) -> tuple[list[ShardSums], int, float]:
+    """grad (float32) <- the exact mean gradient of batch k (trainer/exact_sum.py): the
+    workers' integer sums added in float64 (any order gives the same bits), scaled back
+    and divided by m once. A step whose block sums left the scale's range is computed
+    again at the new scale; every worker count decides alike, from the same maxima."""
+    while True:
+        sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop, scales=exact.scales)
+        parts = [s for s in sums if s.n]
+        n, loss_sum = sum(s.n for s in parts), sum(s.loss_sum for s in parts)
+        if not parts:
+            grad.fill(0)
+            return sums, n, loss_sum
+        block_max = np.max([s.block_max for s in parts], axis=0)
+        if not (math.isfinite(loss_sum) and np.isfinite(block_max).all()):
+            bad = loss_sum if not math.isfinite(loss_sum) else block_max[~np.isfinite(block_max)][0]
+            what = "loss" if not math.isfinite(loss_sum) else "gradient"
+            raise DivergedError(f"{what} became {bad} at step {step} (epoch {epoch + 1})")
+        if not exact.rescale(block_max):
+            break
+    if len(parts) == 1:  # one node (or worker): its exact sum is the total
+        exact.mean(parts[0].grad, n, grad, total)
+        return sums, n, loss_sum
+    np.copyto(total, parts[0].grad)
+    for s in parts[1:]:
+        total += s.grad  # integers below 2^53: exact in any order
+    exact.mean(total, n, grad, total)
+    return sums, n, loss_sum
+
+
 def evaluate(pool: WorkerPool, theta: np.ndarray, should_stop=None) -> tuple[float | None, float | None]:
     """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
     if pool.m_val == 0:
@@ -114,6 +145,12 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     result = TrainResult()
     end_epoch = epochs
     pos = resume or Position(0, 0, 0)
+    # float32: block sums combined exactly, so the weights do not depend on the worker count.
+    exact = ExactSum(pool.spec.layers, plan.blocks, pos.sum_scales) if theta.dtype == np.float32 else None
+    total = np.empty(theta.size, np.float64) if exact else None
+
+    def position(*args) -> Position:
+        return Position(*args, sum_scales=None if exact is None else tuple(int(s) for s in exact.scales))
     result.steps = pos.global_step
     t_run = time.perf_counter()
     train_seconds = 0.0
@@ -125,14 +162,19 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         epoch_loss_sum, compute = carried.epoch_loss_sum, carried.epoch_compute
         for k in range(first_k, plan.steps_per_epoch):
             try:
-                sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop)
+                if exact is not None:
+                    sums, n, loss_sum = float32_step(pool, exact, theta, epoch, k, grad, total, result.steps + 1,
+                                                     should_stop)
+                else:
+                    sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop)
             except StepAbandoned:  # a stop while a worker did not answer: the step never happened
-                here = Position(epoch, k, result.steps, epoch_loss_sum, time.perf_counter() - t_epoch, compute)
+                here = position(epoch, k, result.steps, epoch_loss_sum, time.perf_counter() - t_epoch, compute)
                 _final_checkpoint(checkpointer, theta, optimizer, here)
                 raise TrainingStopped(here) from None
-            n, loss_sum = reduce_sums(sums, grad)
+            if exact is None:
+                n, loss_sum = reduce_sums(sums, grad)
+                grad /= n  # the one division by m (docs/design.md, section 1)
             assert n == plan.batch_size_of(k), f"workers summed {n} examples, batch {k} has {plan.batch_size_of(k)}"
-            grad /= n  # the one division by m (docs/design.md, section 1)
             loss = loss_sum / n
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} at step {result.steps + 1} (epoch {epoch + 1})")
@@ -143,7 +185,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             for lst in listeners:
                 lst.on_step(result.steps, epoch, loss, n)
             if k + 1 < plan.steps_per_epoch:
-                here = Position(epoch, k + 1, result.steps, epoch_loss_sum,
+                here = position(epoch, k + 1, result.steps, epoch_loss_sum,
                                 time.perf_counter() - t_epoch, compute)
                 if should_stop is not None and should_stop():
                     _final_checkpoint(checkpointer, theta, optimizer, here)
@@ -160,7 +202,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             # The epoch's steps are done but not its validation: a checkpoint at the next
             # epoch (whose resume goes on without this epoch's validation metrics), or,
             # after the last epoch (a position past the plan), the checkpoints so far.
-            here = Position(epoch + 1, 0, result.steps)
+            here = position(epoch + 1, 0, result.steps)
             if epoch + 1 < end_epoch:
                 _final_checkpoint(checkpointer, theta, optimizer, here)
             raise TrainingStopped(here) from None
@@ -182,7 +224,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         result.final_loss, result.val_loss, result.val_accuracy = epoch_loss, val_loss, val_acc
         for lst in listeners:
             lst.on_epoch(epoch, metrics)
-        here = Position(epoch + 1, 0, result.steps)
+        here = position(epoch + 1, 0, result.steps)
         if checkpointer is not None:
             checkpointer.after_epoch(theta, optimizer, here, epoch + 1)
         if should_stop is not None and should_stop() and epoch + 1 < end_epoch:

@@ -122,6 +122,7 @@ class Workspace:
         self._D = [np.empty(widest * capacity, dt), np.empty(widest * capacity, dt)]
         self.ones = np.ones(capacity, dt)  # Gb[l] = delta[l] @ ones: row sums as a gemv
         self._views: dict[int, tuple[np.ndarray, tuple]] = {}
+        self.view_slots = 3  # buffers whose views are kept (theta and grad; a block worker: more)
 
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """spec.views(flat), built once per buffer: a step reuses the same theta and
@@ -129,7 +130,7 @@ class Workspace:
         key = id(flat)
         hit = self._views.get(key)
         if hit is None or hit[0] is not flat:  # the held reference makes an id match exact
-            if len(self._views) >= 3:  # theta and grad; a Ray worker gets a new theta each
+            if len(self._views) >= self.view_slots:  # theta and grad; a Ray worker gets a new theta each
                 self._views.clear()         # step, and must not pin old ones in the object store
             hit = self._views[key] = (flat, self.spec.views(flat))
         return hit[1]

@@ -27,13 +27,18 @@ class StepAbandoned(Stopped):
 class ShardSums:
     """Eq. 12 sums over the batch members in one worker's range."""
 
-    grad: np.ndarray  # flat, theta's layout: GW[l] and Gb[l] summed over the shard's columns
+    # flat, theta's layout: GW[l] and Gb[l] summed over the shard's columns. float32
+    # runs: float64 integers, the exact sum of the blocks' sums at the step's scales.
+    grad: np.ndarray
     loss_sum: float  # sum of per-example losses
     n: int  # examples summed (may be 0 when no batch member falls in the range)
     compute_seconds: float = 0.0  # time spent in the worker on this step
     # A node's sums (several workers added on their node): each worker's (compute_seconds,
     # n), by its slot on the node; None for one worker's sums.
     per_worker: list[tuple[float, int]] | None = None
+    # float32: per tensor (W1, b1, W2, ...), the largest |block sum| before scaling
+    # (trainer/exact_sum.py); None on the float64 path.
+    block_max: np.ndarray | None = None
 
 
 @dataclass
@@ -56,6 +61,10 @@ class WorkerPool(Protocol):
     def num_workers(self) -> int: ...
 
     @property
+    def spec(self):
+        """The network's NetworkSpec (float32's exact sum needs its tensors)."""
+
+    @property
     def num_nodes(self) -> int:
         """Machines the workers run on (1 in local mode)."""
 
@@ -67,10 +76,12 @@ class WorkerPool(Protocol):
     def m_val(self) -> int:
         """Validation examples across all shards."""
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
+                      scales=None) -> list[ShardSums]:
         """Each worker's sums for batch k of `epoch` at parameters theta, in rank order.
         `should_stop()`: the job's stop request (None: none), which a pool that waits
-        for workers looks at while it waits (StepAbandoned)."""
+        for workers looks at while it waits (StepAbandoned). scales: float32's
+        per-tensor exponents (trainer/exact_sum.py); None for float64."""
 
     def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         """Each worker's sums over its validation rows, in rank order."""

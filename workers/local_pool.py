@@ -8,6 +8,8 @@ uneven shards give the same training as one, and that moving rows between worker
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from trainer.pool import EvalSums, ShardSums
@@ -36,7 +38,20 @@ class LocalPool:
         is where bad values surface (an InputError)."""
         source = source or task.open_source()
         ranges = task.ranges(workers)
-        return cls([task.open(lo, hi, source) for lo, hi in ranges], task, source, ranges, rebalance_seconds)
+        # The workers run one after the other: each may spread its blocks over every CPU.
+        threads = len(os.sched_getaffinity(0))
+        return cls([task.open(lo, hi, source, threads=threads) for lo, hi in ranges], task, source, ranges,
+                   rebalance_seconds)
+
+    @classmethod
+    def open_blocks(cls, task: ShardTask, counts: list[int], source=None) -> LocalPool:
+        """Workers taking counts[r] consecutive blocks each (uneven unions of blocks)."""
+        threads = len(os.sched_getaffinity(0))
+        return cls([task.open(lo, hi, source, threads=threads) for lo, hi in task.block_ranges(counts)])
+
+    @property
+    def spec(self):
+        return self.workers[0].spec
 
     @property
     def num_nodes(self) -> int:
@@ -54,11 +69,12 @@ class LocalPool:
     def m_val(self) -> int:
         return sum(w.n_val for w in self.workers)
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
+                      scales=None) -> list[ShardSums]:
         # In-process calls never wait for another process: nothing to give up on a stop.
         if self.balance is not None:
             self._rebalance()  # a step boundary
-        parts = [w.gradient_sums(theta, epoch, k) for w in self.workers]
+        parts = [w.gradient_sums(theta, epoch, k, scales=scales) for w in self.workers]
         self.worker_seconds = [p.compute_seconds for p in parts]
         if self.balance is not None:
             self.balance.record(self.worker_seconds, [p.n for p in parts])
@@ -73,7 +89,7 @@ class LocalPool:
         new, move = proposal
         for r, ((lo, hi), worker) in enumerate(zip(new, self.workers)):
             if (lo, hi) != old[r]:
-                moved = task.open(lo, hi, self._source, (*old[r], worker))
+                moved = task.open(lo, hi, self._source, (*old[r], worker), threads=worker.threads)
                 moved.delay_per_row = worker.delay_per_row  # the same (slow) worker, other rows
                 self.workers[r] = moved
         self.ranges = new

@@ -44,7 +44,10 @@ REPLY = {OP_STEP: struct.Struct("<qdd"),  # n, loss_sum, compute_seconds
 FAILED = {op: r.pack(-1, *r.unpack(bytes(r.size))[1:]) for op, r in REPLY.items()}
 TOKEN_BYTES = 16
 HELLO = struct.Struct(f"<q{TOKEN_BYTES}s")  # the peer's slot on the node, the host's token
-SHAPE = struct.Struct("<qqq")  # P, slots, dtype itemsize: what the host's buffers hold
+# What the host's buffers hold: P, slots, theta's itemsize, `extra` values after the P
+# in both (float32 jobs: the step's scale exponents after theta, a slot's per-tensor
+# maxima after its float64 integer sums; trainer/exact_sum.py), the sums' itemsize.
+SHAPE = struct.Struct("<qqqqq")
 ERROR_LEN = struct.Struct("<i")
 
 

@@ -35,14 +35,17 @@ def new_memfd(name: str, nbytes: int) -> int:
 class PlaneHost:
     """The node's buffers and the listening socket; `step` drives the peers."""
 
-    def __init__(self, size: int, dtype, slots: int):
-        self.size, self.dtype, self.slots = size, np.dtype(dtype), slots
-        itemsize = self.dtype.itemsize
-        self._fds = [new_memfd("rayprop-theta", size * itemsize),
-                     new_memfd("rayprop-sums", slots * size * itemsize)]
-        self._theta_mem, self.theta = shared_array(self._fds[0], size, self.dtype)
-        self._sums_mem, flat = shared_array(self._fds[1], slots * size, self.dtype)
-        self.sums = flat.reshape(slots, size)
+    def __init__(self, size: int, dtype, slots: int, extra: int = 0, sums_dtype=None):
+        """size: P; extra: values after the P in both buffers (float32 jobs: the scale
+        exponents, the per-tensor maxima); sums_dtype: the slots' type (default theta's)."""
+        self.size, self.dtype, self.slots, self.extra = size, np.dtype(dtype), slots, extra
+        self.sums_dtype = np.dtype(sums_dtype or dtype)
+        width = size + extra
+        self._fds = [new_memfd("rayprop-theta", width * self.dtype.itemsize),
+                     new_memfd("rayprop-sums", slots * width * self.sums_dtype.itemsize)]
+        self._theta_mem, self.theta = shared_array(self._fds[0], width, self.dtype)
+        self._sums_mem, flat = shared_array(self._fds[1], slots * width, self.sums_dtype)
+        self.sums = flat.reshape(slots, width)
         # A random name in the abstract namespace: nothing on disk, gone with the process.
         self.address = f"\0rayprop-plane-{secrets.token_hex(16)}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -137,7 +140,8 @@ class PlaneHost:
         del greeting[conn]
         try:
             conn.settimeout(GREETING_TIMEOUT_S)  # a few bytes into an empty socket: never blocks for long
-            socket.send_fds(conn, [SHAPE.pack(self.size, self.slots, self.dtype.itemsize)], self._fds)
+            socket.send_fds(conn, [SHAPE.pack(self.size, self.slots, self.dtype.itemsize, self.extra,
+                                              self.sums_dtype.itemsize)], self._fds)
         except OSError:  # it went away; it is not attached, and the deadline still counts
             conn.close()
             return 0
@@ -157,11 +161,13 @@ class PlaneHost:
         conn.close()
         return 1
 
-    def send(self, op: int, theta: np.ndarray, epoch: int = 0, k: int = 0) -> None:
+    def send(self, op: int, theta: np.ndarray, epoch: int = 0, k: int = 0, scales=None) -> None:
         """Write theta into the shared buffer and wake every peer for a step (batch k
         of `epoch`) or an evaluation of its validation rows."""
         self._op = op
-        np.copyto(self.theta, theta)
+        np.copyto(self.theta[:self.size], theta)
+        if self.extra and scales is not None:
+            self.theta[self.size:] = scales  # a float32 step's scale exponents (small integers: exact)
         command = COMMAND.pack(op, epoch, k)
         for slot, conn in self.peers.items():
             try:
@@ -224,9 +230,10 @@ class PlaneHost:
         """Add the step's slots that hold examples, in slot order, into slot 0; returns
         the node's (n, loss_sum, slowest compute_seconds).
 
-        Slot 0 holds the node's sums afterwards (zeros when no slot had examples).
+        Slot 0 holds the node's sums afterwards (zeros when no slot had examples), and in
+        its `extra` values the largest of the slots' (float32 jobs' per-tensor maxima).
         """
-        out = self.sums[0]
+        out, P = self.sums[0], self.size
         n, loss_sum, seconds, filled = 0, 0.0, 0.0, False
         for slot in sorted(replies):
             n_slot, loss_slot, seconds_slot = replies[slot]
@@ -236,7 +243,8 @@ class PlaneHost:
                         np.copyto(out, self.sums[slot])
                     filled = True
                 else:
-                    out += self.sums[slot]
+                    out[:P] += self.sums[slot][:P]  # float32 jobs: float64 integers, exact in any order
+                    np.maximum(out[P:], self.sums[slot][P:], out=out[P:])
             n, loss_sum, seconds = n + n_slot, loss_sum + loss_slot, max(seconds, seconds_slot)
         if not filled:
             out.fill(0)

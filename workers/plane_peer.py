@@ -44,15 +44,15 @@ class PlanePeer:
                 os.close(fd)
             self._sock.close()
             raise ConnectionError(f"the node's shared memory refused the worker in slot {slot}")
-        size, slots, itemsize = SHAPE.unpack(msg)
-        dtype = {4: np.float32, 8: np.float64}[itemsize]
+        size, slots, itemsize, extra, sums_itemsize = SHAPE.unpack(msg)
+        dtype, sums_dtype = ({4: np.float32, 8: np.float64}[i] for i in (itemsize, sums_itemsize))
         try:
-            self._theta_mem, self.theta = shared_array(fds[0], size, dtype)
-            self._sums_mem, flat = shared_array(fds[1], slots * size, dtype)
+            self._theta_mem, self.theta = shared_array(fds[0], size + extra, dtype)
+            self._sums_mem, flat = shared_array(fds[1], slots * (size + extra), sums_dtype)
         finally:
             for fd in fds:
                 os.close(fd)  # the maps keep the memory
-        self.out = flat.reshape(slots, size)[slot]
+        self.out = flat.reshape(slots, size + extra)[slot]
         self._sock.settimeout(None)  # between steps a peer waits as long as the job lasts
         self._thread = threading.Thread(target=self._serve, name="rayprop-plane", daemon=True)
         self._thread.start()

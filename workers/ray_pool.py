@@ -75,7 +75,8 @@ class RayPool(Recovery, Growth):
         self.min_workers = cluster.min_workers
         self.max_workers = None  # None: a fixed size, never grown
         if workers == "auto":
-            self.max_workers = cluster.max_workers or MAX_WORKERS
+            # A worker holds whole blocks: no more workers than train.blocks.
+            self.max_workers = min(cluster.max_workers or MAX_WORKERS, task.plan.blocks)
             count = start_size(self._free_slots(), self.min_workers, self.max_workers)
         else:
             count = int(workers)
@@ -100,8 +101,7 @@ class RayPool(Recovery, Growth):
         self.actors, self.info, self.ranges = [], [], []
         # The driver's node (None through Ray Client: on no node).
         self._here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
-        self.transport = make_transport(cluster.data_plane, task.spec.size, task.spec.dtype, self.waits,
-                                        self.traffic, self._here)
+        self.transport = make_transport(cluster.data_plane, task.spec, self.waits, self.traffic, self._here)
         try:
             # Actors start (and read their rows) in parallel; one that dies meanwhile is a
             # lost worker like any other: started again, counted against max_failures.
@@ -129,10 +129,16 @@ class RayPool(Recovery, Growth):
     def m_val(self) -> int:
         return self._m_val
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+    @property
+    def spec(self):
+        return self._task.spec
+
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
+                      scales=None) -> list[ShardSums]:
         """should_stop: the job's stop request (Ctrl-C, SIGTERM): a wait for a lost
         worker's replacement ends at once then, and a step that a worker holds up is
-        given up (StepAbandoned) once the request is STOP_GRACE_S old."""
+        given up (StepAbandoned) once the request is STOP_GRACE_S old. scales: float32's
+        per-tensor exponents (trainer/exact_sum.py)."""
         # A step is a pure function of (theta, epoch, k) (README: Batches), so after a
         # worker is replaced, or the pool changed size, the same call gives the same sums.
         self.waits.stop_on(should_stop)
@@ -141,7 +147,8 @@ class RayPool(Recovery, Growth):
         if self.balance is not None:
             self._with_recovery(self._rebalance)  # ... and slow workers give rows to fast ones
         parts = self._with_recovery(lambda: self._timed(self.waits.step_bound, self.waits.step_bound.seconds(),
-                                                        lambda bound: self.transport.step(theta, epoch, k, bound)))
+                                                        lambda bound: self.transport.step(theta, epoch, k, bound,
+                                                                                          scales)))
         self.worker_seconds = [seconds for seconds, _ in self.transport.timed]
         if self.balance is not None:
             self.balance.record(self.worker_seconds, [n for _, n in self.transport.timed])

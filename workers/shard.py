@@ -6,6 +6,10 @@ process. It holds the training examples with indices [lo, hi) of the batch plan
 gets theta and (epoch, k), works out the batch members in its range from the plan
 itself, and returns their SUMS; it never divides by m, never updates weights,
 never logs (docs/design.md section 3).
+
+In float32 the sums are taken block by block and come back as an exact float64 sum of
+integers (workers/block_sums.py, trainer/exact_sum.py), so that they do not depend on
+how the blocks are split over workers; float64 keeps one pass over all the members.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer.batches import BatchPlan
+from trainer.batches import BatchPlan, even_blocks
 from trainer.costs import COSTS
+from trainer.errors import ConfigError
+from trainer.exact_sum import DEFAULT_SCALE
 from trainer.network import NetworkSpec, Workspace, backward_sums, forward
+from workers.block_sums import BlockSums
 from trainer.pool import EvalSums, ShardSums
 
 if TYPE_CHECKING:
@@ -31,11 +38,12 @@ EVAL_CHUNK = 4096  # evaluation forward passes (validation, `rayprop evaluate` a
 class ShardWorker:
     def __init__(self, spec: NetworkSpec, plan: BatchPlan, lo: int, X: np.ndarray,
                  Y: np.ndarray, X_val: np.ndarray | None = None,
-                 Y_val: np.ndarray | None = None, encoding: str = "one_hot"):
+                 Y_val: np.ndarray | None = None, encoding: str = "one_hot", threads: int = 1):
         """X: (n, n_0) training rows lo..lo+n-1; Y: (n, n_L) their targets as rows.
 
         Targets are stored as columns (n_L, n) once here, since the network wants
-        them so and a batch gather then copies n_L short rows.
+        them so and a batch gather then copies n_L short rows. threads: CPUs the worker
+        may use for its blocks (float32).
         """
         dt = np.dtype(spec.dtype)
         self.spec, self.plan, self.lo, self.encoding = spec, plan, lo, encoding
@@ -47,6 +55,16 @@ class ShardWorker:
         self.Y_val = np.ascontiguousarray((Y_val if Y_val is not None else empty[1]).T, dtype=dt)
         self._grad = np.empty(spec.size, dt)
         cap = min(plan.batch_size, max(self.X.shape[0], 1))
+        self.threads = threads  # a worker opened over other rows (a rebalance) keeps them
+        self.exact = dt == np.float32
+        self._blocks = None
+        if self.exact:
+            runs = plan.block_runs(lo, self.hi, slice(0, self.hi - lo))
+            widest = max([b - a for _, a, b in runs], default=1)
+            self._blocks = BlockSums(spec, self.X, self.Y, min(plan.batch_size, widest), max(len(runs), 1),
+                                     threads)
+            self._grad = np.empty(spec.size, np.float64)
+            cap = 1  # the block path has its own buffers
         self._ws = Workspace(spec, cap)
         # Gather buffers for mini-batches; the full batch uses X and Y as they are.
         self._xb = np.empty(cap * spec.layers[0], dt)
@@ -64,12 +82,22 @@ class ShardWorker:
         return self.X_val.shape[0]
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int,
-                      out: np.ndarray | None = None) -> ShardSums:
+                      out: np.ndarray | None = None, scales=None) -> ShardSums:
         """Eq. 12 sums over the members of batch k of `epoch` in this worker's range,
-        written into `out` (flat, theta's layout) or the worker's own buffer."""
+        written into `out` (flat, theta's layout) or the worker's own buffer.
+
+        float32: `out` is float64 and receives the blocks' integer sums at `scales`
+        (one power-of-two exponent per tensor, trainer/exact_sum.py)."""
         t0 = time.perf_counter()
         grad = self._grad if out is None else out
         members = self.plan.shard_batch(epoch, k, self.lo, self.hi)
+        if self.exact:
+            runs = self.plan.block_runs(self.lo, self.hi, members)
+            if scales is None:
+                scales = np.full(2 * self.spec.L, DEFAULT_SCALE)
+            loss_sum, block_max = self._blocks.compute(theta, members, runs, scales, grad)
+            n = sum(b - a for _, a, b in runs)
+            return ShardSums(grad, loss_sum, n, time.perf_counter() - t0, block_max)
         if isinstance(members, slice):
             X, Y = self.X[members], self.Y[:, members]
         else:
@@ -155,9 +183,34 @@ class ShardTask:
         return open_source(self.source_spec, self.source_known, self.fingerprint)
 
     def ranges(self, workers: int) -> list[tuple[int, int]]:
-        return shard_ranges(self.num_rows, workers)
+        """Source-row ranges for `workers` workers, each a union of whole blocks, as even
+        as the blocks allow (more workers than train.blocks: ValueError)."""
+        if workers > self.plan.blocks:
+            raise ConfigError(f"train.blocks: {workers} workers need at least {workers} blocks, got "
+                              f"{self.plan.blocks} (a worker holds whole blocks)")
+        return self.block_ranges(even_blocks(self.plan.blocks, workers))
 
-    def open(self, lo: int, hi: int, source=None, held: tuple[int, int, ShardWorker] | None = None) -> ShardWorker:
+    def block_ranges(self, counts: list[int]) -> list[tuple[int, int]]:
+        """Source-row ranges for workers taking counts[r] consecutive blocks each (in
+        rank order, all blocks in all): worker r's training indices are whole blocks.
+
+        The cut before training index t is source row train_rows[t]: the validation
+        rows between two training rows go to the later worker."""
+        from workers.data.examples import split_rows
+
+        assert sum(counts) == self.plan.blocks and min(counts) >= 1, f"block counts {counts}"
+        train_rows, _ = split_rows(self.num_rows, *self.split)
+        bounds = self.plan.bounds
+        cuts, j = [0], 0
+        for c in counts[:-1]:
+            j += c
+            t = int(bounds[j])
+            cuts.append(int(train_rows[t]) if t < len(train_rows) else self.num_rows)
+        cuts.append(self.num_rows)
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    def open(self, lo: int, hi: int, source=None, held: tuple[int, int, ShardWorker] | None = None,
+             threads: int = 1) -> ShardWorker:
         """A worker over source rows [lo, hi): it reads those rows only, once.
 
         Its training indices are the contiguous run of the training rows inside
@@ -190,4 +243,4 @@ class ShardTask:
             parts = [*([read(lo, a)] if lo < a else []), kept, *([read(b, hi)] if b < hi else [])]
         X, Y, X_val, Y_val = (np.concatenate(arrays) if len(parts) > 1 else arrays[0] for arrays in zip(*parts))
         tlo, _ = train_index_range(train_rows, lo, hi)
-        return ShardWorker(self.spec, self.plan, tlo, X, Y, X_val, Y_val, self.schema.encoding)
+        return ShardWorker(self.spec, self.plan, tlo, X, Y, X_val, Y_val, self.schema.encoding, threads)

@@ -27,6 +27,15 @@ from workers.shard import ShardTask
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 
 
+def plane_layout(spec) -> tuple[int, object]:
+    """(extra, sums dtype) of a node's plane for this network: float32 jobs carry the
+    step's scale exponents after theta and each slot's per-tensor maxima after its
+    float64 integer sums (trainer/exact_sum.py); float64 jobs nothing."""
+    if np.dtype(spec.dtype) == np.float32:
+        return 2 * spec.L, np.float64
+    return 0, None
+
+
 def add_evals(replies) -> EvalSums:
     """One EvalSums from a node's (n, loss_sum, correct, count) replies."""
     total = EvalSums(0.0, 0, 0, 0)
@@ -34,6 +43,14 @@ def add_evals(replies) -> EvalSums:
         total.n, total.loss_sum = total.n + n, total.loss_sum + loss_sum
         total.correct, total.count = total.correct + correct, total.count + count
     return total
+
+
+def node_sums(plane: PlaneHost, n: int, loss_sum: float, seconds: float,
+              per_worker: list[tuple[float, int]] | None = None) -> ShardSums:
+    """A node's reduced slot 0 as ShardSums: the sums, and float32's maxima after them."""
+    P, row = plane.size, plane.sums[0]
+    return ShardSums(row[:P], loss_sum, n, seconds, per_worker=per_worker,
+                     block_max=row[P:].copy() if plane.extra else None)
 
 
 class ShardActor:
@@ -44,7 +61,7 @@ class ShardActor:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
-        self.task, self.lo, self.hi, self.error = task, lo, hi, None
+        self.task, self.lo, self.hi, self.error, self.cpus = task, lo, hi, None, cpus
         self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer: PlanePeer | None = None  # this worker's side of its node's plane
@@ -52,7 +69,7 @@ class ShardActor:
         self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
         try:
             self.source = task.open_source()
-            self.worker = task.open(lo, hi, self.source)
+            self.worker = task.open(lo, hi, self.source, threads=cpus)  # float32 blocks on its CPUs
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
             self.error, self.data_changed = str(e), isinstance(e, DataChangedError)
 
@@ -81,7 +98,7 @@ class ShardActor:
         self.rows_read = (hi - lo) - max(min(hi, self.hi) - max(lo, self.lo), 0)
         self.lo, self.hi = lo, hi
         try:
-            self.worker = self.task.open(lo, hi, self.source, held)
+            self.worker = self.task.open(lo, hi, self.source, held, threads=self.cpus)
             self.worker.delay_per_row = self.delay_per_row  # the same (slow) worker, other rows
         except DataChangedError as e:
             self.error, self.data_changed = str(e), True
@@ -93,19 +110,26 @@ class ShardActor:
         self.delay_per_row = self.worker.delay_per_row = delay_per_row
 
     # --- the object-store path, and validation ---
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
-        return self.worker.gradient_sums(theta, epoch, k)
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> ShardSums:
+        return self.worker.gradient_sums(theta, epoch, k, scales=scales)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         return self.worker.evaluate_sums(theta)
 
     # --- the shared-memory plane ---
     def _step(self, theta, epoch, k, out):
-        s = self.worker.gradient_sums(theta, epoch, k, out)
+        """A step from the plane's buffers: theta (and after it a float32 step's scale
+        exponents) in, the sums (and after them the per-tensor maxima) out."""
+        P = self.worker.spec.size
+        if self.worker.exact:
+            s = self.worker.gradient_sums(theta[:P], epoch, k, out[:P], scales=theta[P:])
+            out[P:] = s.block_max
+        else:
+            s = self.worker.gradient_sums(theta, epoch, k, out)
         return s.n, s.loss_sum, s.compute_seconds
 
     def _evaluate(self, theta):
-        e = self.worker.evaluate_sums(theta)
+        e = self.worker.evaluate_sums(theta[:self.worker.spec.size])
         return e.n, e.loss_sum, e.correct, e.count
 
     def attach(self, ticket: tuple[str, str], slot: int) -> None:
@@ -119,7 +143,7 @@ class ShardActor:
         returns its ticket for the node's other workers."""
         self.detach()
         spec = self.worker.spec
-        self.plane = PlaneHost(spec.size, spec.dtype, slots)
+        self.plane = PlaneHost(spec.size, spec.dtype, slots, *plane_layout(spec))
         return self.plane.ticket
 
     def _hosted(self) -> PlaneHost:
@@ -129,18 +153,18 @@ class ShardActor:
     def accept(self, peers: int) -> None:
         self._hosted().accept(peers, ATTACH_TIMEOUT_S)
 
-    def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float) -> ShardSums:
+    def node_step(self, theta: np.ndarray, epoch: int, k: int, timeout: float, scales=None) -> ShardSums:
         """This node's sums for the step: the peers' and this worker's own, added. Peers
         silent for `timeout` seconds (the pool's hang bound) raise PeersSilent."""
         plane = self._hosted()
-        plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
+        plane.send(OP_STEP, theta, epoch, k, scales)  # the peers start at once
         t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
         replies = {0: own, **plane.gather(max(timeout - (time.monotonic() - t0), 0.001))}
         n, loss_sum, seconds = plane.reduce(replies)
         # Each worker's time, so that the driver sees a straggler inside a node too.
         per_worker = [(replies[s][2], replies[s][0]) for s in sorted(replies)]
-        return ShardSums(plane.sums[0], loss_sum, n, seconds, per_worker)
+        return node_sums(plane, n, loss_sum, seconds, per_worker)
 
     def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""

@@ -4,7 +4,7 @@ Two transports behind one interface, chosen once when the pool is made:
 
     wire(actors, info)         the pool's workers, after every change of its layout
     unwire()                   before a change of layout, and at the end
-    step(theta, epoch, k, bound) -> [ShardSums]   one per node or per worker, in rank order
+    step(theta, epoch, k, bound, scales) -> [ShardSums]   one per node or per worker, in rank order
     evaluate(theta, bound) -> [EvalSums]
 
 - `SharedMemoryPlanes` (`shm`, default): per node, one shared-memory plane
@@ -39,7 +39,7 @@ from trainer.pool import EvalSums, ShardSums, StepAbandoned
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost
 from workers.plane_host import PlaneHost
 from workers.pool_waits import LOST_WORKER_ERRORS, Waits, WorkersLost, named
-from workers.shard_actor import ATTACH_TIMEOUT_S, add_evals
+from workers.shard_actor import ATTACH_TIMEOUT_S, add_evals, node_sums, plane_layout
 
 
 class Transport(Protocol):
@@ -51,17 +51,17 @@ class Transport(Protocol):
 
     def unwire(self) -> None: ...
 
-    def step(self, theta: np.ndarray, epoch: int, k: int, bound: float) -> list[ShardSums]: ...
+    def step(self, theta: np.ndarray, epoch: int, k: int, bound: float, scales=None) -> list[ShardSums]: ...
 
     def evaluate(self, theta: np.ndarray, bound: float) -> list[EvalSums]: ...
 
 
-def make_transport(data_plane: str, size: int, dtype, waits: Waits, traffic: dict, here: str | None) -> Transport:
-    """The transport of `cluster.data_plane`. size, dtype: theta's; waits: the pool's
-    bounded waits; traffic: the pool's byte counts; here: the driver's node (None
-    through Ray Client)."""
+def make_transport(data_plane: str, spec, waits: Waits, traffic: dict, here: str | None) -> Transport:
+    """The transport of `cluster.data_plane`. spec: the network's (theta's size and
+    type, and float32's exact-sum layout); waits: the pool's bounded waits; traffic:
+    the pool's byte counts; here: the driver's node (None through Ray Client)."""
     if data_plane == "shm":
-        return SharedMemoryPlanes(size, dtype, waits, traffic, here)
+        return SharedMemoryPlanes(spec, waits, traffic, here)
     return ObjectStore(waits, traffic)
 
 
@@ -78,11 +78,11 @@ class ObjectStore:
     def unwire(self) -> None:
         self._actors = []
 
-    def step(self, theta, epoch, k, bound):
+    def step(self, theta, epoch, k, bound, scales=None):
         t0 = time.monotonic()
         theta_ref = ray.put(theta)  # one copy in the object store, read by every actor
         self._traffic["bytes_sent"] += theta.nbytes * self._nodes
-        refs = [a.gradient_sums.remote(theta_ref, epoch, k) for a in self._actors]
+        refs = [a.gradient_sums.remote(theta_ref, epoch, k, scales) for a in self._actors]
         parts = self._waits.all(refs, [[r] for r in range(len(self._actors))], t0 + bound)
         self.timed = [(p.compute_seconds, p.n) for p in parts]
         return parts
@@ -101,8 +101,8 @@ def leader_deadline(t0: float, bound: float) -> float:
 
 
 class SharedMemoryPlanes:
-    def __init__(self, size: int, dtype, waits: Waits, traffic: dict, here: str | None):
-        self._size, self._dtype, self._here = size, dtype, here
+    def __init__(self, spec, waits: Waits, traffic: dict, here: str | None):
+        self._spec, self._here = spec, here
         self._waits, self._traffic = waits, traffic
         self._host: PlaneHost | None = None  # the plane of the coordinator's node
         self._host_ranks: list[int] = []  # the workers on it, by slot
@@ -131,7 +131,9 @@ class SharedMemoryPlanes:
         refs, owners = [], []
         for node, ranks in groups.items():
             if node == self._here:
-                self._host, self._host_ranks = PlaneHost(self._size, self._dtype, len(ranks)), ranks
+                spec = self._spec
+                self._host = PlaneHost(spec.size, spec.dtype, len(ranks), *plane_layout(spec))
+                self._host_ranks = ranks
                 attach = [actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
                 self._accept(attach, ranks, deadline)
                 refs += attach
@@ -183,24 +185,24 @@ class SharedMemoryPlanes:
         except PeerLost as e:
             raise named(e, self._host_ranks) from None
 
-    def step(self, theta, epoch, k, bound):
+    def step(self, theta, epoch, k, bound, scales=None):
         t0 = time.monotonic()
         refs = []
         timed = [(0.0, 0)] * (len(self._host_ranks) + sum(len(r) for r in self._leader_ranks))
         if self._leaders:
             theta_ref = ray.put(theta)  # fetched once by each other node's object store
-            refs = [leader.node_step.remote(theta_ref, epoch, k, bound) for leader in self._leaders]
+            refs = [leader.node_step.remote(theta_ref, epoch, k, bound, scales) for leader in self._leaders]
         parts = []
         if self._host is not None:
             # The coordinator's node: theta into shared memory, sums read in place. The
             # sums array is slot 0 of the plane, valid until the next step: the
             # coordinator adds it into its own buffer right away.
-            self._host.send(OP_STEP, theta, epoch, k)
+            self._host.send(OP_STEP, theta, epoch, k, scales)
             replies = self._gather_host(bound)
             for slot, (n, _, seconds) in replies.items():
                 timed[self._host_ranks[slot]] = (seconds, n)
             n, loss_sum, seconds = self._host.reduce(replies)
-            parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
+            parts.append(node_sums(self._host, n, loss_sum, seconds))
         nodes = self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
         for ranks, node in zip(self._leader_ranks, nodes):
             for rank, each in zip(ranks, node.per_worker):  # by slot, the leader first

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Two checkouts of rayprop side by side on one workload, in ONE run: each in a process
+of its own (its checkout on PYTHONPATH), repeats alternating so that a drift in the
+machine's speed hits both alike; prints one JSON line.
+
+    python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 local
+    python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 ray2
+    python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 7 local
+
+(workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each).
+Reports each side's median step, its best repeat's median, and the ratios NEW / OLD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def child(name: str, epochs: int, mode: str) -> None:
+    """Serve timed repeats over stdin/stdout with the checkout on sys.path."""
+    import numpy as np
+
+    from experiments import configs
+    from experiments.jobs import training
+    from experiments.jobs.configfile import load_config
+    from trainer.coordinator import train
+    from trainer.optimizers import make_optimizer
+
+    job = training.prepare(load_config(configs.resolve(name), ["data.validation_fraction=0"]))
+    if mode == "local":
+        pool = training.open_pool(job, 1, local=True)
+    else:
+        from cluster.connect import connect
+        from workers.ray_pool import RayPool
+
+        n = int(mode[3:])
+        connect(None, 2 * n + 2).__enter__()
+        cluster = dataclasses.replace(job.cfg.cluster, data_plane="shm", cpus_per_worker=max(2 // n, 1))
+        pool = RayPool(job.task, cluster, n, 3)
+    theta, t = job.theta0.copy(), job.cfg.train
+    optimizer = make_optimizer(t.optimizer, t.learning_rate)
+    epoch = 0
+
+    class Clock:
+        def __init__(self):
+            self.stamps = []
+
+        def on_step(self, *args):
+            self.stamps.append(time.perf_counter())
+
+        def on_epoch(self, *args):
+            pass
+
+    def run(n):
+        nonlocal epoch
+        clock, t0 = Clock(), time.perf_counter()
+        train(pool, theta, optimizer, job.plan, n, [clock], start_epoch=epoch)
+        epoch += n
+        return list(np.diff([t0, *clock.stamps]))
+
+    run(1)  # warm-up
+    print(json.dumps({"ready": 1}), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps({"steps": run(epochs)}), flush=True)
+    pool.close()
+
+
+def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) -> None:
+    trees = {"old": old, "new": new}
+    procs = {}
+    for side, path in trees.items():
+        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+        procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode],
+                                       env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        json.loads(procs[side].stdout.readline())
+    steps = {side: [] for side in trees}
+    medians = {side: [] for side in trees}
+    load0 = os.getloadavg()
+    for _ in range(int(repeats)):
+        for side, proc in procs.items():
+            time.sleep(0.5)  # BLAS threads of the other side stop spinning
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            s = json.loads(proc.stdout.readline())["steps"]
+            steps[side] += s
+            medians[side].append(statistics.median(s))
+    out = {side: {"checkout": trees[side], "median_step_ms": round(statistics.median(steps[side]) * 1e3, 4),
+                  "best_repeat_ms": round(min(medians[side]) * 1e3, 4),
+                  "per_repeat_ms": [round(x * 1e3, 3) for x in medians[side]]} for side in trees}
+    out["ratio_median"] = round(statistics.median(steps["new"]) / statistics.median(steps["old"]), 4)
+    out["ratio_best_repeat"] = round(min(medians["new"]) / min(medians["old"]), 4)
+    out["loadavg_start_end"] = [load0, os.getloadavg()]
+    print(json.dumps({f"{name} {mode}": out}))
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main(*sys.argv[1:7])
