@@ -183,7 +183,8 @@ def test_resume_on_another_worker_count_is_bitwise(tmp_path):
     listener = type("L", (), {"on_step": lambda self, step, *a: steps.append(step), "on_epoch": lambda *a: None})()
     ckpt = Checkpointer(tmp_path, 1, {"run_id": "r"})
     with pytest.raises(TrainingStopped):
-        train(first, theta, optimizer, plan, 2, [listener], checkpointer=ckpt, should_stop=lambda: len(steps) >= 7)  # mid-epoch 2
+        train(first, theta, optimizer, plan, 2, [listener], checkpointer=ckpt,
+              should_stop=lambda: len(steps) >= 7)  # mid-epoch 2
     saved = latest_checkpoint(tmp_path, run_id="r")
     assert saved.position.global_step == 7 and saved.position.sum_scales is not None
     second = pool_of(MNIST_LIKE, plan, [1, 4, 3], X, Y)

@@ -80,7 +80,8 @@ def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
 
 
 def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: int, k: int,
-                 grad: np.ndarray, total: np.ndarray, step: int, should_stop=None) -> tuple[list[ShardSums], int, float]:
+                 grad: np.ndarray, total: np.ndarray, step: int,
+                 should_stop=None) -> tuple[list[ShardSums], int, float]:
     """grad (float32) <- the exact mean gradient of batch k (trainer/exact_sum.py): the
     workers' integer sums added in float64 (any order gives the same bits), scaled back
     and divided by m once. A step whose block sums left the scale's range is computed

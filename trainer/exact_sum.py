@@ -80,7 +80,8 @@ class ExactSum:
         over = (block_max > 0) & (top > self.high)
         under = (block_max > 0) & (top < self.low)
         # A scale clamped at float32's range cannot move further: such a tensor is kept.
-        redo = bool(((over | under) & (want != self.scales)).any()) or (not self.measured and bool((want != self.scales).any()))
+        moved = want != self.scales
+        redo = bool(((over | under) & moved).any()) or (not self.measured and bool(moved.any()))
         if bool(over.any()) and not redo:
             raise OverflowError("block sums too large for an exact sum at any float32 scale")
         self.measured = True

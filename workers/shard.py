@@ -97,7 +97,7 @@ class ShardWorker:
                 scales = np.full(2 * self.spec.L, DEFAULT_SCALE)
             loss_sum, block_max = self._blocks.compute(theta, members, runs, scales, grad)
             n = sum(b - a for _, a, b in runs)
-            return ShardSums(grad, loss_sum, n, time.perf_counter() - t0, block_max)
+            return ShardSums(grad, loss_sum, n, time.perf_counter() - t0, block_max=block_max)
         if isinstance(members, slice):
             X, Y = self.X[members], self.Y[:, members]
         else:
