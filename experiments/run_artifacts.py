@@ -3,8 +3,9 @@ MLflow pyfunc model, and for 2-D inputs a decision-boundary plot.
 
 The pyfunc model is "models from code" (experiments/pyfunc_model.py) and carries
 rayprop's numpy-only `trainer` package in its code_paths, so it loads and serves
-without rayprop installed. Its signature is inferred by MLflow from the input
-example (a few rows of the data's feature columns) and the model's own output on it.
+without rayprop installed. Its input example is the data's first rows (feature
+columns) and its signature is inferred from that example and the network's output
+on it, computed here by the same forward pass the model runs (model_signature.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 
 import trainer
-from experiments import plots
+from experiments import model_signature, plots
 from experiments.training import Job
 from experiments.tracking import public_config
 from trainer.model_io import load_model
@@ -44,17 +45,25 @@ def sample(job: Job, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def log_pyfunc(job: Job, out_dir: Path) -> None:
-    X, _ = sample(job, EXAMPLE_ROWS)
+    # The first rows: one read (rows spread over the source, as the plot takes them,
+    # made a teacher set draw its stream again for each, 1.5 s for 5 rows).
+    X, _ = load_examples(job.source, job.schema, 0, min(EXAMPLE_ROWS, job.source.num_rows), np.float64)
     example = pd.DataFrame(X, columns=list(job.schema.features))
+    _, theta, meta = load_model(out_dir)  # the weights as saved
     with tempfile.TemporaryDirectory(prefix="rayprop-model-") as tmp:
         network = Path(tmp) / "network"  # the artifact the model loads: model.npz + model.json
         network.mkdir()
         for name in ("model.npz", "model.json"):
             shutil.copy2(out_dir / name, network / name)
-        mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
-            code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-            pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+        # Explicit pip_requirements: MLflow's requirements inference imports the model
+        # and watches its imports. Explicit signature (model_signature.py): MLflow's
+        # own inference loads the model and predicts on the example.
+        with model_signature.serving_check_skipped():
+            mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
+                code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
+                signature=model_signature.signature(job.spec, theta, meta, example),
+                pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
 
 
 def log_outputs(job: Job, out_dir: Path, resolved_cfg) -> None:
