@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments import stores
 from experiments.output_uri import UriClaim, claim_output
+from experiments.overlap import Once, release_ray
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -268,7 +269,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
     # MLflow takes seconds to import: that happens in the background while Ray starts and
     # the workers read their rows (an import writes nothing; the run comes after the checks).
     threading.Thread(target=importlib.import_module, args=("experiments.tracking",), daemon=True).start()
-    run = None
+    run, conn = None, None
     try:
         with ExitStack() as stack:
             # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
@@ -283,7 +284,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                 pool = RemotePool(job.task, cfg.cluster, workers, cfg.train.max_worker_failures)
             else:
                 pool = open_pool(job, workers, opts.local)
-            stack.callback(pool.close)
+            close_pool = Once(pool.close)  # at the end of training (overlap.py), or on the way out
+            stack.callback(close_pool)
             from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
 
             if experiment_id is None:
@@ -306,7 +308,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
             print(f"rayprop: {verb} {run.run_id} ({run.run_name}) in experiment "
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
                   file=sys.stderr)
-            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim)
+            summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim,
+                          trained=release_ray(conn, close_pool))
     except TrainingStopped as e:  # the run has ended KILLED
         from experiments.resume import resume_command
 
@@ -343,7 +346,8 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, claim) -
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
-        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None) -> dict:
+        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None,
+        trained=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints and, at most once a minute, to the
     run's artifacts; then write the model files and summary.json. Returns the summary.
@@ -351,7 +355,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
     naming the last good checkpoint. `output`: the output's claim (output_folder.py,
     output_uri.py); a URI's copies each checkpoint and the model files there from
-    out_dir, its staging folder."""
+    out_dir, its staging folder. `trained()`: called once training is over and the pool
+    is no longer needed (`train` shuts Ray down meanwhile: experiments/overlap.py)."""
     from experiments.pool_size import PoolSize
     from experiments.resume import OUTPUT_TAG
     from experiments.run_artifacts import log_outputs
@@ -430,6 +435,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
     summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
                "ray": ray_kind, "resizes": len(pool.resizes)}
+    if trained is not None:
+        trained()
     if result.stopped_early:
         summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)
