@@ -1,15 +1,39 @@
-"""The end of a `rayprop train` job on Ray, overlapped: Ray shuts down while the model
-files are written and the model is logged to MLflow.
+"""What a `rayprop train` job does side by side, once its inputs are checked.
 
-Training is the last use of Ray in a job. What follows (summary.json, model.npz, the
-pyfunc model, the run's end) needs no Ray, and Ray's shutdown is mostly waiting for its
-processes to exit (cluster/connect.py, Connection.close_early), so it goes to a thread
-the moment the coordinator returns. A sweep's trials share one Ray and do not do this.
+- The imports its tracking needs (MLflow, its SQL store, pandas; matplotlib for a
+  decision-boundary plot) happen in a thread while Ray starts and the workers read
+  their rows: an import writes nothing, and the driver mostly waits there.
+- Ray shuts down while the model files are written and the model is logged. Training
+  is the last use of Ray; what follows (summary.json, model.npz, the pyfunc model, the
+  run's end) needs no Ray, and Ray's shutdown is mostly waiting for its processes to
+  exit (cluster/connect.py, Connection.close_early). A sweep's trials share one Ray
+  and do not do this.
+
+The MLflow run itself is created after the pool has read and checked every row, as
+before: bad data must leave no store and no run behind.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
+
+# In the order the job needs them; each module's import is shared with the main thread
+# (Python's per-module import lock), so whichever comes first does it.
+WARM_MODULES = ("experiments.tracking", "mlflow.store.tracking.sqlalchemy_store", "experiments.run_artifacts")
+PLOT_MODULES = ("matplotlib.figure",)
+
+
+def warm_up(plot: bool) -> None:
+    """Import WARM_MODULES (and PLOT_MODULES if the run draws a plot) in a background thread."""
+    def run():
+        for name in WARM_MODULES + (PLOT_MODULES if plot else ()):
+            try:
+                importlib.import_module(name)
+            except Exception:  # the main thread's own import says what is wrong, when it gets there
+                pass
+
+    threading.Thread(target=run, name="rayprop-imports", daemon=True).start()
 
 
 class Once:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import os
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import numpy as np
 
 from experiments import stores
 from experiments.output_uri import UriClaim, claim_output
-from experiments.overlap import Once, release_ray
+from experiments.overlap import Once, release_ray, warm_up
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -268,7 +266,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
 
     # MLflow takes seconds to import: that happens in the background while Ray starts and
     # the workers read their rows (an import writes nothing; the run comes after the checks).
-    threading.Thread(target=importlib.import_module, args=("experiments.tracking",), daemon=True).start()
+    warm_up(plot=job.spec.layers[0] == 2)
     run, conn = None, None
     try:
         with ExitStack() as stack:

@@ -70,7 +70,6 @@ def test_an_error_closing_the_pool_comes_out_of_connect_and_ray_still_stops():
     def broken():
         raise RuntimeError("the pool would not close")
 
-    with pytest.raises(RuntimeError, match="would not close"):
-        with connect(None, 2) as conn:
-            conn.close_early(broken)
+    with pytest.raises(RuntimeError, match="would not close"), connect(None, 2) as conn:
+        conn.close_early(broken)
     assert not ray.is_initialized()
