@@ -13,7 +13,7 @@ CPU, same layers, init, batches and threads, in a child process so the two BLAS
 thread pools never spin against each other); `ray-train` (Ray Train TorchTrainer, 2
 workers, gloo DDP, each taking half of every batch).
 
-The rayprop modes train with the product's own pieces (experiments.training.prepare, the
+The rayprop modes train with the product's own pieces (experiments.jobs.training.prepare, the
 pools, trainer.coordinator.train) with validation off, and their repeats ALTERNATE so
 that a drift in the machine's speed hits them alike; torch repeats alternate with them
 too; Ray Train runs between the first and second half of the repeats. Each step of a
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import configs
-from experiments import training
-from experiments.configfile import load_config
+from experiments.jobs import training
+from experiments.jobs.configfile import load_config
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
 
@@ -240,7 +240,7 @@ def torch_model(spec, theta0):
 def torch_tensors(job):
     import torch
 
-    from workers.builtin_sets import teacher_arrays
+    from workers.data.builtin_sets import teacher_arrays
 
     X, y = teacher_arrays(job.source.spec)
     Xt = torch.from_numpy(np.array(X))

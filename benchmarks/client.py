@@ -9,7 +9,7 @@ temp dir and token; stopped by its process group), then runs `rayprop train spir
 that a drift in the machine's speed hits them alike:
 
 - `client`: `--address ray://127.0.0.1:PORT` (the coordinator runs in the cluster,
-  experiments/remote_pool.py),
+  experiments/jobs/remote_pool.py),
 - `driver`: `--address 127.0.0.1:GCS_PORT` (this process joins the cluster and
   coordinates),
 - `jobs`: `rayprop submit --address http://127.0.0.1:DASHBOARD_PORT` (the job's driver

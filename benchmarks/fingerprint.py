@@ -1,4 +1,4 @@
-"""What a job's data fingerprint costs (workers/fingerprint.py), printed as JSON.
+"""What a job's data fingerprint costs (workers/data/fingerprint.py), printed as JSON.
 
 Writes FILES Parquet files of ROWS W-mnist-shaped rows each (784 float32 features and
 a label) into FOLDER/dirFILES (once), then times, best of 3: opening the folder as the
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.fingerprint import take
-from workers.sources import open_source
+from workers.data.fingerprint import take
+from workers.data.sources import open_source
 
 
 def write(folder: str, files: int, rows: int) -> None:

@@ -55,7 +55,7 @@ def write_source(path: Path, rows: int, group: int | None, kind: str) -> None:
     names = [f"x{j}" for j in range(FEATURES)]
     if kind == "teacher":
         sys.path.insert(0, str(HERE))
-        from workers.builtin_sets import teacher_arrays
+        from workers.data.builtin_sets import teacher_arrays
 
         X, y = teacher_arrays("teacher-mnist")
         table = pa.table({**{n: X[:, j] for j, n in enumerate(names)}, "y": y})

@@ -38,7 +38,7 @@ import yaml
 from cluster import depcheck
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
 from trainer.errors import InputError, RunError, Stopped, one_line
-from workers.locations import is_uri
+from workers.data.locations import is_uri
 
 MAX_SHIPPED_BYTES = 64 * 2**20  # data up to this size travels with the job
 PACKAGES = ("trainer", "workers", "cluster", "experiments")

@@ -12,7 +12,7 @@ needs of the run becomes events in a queue that the client takes in batches
 lost-worker lines, each checkpoint (theta, optimizer buffers, position) and, at the
 end, the outcome (the final theta and optimizer state, the stop's position, or the
 error). The client replays them to its own listeners and checkpointer
-(experiments/remote_pool.py), so MLflow, the progress bar and the files stay where
+(experiments/jobs/remote_pool.py), so MLflow, the progress bar and the files stay where
 they were. `stop` is Ctrl-C: the coordinator reads the flag after every step.
 
 No MLflow here: this module runs in the cluster's Python.

@@ -1,6 +1,6 @@
 """What every test module shares: the in-process `rayprop` runner.
 
-`rayprop(*args)` calls `experiments.cli.main(argv)` in this process, as the installed
+`rayprop(*args)` calls `experiments.cli.rayprop.main(argv)` in this process, as the installed
 command does, in a working directory of the test's own (so a stray `mlflow.db`,
 `runs/` or output lands there, where the test can look for it), and returns the exit
 code with everything written to stdout and stderr, captured at the file descriptors:
@@ -94,7 +94,7 @@ class Runner:
         self.capfd, self.cwd = capfd, Path(cwd)
 
     def __call__(self, *args, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-        from experiments.cli import main
+        from experiments.cli.rayprop import main
 
         saved_env, saved_cwd = dict(os.environ), os.getcwd()
         os.environ.update(env or {})

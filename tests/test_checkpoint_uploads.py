@@ -21,7 +21,7 @@ import pytest
 def tracking(tmp_path, monkeypatch):
     import mlflow
 
-    from experiments import tracking
+    from experiments.tracking import run as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test

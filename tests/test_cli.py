@@ -364,7 +364,7 @@ def test_installed_command_bad_input_is_one_line(tmp_path):
 # ---- what the console says ------------------------------------------------------------------
 
 def test_epoch_lines_say_which_are_skipped(capsys):
-    from experiments.progress import MAX_EPOCH_LINES, ProgressBar
+    from experiments.jobs.progress import MAX_EPOCH_LINES, ProgressBar
 
     epochs = MAX_EPOCH_LINES + 30
     bar = ProgressBar(epochs, steps_per_epoch=3)

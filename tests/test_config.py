@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.configfile import load_config, parse_grid, parse_override
+from experiments.jobs.configfile import load_config, parse_grid, parse_override
 from trainer.config import from_dict
 from trainer.errors import ConfigError, InputError
 from trainer.model_io import load_model, read_arrays, save_model, theta_from_arrays
@@ -74,8 +74,8 @@ def test_yaml_file_and_overrides(tmp_path):
 
 def test_workers_flag_replaces_the_files_count_in_the_pool_size_checks(tmp_path):
     """--workers overrides cluster.workers, so min_workers/max_workers are held to it."""
-    from experiments.cli import build_parser
-    from experiments.commands import _config
+    from experiments.cli.commands import _config
+    from experiments.cli.rayprop import build_parser
 
     path = tmp_path / "c.yaml"
     path.write_text("data: {source: spirals}\ncluster: {workers: 2}\n")
@@ -209,7 +209,7 @@ def test_config_words_are_the_registries_keys():
         theta = np.ones(3)
         make_optimizer(name, 0.5).step(theta, np.ones(3))
         assert (theta < 1).all(), name  # a step downhill
-    from workers.examples import ENCODINGS
+    from workers.data.examples import ENCODINGS
 
     assert set(ENCODINGS) == set(COSTS)  # how targets are encoded, for every cost
     for cost in COSTS:  # the output a cost implies is one it fits, and is accepted
@@ -232,7 +232,7 @@ def test_layers_inferred_from_the_data_are_held_to_the_same_size_limit(monkeypat
     """A table of a million columns would infer a network past the limit: refused in
     prepare like a written one (the limit is lowered here to stand for that table)."""
     import trainer.config
-    from experiments import training
+    from experiments.jobs import training
 
     cfg = from_dict(BASE)  # no model.layers: [2, 64, 2] from xor's columns and labels
     assert training.prepare(cfg).spec.layers == (2, 64, 2)

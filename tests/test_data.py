@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainer.errors import ConfigError, DataError
-from workers import builtin_sets
-from workers.examples import (Schema, load_examples, load_split_examples, resolve_schema,
+from workers.data import builtin_sets
+from workers.data.examples import (Schema, load_examples, load_split_examples, resolve_schema,
                               split_rows, train_index_range)
-from workers.sources import CsvSource, open_source
+from workers.data.sources import CsvSource, open_source
 
 COLUMNS = ["x0", "x1", "y"]
 
@@ -425,7 +425,7 @@ def test_file_uri_reads_like_the_path(parquet_file):
 
 
 def test_a_worker_reopens_a_csv_without_counting_it(tmp_path, monkeypatch):
-    from workers import sources
+    from workers.data import sources
 
     path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 3) for i in range(50)])
     driver = open_source(str(path))
@@ -436,7 +436,7 @@ def test_a_worker_reopens_a_csv_without_counting_it(tmp_path, monkeypatch):
 
 
 def test_the_driver_generates_no_built_in_set():
-    from experiments.training import prepare
+    from experiments.jobs.training import prepare
     from trainer.config import from_dict
 
     builtin_sets.builtin_source.cache_clear()
@@ -449,8 +449,8 @@ def test_the_driver_generates_no_built_in_set():
 
 
 def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
-    from experiments.training import largest_label
-    from workers.parquet import ParquetFileSource
+    from experiments.jobs.training import largest_label
+    from workers.data.parquet import ParquetFileSource
 
     path = tmp_path / "d.parquet"
     pq.write_table(make_table(103), path, row_group_size=10)
@@ -460,7 +460,7 @@ def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
 
 
 def test_the_driver_reads_a_csv_once_even_to_count_classes(tmp_path, monkeypatch):
-    from experiments.training import prepare
+    from experiments.jobs.training import prepare
     from trainer.config import from_dict
 
     path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 4) for i in range(50)])

@@ -5,7 +5,7 @@ import math
 import threading
 import time
 
-from experiments.early_stopping import SuccessiveHalving, milestones
+from experiments.sweeps.early_stopping import SuccessiveHalving, milestones
 
 
 def test_milestones_are_grace_times_powers_of_the_factor_below_the_last_epoch():

@@ -22,7 +22,7 @@ import pytest
 from tests.raycluster import pinned_auth_mode
 import yaml
 
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
@@ -108,7 +108,7 @@ def script(monkeypatch):
         return Script.pools[-1]
 
     monkeypatch.setattr(training, "open_pool", recording_open_pool)
-    monkeypatch.setattr("experiments.progress.ProgressBar", Script)
+    monkeypatch.setattr("experiments.jobs.progress.ProgressBar", Script)
     monkeypatch.setattr(ray_pool, "GROW_CHECK_SECONDS", 0.0)  # look for free CPUs at every step
     return Script
 

@@ -203,7 +203,7 @@ def test_a_reshard_that_reaches_a_replaced_file_stops_the_job(tmp_path):
     """No CPU for a replacement in time (cluster.replace_seconds: 0): the survivor takes
     the lost worker's rows, reading them from the file, which has been replaced."""
     from cluster.connect import connect
-    from experiments import training
+    from experiments.jobs import training
     from trainer.config import from_dict
     from trainer.coordinator import train
     from trainer.errors import DataError  # DataChangedError is one; named so the test runs on older code
@@ -230,8 +230,8 @@ def test_a_reshard_that_reaches_a_replaced_file_stops_the_job(tmp_path):
 
 def test_a_folder_resumed_names_a_file_gone_new_or_changed(tmp_path):
     from trainer.errors import DataChangedError
-    from workers.fingerprint import compare, take
-    from workers.sources import open_source
+    from workers.data.fingerprint import compare, take
+    from workers.data.sources import open_source
 
     folder = tmp_path / "d"
     (folder / "k=1").mkdir(parents=True)
@@ -251,7 +251,7 @@ def test_a_folder_resumed_names_a_file_gone_new_or_changed(tmp_path):
 
 
 def test_what_a_fingerprint_compares():
-    from workers.fingerprint import difference, file_entry
+    from workers.data.fingerprint import difference, file_entry
 
     was = file_entry("f", 100, 5_000_000_000, 10, [5, 5])
     assert difference(was, file_entry("f", 100, 5_000_000_000, 10, [5, 5]), remote=False) is None

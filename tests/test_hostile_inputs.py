@@ -3,7 +3,7 @@ name says, model files and checkpoints edited by hand. Each case is exit 2 and O
 short line naming the file (and the column, field or array), no traceback, and
 nothing written in the working directory: no output, no `mlflow.db`, no run.
 
-The cases run in-process through `experiments.cli.main` (tests/conftest.py), except
+The cases run in-process through `experiments.cli.rayprop.main` (tests/conftest.py), except
 where a process of its own is the point (a closed pipe, SIGTERM, Ray's auth mode read
 once per process); the files, the Ray heads and the MLflow server are real.
 """
@@ -207,7 +207,7 @@ def killed_run(tmp_path_factory):
     """A real run of CONFIG, marked KILLED as Ctrl-C leaves it, with no checkpoint in its
     artifacts: the checkpoint a case writes into its folder is the only one there is."""
     import mlflow
-    from experiments.cli import main
+    from experiments.cli.rayprop import main
 
     d = tmp_path_factory.mktemp("resume")
     (d / "good.yaml").write_text(CONFIG)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cluster.connect import connect
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import from_dict

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.ui import STOP_SECONDS
+from experiments.cli.ui import STOP_SECONDS
 from tests.conftest import one_line_exit_2
 from tests.mlflowserver import MlflowServer
 from tests.raycluster import free_port
@@ -200,7 +200,7 @@ def check_run(mlflow, uri: str, experiment: str, out: Path, tmp: Path):
     np.testing.assert_allclose(pred.to_numpy(), expected, atol=1e-5)
     raw = model.unwrap_python_model().predict(None, X)  # a plain 2-D array works too
     np.testing.assert_allclose(raw.to_numpy(), expected, atol=1e-5)
-    # The job gave the signature and skipped MLflow's serving check (experiments/model_signature.py):
+    # The job gave the signature and skipped MLflow's serving check (experiments/tracking/model_signature.py):
     # the signature is what MLflow infers from the logged example and the model's output on
     # it, and the check passes on the logged model.
     from mlflow.models import infer_signature
@@ -352,7 +352,7 @@ def test_a_new_store_starts_from_a_template(tmp_path, template_db, mlflow_mod, m
 
 
 def test_uri_precedence_and_secrets():
-    from experiments.stores import DEFAULT_URI, redact, resolve_uri
+    from experiments.tracking.stores import DEFAULT_URI, redact, resolve_uri
 
     env = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
@@ -370,7 +370,7 @@ def test_uri_precedence_and_secrets():
 
 
 def test_params_drop_secret_keys(mlflow_mod):
-    from experiments.tracking import run_params
+    from experiments.tracking.run import run_params
     from trainer.config import from_dict
 
     cfg = from_dict({"data": {"source": "xor"},
@@ -396,7 +396,7 @@ def test_help_gradcheck_and_bad_input_do_not_import_mlflow(tmp_path):
                 if name.split(".")[0] == "mlflow":
                     raise ModuleNotFoundError("mlflow imported", name=name)
         sys.meta_path.insert(0, Block())
-        from experiments.cli import main
+        from experiments.cli.rayprop import main
         try:
             code = main(sys.argv[1:])
         except SystemExit as e:

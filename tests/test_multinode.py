@@ -19,7 +19,7 @@ from tests.raycluster import pinned_auth_mode
 import yaml
 
 from cluster.connect import connect
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train

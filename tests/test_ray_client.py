@@ -1,5 +1,5 @@
 """Ray Client jobs (`--address ray://...`) against a real `ray start --head` with token
-auth: the coordinator runs in the cluster (experiments/remote_pool.py), and what the
+auth: the coordinator runs in the cluster (experiments/jobs/remote_pool.py), and what the
 user gets on this machine is what a local-mode run gives: the same weights, the
 checkpoints in the local output folder, every step's loss in the MLflow run, Ctrl-C
 after a step with a checkpoint to resume from, and errors of the same kinds."""

@@ -1,5 +1,5 @@
 """The events a Ray Client job's coordinator sends (cluster/remote_coordinator.py) and
-their replay on the client (experiments/remote_pool.py), in one process without Ray:
+their replay on the client (experiments/jobs/remote_pool.py), in one process without Ray:
 the actor's class driven directly over an in-process pool, its events replayed to
 listeners and a Checkpointer, compared with the same coordinator run directly."""
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cluster.remote_coordinator import CoordinatorActor, EventQueue
-from experiments.configfile import load_config
-from experiments.remote_pool import end, replay
-from experiments.training import prepare
+from experiments.jobs.configfile import load_config
+from experiments.jobs.remote_pool import end, replay
+from experiments.jobs.training import prepare
 from trainer.checkpoint import Checkpointer, checkpoint_files, read_checkpoint
 from trainer.coordinator import TrainingStopped, train
 from trainer.errors import DivergedError

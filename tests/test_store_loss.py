@@ -99,7 +99,7 @@ def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work, serv
     # once), the model, and ends the run.
     from mlflow import MlflowClient
 
-    from experiments.outbox import read_spool
+    from experiments.tracking.outbox import read_spool
 
     client = MlflowClient(server.uri)
     assert client.get_run(run_id).info.status == "RUNNING"

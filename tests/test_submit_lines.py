@@ -69,7 +69,8 @@ def test_a_missing_dependency_names_the_python_and_the_fix():
 
 
 def test_fetch_names_the_files_the_runs_log():
-    from experiments import fetch, run_artifacts
+    from experiments.cli import fetch
+    from experiments.tracking import run_artifacts
 
     assert fetch.MODEL_FILES == run_artifacts.MODEL_FILES
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments import training
-from experiments.early_stopping import milestones
+from experiments.jobs import training
+from experiments.sweeps.early_stopping import milestones
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train as coordinate
@@ -112,7 +112,7 @@ def test_a_grid_runs_trials_at_once_each_as_trained_alone(tmp_path, monkeypatch,
         return pool
 
     monkeypatch.setattr(training, "open_pool", recording_open_pool)
-    monkeypatch.setattr("experiments.sweep.ProgressBar", Watcher)
+    monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", Watcher)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = rayprop("sweep", path, "--workers", "2", "--concurrency", "2", "--tracking-uri", uri,
                    "--output", tmp_path / "out", "--quiet")
@@ -218,7 +218,7 @@ def test_a_seeded_random_search_gives_the_same_trials_twice(tmp_path, rayprop):
     assert len({lr for _, (lr, _, _) in first}) == 4  # every trial drew its own learning rate
     assert all(0.01 <= float(lr) <= 1.0 for _, (lr, _, _) in first)
     other = from_dict({**yaml.safe_load(yaml_text), "sweep_seed": 8})
-    from experiments.sweep import trials
+    from experiments.sweeps.sweep import trials
     assert trials(other) != trials(from_dict(yaml.safe_load(yaml_text)))
 
 
@@ -280,7 +280,7 @@ def test_ctrl_c_stops_every_running_trial_after_its_step(tmp_path, monkeypatch, 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.setattr(InterruptInTrial2, "sent", [])  # once per test, whatever ran before
-    monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
+    monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", InterruptInTrial2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = rayprop("sweep", path, "--local", "--concurrency", "2", "--tracking-uri", uri,
                    "--output", tmp_path / "out", "--quiet")

@@ -19,8 +19,8 @@ import mlflow
 import numpy as np
 import yaml
 
-from experiments import training
-from experiments.output_folder import OWNER_FILE, OutputClaim
+from experiments.jobs import training
+from experiments.jobs.output_folder import OWNER_FILE, OutputClaim
 from tests.conftest import RAYPROP, installed_rayprop, one_line_exit_2
 from tests.raydata import config, write_parquet
 from tests.test_sweep_parallel import InterruptInTrial2  # Ctrl-C at step 3 of trial 2
@@ -133,7 +133,7 @@ def test_the_hint_of_a_stopped_sweep_continues_it(tmp_path, monkeypatch, rayprop
     raw = config(data, "sgd", 16, epochs=20, checkpoint_seconds=0)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.setattr(InterruptInTrial2, "sent", [])  # once per test, whatever ran before
-    monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
+    monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", InterruptInTrial2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stopped = rayprop("sweep", "sweep.yaml", "--local", "--concurrency", "2", "--tracking-uri", uri, "--quiet",
                       "--set", "train.momentum=0.5", "--grid", "train.learning_rate=0.05,0.02,0.01")
@@ -166,7 +166,7 @@ def test_a_stopped_sweep_whose_data_changed_is_refused(tmp_path, monkeypatch, ra
     raw = config(data, "sgd", 16, epochs=20, checkpoint_seconds=0)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.setattr(InterruptInTrial2, "sent", [])
-    monkeypatch.setattr("experiments.sweep.ProgressBar", InterruptInTrial2)
+    monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", InterruptInTrial2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stopped = rayprop("sweep", "sweep.yaml", "--local", "--concurrency", "2", "--tracking-uri", uri, "--quiet",
                       "--grid", "train.learning_rate=0.05,0.02,0.01")

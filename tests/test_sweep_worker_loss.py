@@ -8,7 +8,8 @@ import signal
 import mlflow
 import yaml
 
-from experiments import cli, training
+from experiments.cli import rayprop as cli
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 
 
@@ -49,7 +50,7 @@ def test_worker_lost_in_a_sweep_fails_that_run_only(tmp_path, monkeypatch, capsy
 
     monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlruns
     monkeypatch.setattr(training, "open_pool", recording_open_pool)
-    monkeypatch.setattr("experiments.sweep.ProgressBar", KillFirstWorkerOnce)
+    monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", KillFirstWorkerOnce)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = cli.main(["sweep", str(path), "--workers", "2", "--concurrency", "1", "--tracking-uri", uri,
                      "--output", str(tmp_path / "out"), "--quiet"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.ui import STOP_SECONDS
+from experiments.cli.ui import STOP_SECONDS
 from tests.raycluster import free_port
 
 LOADED = 60  # seconds: a busy 2-CPU machine may take this long to start a server

@@ -154,8 +154,8 @@ def test_gcs_without_credentials_fails_within_seconds_naming_the_uri(monkeypatch
     import threading
 
     from trainer.errors import DataError
-    from workers import locations
-    from workers.sources import open_source
+    from workers.data import locations
+    from workers.data.sources import open_source
 
     monkeypatch.setattr(locations, "GCS_RETRY_SECONDS", 1.0)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
@@ -179,7 +179,7 @@ def test_gcs_without_credentials_fails_within_seconds_naming_the_uri(monkeypatch
 
 def test_azure_without_credentials_says_so_not_an_aws_hint(monkeypatch, tmp_path):
     from trainer.errors import DataError
-    from workers.sources import open_source
+    from workers.data.sources import open_source
 
     for name in [v for v in os.environ if v.startswith(("AZURE_", "AWS_"))]:
         monkeypatch.delenv(name)
@@ -204,7 +204,7 @@ def ray_session(s3):
 def train(path_or_uri, workers: int | None, **cfg):
     """Weights after 2 epochs of Adam (float64); workers None: local mode. Returns
     (theta, the pool's per-worker info or None)."""
-    from experiments import training
+    from experiments.jobs import training
     from trainer.config import from_dict
     from trainer.coordinator import train as coordinate
     from trainer.optimizers import make_optimizer
@@ -258,7 +258,7 @@ def test_hive_folder_partition_key_is_a_column(s3, ray_session):
 
 
 def test_csv_is_counted_by_the_driver_only(s3, ray_session):
-    from workers import sources
+    from workers.data import sources
 
     ref, _ = train(s3["local"] / "d.csv", None)
     theta, _ = train(f"s3://{BUCKET}/d.csv", 2)
@@ -435,7 +435,7 @@ def test_a_uri_claim_moves_aside_from_a_claimed_prefix_and_notices_a_takeover(tm
     """Two claims of one prefix (file://, no training): the second writes the first free
     sibling; a claim whose owner object was overwritten by another job stops (RunError)
     before copying another file, so the other run's prefix gets nothing of it."""
-    from experiments.output_uri import UriClaim
+    from experiments.jobs.output_uri import UriClaim
     from trainer.errors import RunError
 
     uri = f"file://{tmp_path / 'out'}"
@@ -464,7 +464,7 @@ def test_a_uri_claim_moves_aside_from_a_claimed_prefix_and_notices_a_takeover(tm
 def test_output_store_writes_whole_files_only(tmp_path):
     """On a file system a file appears under its name only complete: a failing write
     leaves neither the file nor its temporary."""
-    from workers.output_store import OutputStore
+    from workers.data.output_store import OutputStore
 
     OutputStore(f"file://{tmp_path / 'checked' / 'out'}").check()
     assert list(tmp_path.iterdir()) == [], "a check leaves no folder behind"
@@ -502,8 +502,8 @@ def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path)
     assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
     # The digest is a function of metadata: the same file under another name differs,
     # and it is the same as computed again from the footers.
-    from experiments.tracking import digest_of
-    from workers.sources import open_source
+    from experiments.tracking.run import digest_of
+    from workers.data.sources import open_source
 
     columns = ["x0", "x1", "x2", "x3", "y"]
     assert ds.dataset.digest == digest_of(open_source(uri), columns)
@@ -585,7 +585,7 @@ def test_workers_that_cannot_read_what_the_driver_read_say_the_nodes_lack_the_sh
 
 
 def test_a_workers_error_names_its_side_only_when_the_environment_decides_it(monkeypatch):
-    from workers.storage_env import worker_error
+    from workers.data.storage_env import worker_error
 
     for name in [v for v in os.environ if v.startswith("AWS_")]:
         monkeypatch.delenv(name)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cluster.connect import connect
-from experiments import training
+from experiments.jobs import training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train

@@ -12,7 +12,7 @@ to the one before, with a warning.
 Every checkpoint names its run (meta["run_id"]): resuming run A never picks up run
 B's file, and the newest KEEP of a run are kept by deleting only that run's older
 ones, never another run's. meta["data_fingerprint"] is the job's data fingerprint
-(workers/fingerprint.py), which --resume compares with the data it finds.
+(workers/data/fingerprint.py), which --resume compares with the data it finds.
 
 How often: at the end of every `checkpoint_every`-th epoch, but not sooner than
 `train.checkpoint_seconds` after the previous one: a write costs a few ms plus a

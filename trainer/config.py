@@ -7,7 +7,7 @@ range (declared beside the field with `ranged`, as scikit-learn declares
 `_parameter_constraints`), and the few rules that tie keys together (`_validate`).
 So a wrong key or value is a `ConfigError` naming the dotted key
 (`train.learning_rate: must be > 0, got -1`), never a crash later; values are
-never printed back whole. Reading YAML and `--set` text is experiments/configfile.py's
+never printed back whole. Reading YAML and `--set` text is experiments/jobs/configfile.py's
 job: this module sees parsed values only.
 
 The optional `sweep:` section is what `rayprop sweep` tries: dotted key -> a list of

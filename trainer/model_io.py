@@ -29,7 +29,7 @@ from trainer.costs import COSTS
 from trainer.network import NetworkSpec
 
 FORMAT = "rayprop-mlp"
-ENCODINGS = ("one_hot", "binary", "numeric")  # how targets are encoded (workers/examples.py)
+ENCODINGS = ("one_hot", "binary", "numeric")  # how targets are encoded (workers/data/examples.py)
 MAX_JSON_BYTES = 16 * 2**20  # model.json holds a spec and column names: far below this
 
 

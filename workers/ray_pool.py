@@ -38,7 +38,7 @@ for the new count, workers keep or move to ranges as workers/reshard.py decides,
 the planes are wired anew. A step depends only on (theta, epoch, k), so the weights
 do not change; only the order of additions does. Rows read again must be the rows
 the job started with: a new or moving worker that finds a file changed since the
-job's fingerprint (workers/fingerprint.py) stops the job (DataChangedError, exit 2).
+job's fingerprint (workers/data/fingerprint.py) stops the job (DataChangedError, exit 2).
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.errors import InputError, RunError, one_line
 from trainer.pool import EvalSums, ShardSums, StepAbandoned, WorkerLostError
-from workers.fingerprint import raise_if_changed
+from workers.data.fingerprint import raise_if_changed
+from workers.data.storage_env import worker_error
 from workers.hang import FACTOR, FIRST_S, SLICE_S, StopGrace, WaitBound
 from workers.node_plane import OP_EVAL, OP_STEP, PeerLost, PlaneHost
 from workers.reshard import reassign
 from workers.shard import ShardTask
 from workers.shard_actor import ATTACH_TIMEOUT_S, ShardActor, add_evals
-from workers.storage_env import worker_error
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trainer.batches import BatchPlan
-from trainer.network import NetworkSpec, Workspace, backward_sums, forward
 from trainer.costs import COSTS
+from trainer.network import NetworkSpec, Workspace, backward_sums, forward
 from trainer.pool import EvalSums, ShardSums
 
 if TYPE_CHECKING:
-    from workers.examples import Schema
+    from workers.data.examples import Schema
 
 EVAL_CHUNK = 4096  # validation forward passes run in chunks of this many columns
 
@@ -129,13 +129,13 @@ class ShardTask:
     # The driver's source.handoff(): a CSV's row count and types, a folder's files and
     # their row counts, so that no worker counts or lists again (metadata, never rows).
     source_known: dict | None = None
-    # The job's data fingerprint (workers/fingerprint.py): a worker checks every file it
+    # The job's data fingerprint (workers/data/fingerprint.py): a worker checks every file it
     # reads against it, so a replaced or re-sharded worker never reads changed data.
     fingerprint: dict | None = None
 
     def open_source(self):
         """The source as this task's worker opens it: by its spec, with what the driver knew."""
-        from workers.sources import open_source
+        from workers.data.sources import open_source
 
         return open_source(self.source_spec, self.source_known, self.fingerprint)
 
@@ -152,7 +152,7 @@ class ShardTask:
         are taken from memory where the ranges overlap, so only the rest is read (the
         pool changed size: workers/reshard.py).
         """
-        from workers.examples import load_split_examples, split_rows, train_index_range
+        from workers.data.examples import load_split_examples, split_rows, train_index_range
 
         source = source or self.open_source()
         train_rows, val_rows = split_rows(self.num_rows, *self.split)

@@ -16,9 +16,9 @@ import ray
 
 from trainer.errors import DataChangedError, InputError
 from trainer.pool import EvalSums, ShardSums
+from workers.data.storage_env import storage_variables
 from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
 from workers.shard import ShardTask
-from workers.storage_env import storage_variables
 
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 
@@ -55,7 +55,7 @@ class ShardActor:
         ctx = ray.get_runtime_context()
         info = {"error": self.error, "data_changed": self.data_changed, "node_id": ctx.get_node_id(),
                 "pid": os.getpid(), "rows": (self.lo, self.hi)}
-        if self.error is not None:  # which side fails, and why: workers/storage_env.py
+        if self.error is not None:  # which side fails, and why: workers/data/storage_env.py
             # The node's address as the cluster knows it (the one `ray status` shows).
             ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == info["node_id"]), None)
             info.update(node_ip=ip, storage_env=storage_variables(self.task.source_spec))

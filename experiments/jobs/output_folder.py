@@ -16,7 +16,7 @@ runs never mix their files. `--resume RUN` continues in the run's own folder and
 sweep's run-NN folders are fixed: there a taken folder is refused (InputError,
 exit 2) before anything is written, naming the run. rayprop deletes only its own
 run's files (trainer/checkpoint.py prunes by run id), never another run's.
-An output URI (s3://...) is claimed by experiments/output_uri.py, by the same rules.
+An output URI (s3://...) is claimed by experiments/jobs/output_uri.py, by the same rules.
 """
 
 from __future__ import annotations

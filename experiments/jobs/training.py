@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import stores
-from experiments.output_uri import UriClaim, claim_output
-from experiments.overlap import Once, release_ray, warm_up
+from experiments.jobs.output_uri import UriClaim, claim_output
+from experiments.jobs.overlap import Once, release_ray, warm_up
+from experiments.tracking import stores
 from trainer import __version__
 from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -37,9 +37,9 @@ from trainer.model_io import (expected_shapes, probe_write, read_arrays, save_mo
                               write_json)
 from trainer.network import NetworkSpec, init_theta
 from trainer.optimizers import make_optimizer
-from workers.examples import Schema, resolve_schema, split_rows
+from workers.data.examples import Schema, resolve_schema, split_rows
+from workers.data.sources import Source, open_source
 from workers.shard import ShardTask
-from workers.sources import Source, open_source
 
 DEFAULT_HIDDEN = 64  # the one hidden layer when model.layers is not given
 MAX_INFERRED_CLASSES = 10_000  # past this a label column is more likely an id than a class
@@ -58,7 +58,7 @@ class Job:
     val_rows: np.ndarray
     plan: BatchPlan
     theta0: np.ndarray  # initial parameters
-    fingerprint: dict | None = None  # of the data, from metadata (workers/fingerprint.py)
+    fingerprint: dict | None = None  # of the data, from metadata (workers/data/fingerprint.py)
 
     @property
     def task(self) -> ShardTask:
@@ -144,7 +144,7 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
         theta0 = theta_from_arrays(spec, read_arrays(path, expected_shapes(spec)), path)
     else:
         theta0 = init_theta(spec, cfg.model.init, cfg.train.seed)
-    from workers.fingerprint import take
+    from workers.data.fingerprint import take
 
     return Job(cfg, source, schema, spec, train_rows, val_rows, plan, theta0, take(source))
 
@@ -241,13 +241,13 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
     if opts.resume:
         if opts.init_from:
             raise InputError("--resume and --init-from: give one (a resumed run has its own weights)")
-        from experiments.resume import find_checkpoint
+        from experiments.jobs.resume import find_checkpoint
 
         resume, resumed_out, experiment_id = find_checkpoint(uri, opts.resume, job)
         output = opts.output or cfg.train.output or resumed_out
     else:
         output = opts.output or cfg.train.output or str(default_output(cfg))
-    # A new run whose folder is taken writes to a free sibling (experiments/output_folder.py).
+    # A new run whose folder is taken writes to a free sibling (experiments/jobs/output_folder.py).
     claim = claim_output(output, opts.resume, move_aside=opts.resume is None)
     if not isinstance(claim, UriClaim):  # a URI's check() writes a probe object
         check_writable_dir(claim.out_dir, "--output")
@@ -261,8 +261,8 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
         print("rayprop train: the config's sweep: section is for `rayprop sweep` and is ignored "
               "here; training the config as given (with its --set values) once", file=sys.stderr)
 
-    from experiments.interrupts import StopFlag
-    from experiments.progress import ProgressBar
+    from experiments.jobs.interrupts import StopFlag
+    from experiments.jobs.progress import ProgressBar
 
     # MLflow takes seconds to import: that happens in the background while Ray starts and
     # the workers read their rows (an import writes nothing; the run comes after the checks).
@@ -276,15 +276,15 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
             else:
                 conn = connect_ray(opts.address or cfg.cluster.address, cpus_needed(cfg, workers), stack)
                 place, kind = where(conn), conn.kind
-            if kind == "client":  # the coordinator goes into the cluster (experiments/remote_pool.py)
-                from experiments.remote_pool import RemotePool
+            if kind == "client":  # the coordinator goes into the cluster (experiments/jobs/remote_pool.py)
+                from experiments.jobs.remote_pool import RemotePool
 
                 pool = RemotePool(job.task, cfg.cluster, workers, cfg.train.max_worker_failures)
             else:
                 pool = open_pool(job, workers, opts.local)
             close_pool = Once(pool.close)  # at the end of training (overlap.py), or on the way out
             stack.callback(close_pool)
-            from experiments import tracking  # mlflow: ~2 s, paid only once the inputs are good
+            from experiments.tracking import run as tracking  # mlflow: ~2 s, paid only once the inputs are good
 
             if experiment_id is None:
                 experiment_id = tracking.open_experiment(uri, cfg.experiment)
@@ -298,7 +298,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                                                           out_dir=out_dir, stop=stop))
             claim.record(run.run_id)
             if resume is not None:  # a sweep trial stopped early goes on: no longer stopped
-                from experiments.resume import STOPPED_EARLY_TAG
+                from experiments.jobs.resume import STOPPED_EARLY_TAG
 
                 if run.client.get_run(run.run_id).data.tags.get(STOPPED_EARLY_TAG) == "true":
                     run.set_tags({STOPPED_EARLY_TAG: "resumed"})
@@ -309,7 +309,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
             summary = fit(job, pool, run, out_dir, [bar], kind, resume=resume, should_stop=stop, output=claim,
                           trained=release_ray(conn, close_pool))
     except TrainingStopped as e:  # the run has ended KILLED
-        from experiments.resume import resume_command
+        from experiments.jobs.resume import resume_command
 
         e.hint = (f"checkpoint in {claim.name}/checkpoints; continue with: "
                   f"{resume_command(run.run_id, uri, opts.local, opts.address)}")
@@ -322,9 +322,9 @@ def deliver_only(job: Job, opts: Options, uri: str, experiment_id: str, claim) -
     send the store what it missed (kept metric points, model artifacts) and end the run."""
     import json
 
-    from experiments import tracking
-    from experiments.interrupts import StopFlag
-    from experiments.run_artifacts import log_outputs
+    from experiments.jobs.interrupts import StopFlag
+    from experiments.tracking import run as tracking
+    from experiments.tracking.run_artifacts import log_outputs
 
     with claim:  # for a URI, its files are copied to the staging folder
         out_dir = claim.out_dir
@@ -354,10 +354,10 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     naming the last good checkpoint. `output`: the output's claim (output_folder.py,
     output_uri.py); a URI's copies each checkpoint and the model files there from
     out_dir, its staging folder. `trained()`: called once training is over and the pool
-    is no longer needed (`train` shuts Ray down meanwhile: experiments/overlap.py)."""
-    from experiments.pool_size import PoolSize
-    from experiments.resume import OUTPUT_TAG
-    from experiments.run_artifacts import log_outputs
+    is no longer needed (`train` shuts Ray down meanwhile: experiments/jobs/overlap.py)."""
+    from experiments.jobs.pool_size import PoolSize
+    from experiments.jobs.resume import OUTPUT_TAG
+    from experiments.tracking.run_artifacts import log_outputs
 
     nodes = pool.num_nodes
     # The params say what ran: cluster.workers is the pool's size (1 in local mode, or
@@ -371,7 +371,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                     pool.num_workers, nodes, ray_kind)
         run.log_fingerprint(job.fingerprint)
     from cluster.jobs import SUBMISSION_ENV
-    from experiments.fetch import SUBMISSION_TAG
+    from experiments.cli.fetch import SUBMISSION_TAG
 
     if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
         run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from trainer.errors import DataError
-from workers.sources import RangeSource
+from workers.data.sources import RangeSource
 
 # (n, n_out, m) per teacher set, from the workload table of docs/workloads.md.
 TEACHERS = {

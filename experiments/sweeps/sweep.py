@@ -6,13 +6,13 @@ in the order written), `sweep_samples` times with its distributions drawn
 on one Ray connection, each with a pool of its own, as many at once as the
 cluster's CPUs allow (capped by --concurrency / sweep_concurrency): each trial
 reserves its workers' CPUs as a unit (cluster/placement.py) and is driven by a
-thread of this process (experiments/in_order.py). With --local the trials share
+thread of this process (experiments/sweeps/in_order.py). With --local the trials share
 this process: one at a time unless --concurrency says more.
 
 A trial trains exactly as the same config trained alone (the batches depend on the
 config only); a worker lost in it is replaced within its reservation; a failure
 ends that child FAILED and the sweep goes on. With `sweep_scheduler: asha` trials
-behind at epoch milestones stop early (experiments/early_stopping.py): their child
+behind at epoch milestones stop early (experiments/sweeps/early_stopping.py): their child
 runs end FINISHED, tagged, with a checkpoint to `--resume` from. Ctrl-C stops every
 trial after its step (checkpoint, KILLED run). Ranking: by validation loss, or the
 final training loss when nothing is held out; failed trials rank last, never best.
@@ -27,12 +27,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import stores, training
-from experiments.in_order import run_in_order
-from experiments.output_folder import OutputClaim
-from experiments.progress import ProgressBar
-from experiments.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG
-from experiments.training import Job
+from experiments.jobs import training
+from experiments.jobs.output_folder import OutputClaim
+from experiments.jobs.progress import ProgressBar
+from experiments.jobs.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG
+from experiments.jobs.training import Job
+from experiments.sweeps.in_order import run_in_order
+from experiments.tracking import stores
 from trainer import __version__
 from trainer.config import Config
 from trainer.coordinator import TrainingStopped
@@ -164,7 +165,7 @@ def _at_once(cap: int | None, count: int, local: bool, cpus_per_trial: int) -> i
 
 def parent_params(cfg: Config) -> dict[str, str]:
     """What the parent run logs: the base config, the sweep's axes and its settings."""
-    from experiments import tracking
+    from experiments.tracking import run as tracking
 
     return {**tracking.run_params(cfg.without_sweep()),
             **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()},
@@ -177,11 +178,11 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     parent run, side by side (module doc). A child that fails while running (diverged,
     workers lost) ends FAILED with its one line and the sweep goes on. Raises
     SweepStopped after Ctrl-C, once every trial has ended. `resume`: a stopped sweep's
-    Plan (experiments/sweep_resume.py): its parent run goes on, its kept trials are not
+    Plan (experiments/sweeps/sweep_resume.py): its parent run goes on, its kept trials are not
     trained again, its stopped ones go on in their own runs."""
-    from experiments import tracking
-    from experiments.early_stopping import SuccessiveHalving
-    from experiments.interrupts import StopFlag, ThreadStop
+    from experiments.jobs.interrupts import StopFlag, ThreadStop
+    from experiments.sweeps.early_stopping import SuccessiveHalving
+    from experiments.tracking import run as tracking
 
     local = opts.local
     counts = [_workers(opts.workers, job, local) for _, job in children]
@@ -286,7 +287,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
                  quiet: bool, resumed=None) -> None:
     """One child run on its own pool, in the calling thread; the outcome goes into `result`.
     resumed: (its child run, the checkpoint to go on from or None) for a stopped trial."""
-    from experiments import tracking
+    from experiments.tracking import run as tracking
 
     child_id, ckpt = resumed or (None, None)
     name = f"run {i + 1}/{count} {label(combo)}"
@@ -306,7 +307,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
             done = _trained(out_dir, child_id) if ckpt is not None and ckpt.position.epoch >= job.cfg.train.epochs \
                 else None
             if done is not None:  # killed while its model went to the store: send it, end the run
-                from experiments.run_artifacts import log_outputs
+                from experiments.tracking.run_artifacts import log_outputs
 
                 run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
                 result.summary = done

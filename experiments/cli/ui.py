@@ -21,7 +21,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
-from experiments.stores import experiment_page, experiments_with_runs, is_server, redact, sqlite_path
+from experiments.tracking.stores import experiment_page, experiments_with_runs, is_server, redact, sqlite_path
 from trainer.errors import InputError
 
 START_SECONDS = 120  # a first start on a new sqlite file creates its tables (several seconds)

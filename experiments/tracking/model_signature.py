@@ -7,7 +7,7 @@ the example into a serving request, parses it back against the signature and
 predicts once more ("validating the serving input"). On W-mnist's 784 columns these
 took 1-2 s of a job's end each. Here the signature comes from the example and the
 network's output on it by the same forward pass the model runs
-(experiments/pyfunc_model.py), so it is the signature MLflow would infer; and the
+(experiments/tracking/pyfunc_model.py), so it is the signature MLflow would infer; and the
 serving check would re-run that same pass on the same example. What the check
 guards, that the logged model loads and serves its example, tests/test_mlflow.py
 checks on logged models (MLflow's own check included), not every job.

@@ -1,8 +1,8 @@
-"""What each `rayprop` subcommand does; cli.py parses, this module acts.
+"""What each `rayprop` subcommand does; rayprop.py parses, this module acts.
 
 Each function returns when the command succeeded (or an exit code of its own, as
 `ui` and `submit` do). Anything else is an error of a kind (trainer/errors.py)
-that cli.main turns into one line and an exit code; nothing is written before the
+that rayprop.main turns into one line and an exit code; nothing is written before the
 inputs have been checked.
 """
 
@@ -18,20 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from experiments import configs as example_configs
-from experiments import stores, training
-from experiments.configfile import load_config, parse_grid
-from experiments.cli import EXIT_UNDELIVERED
-from experiments.output_folder import OutputClaim
-from experiments.progress import print_summary
+from experiments.cli.rayprop import EXIT_UNDELIVERED
+from experiments.jobs import training
+from experiments.jobs.configfile import load_config, parse_grid
+from experiments.jobs.output_folder import OutputClaim
+from experiments.jobs.progress import print_summary
+from experiments.tracking import stores
 from trainer.costs import COSTS
 from trainer.errors import ConfigError, InputError, RunError
 from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
 from trainer.network import Workspace, forward
-from workers.examples import Schema, load_examples, resolve_schema
-from workers.locations import is_uri
+from workers.data.examples import Schema, load_examples, resolve_schema
+from workers.data.locations import is_uri
+from workers.data.sources import open_source
 from workers.shard import count_correct
-from workers.sources import open_source
 
 CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
 
@@ -48,7 +49,7 @@ def _config(args):
         if args.config is not None:
             cfg = load_config(example_configs.resolve(args.config), overrides)
         elif getattr(args, "resume", None):  # `rayprop train --resume RUN_ID`: the run's own config
-            from experiments.run_config import config_of_run
+            from experiments.jobs.run_config import config_of_run
 
             cfg = config_of_run(args.resume, args.tracking_uri, overrides)
         else:
@@ -80,8 +81,8 @@ def train(args) -> int | None:
 
 
 def sweep(args) -> None:
-    from experiments import sweep as sweeps
-    from experiments.early_stopping import milestones
+    from experiments.sweeps import sweep as sweeps
+    from experiments.sweeps.early_stopping import milestones
 
     cfg = _config(args)
     if args.grid:
@@ -104,8 +105,8 @@ def sweep(args) -> None:
         raise InputError(f"--output {args.output}: a sweep writes to a local folder; a URI is for rayprop train")
     uri = training.tracking_uri(args.tracking_uri, cfg)
     resume = None
-    if args.resume:  # a stopped or killed sweep goes on (experiments/sweep_resume.py)
-        from experiments.sweep_resume import plan
+    if args.resume:  # a stopped or killed sweep goes on (experiments/sweeps/sweep_resume.py)
+        from experiments.sweeps.sweep_resume import plan
 
         if cfg.sweep_scheduler == "asha":
             raise InputError(f"--resume {args.resume}: not with sweep_scheduler: asha (its stops depend on "
@@ -122,7 +123,7 @@ def sweep(args) -> None:
         results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency, resume)
     except sweeps.SweepStopped as e:
         print(sweeps.table(e.results))
-        from experiments.resume import where_flags
+        from experiments.jobs.resume import where_flags
 
         e.hint = "continue the sweep with: " + shlex.join([
             "rayprop", "sweep", args.config, *[w for s in args.overrides for w in ("--set", s)],
@@ -137,16 +138,16 @@ def sweep(args) -> None:
 
 
 def ui(args) -> int:
-    from experiments.ui import ui as run_ui
+    from experiments.cli.ui import ui as run_ui
 
     return run_ui(stores.resolve_uri(args.tracking_uri, None), args.host, args.port)
 
 
 def submit(args) -> int | None:
     from cluster.jobs import submit as submit_job
-    from experiments import fetch
-    from workers.builtin_sets import BUILTIN_NAMES
-    from workers.locations import is_uri
+    from experiments.cli import fetch
+    from workers.data.builtin_sets import BUILTIN_NAMES
+    from workers.data.locations import is_uri
 
     cfg = _config(args)  # a bad config fails here, before anything reaches the cluster
     address = args.address or os.environ.get("RAY_ADDRESS")
@@ -162,7 +163,7 @@ def submit(args) -> int | None:
     # --output URI: the job writes there. --output DIR: a folder here, where the model
     # comes (from the run's artifacts on the tracking server) once the job has finished.
     if args.output:
-        from experiments.output_uri import check_spec
+        from experiments.jobs.output_uri import check_spec
 
         check_spec(args.output)  # a URI the job could not write: refused here, before it is sent
     output_uri = args.output if args.output and is_uri(args.output) else None
@@ -200,9 +201,9 @@ def submit(args) -> int | None:
 
 
 def fetch(args) -> None:
-    from experiments import fetch as fetching
+    from experiments.cli import fetch as fetching
 
-    from workers.locations import is_uri
+    from workers.data.locations import is_uri
 
     if is_uri(args.output):
         raise InputError(f"--output {args.output}: the model files come to a folder here, not a URI")

@@ -2,7 +2,7 @@
 
 Training writes its files in a local staging folder as it always has; this store
 copies each one to the URI once it is complete. The file system, the endpoint and
-the credentials come from workers/locations.py: the environment only, never logged.
+the credentials come from workers/data/locations.py: the environment only, never logged.
 
 Atomic: a reader never sees part of a file under its final name. An object store
 (S3, GCS, Azure) makes an object visible only when its upload completes, so a file
@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainer.errors import InputError, one_line
-from workers.locations import explain, locate
+from workers.data.locations import explain, locate
 
 OBJECT_STORES = {"s3", "gcs", "abfs"}  # pyarrow's type names: whole-object uploads
 CHUNK = 1 << 20

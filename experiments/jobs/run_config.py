@@ -1,7 +1,7 @@
 """`rayprop train --resume RUN_ID` with no CONFIG: the run's own config, from its params.
 
 A run's params are its config as trained, flattened (`model.layers: "[2, 16, 3]"`, every
-value logged with `str`, experiments/tracking.py run_params) from the moment it starts,
+value logged with `str`, experiments/tracking/run.py run_params) from the moment it starts,
 so a run killed by `kill -9` has them too. Each value is read back by the type its key
 has in trainer/config.py, so lists, floats, null and words come back as they were
 (`str(float)` is the shortest text that gives the same float). What the params cannot
@@ -17,9 +17,9 @@ import dataclasses
 import typing
 from typing import Literal, Union
 
-from experiments import stores
-from experiments.configfile import parse_override
-from experiments.resume import SOURCE_TAG
+from experiments.jobs.configfile import parse_override
+from experiments.jobs.resume import SOURCE_TAG
+from experiments.tracking import stores
 from trainer.config import Config, from_dict, set_dotted
 from trainer.errors import ConfigError, InputError
 
@@ -81,7 +81,7 @@ def from_params(run_id: str, params: dict[str, str], tags: dict[str, str], uri: 
                 overrides: list[str]) -> Config:
     """The run's config: its params read back, tracking.uri the store it is in, then
     `--set` overrides. InputError naming the key when a value is not there whole."""
-    from experiments.tracking import SECRET_KEY
+    from experiments.tracking.run import SECRET_KEY
 
     if tags.get(SWEEP_TAG) == "parent":
         raise InputError(f"--resume {run_id}: is a sweep's parent run; continue the sweep with "

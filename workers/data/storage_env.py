@@ -1,7 +1,7 @@
 """Which side of a job cannot read a data URI: the driver checks the source first
-(experiments/training.py opens it for its metadata), then every shard worker opens it
+(experiments/jobs/training.py opens it for its metadata), then every shard worker opens it
 again in its own process, on its own node, with that node's environment
-(workers/locations.py: credentials and endpoints come from the environment only).
+(workers/data/locations.py: credentials and endpoints come from the environment only).
 
 So a worker that cannot read what the driver read is told apart: the line says that
 this shell could and the workers on node X could not, and which of the storage
@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from workers.locations import ENDPOINT_VARIABLES, ENVIRONMENT_WORDS, is_uri
+from workers.data.locations import ENDPOINT_VARIABLES, ENVIRONMENT_WORDS, is_uri
 
-# What each kind of store reads from the environment (workers/locations.py), by prefix.
+# What each kind of store reads from the environment (workers/data/locations.py), by prefix.
 PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "GCE_", "CLOUDSDK_"), "gcs": ("GOOGLE_", "GCE_", "CLOUDSDK_"),
             "abfs": ("AZURE_",), "abfss": ("AZURE_",),
             "hdfs": ("HADOOP_", "HDFS_", "ARROW_LIBHDFS_DIR", "JAVA_HOME", "CLASSPATH")}

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     prog = f"rayprop {args.command}"
     try:
-        from experiments import commands  # heavy imports only after the arguments parse
+        from experiments.cli import commands  # heavy imports only after the arguments parse
 
         code = getattr(commands, args.command)(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
@@ -232,6 +232,3 @@ def entry() -> None:
     gc.freeze()
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    entry()

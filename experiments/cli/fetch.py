@@ -5,7 +5,7 @@ This is how the model of a job that ran elsewhere (`rayprop submit`, a run on an
 machine logging to the same tracking server) reaches this machine: the run's folder
 lives on the node that trained it (for a submitted job, in Ray's session folder on
 the head, deleted with the session), but every finished run logged model.npz,
-model.json and summary.json as artifacts (experiments/run_artifacts.py).
+model.json and summary.json as artifacts (experiments/tracking/run_artifacts.py).
 
 Nothing is half written: the files are downloaded into a temporary folder beside DIR
 and moved in only once all three are there.
@@ -17,11 +17,11 @@ import re
 import tempfile
 from pathlib import Path
 
-from experiments import stores
-from experiments.output_folder import owner_of, say_moved, siblings
-from experiments.training import check_writable_dir
+from experiments.jobs.output_folder import owner_of, say_moved, siblings
+from experiments.jobs.training import check_writable_dir
+from experiments.tracking import stores
 from trainer.errors import InputError, RunError, one_line
-from workers.locations import is_uri
+from workers.data.locations import is_uri
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")  # as run_artifacts.MODEL_FILES
 SUBMISSION_TAG = "rayprop.submission_id"  # on the run of a job `rayprop submit` sent: its job id

@@ -4,7 +4,7 @@ A sweep's trials run in threads of the driver (each drives its own pool; numpy a
 Ray calls release the GIL, so the coordinators overlap). Trial i starts only after
 trial i-1 has started and `reserve(i)` has granted it its resources, in this thread:
 the early-stopping rule relies on every earlier trial having started
-(experiments/early_stopping.py), and a trial never holds a part of a cluster that
+(experiments/sweeps/early_stopping.py), and a trial never holds a part of a cluster that
 an earlier one waits for.
 """
 

@@ -1,10 +1,10 @@
 """`--output s3://BUCKET/PREFIX` (or gs://, abfs://, hdfs://, file://): a run's files
-written to a URI, by the rules of a local output folder (experiments/output_folder.py).
+written to a URI, by the rules of a local output folder (experiments/jobs/output_folder.py).
 
 Training writes in a local staging folder as it does for a local --output (one per
 URI, under the temp directory); each checkpoint is copied to URI/checkpoints/ once it
 is in place there (the newest 3 of the run are kept), and at the end model.npz and
-model.json, then summary.json last. Each copy is atomic (workers/output_store.py), so
+model.json, then summary.json last. Each copy is atomic (workers/data/output_store.py), so
 the newest checkpoint at the URI is always a whole one. `--resume` reads the run's
 checkpoints back from the URI (its rayprop.output tag holds the URI).
 
@@ -29,14 +29,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from experiments.output_folder import MODEL_FILES, OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
+from experiments.jobs.output_folder import MODEL_FILES, OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
 from trainer.checkpoint import KEEP, PREFIX, SUFFIX, run_of
 from trainer.errors import InputError, RunError
-from workers.locations import explain
-from workers.output_store import OutputStore
+from workers.data.locations import explain
+from workers.data.output_store import OutputStore
 
 CHECKPOINTS = "checkpoints"
-SPOOL_DIR = "mlflow-undelivered"  # experiments/outbox.py's: metrics a dead store missed
+SPOOL_DIR = "mlflow-undelivered"  # experiments/tracking/outbox.py's: metrics a dead store missed
 
 
 def checkpoint_names(store: OutputStore) -> list[str]:
@@ -196,7 +196,7 @@ def check_spec(spec: str) -> None:
     credentials, options. `submit` checks this before the job that writes there is sent."""
     from urllib.parse import urlsplit
 
-    from workers.locations import SCHEMES, is_uri
+    from workers.data.locations import SCHEMES, is_uri
 
     head = spec.split(":", 1)[0].lower()
     if not is_uri(spec):
@@ -222,8 +222,8 @@ def check_spec(spec: str) -> None:
 
 def claim_output(spec: str, resume_run_id: str | None, move_aside: bool):
     """The claim for `spec`: a local folder (OutputClaim) or a URI (UriClaim)."""
-    from experiments.output_folder import OutputClaim
-    from workers.locations import is_uri
+    from experiments.jobs.output_folder import OutputClaim
+    from workers.data.locations import is_uri
 
     check_spec(spec)
     if is_uri(spec):

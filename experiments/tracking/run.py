@@ -8,7 +8,7 @@ the inputs have been checked.
   (the error's first line in the tag `rayprop.error`), KILLED on Ctrl-C or SIGTERM.
 - `MetricLogger` is the coordinator listener: every step's `loss` and each epoch's
   metrics go into a buffer handed every FLUSH_SECONDS to an outbox whose thread
-  passes them to `log_batch` (experiments/outbox.py), so the training loop never
+  passes them to `log_batch` (experiments/tracking/outbox.py), so the training loop never
   waits for the store, even a store that died.
 - When the store fails, training goes on; at the end the run says in one line what
   the store did not get and where it is kept (`TrackedRun.undelivered`): metric
@@ -28,7 +28,7 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
-from experiments import stores
+from experiments.tracking import stores
 
 stores.quiet_mlflow()  # before mlflow is imported
 # A store that stopped answering costs seconds per call, not MLflow's default of
@@ -44,13 +44,13 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
-from experiments.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
-from experiments.stores import redact  # noqa: E402
+from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
+from experiments.tracking.stores import redact  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.coordinator import TrainingStopped  # noqa: E402
 from trainer.errors import InputError, Stopped  # noqa: E402
-from workers.sources import Source  # noqa: E402
+from workers.data.sources import Source  # noqa: E402
 
 # MLflow's SQL store adds a data set to the experiment by looking it up and then
 # inserting it: two runs of a sweep logging the same data set at once both insert, and
@@ -66,7 +66,7 @@ CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
 SECRET_KEY = re.compile(r"token|passw|secret|credential|private|apikey|api_key|access_key|(^|_)key$",
                         re.IGNORECASE)
 
-# Arrow type names (workers.sources column_types) -> MLflow column types.
+# Arrow type names (workers.data.sources column_types) -> MLflow column types.
 MLFLOW_TYPES = {"double": "double", "float": "float", "halffloat": "float", "int64": "long",
                 "uint32": "long", "int32": "integer", "int16": "integer", "int8": "integer",
                 "uint16": "integer", "uint8": "integer", "bool": "boolean", "string": "string",
@@ -227,7 +227,7 @@ class TrackedRun:
                  out_dir: Path | None = None, stop=None, parent_run_id: str | None = None):
         """resume_run_id: continue that run (rayprop train --resume) instead of a new one.
         out_dir: the job's folder (the spool of undelivered metrics goes there).
-        stop: the job's StopFlag (experiments/interrupts.py): a Ctrl-C during a call
+        stop: the job's StopFlag (experiments/jobs/interrupts.py): a Ctrl-C during a call
         to the store after training abandons the store, not the job's files.
         parent_run_id: the sweep's parent run, for a child run started in a thread of
         its own (MLflow's active run is per thread, so `nested` alone would not see it)."""
@@ -341,7 +341,7 @@ class TrackedRun:
             mlflow.log_input(dataset_of(source, columns), context="training")
 
     def log_fingerprint(self, fingerprint: dict | None) -> None:
-        """The data's fingerprint (workers/fingerprint.py): its hash as the tag
+        """The data's fingerprint (workers/data/fingerprint.py): its hash as the tag
         `rayprop.data_fingerprint`, the per-file list as the artifact `data_fingerprint.json`."""
         if fingerprint:
             self.set_tags({FINGERPRINT_TAG: fingerprint["hash"]})

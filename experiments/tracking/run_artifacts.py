@@ -1,7 +1,7 @@
 """What a finished run keeps: the resolved config, the model files, the model as an
 MLflow pyfunc model, and for 2-D inputs a decision-boundary plot.
 
-The pyfunc model is "models from code" (experiments/pyfunc_model.py) and carries
+The pyfunc model is "models from code" (experiments/tracking/pyfunc_model.py) and carries
 rayprop's numpy-only `trainer` package in its code_paths, so it loads and serves
 without rayprop installed. Its input example is the data's first rows (feature
 columns) and its signature is inferred from that example and the network's output
@@ -20,11 +20,11 @@ import pandas as pd
 import yaml
 
 import trainer
-from experiments import model_signature, plots
-from experiments.training import Job
-from experiments.tracking import public_config
+from experiments.jobs.training import Job
+from experiments.tracking import model_signature, plots
+from experiments.tracking.run import public_config
 from trainer.model_io import load_model
-from workers.examples import load_examples
+from workers.data.examples import load_examples
 
 MODEL_FILES = ("model.npz", "model.json", "summary.json")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.errors import ConfigError, DataError
-from workers.sources import Source, format_columns, show_name
+from workers.data.sources import Source, format_columns, show_name
 
 # How the cost wants its targets: class labels -> one-hot, 0/1 columns, or real values.
 ENCODINGS = {"cross_entropy": "one_hot", "binary_cross_entropy": "binary", "mse": "numeric", "mae": "numeric"}

@@ -1,21 +1,21 @@
 """Example sources that read a row range [lo, hi) without loading the rest.
 
 A source is a table of named columns, one example per row, in a local file or folder
-or behind a URI (workers/locations.py). `pieces(lo, hi, columns)` streams rows
+or behind a URI (workers/data/locations.py). `pieces(lo, hi, columns)` streams rows
 [lo, hi) of those columns as pieces of 1-D numpy arrays, and `read` joins them: each
 worker reads only its own range (docs/design.md section 3), so Parquet sources read
 only the row groups (and, for a directory, only the files) that overlap the range,
 and keep only the range's rows. CSV has no index, so a CSV source streams from the
 top and stops after hi.
 
-A piece is a run of rows and SOME of the columns: Parquet (workers/parquet.py) is
+A piece is a run of rows and SOME of the columns: Parquet (workers/data/parquet.py) is
 read a few columns of one row group at a time.
 
 Opening a source reads metadata only: Parquet footers (row counts, names, types), a
 folder's listing, and for CSV one counting pass. What a shard worker needs to reopen
 it without doing that again is `handoff()`, which the driver ships with the task.
 
-The driver's `facts()` are what the job's fingerprint records (workers/fingerprint.py);
+The driver's `facts()` are what the job's fingerprint records (workers/data/fingerprint.py);
 a worker's source is told them (`expect`) and checks each file it reads against them.
 
 Every user-caused problem (missing or unreadable file, unknown extension, no rows, a
@@ -39,8 +39,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from trainer.errors import DataError, one_line
-from workers import fingerprint as fp
-from workers.locations import Location, explain, locate
+from workers.data import fingerprint as fp
+from workers.data.locations import Location, explain, locate
 
 # What pyarrow raises for bad files: ArrowInvalid & co. derive from ArrowException,
 # ArrowIOError is an OSError.
@@ -205,7 +205,7 @@ class RangeSource:
         return [[self.name, None, self.num_rows]]
 
     def facts(self) -> dict:
-        """What the job's fingerprint records of this source (workers/fingerprint.py)."""
+        """What the job's fingerprint records of this source (workers/data/fingerprint.py)."""
         return {"files": [fp.file_entry(self.name, None, None, self.num_rows)]}
 
     def expect(self, fingerprint: dict) -> None:
@@ -395,14 +395,14 @@ def _remote_kind(location: Location) -> str:
 def open_source(spec: str, known: dict | None = None, expected: dict | None = None) -> Source:
     """A built-in set name (`builtin_sets.BUILTIN_NAMES`), a .parquet file, a directory
     of .parquet files, or a .csv file, as a local path (`~` expanded) or a URI
-    (workers/locations.py) -> a Source with at least one row.
+    (workers/data/locations.py) -> a Source with at least one row.
 
     known: the source's `handoff()` from the process that opened it first (a shard
     worker gets the driver's), so a CSV is not counted nor a folder listed again.
-    expected: the job's fingerprint (workers/fingerprint.py): every file this source
+    expected: the job's fingerprint (workers/data/fingerprint.py): every file this source
     reads is checked against it first (a DataChangedError names a changed one)."""
-    from workers import builtin_sets   # imported here: these modules build on RangeSource
-    from workers.parquet import ParquetDirSource, ParquetFileSource
+    from workers.data import builtin_sets   # imported here: these modules build on RangeSource
+    from workers.data.parquet import ParquetDirSource, ParquetFileSource
 
     spec = os.fspath(spec)
     if spec in builtin_sets.BUILTIN_NAMES:

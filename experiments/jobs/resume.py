@@ -11,7 +11,7 @@ the same folder is skipped.
 The config must be the run's: any setting that changes the result (data, model,
 optimizer, batch size, seed, split, epochs...) is compared with the run's logged
 params and a difference is refused, naming the key; so is data that changed since
-the run (its checkpoint's fingerprint, workers/fingerprint.py), naming the file. Where and how it runs
+the run (its checkpoint's fingerprint, workers/data/fingerprint.py), naming the file. Where and how it runs
 (cluster.*, --workers, --local, tracking.*) may change: the result does not.
 Everything here is a check that can fail on bad input, so it runs before training.
 """
@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments import stores
+from experiments.tracking import stores
 from trainer.checkpoint import Checkpoint, check_resumable, latest_checkpoint
 from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
-from workers.locations import explain, is_uri
+from workers.data.locations import explain, is_uri
 
 OUTPUT_TAG = "rayprop.output"
 SWEEP_OUTPUT_TAG = "rayprop.sweep.output"  # a sweep's parent: its DIR, absolute (sweep --resume)
@@ -108,7 +108,7 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     out = run.data.tags.get(OUTPUT_TAG)
     if not out:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
-    from experiments.tracking import run_params
+    from experiments.tracking.run import run_params
 
     here, logged = run_params(job.resolved_cfg), dict(run.data.params)
     if here.get("data.source") == run.data.tags.get(SOURCE_TAG):  # the file the run read, named absolutely
@@ -116,7 +116,7 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     check_same_config(run_id, logged, here)
     skipped = []  # unreadable checkpoints: warnings if a good one is found, else the error
     if is_uri(out):  # an output URI: its checkpoints are read from there
-        from experiments.output_uri import fetch_checkpoints
+        from experiments.jobs.output_uri import fetch_checkpoints
 
         try:
             folder = fetch_checkpoints(out, Path(tempfile.mkdtemp(prefix="rayprop-resume-")))
@@ -148,7 +148,7 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     if ckpt.position.epoch > job.cfg.train.epochs:
         raise InputError(f"--resume {run_id}: the checkpoint is past train.epochs={job.cfg.train.epochs}")
     if ckpt.position.epoch < job.cfg.train.epochs:  # rows will be read again: they must be the run's
-        from workers.fingerprint import compare
+        from workers.data.fingerprint import compare
 
         compare(run_id, ckpt.meta.get("data_fingerprint"), job.fingerprint)
     try:  # a checkpoint edited by hand, or another optimizer's, must not reach training

@@ -1,7 +1,7 @@
 """Parquet sources: one file, or a folder of files (hive-style partition folders too).
 
 A range read touches only the row groups that overlap it, and reads them a few
-columns at a time (a piece, see workers/sources.py): pyarrow's record-batch reader
+columns at a time (a piece, see workers/data/sources.py): pyarrow's record-batch reader
 (`iter_batches`) holds a whole row group in memory even for its first 5 rows (about
 630 MB for W-mnist's 60,000 rows in one group, which is what pyarrow writes below a
 million rows), while one column of it is 240 kB. So a reader holds its output and
@@ -19,9 +19,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainer.errors import DataError, one_line
-from workers import fingerprint as fp
-from workers.locations import Location, explain
-from workers.sources import (ARROW_ERRORS, RangeSource, check_regular_file, column_to_numpy, format_columns,
+from workers.data import fingerprint as fp
+from workers.data.locations import Location, explain
+from workers.data.sources import (ARROW_ERRORS, RangeSource, check_regular_file, column_to_numpy, format_columns,
                              named_types, show_name, table_to_numpy)
 
 PIECE_BYTES = 8 << 20   # a piece read from Parquet holds about this much as float64

@@ -3,10 +3,10 @@ sweep still needs.
 
 Trial i (the sweep's order, which the config alone fixes) has the folder DIR/run-NN,
 and the child run that trains it names itself in DIR/run-NN/.rayprop-run the moment it
-starts (experiments/output_folder.py), so even after `kill -9` each trial maps to its
+starts (experiments/jobs/output_folder.py), so even after `kill -9` each trial maps to its
 run. A FINISHED or FAILED child is kept as it is (a failure, a diverging learning rate,
 would fail again); a RUNNING (killed) or KILLED (stopped) child goes on in its own run
-from its newest checkpoint (experiments/resume.py; from its first step when it was
+from its newest checkpoint (experiments/jobs/resume.py; from its first step when it was
 killed before its first checkpoint, each step's `loss` still logged once); a trial with
 no run starts as in a new sweep. Everything is checked before anything runs: the parent
 is a sweep's and not finished, the config is the sweep's (a difference is one line
@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.output_folder import OWNER_FILE, OutputClaim
-from experiments.resume import (FREE_KEYS, FREE_PREFIXES, OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG,
+from experiments.jobs.output_folder import OWNER_FILE, OutputClaim
+from experiments.jobs.resume import (FREE_KEYS, FREE_PREFIXES, OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG,
                                 SWEEP_OUTPUT_TAG, check_same_config, find_checkpoint, open_run)
 from trainer.checkpoint import Checkpoint
 from trainer.config import Config
@@ -68,8 +68,8 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
     """What to do with each trial of sweep `parent_id` (InputError if it cannot go on).
     children: the prepared (combo, Job) of every trial; params: what this config's parent
     run would log; output: --output as given; run_dir(out_root, i): trial i's folder."""
-    from experiments.sweep import Result
-    from experiments.tracking import run_params
+    from experiments.sweeps.sweep import Result
+    from experiments.tracking.run import run_params
 
     client, parent = open_run(uri, parent_id)
     if parent.data.tags.get("rayprop.sweep") != "parent":
@@ -121,12 +121,12 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
 def _same_data(parent_id: str, child, job) -> None:
     """A trial's data must still be what it read: else the sweep would mix two data sets
     (trials kept on the old data, the others trained on the new). DataChangedError naming
-    the file, from the trial's recorded fingerprint (workers/fingerprint.py)."""
+    the file, from the trial's recorded fingerprint (workers/data/fingerprint.py)."""
     import mlflow
 
-    from experiments.tracking import FINGERPRINT_ARTIFACT, FINGERPRINT_TAG
+    from experiments.tracking.run import FINGERPRINT_ARTIFACT, FINGERPRINT_TAG
     from trainer.errors import DataChangedError
-    from workers.fingerprint import compare
+    from workers.data.fingerprint import compare
 
     recorded, now = child.data.tags.get(FINGERPRINT_TAG), job.fingerprint
     if not recorded or not now or recorded == now.get("hash"):
