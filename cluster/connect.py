@@ -281,8 +281,10 @@ def _without_head_services():
     does. Each is a Python process importing Ray (0.4-0.7 s of CPU on a 2-core
     machine where the agents and workers are importing too), and each costs up to a
     second at shutdown (Ray stops its processes one after the other). A job uses
-    neither (no Jobs or state API, no autoscaling). Switched for ray.init only; a Ray
-    without these hooks starts them as before."""
+    neither (no Jobs or state API, no autoscaling); the dashboard agent's event module
+    then notes once a second in Ray's session log (dashboard_agent.log) that it finds
+    no dashboard to send events to, which reaches no console. Switched for ray.init
+    only; a Ray without these hooks starts them as before."""
     try:
         from ray._private import node, services
     except ImportError:
