@@ -128,9 +128,9 @@ class TimedPool:
     def __getattr__(self, name):
         return getattr(self.pool, name)
 
-    def gradient_sums(self, theta, epoch, k):
+    def gradient_sums(self, theta, epoch, k, should_stop=None):
         t = time.perf_counter()
-        sums = self.pool.gradient_sums(theta, epoch, k)
+        sums = self.pool.gradient_sums(theta, epoch, k, should_stop)
         self.calls.append((time.perf_counter() - t, max(s.compute_seconds for s in sums)))
         return sums
 

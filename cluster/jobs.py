@@ -99,14 +99,7 @@ def _client(address: str):
 
 def pip_requirements() -> list[str]:
     """rayprop's runtime dependencies as pip requirements (Ray aside: the cluster runs it)."""
-    from importlib import metadata
-
-    try:
-        wanted = metadata.requires("rayprop") or []
-    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return list(depcheck.DEPENDENCIES.values())
-    return [r.split(";")[0].strip() for r in wanted
-            if "extra ==" not in r and not r.lower().startswith("ray")]
+    return depcheck.requirements()
 
 
 def submit(config: dict, address: str, train_args: list[str], wait: bool, is_builtin,
@@ -131,7 +124,8 @@ def submit(config: dict, address: str, train_args: list[str], wait: bool, is_bui
         # A folder of its own: Ray unpacks identical working_dirs into one shared folder,
         # and an output folder belongs to one run (a second job would be refused).
         output = output_uri or f"output-{uuid.uuid4().hex[:12]}"
-        entrypoint = " ".join([". cluster/job_python.sh && \"$RAYPROP_PYTHON\" -m cluster.depcheck && "
+        needs = " ".join(shlex.quote(depcheck.name_of(r)) for r in depcheck.requirements())
+        entrypoint = " ".join([f". cluster/job_python.sh && \"$RAYPROP_PYTHON\" -m cluster.depcheck {needs} && "
                                "exec \"$RAYPROP_PYTHON\" -m experiments.cli train job.yaml",
                                "--output", shlex.quote(output), *train_args])
         # The job's id is ours to choose: the job tags its MLflow run with it, so

@@ -118,7 +118,6 @@ class CoordinatorActor:
             self.pool = RayPool(task, cluster, workers, max_failures)
         except (InputError, RunError) as e:
             return {"error": e}
-        self.pool.should_stop = self._stop.is_set  # Ctrl-C ends a wait for a replacement
         self.queue = EventQueue(self.pool)
         return {"workers": self.pool.num_workers, "nodes": self.pool.num_nodes, "m": self.pool.m,
                 "m_val": self.pool.m_val, "resizes": list(self.pool.resizes)}

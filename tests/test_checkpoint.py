@@ -190,17 +190,17 @@ class AbandonAt(LocalPool):
         super().__init__(workers)
         self.step, self.evaluation, self.steps, self.evaluations = step, evaluation, 0, 0
 
-    def gradient_sums(self, theta, epoch, k):
+    def gradient_sums(self, theta, epoch, k, should_stop=None):
         self.steps += 1
         if self.steps == self.step:
             raise StepAbandoned("stopped while waiting for the workers")
-        return super().gradient_sums(theta, epoch, k)
+        return super().gradient_sums(theta, epoch, k, should_stop)
 
-    def evaluate_sums(self, theta):
+    def evaluate_sums(self, theta, should_stop=None):
         self.evaluations += 1
         if self.evaluations == self.evaluation:
             raise StepAbandoned("stopped while waiting for the workers")
-        return super().evaluate_sums(theta)
+        return super().evaluate_sums(theta, should_stop)
 
 
 @pytest.mark.parametrize("abandon, position", [({"step": 11}, (1, 3, 10)),  # batch 3 of epoch 2 in flight

@@ -10,7 +10,8 @@ from trainer.errors import ConfigError, DataError
 from workers.data import builtin_sets
 from workers.data.examples import (Schema, load_examples, load_split_examples, resolve_schema,
                               split_rows, train_index_range)
-from workers.data.sources import CsvSource, open_source
+from workers.data.csv_source import CsvSource
+from workers.data.sources import open_source
 
 COLUMNS = ["x0", "x1", "y"]
 
@@ -425,18 +426,18 @@ def test_file_uri_reads_like_the_path(parquet_file):
 
 
 def test_a_worker_reopens_a_csv_without_counting_it(tmp_path, monkeypatch):
-    from workers.data import sources
+    from workers.data import csv_source
 
     path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 3) for i in range(50)])
     driver = open_source(str(path))
-    monkeypatch.setattr(sources, "_count_rows", lambda reader: pytest.fail("counted again"))
+    monkeypatch.setattr(csv_source, "_count_rows", lambda reader: pytest.fail("counted again"))
     worker = open_source(str(path), driver.handoff())
     assert (worker.num_rows, worker.column_types) == (50, driver.column_types)
     np.testing.assert_array_equal(worker.read(10, 20, ["x1"])["x1"], np.arange(10, 20) * 3)
 
 
 def test_the_driver_generates_no_built_in_set():
-    from experiments.jobs.training import prepare
+    from experiments.jobs.job import prepare
     from trainer.config import from_dict
 
     builtin_sets.builtin_source.cache_clear()
@@ -444,12 +445,12 @@ def test_the_driver_generates_no_built_in_set():
         job = prepare(from_dict({"data": {"source": name}}))   # layers inferred: classes known
         assert list(job.spec.layers) == layers
         source = builtin_sets.builtin_source(name)
-        assert not hasattr(source, "_columns"), f"{name} was generated in the driver"
+        assert source._columns is None, f"{name} was generated in the driver"
     builtin_sets.builtin_source.cache_clear()
 
 
 def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
-    from experiments.jobs.training import largest_label
+    from experiments.jobs.job import largest_label
     from workers.data.parquet import ParquetFileSource
 
     path = tmp_path / "d.parquet"
@@ -460,7 +461,7 @@ def test_the_label_count_comes_from_parquet_statistics(tmp_path, monkeypatch):
 
 
 def test_the_driver_reads_a_csv_once_even_to_count_classes(tmp_path, monkeypatch):
-    from experiments.jobs.training import prepare
+    from experiments.jobs.job import prepare
     from trainer.config import from_dict
 
     path = write_csv(tmp_path / "d.csv", "x0,x1,y", [(i + 0.5, i * 3, i % 4) for i in range(50)])

@@ -22,7 +22,7 @@ import pytest
 from tests.raycluster import pinned_auth_mode
 import yaml
 
-from experiments.jobs import training
+from experiments.jobs import pools, training
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
@@ -100,14 +100,14 @@ class Script:
 @pytest.fixture
 def script(monkeypatch):
     Script.actions, Script.pools, Script.sizes = {}, [], []
-    open_pool = training.open_pool
+    open_pool = pools.open_pool
 
     def recording_open_pool(*args, **kwargs):
         Script.pools.append(open_pool(*args, **kwargs))
         Script.sizes.append(Script.pools[-1].num_workers)
         return Script.pools[-1]
 
-    monkeypatch.setattr(training, "open_pool", recording_open_pool)
+    monkeypatch.setattr(pools, "open_pool", recording_open_pool)
     monkeypatch.setattr("experiments.jobs.progress.ProgressBar", Script)
     monkeypatch.setattr(ray_pool, "GROW_CHECK_SECONDS", 0.0)  # look for free CPUs at every step
     return Script

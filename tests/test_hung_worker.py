@@ -169,11 +169,11 @@ def test_a_worker_killed_while_the_pool_starts_is_replaced(ray_session, job, ref
 
 
 def test_a_worker_that_hangs_while_the_pool_starts_is_replaced(ray_session, job, reference, tmp_path, monkeypatch):
-    from workers import ray_pool
+    from workers import pool_launch
 
     # Not 300 s and 10x: the others read their rows in a second or two here.
-    monkeypatch.setattr(ray_pool, "FIRST_S", 3.0)
-    monkeypatch.setattr(ray_pool, "FACTOR", 2.0)
+    monkeypatch.setattr(pool_launch, "FIRST_S", 3.0)
+    monkeypatch.setattr(pool_launch, "FACTOR", 2.0)
     pool, pid = None, None
     try:
         pool = RayPool(dying_task(job, tmp_path, armed=True, sig=signal.SIGSTOP), job.cfg.cluster, 2, 3)

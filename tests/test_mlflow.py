@@ -370,7 +370,7 @@ def test_uri_precedence_and_secrets():
 
 
 def test_params_drop_secret_keys(mlflow_mod):
-    from experiments.tracking.run import run_params
+    from experiments.tracking.params import run_params
     from trainer.config import from_dict
 
     cfg = from_dict({"data": {"source": "xor"},

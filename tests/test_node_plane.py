@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from trainer.pool import StepAbandoned
-from workers import node_plane
-from workers.node_plane import HELLO, OP_EVAL, OP_STEP, PeerLost, PeersSilent, PlaneHost, PlanePeer
+from workers import node_plane, plane_host
+from workers.node_plane import HELLO, OP_EVAL, OP_STEP, PeerLost, PeersSilent
+from workers.plane_host import PlaneHost
+from workers.plane_peer import PlanePeer
 
 P = 7
 
@@ -254,7 +256,7 @@ def test_another_users_connection_is_closed_unread_and_the_peers_attach(plane, w
 def test_a_silent_or_wrong_connection_of_this_user_holds_up_no_peer(plane, monkeypatch):
     """Greetings are read side by side, each with its own deadline: a silent one (given
     a long deadline here) does not delay the peers; a wrong token is closed at once."""
-    monkeypatch.setattr(node_plane, "GREETING_TIMEOUT_S", 120.0)
+    monkeypatch.setattr(plane_host, "GREETING_TIMEOUT_S", 120.0)
     host, peers = plane
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     wrong = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -305,7 +307,7 @@ def test_a_greeting_under_way_when_one_accept_ends_is_finished_by_the_next():
 
 
 def test_a_connection_that_never_greets_is_closed_after_the_greeting_time_out(monkeypatch):
-    monkeypatch.setattr(node_plane, "GREETING_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(plane_host, "GREETING_TIMEOUT_S", 0.2)
     host = PlaneHost(P, np.float64, 1)
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

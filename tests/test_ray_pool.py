@@ -134,7 +134,7 @@ def test_a_plane_that_cannot_be_wired_is_one_line_not_a_traceback(ray_session, t
     import errno
 
     from trainer.errors import RunError
-    from workers import ray_pool as module
+    from workers import transports as module
 
     def no_plane(*args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")

@@ -11,7 +11,7 @@ import pytest
 from cluster.remote_coordinator import CoordinatorActor, EventQueue
 from experiments.jobs.configfile import load_config
 from experiments.jobs.remote_pool import end, replay
-from experiments.jobs.training import prepare
+from experiments.jobs.job import prepare
 from trainer.checkpoint import Checkpointer, checkpoint_files, read_checkpoint
 from trainer.coordinator import TrainingStopped, train
 from trainer.errors import DivergedError

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.jobs.run_config import from_params, parse_param
-from experiments.tracking.run import run_params
+from experiments.tracking.params import run_params
 from tests.conftest import RAYPROP, installed_rayprop, one_line_exit_2
 from tests.raydata import write_parquet
 from trainer.config import from_dict

@@ -68,13 +68,6 @@ def test_a_missing_dependency_names_the_python_and_the_fix():
     assert "could not find the Python that runs the cluster's Ray" in line and "pip install" not in line
 
 
-def test_fetch_names_the_files_the_runs_log():
-    from experiments.cli import fetch
-    from experiments.tracking import run_artifacts
-
-    assert fetch.MODEL_FILES == run_artifacts.MODEL_FILES
-
-
 @pytest.mark.parametrize("case", ["venv of the loaded ray", "interpreter", "VIRTUAL_ENV"])
 def test_job_python_finds_the_python_of_the_parent(case, tmp_path):
     """cluster/job_python.sh, sourced by a shell whose parent is a Python process (on the

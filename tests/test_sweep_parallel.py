@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.jobs import training
+from experiments.jobs import pools, training
 from experiments.sweeps.early_stopping import milestones
 from tests.raydata import config, write_parquet
 from trainer.config import from_dict
@@ -104,14 +104,14 @@ def test_a_grid_runs_trials_at_once_each_as_trained_alone(tmp_path, monkeypatch,
     raw["sweep"] = {"train.learning_rate": [0.05, 0.02, 0.01], "model.hidden_activation": ["tanh", "relu"]}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    open_pool = training.open_pool
+    open_pool = pools.open_pool
 
     def recording_open_pool(*args, **kwargs):
         pool = open_pool(*args, **kwargs)
         Watcher.pools[threading.current_thread().name] = pool
         return pool
 
-    monkeypatch.setattr(training, "open_pool", recording_open_pool)
+    monkeypatch.setattr(pools, "open_pool", recording_open_pool)
     monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", Watcher)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = rayprop("sweep", path, "--workers", "2", "--concurrency", "2", "--tracking-uri", uri,

@@ -9,7 +9,7 @@ import mlflow
 import yaml
 
 from experiments.cli import rayprop as cli
-from experiments.jobs import training
+from experiments.jobs import pools
 from tests.raydata import config, write_parquet
 
 
@@ -41,7 +41,7 @@ def test_worker_lost_in_a_sweep_fails_that_run_only(tmp_path, monkeypatch, capsy
     raw["sweep"] = {"train.learning_rate": [0.05, 0.02]}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
-    open_pool = training.open_pool
+    open_pool = pools.open_pool
 
     def recording_open_pool(*args, **kwargs):  # the real pool, remembered for the listener
         pool = open_pool(*args, **kwargs)
@@ -49,7 +49,7 @@ def test_worker_lost_in_a_sweep_fails_that_run_only(tmp_path, monkeypatch, capsy
         return pool
 
     monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlruns
-    monkeypatch.setattr(training, "open_pool", recording_open_pool)
+    monkeypatch.setattr(pools, "open_pool", recording_open_pool)
     monkeypatch.setattr("experiments.sweeps.sweep.ProgressBar", KillFirstWorkerOnce)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = cli.main(["sweep", str(path), "--workers", "2", "--concurrency", "1", "--tracking-uri", uri,

@@ -258,7 +258,7 @@ def test_hive_folder_partition_key_is_a_column(s3, ray_session):
 
 
 def test_csv_is_counted_by_the_driver_only(s3, ray_session):
-    from workers.data import sources
+    from workers.data import csv_source, sources
 
     ref, _ = train(s3["local"] / "d.csv", None)
     theta, _ = train(f"s3://{BUCKET}/d.csv", 2)
@@ -266,12 +266,12 @@ def test_csv_is_counted_by_the_driver_only(s3, ray_session):
     # A worker opening the source with the driver's handoff reads no row to count them.
     driver = sources.open_source(f"s3://{BUCKET}/d.csv")
     counted = []
-    real = sources._count_rows
-    sources._count_rows = lambda reader: counted.append(1) or real(reader)
+    real = csv_source._count_rows
+    csv_source._count_rows = lambda reader: counted.append(1) or real(reader)
     try:
         again = sources.open_source(driver.spec, driver.handoff())
     finally:
-        sources._count_rows = real
+        csv_source._count_rows = real
     assert (again.num_rows, counted) == (ROWS, [])
 
 
@@ -502,7 +502,7 @@ def test_train_command_logs_the_uri_and_a_metadata_digest(s3, rayprop, tmp_path)
     assert "x0" in ds.dataset.schema and SECRET not in str(run.data.params)
     # The digest is a function of metadata: the same file under another name differs,
     # and it is the same as computed again from the footers.
-    from experiments.tracking.run import digest_of
+    from experiments.tracking.dataset import digest_of
     from workers.data.sources import open_source
 
     columns = ["x0", "x1", "x2", "x3", "y"]

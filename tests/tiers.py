@@ -28,6 +28,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
     "test_network": (),
+    "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
     "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables

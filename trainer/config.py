@@ -4,7 +4,8 @@ Every key has a default except `data.source`. A value is checked three ways, eac
 stated once: its type (the annotations below; the words of `model.cost`,
 `train.optimizer`, ... are the keys of the registries that implement them), its
 range (declared beside the field with `ranged`, as scikit-learn declares
-`_parameter_constraints`), and the few rules that tie keys together (`_validate`).
+`_parameter_constraints`), both read by trainer/config_reader.py, and the few rules
+that tie keys together (`_validate`, here).
 So a wrong key or value is a `ConfigError` naming the dotted key
 (`train.learning_rate: must be > 0, got -1`), never a crash later; values are
 never printed back whole. Reading YAML and `--set` text is experiments/jobs/configfile.py's
@@ -12,26 +13,25 @@ job: this module sees parsed values only.
 
 The optional `sweep:` section is what `rayprop sweep` tries: dotted key -> a list of
 values (a grid axis) or a distribution (trainer/search_space.py), each value (or
-bound) checked as an override of that key, so a sweep that would fail halfway
-through is refused before its first run. The `sweep_*` keys say how it runs.
+bound) checked as an override of that key (trainer/sweep_config.py), so a sweep that
+would fail halfway through is refused before its first run. The `sweep_*` keys say
+how it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-import typing
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
 from trainer.costs import COSTS
 from trainer.errors import ConfigError, short
 from trainer.network import INITIALIZERS
 from trainer.optimizers import OPTIMIZERS
-from trainer.search_space import has_distributions, is_distribution, parse_distribution
+from trainer.config_reader import check_ranges, ranged, read_section
+from trainer.sweep_config import check_sweep
 
 # The config's words are the keys of the registries that implement them.
 Activation = Literal[tuple(a for a in ACTIVATIONS if a not in OUTPUT_ONLY)]
@@ -55,31 +55,6 @@ def natural_output(cost: str) -> str:
     the one it fits (its fused delta is yhat - y), else linear."""
     fits = COSTS[cost].fits
     return fits[0] if len(fits) == 1 else "linear"
-
-
-@dataclass(frozen=True)
-class Range:
-    """Where a number (or each number of a list) must lie; None is no bound."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False  # lo itself excluded
-    hi_open: bool = False
-
-    def __contains__(self, x) -> bool:
-        return ((self.lo is None or (x > self.lo if self.lo_open else x >= self.lo))
-                and (self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)))
-
-    def __str__(self) -> str:
-        lo, hi = (str(x) if isinstance(x, int) else f"{x:g}" for x in (self.lo, self.hi or 0))
-        if self.hi is None:
-            return f"> {lo}" if self.lo_open else f"at least {lo}"
-        return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
-
-
-def ranged(default, **bounds):
-    """A field's default and the Range its values must lie in (checked by `_validate`)."""
-    return field(default=default, metadata={"range": Range(**bounds)})
 
 
 @dataclass(frozen=True)
@@ -148,8 +123,6 @@ class TrackingConfig:
     uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
 
 
-# Keys a sweep cannot vary: its runs share one experiment, one store and one Ray connection.
-NOT_SWEPT = ("experiment", "tracking.uri", "cluster.address")
 SCHEDULERS = ("fifo", "asha")  # every trial to its last epoch; successive halving (ASHA)
 
 
@@ -256,102 +229,6 @@ def set_dotted(d, key, value):
     d[last] = value
 
 
-# ---- type checking against the annotations -------------------------------------------
-
-def _describe(tp) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in args)
-    if origin in (Union, getattr(__import__("types"), "UnionType")):
-        return " or ".join(_describe(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(tp, str(tp))
-
-
-def _check(tp, value):
-    """Return `value` converted to `tp`, or raise TypeError."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        if value in args:
-            return value
-        raise TypeError
-    if origin in (Union, getattr(__import__("types"), "UnionType")):
-        for a in args:
-            try:
-                return _check(a, value)
-            except TypeError:
-                continue
-        raise TypeError
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        return [_check(args[0], v) for v in value]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if tp is float:
-        if isinstance(value, str):
-            # PyYAML reads 1e-3 (no dot) as a string; accept what float() accepts.
-            try:
-                value = float(value)
-            except ValueError:
-                raise TypeError from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise TypeError
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    raise AssertionError(f"config type {tp} is not handled")
-
-
-def _section(cls, raw, prefix):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {short(raw)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
-            raise ConfigError(f"{prefix}{str(key)[:60]}: unknown key{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            values[key] = _section(tp, value, f"{prefix}{key}.")
-            continue
-        try:
-            values[key] = _check(tp, value)
-        except TypeError:
-            raise ConfigError(f"{prefix}{key}: expected {_describe(tp)}, got {short(value)}") from None
-    return cls(**values)
-
-
-def _check_ranges(section, prefix: str) -> None:
-    """Every field declared with `ranged` holds a number (or numbers) in its Range."""
-    for f in dataclasses.fields(section):
-        rng, value = f.metadata.get("range"), getattr(section, f.name)
-        if rng is None or value is None or isinstance(value, str):  # None, "full": no number to check
-            continue
-        if any(v not in rng for v in (value if isinstance(value, list) else [value])):
-            each = "every value " if isinstance(value, list) else ""
-            raise ConfigError(f"{prefix}{f.name}: {each}must be {rng}, got {short(value)}")
-
-
 def check_size(layers: list[int]) -> None:
     """ConfigError if a network of these layer sizes is past what rayprop builds: also
     for the layers inferred from the data (a table of a million columns)."""
@@ -368,8 +245,8 @@ def _validate(cfg: Config) -> Config:
     """The declared ranges, then the rules that tie keys together."""
     m, d, t = cfg.model, cfg.data, cfg.train
     for name in ("model", "data", "train", "cluster"):
-        _check_ranges(getattr(cfg, name), f"{name}.")
-    _check_ranges(cfg, "")  # the sweep_* keys
+        check_ranges(getattr(cfg, name), f"{name}.")
+    check_ranges(cfg, "")  # the sweep_* keys
 
     def bad(key, msg):
         raise ConfigError(f"{key}: {msg}")
@@ -401,64 +278,18 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
-def _checked_value(base: Config, key: str, value, what: str = "value"):
-    """`value` converted as an override of `key`, or ConfigError naming sweep.KEY."""
-    try:
-        return base.with_overrides({key: value}).flat()[key]
-    except ConfigError as e:
-        # The override's own message starts with the key it names; keep the reason.
-        reason = str(e).removeprefix(f"{key}: ")
-        raise ConfigError(f"sweep.{key}: {what} {short(value)}: {reason}") from None
-
-
-def _check_distribution(base: Config, key: str, raw: dict) -> dict[str, list]:
-    kind, args = parse_distribution(key, raw)
-    if kind == "choice":
-        return {kind: [_checked_value(base, key, v) for v in args]}
-    if isinstance(base.flat()[key], int) and not isinstance(base.flat()[key], bool):
-        raise ConfigError(f"sweep.{key}: {kind} draws numbers with fractions; give whole numbers "
-                          "as a list or {choice: [...]}")
-    for bound in args:  # a range is convex: its bounds in range, every draw is
-        _checked_value(base, key, bound, f"{kind} bound")
-    return {kind: args}
-
-
-def _check_sweep(base: Config, raw) -> dict[str, list | dict]:
-    """The sweep with every value (or bound) checked and converted as an override of `base`."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, got {short(raw)}")
-    if base.sweep_samples > 1 and not has_distributions(raw):
-        raise ConfigError(f"sweep_samples: {base.sweep_samples} draws of the sweep's distributions, "
-                          "but sweep: has none ({uniform: [a, b]}, {loguniform: ...}, {choice: ...})")
-    known = base.flat()
-    base = base.without_sweep()  # each value is checked as a setting of one run
-    grid = {}
-    for key, values in raw.items():
-        if key not in known:
-            same_section = [k for k in known if k.split(".")[0] == str(key).split(".")[0]]
-            close = difflib.get_close_matches(str(key), same_section or list(known), n=1, cutoff=0.5)
-            hint = f" (did you mean sweep.{close[0]}?)" if close else ""
-            raise ConfigError(f"sweep.{str(key)[:60]}: unknown key{hint}")
-        if key in NOT_SWEPT:
-            raise ConfigError(f"sweep.{key}: cannot be swept (a sweep's runs share one "
-                              "experiment, tracking store and Ray cluster)")
-        if is_distribution(values):
-            grid[key] = _check_distribution(base, key, values)
-            continue
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values (or a distribution), "
-                              f"got {short(values)}")
-        grid[key] = [_checked_value(base, key, value) for value in values]
-    return grid
-
-
 def from_dict(raw: dict) -> Config:
     """A validated Config from a plain mapping (a parsed YAML file)."""
     sweep = None
     if isinstance(raw, dict) and "sweep" in raw:
         raw = dict(raw)
         sweep = raw.pop("sweep")
-    cfg = _validate(_section(Config, raw, ""))
+    cfg = _validate(read_section(Config, raw, ""))
     return dataclasses.replace(cfg, sweep=_check_sweep(cfg, sweep))
+
+
+def _check_sweep(base: Config, raw) -> dict[str, list | dict]:
+    """The sweep with every value checked as an override of one run of `base`."""
+    one_run = base.without_sweep()
+    return check_sweep(raw, base.flat(), base.sweep_samples,
+                       lambda key, value: one_run.with_overrides({key: value}).flat()[key])

@@ -72,11 +72,11 @@ def reduce_sums(sums: list[ShardSums], out: np.ndarray) -> tuple[int, float]:
     return n, loss_sum
 
 
-def evaluate(pool: WorkerPool, theta: np.ndarray) -> tuple[float | None, float | None]:
+def evaluate(pool: WorkerPool, theta: np.ndarray, should_stop=None) -> tuple[float | None, float | None]:
     """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
     if pool.m_val == 0:
         return None, None  # nothing held out: no round trip to the workers
-    parts = pool.evaluate_sums(theta)
+    parts = pool.evaluate_sums(theta, should_stop=should_stop)
     n = sum(p.n for p in parts)
     if n == 0:
         return None, None
@@ -119,7 +119,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         epoch_loss_sum, compute = carried.epoch_loss_sum, carried.epoch_compute
         for k in range(first_k, plan.steps_per_epoch):
             try:
-                sums = pool.gradient_sums(theta, epoch, k)
+                sums = pool.gradient_sums(theta, epoch, k, should_stop=should_stop)
             except StepAbandoned:  # a stop while a worker did not answer: the step never happened
                 here = Position(epoch, k, result.steps, epoch_loss_sum, time.perf_counter() - t_epoch, compute)
                 _final_checkpoint(checkpointer, theta, optimizer, here)
@@ -149,7 +149,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
         if not np.isfinite(theta).all():
             raise DivergedError(f"weights stopped being finite in epoch {epoch + 1}")
         try:
-            val_loss, val_acc = evaluate(pool, theta)
+            val_loss, val_acc = evaluate(pool, theta, should_stop)
         except StepAbandoned:
             # The epoch's steps are done but not its validation: a checkpoint at the next
             # epoch (whose resume goes on without this epoch's validation metrics), or,

@@ -7,7 +7,9 @@ is C = (1/m) sum_j L). `output_delta` returns delta[L] = dL/dZ[L] per column, al
 unscaled by m, so that the backward sums of Eq. 12 are sums over examples; like
 the activations' backward it may overwrite A, which the caller no longer needs.
 
-Each cost names the output activations it fits (`fits`). Two pairs are fused:
+Each cost names the output activations it fits (`fits`) and how its targets are
+encoded (`encoding`: "one_hot" class labels, "binary" 0/1 columns, "numeric" values;
+workers/data/examples.py builds Y by it). Two pairs are fused:
 sigmoid + binary cross-entropy and softmax + cross-entropy have delta = yhat - y
 exactly, and their loss is computed from the logits Z (log-sum-exp / softplus),
 so no log(0) and no overflow in exp, whatever the logits.
@@ -28,6 +30,7 @@ class MeanSquaredError:
     """L = sum_k (yhat_k - y_k)^2, so dL/dyhat = 2 (yhat - y)."""
 
     fits = ("sigmoid", "tanh", "relu", "leaky_relu", "linear", "softmax")
+    encoding = "numeric"
 
     def loss_sum(self, Y, A, Z):
         diff = A - Y
@@ -43,6 +46,7 @@ class MeanAbsoluteError:
     """L = sum_k |yhat_k - y_k|, so dL/dyhat = sign(yhat - y)."""
 
     fits = MeanSquaredError.fits
+    encoding = "numeric"
 
     def loss_sum(self, Y, A, Z):
         return _sum64(np.abs(A - Y))
@@ -61,6 +65,7 @@ class BinaryCrossEntropy:
     """
 
     fits = ("sigmoid",)
+    encoding = "binary"
 
     def loss_sum(self, Y, A, Z):
         # softplus(-|z|) = -log sigmoid(|z|) = -log max(A, 1 - A): one log of a
@@ -87,6 +92,7 @@ class CrossEntropy:
     """
 
     fits = ("softmax",)
+    encoding = "one_hot"
 
     def loss_sum(self, Y, A, Z):
         shifted = Z - Z.max(axis=0, keepdims=True)
@@ -106,3 +112,4 @@ COSTS = {
     "binary_cross_entropy": BinaryCrossEntropy(),
     "cross_entropy": CrossEntropy(),
 }
+ENCODINGS = tuple(dict.fromkeys(cost.encoding for cost in COSTS.values()))  # every target encoding

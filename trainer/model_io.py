@@ -25,11 +25,12 @@ import numpy as np
 from trainer import __version__
 from trainer.errors import InputError, RunError
 from trainer.activations import ACTIVATIONS
-from trainer.costs import COSTS
+from trainer.costs import COSTS, ENCODINGS
 from trainer.network import NetworkSpec
 
 FORMAT = "rayprop-mlp"
-ENCODINGS = ("one_hot", "binary", "numeric")  # how targets are encoded (workers/data/examples.py)
+# A trained run's folder: the network (save_model) and the run's summary, written last.
+MODEL_FILES = ("model.npz", "model.json", "summary.json")
 MAX_JSON_BYTES = 16 * 2**20  # model.json holds a spec and column names: far below this
 
 

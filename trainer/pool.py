@@ -64,10 +64,12 @@ class WorkerPool(Protocol):
     def m_val(self) -> int:
         """Validation examples across all shards."""
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
-        """Each worker's sums for batch k of `epoch` at parameters theta, in rank order."""
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+        """Each worker's sums for batch k of `epoch` at parameters theta, in rank order.
+        `should_stop()`: the job's stop request (None: none), which a pool that waits
+        for workers looks at while it waits (StepAbandoned)."""
 
-    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+    def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         """Each worker's sums over its validation rows, in rank order."""
 
     def close(self) -> None: ...

@@ -41,10 +41,11 @@ class LocalPool:
     def m_val(self) -> int:
         return sum(w.n_val for w in self.workers)
 
-    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> list[ShardSums]:
+    def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
+        # In-process calls never wait for another process: nothing to give up on a stop.
         return [w.gradient_sums(theta, epoch, k) for w in self.workers]
 
-    def evaluate_sums(self, theta: np.ndarray) -> list[EvalSums]:
+    def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         return [w.evaluate_sums(theta) for w in self.workers]
 
     def close(self) -> None:

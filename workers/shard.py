@@ -24,7 +24,8 @@ from trainer.pool import EvalSums, ShardSums
 if TYPE_CHECKING:
     from workers.data.examples import Schema
 
-EVAL_CHUNK = 4096  # validation forward passes run in chunks of this many columns
+EVAL_CHUNK = 4096  # evaluation forward passes (validation, `rayprop evaluate` and `predict`) run
+# in chunks of this many examples
 
 
 class ShardWorker:
@@ -83,16 +84,25 @@ class ShardWorker:
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         """Loss and correct-prediction sums over this worker's validation rows."""
-        cost = COSTS[self.spec.cost]
-        loss_sum, correct, count = 0.0, 0, 0
-        ws = Workspace(self.spec, min(EVAL_CHUNK, max(self.n_val, 1)))
-        for a in range(0, self.n_val, EVAL_CHUNK):
-            X, Y = self.X_val[a : a + EVAL_CHUNK], self.Y_val[:, a : a + EVAL_CHUNK]
-            ZL, AL = forward(self.spec, theta, X, ws)
-            loss_sum += cost.loss_sum(Y, AL, ZL)
-            c, n = count_correct(AL, Y, self.encoding)
-            correct, count = correct + c, count + n
+        chunks = ((self.X_val[a : a + EVAL_CHUNK], self.Y_val[:, a : a + EVAL_CHUNK])
+                  for a in range(0, self.n_val, EVAL_CHUNK))
+        loss_sum, correct, count = eval_sums(self.spec, theta, self.encoding, chunks, min(EVAL_CHUNK, self.n_val))
         return EvalSums(loss_sum, correct, count, self.n_val)
+
+
+def eval_sums(spec: NetworkSpec, theta: np.ndarray, encoding: str, chunks, width: int) -> tuple[float, int, int]:
+    """(loss sum, correct predictions, predictions) over `chunks` of examples, each
+    (X rows, Y columns) of at most `width` examples: a worker's validation rows, and
+    `rayprop evaluate`'s whole source (experiments/cli/commands.py)."""
+    cost = COSTS[spec.cost]
+    loss_sum, correct, count = 0.0, 0, 0
+    ws = Workspace(spec, max(width, 1))
+    for X, Y in chunks:
+        ZL, AL = forward(spec, theta, X, ws)
+        loss_sum += cost.loss_sum(Y, AL, ZL)
+        c, n = count_correct(AL, Y, encoding)
+        correct, count = correct + c, count + n
+    return loss_sum, correct, count
 
 
 def count_correct(AL: np.ndarray, Y: np.ndarray, encoding: str) -> tuple[int, int]:

@@ -17,7 +17,9 @@ import ray
 from trainer.errors import DataChangedError, InputError
 from trainer.pool import EvalSums, ShardSums
 from workers.data.storage_env import storage_variables
-from workers.node_plane import OP_EVAL, OP_STEP, PlaneHost, PlanePeer
+from workers.node_plane import OP_EVAL, OP_STEP
+from workers.plane_host import PlaneHost
+from workers.plane_peer import PlanePeer
 from workers.shard import ShardTask
 
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from experiments import configs as example_configs
-from experiments.cli.rayprop import EXIT_UNDELIVERED
+from experiments.cli.exit_codes import EXIT_UNDELIVERED
 from experiments.jobs import training
 from experiments.jobs.configfile import load_config, parse_grid
-from experiments.jobs.output_folder import OutputClaim
+from experiments.jobs.output_folder import OutputClaim, check_writable_dir, default_output
 from experiments.jobs.progress import print_summary
 from experiments.tracking import stores
-from trainer.costs import COSTS
 from trainer.errors import ConfigError, InputError, RunError
 from trainer.gradcheck import DEFAULT_TOLERANCE, gradcheck as check_gradients
 from trainer.model_io import load_model
@@ -32,9 +31,7 @@ from trainer.network import Workspace, forward
 from workers.data.examples import Schema, load_examples, resolve_schema
 from workers.data.locations import is_uri
 from workers.data.sources import open_source
-from workers.shard import count_correct
-
-CHUNK = 8192  # rows per chunk when evaluating or predicting a whole source
+from workers.shard import EVAL_CHUNK, eval_sums
 
 
 def _config(args):
@@ -81,7 +78,7 @@ def train(args) -> int | None:
 
 
 def sweep(args) -> None:
-    from experiments.sweeps import sweep as sweeps
+    from experiments.sweeps import results as sweep_results, sweep as sweeps
     from experiments.sweeps.early_stopping import milestones
 
     cfg = _config(args)
@@ -95,7 +92,7 @@ def sweep(args) -> None:
         try:
             children.append((combo, training.prepare(base.with_overrides(combo), args.init_from)))
         except InputError as e:
-            raise InputError(f"sweep combination {sweeps.label(combo)}: {e}") from None
+            raise InputError(f"sweep combination {sweep_results.label(combo)}: {e}") from None
     if cfg.sweep_scheduler == "asha" and not any(
             milestones(cfg.sweep_grace_epochs, cfg.sweep_reduction_factor, job.cfg.train.epochs)
             for _, job in children):
@@ -103,7 +100,7 @@ def sweep(args) -> None:
                          f"before the last epoch (train.epochs); lower it or train longer")
     if args.output and is_uri(args.output):  # its trials' folders are claimed by lock (output_folder.py)
         raise InputError(f"--output {args.output}: a sweep writes to a local folder; a URI is for rayprop train")
-    uri = training.tracking_uri(args.tracking_uri, cfg)
+    uri = stores.choose(args.tracking_uri, cfg.tracking.uri)
     resume = None
     if args.resume:  # a stopped or killed sweep goes on (experiments/sweeps/sweep_resume.py)
         from experiments.sweeps.sweep_resume import plan
@@ -114,15 +111,15 @@ def sweep(args) -> None:
         resume = plan(uri, args.resume, cfg, children, sweeps.parent_params(cfg), args.output, sweeps.run_dir)
         out_root = resume.out_root
     else:
-        out_root = Path(args.output).expanduser() if args.output else training.default_output(cfg, "sweep")
-    training.check_writable_dir(out_root, "--output")
+        out_root = Path(args.output).expanduser() if args.output else default_output(cfg, "sweep")
+    check_writable_dir(out_root, "--output")
     for i in range(len(children)):  # each new run's folder must be free (one run per folder)
         if resume is None or (i not in resume.kept and i not in resume.resumed):
             OutputClaim(sweeps.run_dir(out_root, i)).check()
     try:
         results = sweeps.run(cfg, children, out_root, uri, _options(args), args.concurrency, resume)
     except sweeps.SweepStopped as e:
-        print(sweeps.table(e.results))
+        print(sweep_results.table(e.results))
         from experiments.jobs.resume import where_flags
 
         e.hint = "continue the sweep with: " + shlex.join([
@@ -130,10 +127,10 @@ def sweep(args) -> None:
             *[w for g in args.grid for w in ("--grid", g)], "--output", str(e.out_root),
             "--resume", e.parent_run_id, *where_flags(uri, args.local, args.address)])
         raise
-    print(sweeps.table(results))
+    print(sweep_results.table(results))
     print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "
           f"{out_root / 'sweep.json'}", file=sys.stderr)
-    if sweeps.best(results) is None:
+    if sweep_results.best(results) is None:
         raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")
 
 
@@ -260,17 +257,14 @@ def _model_and_source(args, need_targets: bool):
 
 def evaluate(args) -> None:
     spec, theta, meta, source, schema = _model_and_source(args, need_targets=True)
-    cost = COSTS[spec.cost]
-    ws = Workspace(spec, min(CHUNK, source.num_rows))
-    loss_sum, correct, count = 0.0, 0, 0
-    for lo in range(0, source.num_rows, CHUNK):
-        hi = min(lo + CHUNK, source.num_rows)
-        X, Y = load_examples(source, schema, lo, hi, spec.dtype)
-        Yc = np.ascontiguousarray(Y.T)
-        ZL, AL = forward(spec, theta, X, ws)
-        loss_sum += cost.loss_sum(Yc, AL, ZL)
-        c, k = count_correct(AL, Yc, schema.encoding)
-        correct, count = correct + c, count + k
+    n = source.num_rows
+
+    def chunks():  # the source is read a chunk at a time, never whole
+        for lo in range(0, n, EVAL_CHUNK):
+            X, Y = load_examples(source, schema, lo, min(lo + EVAL_CHUNK, n), spec.dtype)
+            yield X, np.ascontiguousarray(Y.T)
+
+    loss_sum, correct, count = eval_sums(spec, theta, schema.encoding, chunks(), min(EVAL_CHUNK, n))
     result = {"model": str(args.model), "data": source.name, "rows": source.num_rows,
               "cost": spec.cost, "loss": loss_sum / source.num_rows}
     if count:
@@ -305,10 +299,10 @@ def predict(args) -> None:
             raise InputError(f"--output: directory {out.parent} does not exist")
         if out.is_dir():
             raise InputError(f"--output: {out} is a directory")
-    ws = Workspace(spec, min(CHUNK, source.num_rows))
+    ws = Workspace(spec, min(EVAL_CHUNK, source.num_rows))
     tables = []
-    for lo in range(0, source.num_rows, CHUNK):
-        hi = min(lo + CHUNK, source.num_rows)
+    for lo in range(0, source.num_rows, EVAL_CHUNK):
+        hi = min(lo + EVAL_CHUNK, source.num_rows)
         X, _ = load_examples(source, schema, lo, hi, spec.dtype)
         _, AL = forward(spec, theta, X, ws)
         tables.append(pa.table(_prediction_columns(spec, meta, AL.copy())))

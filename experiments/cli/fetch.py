@@ -17,14 +17,13 @@ import re
 import tempfile
 from pathlib import Path
 
-from experiments.jobs.output_folder import owner_of, say_moved, siblings
-from experiments.jobs.training import check_writable_dir
+from experiments.jobs.output_folder import check_writable_dir, owner_of, say_moved, siblings
 from experiments.tracking import stores
+from experiments.tracking.tags import SUBMISSION_TAG
 from trainer.errors import InputError, RunError, one_line
+from trainer.model_io import MODEL_FILES
 from workers.data.locations import is_uri
 
-MODEL_FILES = ("model.npz", "model.json", "summary.json")  # as run_artifacts.MODEL_FILES
-SUBMISSION_TAG = "rayprop.submission_id"  # on the run of a job `rayprop submit` sent: its job id
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -1,8 +1,9 @@
 """The `rayprop` command line.
 
-Exit codes (README, "Exit codes"), mapped here and nowhere else from the kind of
-error (trainer/errors.py): 0 done; 2 bad input, with one line on stderr naming the
-field, file or value and nothing written; 1 failure while running; 130 stopped.
+Exit codes (README, "Exit codes"; their numbers in exit_codes.py), mapped here and
+nowhere else from the kind of error (trainer/errors.py): 0 done; 2 bad input, with one
+line on stderr naming the field, file or value and nothing written; 1 failure while
+running; 130 stopped.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import signal
 import sys
 import threading
 
+from experiments.cli.exit_codes import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PIPE_CLOSED,
+                                        EXIT_STOPPED)
 from trainer import __version__
 from trainer.config import MAX_WORKERS
 from trainer.errors import InputError, RunError, Stopped, describe
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
-EXIT_UNDELIVERED = 3  # trained and the files written, but the tracking store did not get everything
-EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `cat` when `| head` stops reading
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,13 +26,15 @@ import itertools
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from trainer.checkpoint import checkpoint_files, run_of
+from trainer.config import Config
 from trainer.errors import InputError
+from trainer.model_io import MODEL_FILES, probe_write
 
 OWNER_FILE = ".rayprop-run"
-MODEL_FILES = ("model.npz", "model.json", "summary.json")
 
 
 def _read_owner(text: str) -> dict:
@@ -195,3 +197,25 @@ class OutputClaim:
             os.close(self._fd)  # releases the lock
             self._fd = None
         return False
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """InputError now, rather than a failure after training, if `path` cannot become a directory."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what}: {path} exists and is not a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what}: {parent} is not a directory, so {path} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: no permission to write in {parent}")
+    try:  # root passes os.access everywhere; /proc, a read-only or full disk refuse a real write
+        probe_write(parent)
+    except OSError as e:
+        raise InputError(f"{what}: cannot write in {parent} ({e.strerror})") from None
+
+
+def default_output(cfg: Config, kind: str = "") -> Path:
+    """runs/EXPERIMENT-TIMESTAMP (kind "sweep": runs/EXPERIMENT-sweep-TIMESTAMP)."""
+    return Path("runs") / f"{cfg.experiment}{'-' + kind if kind else ''}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -29,9 +29,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from experiments.jobs.output_folder import MODEL_FILES, OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
+from experiments.jobs.output_folder import OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
 from trainer.checkpoint import KEEP, PREFIX, SUFFIX, run_of
 from trainer.errors import InputError, RunError
+from trainer.model_io import MODEL_FILES
 from workers.data.locations import explain
 from workers.data.output_store import OutputStore
 

@@ -38,7 +38,6 @@ class RemotePool:
 
         self._ray = ray
         self.actor = start_coordinator()
-        self.should_stop = lambda: False
         try:
             facts = self._get(self.actor.open.remote(task, cluster, workers, max_failures))
         except BaseException:
@@ -57,7 +56,7 @@ class RemotePool:
             why = one_line(ANSI.sub("", str(e)), 160)  # Ray colours the actor's name
             raise WorkerLostError(f"the job's coordinator in the cluster was lost ({why})") from None
 
-    def gradient_sums(self, theta, epoch, k):
+    def gradient_sums(self, theta, epoch, k, should_stop=None):
         raise NotImplementedError("a Ray Client job's steps are taken in the cluster: use coordinate()")
 
     evaluate_sums = gradient_sums

@@ -18,22 +18,19 @@ Everything here is a check that can fail on bad input, so it runs before trainin
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from experiments.tracking import stores
+from experiments.tracking.tags import OUTPUT_TAG, SOURCE_TAG, STOPPED_EARLY_TAG
 from trainer.checkpoint import Checkpoint, check_resumable, latest_checkpoint
 from trainer.errors import InputError
 from trainer.optimizers import make_optimizer
 from workers.data.locations import explain, is_uri
 
-OUTPUT_TAG = "rayprop.output"
-SWEEP_OUTPUT_TAG = "rayprop.sweep.output"  # a sweep's parent: its DIR, absolute (sweep --resume)
-SOURCE_TAG = "rayprop.data.source"  # where the run read its data (a local file: its absolute path)
-# A sweep trial that early stopping ended: FINISHED, and its checkpoint may go on.
-STOPPED_EARLY_TAG, STOPPED_AT_TAG = "rayprop.stopped_early", "rayprop.stopped_at_epoch"
 # Settings that do not change the trained weights (DESIGN section 2): free to differ.
 FREE_PREFIXES = ("cluster.", "tracking.")
 FREE_KEYS = {"experiment", "train.output", "train.checkpoint_every", "train.checkpoint_seconds",
@@ -108,7 +105,7 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     out = run.data.tags.get(OUTPUT_TAG)
     if not out:
         raise InputError(f"--resume {run_id}: not a rayprop training run (no {OUTPUT_TAG} tag)")
-    from experiments.tracking.run import run_params
+    from experiments.tracking.params import run_params
 
     here, logged = run_params(job.resolved_cfg), dict(run.data.params)
     if here.get("data.source") == run.data.tags.get(SOURCE_TAG):  # the file the run read, named absolutely
@@ -157,3 +154,34 @@ def find_checkpoint(uri: str, run_id: str, job, required: bool = True) -> tuple[
     except ValueError as e:
         raise InputError(f"--resume {run_id}: checkpoint {e}") from None
     return ckpt, out, run.info.experiment_id
+
+
+def mark_resumed(run) -> None:
+    """A sweep trial that early stopping ended goes on: it is no longer stopped."""
+    if run.client.get_run(run.run_id).data.tags.get(STOPPED_EARLY_TAG) == "true":
+        run.set_tags({STOPPED_EARLY_TAG: "resumed"})
+
+
+def deliver_only(job, run_id: str, experiment_id: str, claim) -> tuple[dict, str, str | None]:
+    """--resume of a run whose training is complete (the tracking store died at its end):
+    send the store what it missed (kept metric points, model artifacts) and end the run."""
+    from experiments.jobs.interrupts import StopFlag
+    from experiments.tracking import run as tracking
+    from experiments.tracking.run_artifacts import log_outputs
+
+    with claim:  # for a URI, its files are copied to the staging folder
+        out_dir = claim.out_dir
+        try:
+            summary = json.loads((out_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("run_id") != run_id:
+            raise InputError(f"--resume {run_id}: its training is complete but {claim.name}/summary.json "
+                             "is not this run's; nothing to resume")
+        print(f"rayprop: run {run_id} finished training; sending the tracking store what it missed",
+              file=sys.stderr)
+        with StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=run_id,
+                                                     out_dir=out_dir, stop=stop) as run:
+            run.deliver("model artifacts",
+                        lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
+    return summary, claim.name, run.report

@@ -18,13 +18,12 @@ import typing
 from typing import Literal, Union
 
 from experiments.jobs.configfile import parse_override
-from experiments.jobs.resume import SOURCE_TAG
 from experiments.tracking import stores
+from experiments.tracking.tags import SOURCE_TAG, SWEEP_TAG
 from trainer.config import Config, from_dict, set_dotted
 from trainer.errors import ConfigError, InputError
 
 REDACTED = "***@"  # what cluster/auth.py redact() leaves in place of user:password@
-SWEEP_TAG = "rayprop.sweep"
 
 
 def _keys() -> dict[str, object]:
@@ -81,7 +80,7 @@ def from_params(run_id: str, params: dict[str, str], tags: dict[str, str], uri: 
                 overrides: list[str]) -> Config:
     """The run's config: its params read back, tracking.uri the store it is in, then
     `--set` overrides. InputError naming the key when a value is not there whole."""
-    from experiments.tracking.run import SECRET_KEY
+    from experiments.tracking.params import SECRET_KEY
 
     if tags.get(SWEEP_TAG) == "parent":
         raise InputError(f"--resume {run_id}: is a sweep's parent run; continue the sweep with "

@@ -20,25 +20,24 @@ final training loss when nothing is held out; failed trials rank last, never bes
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.jobs import training
+from experiments.jobs import pools
+from experiments.jobs.fit import fit
+from experiments.jobs.job import Job, Options
 from experiments.jobs.output_folder import OutputClaim
 from experiments.jobs.progress import ProgressBar
-from experiments.jobs.resume import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG
-from experiments.jobs.training import Job
 from experiments.sweeps.in_order import run_in_order
+from experiments.sweeps.results import Result, label, record_best, short_keys, shown, write_results
 from experiments.tracking import stores
+from experiments.tracking.tags import STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG, SWEEP_TAG
 from trainer import __version__
 from trainer.config import Config
 from trainer.coordinator import TrainingStopped
 from trainer.errors import InputError, RunError, Stopped, describe, one_line
-from trainer.model_io import write_json
 from trainer.search_space import trials as draw_trials
 
 
@@ -46,75 +45,6 @@ from trainer.search_space import trials as draw_trials
 def trials(cfg: Config) -> list[dict[str, object]]:
     """[{key: value, ...}] for every trial of the config's sweep, in the sweep's order."""
     return draw_trials(cfg.sweep, cfg.sweep_samples, cfg.sweep_draw_seed)
-
-
-def short_keys(keys: list[str]) -> dict[str, str]:
-    """'train.learning_rate' -> 'learning_rate', unless two keys would then look the same."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
-
-
-def label(combo: dict[str, object]) -> str:
-    """The run name of a trial: 'learning_rate=0.01 layers=[2, 32, 3]' (drawn floats to 4 digits)."""
-    names = short_keys(list(combo))
-    return " ".join(f"{names[k]}={format(v, '.4g') if isinstance(v, float) else v}" for k, v in combo.items())
-
-
-@dataclass
-class Result:
-    combo: dict[str, object]
-    run_id: str = ""
-    status: str = "NOT STARTED"  # then the run's: FINISHED, FAILED, KILLED (Ctrl-C)
-    summary: dict = field(default_factory=dict)
-    error: str = ""
-    stopped_at: int | None = None  # the epoch early stopping ended it at
-
-    @property
-    def state(self) -> str:
-        """The table's status: the run's, and why it is not FINISHED (or stopped early)."""
-        if self.status == "FINISHED":
-            return self.status if self.stopped_at is None else f"FINISHED (stopped early, epoch {self.stopped_at})"
-        return f"{self.status} ({self.error})" if self.error else self.status
-
-    @property
-    def score(self) -> float:
-        """What the ranking minimizes: val_loss, else final_loss; inf for a failed run."""
-        if self.status != "FINISHED":
-            return math.inf
-        value = self.summary.get("val_loss")
-        return value if value is not None else self.summary.get("final_loss", math.inf)
-
-
-def ranked(results: list[Result]) -> list[Result]:
-    return sorted(results, key=lambda r: r.score)  # stable: ties keep the grid's order
-
-
-def best(results: list[Result]) -> Result | None:
-    top = ranked(results)
-    return top[0] if top and top[0].status == "FINISHED" else None
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def table(results: list[Result]) -> str:
-    """The results, best first, as aligned text columns."""
-    keys = list(results[0].combo) if results else []
-    names = short_keys(keys)
-    head = ["rank", *(names[k] for k in keys), "val_loss", "val_accuracy", "final_loss", "status", "run_id"]
-    rows = []
-    for i, r in enumerate(ranked(results), start=1):
-        s = r.summary
-        rows.append([str(i), *(str(r.combo[k]) for k in keys), _num(s.get("val_loss"), ".4g"),
-                     _num(s.get("val_accuracy"), ".1%"), _num(s.get("final_loss"), ".4g"),
-                     r.state, r.run_id])
-    widths = [max(len(row[j]) for row in [head, *rows]) for j in range(len(head) - 1)]
-    lines = []
-    for row in [head, *rows]:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    return "\n".join(line.rstrip() for line in lines)
-
 
 
 def run_dir(out_root: Path, i: int) -> Path:
@@ -165,15 +95,15 @@ def _at_once(cap: int | None, count: int, local: bool, cpus_per_trial: int) -> i
 
 def parent_params(cfg: Config) -> dict[str, str]:
     """What the parent run logs: the base config, the sweep's axes and its settings."""
-    from experiments.tracking import run as tracking
+    from experiments.tracking.params import run_params
 
-    return {**tracking.run_params(cfg.without_sweep()),
+    return {**run_params(cfg.without_sweep()),
             **{f"sweep.{k}": str(v) for k, v in cfg.sweep.items()},
             **{k: str(v) for k, v in cfg.sweep_settings().items()}}
 
 
 def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
-        opts: training.Options, concurrency: int | None = None, resume=None) -> list[Result]:
+        opts: Options, concurrency: int | None = None, resume=None) -> list[Result]:
     """Train the prepared `children` (trials in the sweep's order) as child runs of one
     parent run, side by side (module doc). A child that fails while running (diverged,
     workers lost) ends FAILED with its one line and the sweep goes on. Raises
@@ -202,8 +132,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             # A local Ray started for the sweep gets the CPUs of `cap` trials at once;
             # a cluster has what it has, and must hold one trial.
             need = max(cpus) * ((cap or 1) if address is None else 1)
-            conn = training.connect_ray(address, need, stack)
-            where, kind = training.where(conn), conn.kind
+            conn = pools.connect_ray(address, need, stack)
+            where, kind = pools.where(conn), conn.kind
         at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
 
         def reserve(i: int, give_up=lambda: False):
@@ -218,7 +148,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
         first_slot = reserve(first) if todo else _InProcess()
         stack.callback(first_slot.release)
-        first_pool = [training.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
+        first_pool = [pools.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
             if todo else []
         stack.callback(lambda: first_pool and first_pool[0].close())
         if resume is None:
@@ -233,7 +163,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         parent = stack.enter_context(tracking.TrackedRun(
             experiment_id, run_name=f"sweep: {axes} ({len(children)} runs)", stop=stop,
             resume_run_id=resume.parent_id if resume is not None else None,
-            tags={"rayprop.sweep": "parent", "rayprop.version": __version__,
+            tags={SWEEP_TAG: "parent", "rayprop.version": __version__,
                   "rayprop.sweep.concurrency": at_once}))
         root.record(parent.run_id)
         if resume is None:
@@ -255,7 +185,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             pool = first_pool.pop() if i == first else None
             try:
                 if pool is None:
-                    pool = training.open_pool(job, counts[i], local, slot.strategy)
+                    pool = pools.open_pool(job, counts[i], local, slot.strategy)
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
                              quiet=opts.quiet or at_once > 1,  # bars side by side would garble
@@ -274,11 +204,11 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
 
         run_in_order(len(todo), at_once, lambda k: first_slot if k == 0 else reserve(todo[k], stop),
                      lambda k, slot: work(todo[k], slot), stop)
-        _record_best(parent, results)
+        record_best(parent, results)
         if stop():
-            _write_results(out_root, parent.run_id, results)
+            write_results(out_root, parent.run_id, results)
             raise SweepStopped(results, parent.run_id, out_root)
-    _write_results(out_root, parent.run_id, results)
+    write_results(out_root, parent.run_id, results)
     return results
 
 
@@ -291,12 +221,12 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
 
     child_id, ckpt = resumed or (None, None)
     name = f"run {i + 1}/{count} {label(combo)}"
-    print(f"rayprop sweep: {name}: {training.describe(job, pool, where)}", file=sys.stderr)
+    print(f"rayprop sweep: {name}: {pools.describe(job, pool, where)}", file=sys.stderr)
     bar = ProgressBar(job.cfg.train.epochs, job.plan.steps_per_epoch, quiet)
     try:
         with OutputClaim(out_dir, child_id) as claim, \
                 tracking.TrackedRun(experiment_id, run_name=label(combo), nested=True,
-                                    parent_run_id=parent_run_id, tags={"rayprop.sweep": "child"},
+                                    parent_run_id=parent_run_id, tags={SWEEP_TAG: "child"},
                                     out_dir=out_dir, stop=stop, resume_run_id=child_id) as run:
             claim.record(run.run_id)
             result.run_id = run.run_id
@@ -309,10 +239,10 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
             if done is not None:  # killed while its model went to the store: send it, end the run
                 from experiments.tracking.run_artifacts import log_outputs
 
-                run.deliver("model artifacts", lambda: log_outputs(job, out_dir, job.resolved_cfg))
+                run.deliver("model artifacts", lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
                 result.summary = done
             else:
-                result.summary = training.fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
+                result.summary = fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
                                               should_stop=stop, end_early=end_early)
             result.stopped_at = result.summary.get("stopped_early_at_epoch")
             if result.stopped_at is not None:
@@ -323,7 +253,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
         s = result.summary
         how = "finished" if result.stopped_at is None else f"stopped early after epoch {result.stopped_at}"
         score = f"val_loss {s['val_loss']:.4g}" if s.get("val_loss") is not None else \
-            f"final_loss {_num(s.get('final_loss'), '.4g')}"
+            f"final_loss {shown(s.get('final_loss'), '.4g')}"
         print(f"rayprop sweep: {name}: {how}, {score}", file=sys.stderr)
     except TrainingStopped as e:  # Ctrl-C: the run has ended KILLED after a whole step
         result.status, result.error = "KILLED", "stopped"
@@ -347,23 +277,3 @@ def _trained(out_dir: Path, run_id: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("run_id") == run_id else None
-
-
-def _write_results(out_root: Path, parent_run_id: str, results: list[Result]) -> None:
-    write_json(out_root / "sweep.json", {
-        "parent_run_id": parent_run_id, "best_run_id": getattr(best(results), "run_id", None),
-        "runs": [{"run_id": r.run_id or None, "params": r.combo, "status": r.status,
-                  "error": r.error or None, "stopped_early_at_epoch": r.stopped_at,
-                  **{k: r.summary.get(k) for k in ("val_loss", "val_accuracy", "final_loss")}}
-                 for r in ranked(results)]})
-
-
-def _record_best(parent, results: list[Result]) -> None:
-    """The parent run shows the best child: its id as a tag, its numbers as the parent's."""
-    top = best(results)
-    if top is None:
-        return
-    parent.set_tags({"best_run_id": top.run_id, "best_run_name": label(top.combo)})
-    for key in ("val_loss", "val_accuracy", "final_loss"):
-        if top.summary.get(key) is not None:
-            parent.client.log_metric(parent.run_id, key, top.summary[key])

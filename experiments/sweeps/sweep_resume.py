@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.jobs.output_folder import OWNER_FILE, OutputClaim
-from experiments.jobs.resume import (FREE_KEYS, FREE_PREFIXES, OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG,
-                                SWEEP_OUTPUT_TAG, check_same_config, find_checkpoint, open_run)
+from experiments.jobs.resume import FREE_KEYS, FREE_PREFIXES, check_same_config, find_checkpoint, open_run
+from experiments.tracking.tags import OUTPUT_TAG, STOPPED_AT_TAG, STOPPED_EARLY_TAG, SWEEP_OUTPUT_TAG, SWEEP_TAG
 from trainer.checkpoint import Checkpoint
 from trainer.config import Config
 from trainer.errors import InputError
@@ -34,7 +34,7 @@ class Plan:
     parent_id: str
     experiment_id: str
     out_root: Path
-    kept: dict = field(default_factory=dict)  # trial index -> sweep.Result, as it ended
+    kept: dict = field(default_factory=dict)  # trial index -> results.Result, as it ended
     resumed: dict[int, tuple[str, Checkpoint | None]] = field(default_factory=dict)  # -> (child run, checkpoint)
 
 
@@ -68,11 +68,11 @@ def plan(uri: str, parent_id: str, cfg: Config, children: list, params: dict[str
     """What to do with each trial of sweep `parent_id` (InputError if it cannot go on).
     children: the prepared (combo, Job) of every trial; params: what this config's parent
     run would log; output: --output as given; run_dir(out_root, i): trial i's folder."""
-    from experiments.sweeps.sweep import Result
-    from experiments.tracking.run import run_params
+    from experiments.sweeps.results import Result
+    from experiments.tracking.params import run_params
 
     client, parent = open_run(uri, parent_id)
-    if parent.data.tags.get("rayprop.sweep") != "parent":
+    if parent.data.tags.get(SWEEP_TAG) != "parent":
         raise InputError(f"--resume {parent_id}: not a sweep's parent run (continue a training run "
                          f"with rayprop train --resume {parent_id})")
     if parent.info.status == "FINISHED":

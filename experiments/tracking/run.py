@@ -6,10 +6,12 @@ the inputs have been checked.
 
 - `TrackedRun` starts a run and always ends it: FINISHED, FAILED on an error
   (the error's first line in the tag `rayprop.error`), KILLED on Ctrl-C or SIGTERM.
-- `MetricLogger` is the coordinator listener: every step's `loss` and each epoch's
-  metrics go into a buffer handed every FLUSH_SECONDS to an outbox whose thread
-  passes them to `log_batch` (experiments/tracking/outbox.py), so the training loop never
-  waits for the store, even a store that died.
+- `MetricLogger` (tracking/metrics.py) is the coordinator listener: every step's `loss`
+  and each epoch's metrics go into a buffer handed every FLUSH_SECONDS to an outbox
+  whose thread passes them to `log_batch` (tracking/outbox.py), so the training loop
+  never waits for the store, even a store that died.
+- The params are the config without its secrets (tracking/params.py); the data set is
+  logged as its description, never its rows (tracking/dataset.py).
 - When the store fails, training goes on; at the end the run says in one line what
   the store did not get and where it is kept (`TrackedRun.undelivered`): metric
   points in DIR/mlflow-undelivered/, the model files in DIR, and whether the run
@@ -19,12 +21,9 @@ the inputs have been checked.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
-import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -40,17 +39,21 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Param, RunTag  # noqa: E402
 
 stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
-from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, Outbox, replay  # noqa: E402
+from experiments.tracking.dataset import dataset_of  # noqa: E402
+from experiments.tracking.metrics import CLOSE_SECONDS, MetricLogger  # noqa: E402
+from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, replay  # noqa: E402
+from experiments.tracking.params import run_params  # noqa: E402
 from experiments.tracking.stores import redact  # noqa: E402
+from experiments.tracking.tags import SOURCE_TAG  # noqa: E402
 from trainer import __version__  # noqa: E402
 from trainer.config import Config  # noqa: E402
 from trainer.coordinator import TrainingStopped  # noqa: E402
 from trainer.errors import InputError, Stopped  # noqa: E402
-from workers.data.sources import Source  # noqa: E402
+from workers.data.source import Source  # noqa: E402
 
 # MLflow's SQL store adds a data set to the experiment by looking it up and then
 # inserting it: two runs of a sweep logging the same data set at once both insert, and
@@ -58,19 +61,7 @@ from workers.data.sources import Source  # noqa: E402
 _DATASETS = threading.Lock()
 
 FINGERPRINT_TAG, FINGERPRINT_ARTIFACT = "rayprop.data_fingerprint", "data_fingerprint.json"
-FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 MAX_PARAMS = 100      # per log_batch call (MLflow's limit)
-CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
-
-# Config keys whose values must never reach a store: credentials go by environment.
-SECRET_KEY = re.compile(r"token|passw|secret|credential|private|apikey|api_key|access_key|(^|_)key$",
-                        re.IGNORECASE)
-
-# Arrow type names (workers.data.sources column_types) -> MLflow column types.
-MLFLOW_TYPES = {"double": "double", "float": "float", "halffloat": "float", "int64": "long",
-                "uint32": "long", "int32": "integer", "int16": "integer", "int8": "integer",
-                "uint16": "integer", "uint8": "integer", "bool": "boolean", "string": "string",
-                "large_string": "string", "binary": "binary"}
 
 # MLflow's INFO lines ("creating tables", "creating experiment", "validating input
 # example") are quieted by stores.quiet_mlflow; rayprop prints where the run went itself.
@@ -90,132 +81,6 @@ def open_experiment(uri: str, name: str) -> str:
     except Exception as e:  # MlflowException, sqlalchemy, requests: any way a store can refuse
         raise InputError(f"tracking URI {redact(uri)}: cannot use experiment {name!r} "
                          f"({first_line(e)[:300]})") from None
-
-
-def _public_items(cfg: Config):
-    """(dotted key, value) of every setting, without secret-looking keys or URL passwords."""
-    for key, value in cfg.flat().items():
-        if SECRET_KEY.search(key.rsplit(".", 1)[-1]):
-            continue
-        yield key, redact(value) if isinstance(value, str) else value
-
-
-def run_params(cfg: Config) -> dict[str, str]:
-    """The flattened config as run params: {'model.layers': '[2, 32, 3]', ...}."""
-    return {key: str(value) for key, value in _public_items(cfg)}
-
-
-def public_config(cfg: Config) -> dict:
-    """The config as nested sections, for the run's config.yaml (same filtering as params)."""
-    tree: dict = {}
-    for key, value in _public_items(cfg):
-        *sections, last = key.split(".")
-        node = tree
-        for name in sections:
-            node = node.setdefault(name, {})
-        node[last] = value
-    return tree
-
-
-def dataset_of(source: Source, columns: list[str]):
-    """An MLflow dataset that describes the source (where, which columns) without its rows.
-
-    The coordinator never holds the whole data set (docs/design.md section 3), so this is a
-    MetaDataset: source and schema only. Its digest hashes metadata only (`digest_of`):
-    a URI's source is the URI (S3, GCS, ... as MLflow names them).
-    """
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.types import ColSpec, Schema
-
-    info = source.describe()
-    if info["kind"] == "builtin":
-        where = CodeDatasetSource(tags={"rayprop.builtin": source.name})
-    else:
-        try:
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": all say local
-                warnings.simplefilter("ignore")
-                where = resolve_dataset_source(source.name)
-        except Exception:  # a location MLflow has no source type for: still say where it was
-            where = CodeDatasetSource(tags={"rayprop.source": redact(source.name)})
-    types = info["columns"]
-    schema = Schema([ColSpec(MLFLOW_TYPES.get(types[c], "string"), c) for c in columns])
-    name = os.path.basename(source.name.rstrip("/")) or source.name
-    return MetaDataset(where, name=name, digest=digest_of(source, columns), schema=schema)
-
-
-def digest_of(source: Source, columns: list[str]) -> str:
-    """8 hex digits over the source's metadata: where it is, its files' names, sizes and
-    row counts, and the columns used with their types; no data is read to compute it.
-    (A file rewritten with the same size and row count keeps its digest.)"""
-    import hashlib
-    import json
-
-    facts = {"source": redact(source.name), "files": source.fingerprint(),
-             "columns": [[c, source.column_types.get(c)] for c in columns]}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:8]
-
-
-class MetricLogger:
-    """Coordinator listener: buffered, batched metric logging through an Outbox.
-
-    `loss` gets exactly one point per step (step = global step). The epoch metrics
-    are logged at step = the global step at the epoch's end, so they share the
-    x axis of the loss curve. The training thread only appends to a list; every
-    FLUSH_SECONDS the list goes to the outbox, whose thread calls `log_batch`, so
-    a slow or dead store never stalls a step. (MLflow's own `synchronous=False` does
-    the same but its worker polls once a second, which added ~1 s to every run, and
-    it does not keep what a dead store refused.)
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: tuple[int, int] = (0, 0),
-                 spool: Path | None = None):
-        """logged_through: (last `loss` step, last epoch-metric step) the run already
-        holds; a resumed run recomputes those steps but does not log them twice.
-        spool: the local file for points the store has not taken."""
-        self.loss_through, self.epoch_through = logged_through
-        self.step = 0
-        self._buffer: list[Metric] = []
-        self._last_flush = time.monotonic()
-        self.outbox = Outbox(lambda points: client.log_batch(run_id, metrics=points), spool)
-
-    def on_step(self, step: int, epoch: int, loss: float, n: int) -> None:
-        self.step = step
-        if step <= self.loss_through:
-            return
-        self._buffer.append(Metric("loss", float(loss), int(time.time() * 1000), step))
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if self.step <= self.epoch_through:
-            return
-        now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, self.step) for k, v in metrics.items()]
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
-
-    def point(self, key: str, value: float, step: int) -> None:
-        """One point of another metric at `step` (not again for a step a resumed run logged)."""
-        if step > self.loss_through:
-            self._buffer.append(Metric(key, float(value), int(time.time() * 1000), step))
-
-    def flush(self) -> None:
-        self.outbox.put(self._buffer)
-        self._buffer = []
-        self._last_flush = time.monotonic()
-
-    def before_checkpoint(self) -> None:
-        """Every point a checkpoint covers is in the store or in the spool file, so a
-        run resumed from it (even after kill -9) logs each step once. Never waits."""
-        self.flush()
-        self.outbox.keep_locally()
-
-    def close(self, seconds: float = CLOSE_SECONDS) -> int:
-        """Deliver what is left within `seconds`; returns the points kept locally."""
-        self.flush()
-        return self.outbox.close(seconds)
 
 
 class TrackedRun:
@@ -335,7 +200,7 @@ class TrackedRun:
         self.log_params(run_params(cfg))
         self.set_tags({"rayprop.version": __version__, "rayprop.workers": workers,
                        "rayprop.nodes": nodes, "rayprop.ray": ray_kind,
-                       "rayprop.data.source": redact(source.name),
+                       SOURCE_TAG: redact(source.name),
                        "rayprop.data.rows": source.num_rows})
         with _DATASETS:
             mlflow.log_input(dataset_of(source, columns), context="training")

@@ -20,36 +20,36 @@ import pandas as pd
 import yaml
 
 import trainer
-from experiments.jobs.training import Job
 from experiments.tracking import model_signature, plots
-from experiments.tracking.run import public_config
-from trainer.model_io import load_model
-from workers.data.examples import load_examples
+from experiments.tracking.params import public_config
+from trainer.model_io import MODEL_FILES, load_model
+from trainer.network import NetworkSpec
+from workers.data.examples import Schema, load_examples
+from workers.data.source import Source
 
-MODEL_FILES = ("model.npz", "model.json", "summary.json")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE_ROWS = 5     # rows in the model's input example
 PLOT_ROWS = 2000     # rows drawn on the decision-boundary plot
 SLICES = 20          # the plot's rows come from this many slices spread over the source
 
 
-def sample(job: Job, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def sample(source: Source, schema: Schema, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to `rows` examples as (X, Y) rows, read in slices across the source (never all of it)."""
-    n = job.source.num_rows
+    n = source.num_rows
     if n <= rows:
-        return load_examples(job.source, job.schema, 0, n, np.float64)
+        return load_examples(source, schema, 0, n, np.float64)
     per = max(rows // SLICES, 1)
     starts = np.linspace(0, n - per, min(SLICES, rows), dtype=np.int64)
-    parts = [load_examples(job.source, job.schema, int(s), int(s) + per, np.float64) for s in starts]
+    parts = [load_examples(source, schema, int(s), int(s) + per, np.float64) for s in starts]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def log_pyfunc(job: Job, out_dir: Path) -> None:
+def log_pyfunc(source: Source, schema: Schema, out_dir: Path) -> None:
     # The first rows: one read (rows spread over the source, as the plot takes them,
     # made a teacher set draw its stream again for each, 1.5 s for 5 rows).
-    X, _ = load_examples(job.source, job.schema, 0, min(EXAMPLE_ROWS, job.source.num_rows), np.float64)
-    example = pd.DataFrame(X, columns=list(job.schema.features))
-    _, theta, meta = load_model(out_dir)  # the weights as saved
+    X, _ = load_examples(source, schema, 0, min(EXAMPLE_ROWS, source.num_rows), np.float64)
+    example = pd.DataFrame(X, columns=list(schema.features))
+    spec, theta, meta = load_model(out_dir)  # the network as saved
     with tempfile.TemporaryDirectory(prefix="rayprop-model-") as tmp:
         network = Path(tmp) / "network"  # the artifact the model loads: model.npz + model.json
         network.mkdir()
@@ -62,21 +62,23 @@ def log_pyfunc(job: Job, out_dir: Path) -> None:
             mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
                 code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-                signature=model_signature.signature(job.spec, theta, meta, example),
+                signature=model_signature.signature(spec, theta, meta, example),
                 pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
 
 
-def log_outputs(job: Job, out_dir: Path, resolved_cfg) -> None:
-    """Everything a run keeps besides params, tags and metrics (into the active run)."""
+def log_outputs(out_dir: Path, resolved_cfg, source: Source, schema: Schema, spec: NetworkSpec) -> None:
+    """Everything a run keeps besides params, tags and metrics (into the active run):
+    the files in `out_dir`, the config as trained, and the model's input example and
+    plot drawn from the data it trained on."""
     mlflow.log_text(yaml.safe_dump(public_config(resolved_cfg), sort_keys=False), "config.yaml")
     for name in MODEL_FILES:
         mlflow.log_artifact(str(out_dir / name))
-    log_pyfunc(job, out_dir)
-    if job.spec.layers[0] == 2:
-        X, Y = sample(job, PLOT_ROWS)
+    log_pyfunc(source, schema, out_dir)
+    if spec.layers[0] == 2:
+        X, Y = sample(source, schema, PLOT_ROWS)
         _, theta, _ = load_model(out_dir)  # the weights as saved, not a copy in memory
-        fig = plots.decision_boundary(job.spec, theta, X, Y, job.schema.encoding,
-                                      list(job.schema.features), f"{job.cfg.experiment}: decision boundary")
+        fig = plots.decision_boundary(spec, theta, X, Y, schema.encoding,
+                                      list(schema.features), f"{resolved_cfg.experiment}: decision boundary")
         if fig is not None:
             mlflow.log_figure(fig, "decision_boundary.png")
 

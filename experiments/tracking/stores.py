@@ -92,6 +92,14 @@ def resolve_uri(flag: str | None, config_uri: str | None) -> str:
     return flag or os.environ.get(ENV) or config_uri or DEFAULT_URI
 
 
+def choose(flag: str | None, config_uri: str | None) -> str:
+    """The store to use (`resolve_uri`), checked (InputError) without importing MLflow."""
+    uri = resolve_uri(flag, config_uri)
+    check(uri)
+    hide_links_if_secret(uri)
+    return uri
+
+
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 

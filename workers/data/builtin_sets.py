@@ -1,6 +1,6 @@
 """Built-in demo sets, generated in memory when read (never to count or name them).
 
-Each is a source (see `sources.Source`) with feature columns x0..x{n-1} and a label
+Each is a source (see `source.Source`) with feature columns x0..x{n-1} and a label
 column y, rows are examples:
 
 - `xor`            4 rows, n=2, y = x0 xor x1, in the natural order 00, 01, 10, 11
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from trainer.errors import DataError
-from workers.data.sources import RangeSource
+from workers.data.source import RangeSource
 
 # (n, n_out, m) per teacher set, from the workload table of docs/workloads.md.
 TEACHERS = {
@@ -40,6 +40,8 @@ class MemorySource(RangeSource):
 
     kind = "builtin"
     classes: int | None = None  # how many labels y can hold, known without generating the set
+    params: dict = {}  # its generator's parameters, for the fingerprint (subclasses assign their own)
+    _columns: dict[str, np.ndarray] | None = None  # None: not generated (yet); a TeacherSource never is
 
     def __init__(self, name: str, X: np.ndarray, y: np.ndarray):
         self.name = self.spec = name
@@ -53,7 +55,7 @@ class MemorySource(RangeSource):
         yield lo, {c: self._columns[c][lo:hi] for c in columns}
 
     def _empty(self, columns):
-        return {c: self._columns[c][:0] for c in columns} if hasattr(self, "_columns") else \
+        return {c: self._columns[c][:0] for c in columns} if self._columns is not None else \
             {c: np.zeros(0, np.float32 if t == "float" else np.float64 if t == "double" else np.int64)
              for c, t in ((c, self.column_types[c]) for c in columns)}
 
@@ -62,7 +64,7 @@ class MemorySource(RangeSource):
 
     def facts(self) -> dict:
         """No files: the set is its name and its generator's parameters (the job's fingerprint)."""
-        return {"builtin": {"name": self.name, "rows": self.num_rows, **getattr(self, "params", {})}}
+        return {"builtin": {"name": self.name, "rows": self.num_rows, **self.params}}
 
 
 def _frozen(*arrays):
@@ -144,7 +146,7 @@ class LazySet(MemorySource):
         self.column_types = {**{f"x{j}": "double" for j in range(n)}, "y": "int64"}
 
     def _pieces(self, lo, hi, columns):
-        if not hasattr(self, "_columns"):
+        if self._columns is None:
             MemorySource.__init__(self, self.name, *_frozen(*self._make()))
         return super()._pieces(lo, hi, columns)
 

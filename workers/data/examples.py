@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.costs import COSTS
 from trainer.errors import ConfigError, DataError
-from workers.data.sources import Source, format_columns, show_name
-
-# How the cost wants its targets: class labels -> one-hot, 0/1 columns, or real values.
-ENCODINGS = {"cross_entropy": "one_hot", "binary_cross_entropy": "binary", "mse": "numeric", "mae": "numeric"}
+from workers.data.source import Source, format_columns, show_name
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,9 @@ def resolve_schema(source: Source, features: list[str] | None, target: str | lis
                         f"({format_columns(targets)})")
     if len(features) != layers[0]:
         raise DataError(f"model.layers[0] is {layers[0]} but data.features has {_columns_phrase(features)}")
-    if cost not in ENCODINGS:
-        raise ConfigError(f"model.cost: unknown cost {cost!r} (expected one of {', '.join(ENCODINGS)})")
-    encoding, n_out = ENCODINGS[cost], layers[-1]
+    if cost not in COSTS:
+        raise ConfigError(f"model.cost: unknown cost {cost!r} (expected one of {', '.join(COSTS)})")
+    encoding, n_out = COSTS[cost].encoding, layers[-1]
     if encoding == "one_hot" and len(targets) != 1:
         raise DataError(f"data.target: cost cross_entropy needs one column of class labels, "
                         f"got {_columns_phrase(targets)}")

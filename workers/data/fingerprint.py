@@ -45,7 +45,7 @@ def file_entry(file: str, size: int | None, mtime_ns: int | None, rows: int | No
 def take(source) -> dict:
     """The fingerprint of an opened source (the driver's): JSON-able, with its hash."""
     body = {"version": VERSION, "source": source.name, "kind": source.kind,
-            "remote": bool(getattr(source, "remote", False)), **source.facts()}
+            "remote": source.remote, **source.facts()}
     return {**body, "hash": digest(body)}
 
 

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from trainer.errors import DataError, one_line
 from workers.data import fingerprint as fp
 from workers.data.locations import Location, explain
-from workers.data.sources import (ARROW_ERRORS, RangeSource, check_regular_file, column_to_numpy, format_columns,
-                             named_types, show_name, table_to_numpy)
+from workers.data.source import (ARROW_ERRORS, RangeSource, check_regular_file, column_to_numpy, format_columns,
+                                 named_types, show_name, table_to_numpy)
 
 PIECE_BYTES = 8 << 20   # a piece read from Parquet holds about this much as float64
 
@@ -60,6 +60,9 @@ class ParquetFileSource(RangeSource):
         self.schema = self._file.schema_arrow
         self.column_types = named_types(self.name, self.schema)
         self.last_row_groups_read: list[int] = []   # which groups the last read opened (tests, workers)
+
+    def _read_nothing(self) -> None:
+        self.last_row_groups_read = []
 
     def _pieces(self, lo, hi, columns):
         # 'right' so that empty row groups sharing a start are skipped.
@@ -249,6 +252,9 @@ class ParquetDirSource(RangeSource):
     def handoff(self) -> dict:
         return {"files": [[r, s, n, v] for r, s, n, v in zip(self._relative, self._sizes, self._rows, self._values)],
                 "partition_types": self._ptypes, "schema": self.schema}
+
+    def _read_nothing(self) -> None:
+        self.last_row_groups_read = []
 
     def _pieces(self, lo, hi, columns):
         self.last_row_groups_read = []

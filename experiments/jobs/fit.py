@@ -1,0 +1,127 @@
+"""The run being trained and recorded: a prepared job on an open pool, inside an MLflow
+run, from its first step (or a checkpoint) to its model files.
+
+`fit` records what runs (params, the data's fingerprint, tags), starts the weights and
+the optimizer, and hands them to the coordinator (trainer/coordinator.py: one step is
+Eq. 1 and Eq. 12 on the workers, one sum, one optimizer step); the run's metrics go
+to MLflow through its listener. Checkpoints go to out_dir/checkpoints and on from
+there (jobs/checkpoint_copies.py). At the end: model.npz, model.json, summary.json,
+and the run's artifacts (tracking/run_artifacts.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.jobs.checkpoint_copies import CheckpointCopies
+from experiments.jobs.job import Job
+from experiments.jobs.pool_size import PoolSize
+from experiments.tracking.tags import OUTPUT_TAG, SUBMISSION_TAG
+from trainer import __version__
+from trainer.checkpoint import Checkpoint, Checkpointer
+from trainer.coordinator import train as coordinate
+from trainer.errors import DataChangedError, RunError
+from trainer.model_io import save_model, write_json
+from trainer.optimizers import make_optimizer
+
+
+def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
+        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None,
+        trained=None) -> dict:
+    """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
+    given), checkpointing into out_dir/checkpoints; then write the model files and
+    summary.json. Returns the summary.
+    `end_early`: a sweep's early-stopping decision (trainer/coordinator.py); a run it
+    ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
+    naming the last good checkpoint. `output`: the output's claim (output_folder.py,
+    output_uri.py); a URI's copies each checkpoint and the model files there from
+    out_dir, its staging folder. `trained()`: called once training is over and the pool
+    is no longer needed (`train` shuts Ray down meanwhile: jobs/overlap.py)."""
+    from experiments.tracking.run_artifacts import log_outputs
+
+    where_to = output.name if output is not None else str(out_dir.resolve())  # the URI for a URI
+    resolved = record(job, pool, run, ray_kind, where_to, first=resume is None)
+    t = job.cfg.train
+    theta = resume.theta.astype(job.spec.dtype) if resume else job.theta0.copy()
+    optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.beta1, t.beta2, t.epsilon)
+    if resume:
+        optimizer.load_state(resume.optimizer)
+    copies = CheckpointCopies(run, output)
+    checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
+                                {"run_id": run.run_id, "layers": list(job.spec.layers),
+                                 "data_fingerprint": job.fingerprint},
+                                on_saved=copies.saved, before_save=run.metrics.before_checkpoint,
+                                min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
+            # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
+            drive = getattr(pool, "coordinate", None) or functools.partial(coordinate, pool)
+            result = drive(theta, optimizer, job.plan, t.epochs,
+                           [*listeners, run.metrics, PoolSize(pool, run.metrics)],
+                           resume=resume.position if resume else None, checkpointer=checkpointer,
+                           should_stop=should_stop, end_early=end_early)
+    except (RunError, DataChangedError) as e:  # the run ends FAILED; what is kept
+        if checkpointer.latest:
+            where = f"{where_to}/checkpoints/{checkpointer.latest.name}"
+            e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
+        raise
+    finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
+        copies.finish(checkpointer.latest)
+    # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
+    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
+               "ray": ray_kind, "resizes": len(pool.resizes)}
+    if trained is not None:
+        trained()
+    if result.stopped_early:
+        summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
+    write_outputs(job, theta, out_dir, summary)
+    if output is not None:
+        output.written(out_dir)
+    # a dead store: said at the end
+    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec))
+    return summary
+
+
+def record(job: Job, pool, run, ray_kind: str, where_to: str, first: bool):
+    """What runs, into the MLflow run: params and the data's fingerprint (`first`: not
+    when resuming), and the tags that find it again. Returns the config as trained."""
+    from cluster.jobs import SUBMISSION_ENV
+
+    nodes = pool.num_nodes
+    # The params say what ran: cluster.workers is the pool's size (1 in local mode, or
+    # --workers), as the rayprop.workers tag does.
+    resolved = dataclasses.replace(job.resolved_cfg, cluster=dataclasses.replace(
+        job.resolved_cfg.cluster, workers=pool.num_workers))
+    # A sweep's trial killed before its first checkpoint starts over in its own run,
+    # whose params (the same config) may already be there: MLflow refuses them twice.
+    if first and not (run.resume_run_id and run.client.get_run(run.run_id).data.params):
+        run.log_job(resolved, job.source, [*job.schema.features, *job.schema.targets],
+                    pool.num_workers, nodes, ray_kind)
+        run.log_fingerprint(job.fingerprint)
+    if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
+        run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})
+    run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes})
+    return resolved
+
+
+def summary_of(job: Job, result, workers: int, run_id: str | None) -> dict:
+    return {"run_id": run_id, "steps": result.steps, "epochs": result.epochs,
+            "final_loss": result.final_loss, "val_loss": result.val_loss,
+            "val_accuracy": result.val_accuracy,
+            "examples_per_second": result.examples_per_second,
+            "wall_seconds": result.wall_seconds, "workers": workers,
+            "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_outputs(job: Job, theta: np.ndarray, out_dir: Path, summary: dict) -> None:
+    columns = {"features": list(job.schema.features), "targets": list(job.schema.targets),
+               "encoding": job.schema.encoding}
+    save_model(out_dir, job.spec, theta, columns)
+    write_json(out_dir / "summary.json", summary)
