@@ -33,6 +33,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -123,10 +124,15 @@ def one_job(checkout: str, extra: list[str]) -> dict:
                 "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", *extra]
         env = {**os.environ, "PYTHONPATH": checkout}
         out = f"{tmp}/marks.json"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--child", repr(t0), out, *argv], cwd=tmp, env=env,
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", repr(t0), out, *argv], cwd=tmp, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.time() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the job's process tree, as far as its processes were waited for
+        # (Ray's processes are its children; a worker its raylet left behind is not counted)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode != 0 or not Path(out).exists():
             return {"error": proc.stderr[-600:]}
         got = json.loads(Path(out).read_text())
@@ -137,7 +143,7 @@ def one_job(checkout: str, extra: list[str]) -> dict:
         else:
             at[name] = t  # the last exit
     phases = {p: round(at[b] - at[a], 3) for p, a, b in PHASES if a in at and b in at}
-    return {"wall_s": round(wall, 3), "phases_s": phases, "load_1min": round(os.getloadavg()[0], 1)}
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "phases_s": phases, "load_1min": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:
@@ -161,6 +167,7 @@ def main() -> None:
         names = [p for p, _, _ in PHASES if any(p in x["phases_s"] for x in ok)]
         report["checkouts"][c] = {
             "median_wall_s": round(statistics.median(x["wall_s"] for x in ok), 2) if ok else None,
+            "median_cpu_s": round(statistics.median(x["cpu_s"] for x in ok), 2) if ok else None,
             "median_phases_s": {p: round(statistics.median(x["phases_s"][p] for x in ok if p in x["phases_s"]), 2)
                                 for p in names},
             "runs": results}
