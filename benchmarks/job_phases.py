@@ -46,6 +46,8 @@ EPOCHS = 5
 # module -> attribute paths wrapped as "<name> >" / "<name> <" marks
 WRAPS = {
     "experiments.jobs.training": ["prepare", "connect_ray", "open_pool", "coordinate"],
+    "experiments.jobs.pools": ["connect_ray", "open_pool"],  # since layout phase 2
+    "experiments.jobs.fit": ["coordinate"],
     "experiments.training": ["prepare", "connect_ray", "open_pool", "coordinate"],  # before LAYOUT
     "experiments.tracking.run_artifacts": ["log_outputs"],
     "experiments.run_artifacts": ["log_outputs"],
