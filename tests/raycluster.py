@@ -118,6 +118,14 @@ def pinned_auth_mode(mode: str):
     """
     from ray._raylet import Config
 
+    if mode == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        # A Cluster's GCS does not make the token (a local ray.init does): in the
+        # suite's own HOME (conftest) a module run alone had none, and the head died
+        # at once ("couldn't find an authentication token").
+        token = Path.home() / ".ray" / "auth_token"
+        if not token.exists():
+            token.parent.mkdir(parents=True, exist_ok=True)
+            token.write_text(secrets.token_hex(32))
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = mode
     Config.initialize("")

@@ -44,8 +44,9 @@ def spirals_yaml(experiment: str, epochs: int = EPOCHS) -> str:
             f"train: {{optimizer: adam, learning_rate: {LR}, batch_size: {BATCH}, epochs: {epochs}, seed: 3}}\n")
 
 
-EPOCH_METRICS = {"epoch_loss", "val_loss", "val_accuracy", "examples_per_second", "step_seconds",
-                 "compute_seconds", "coordination_seconds"}
+# The timing ones under timing/, apart from the training curves in the UI (experiments/metric_names.py).
+EPOCH_METRICS = {"epoch_loss", "val_loss", "val_accuracy", "timing/examples_per_second", "timing/step_seconds",
+                 "timing/compute_seconds", "timing/coordination_seconds"}
 # mse on a linear output with plain SGD at this learning rate overflows within an epoch.
 MSE = {"model.cost": "mse", "model.output_activation": "linear", "model.layers": "[2, 8, 1]",
        "train.optimizer": "sgd"}
@@ -200,9 +201,10 @@ def check_run(mlflow, uri: str, experiment: str, out: Path, tmp: Path):
     np.testing.assert_allclose(pred.to_numpy(), expected, atol=1e-5)
     raw = model.unwrap_python_model().predict(None, X)  # a plain 2-D array works too
     np.testing.assert_allclose(raw.to_numpy(), expected, atol=1e-5)
-    # The job gave the signature and skipped MLflow's serving check (experiments/tracking/model_signature.py):
-    # the signature is what MLflow infers from the logged example and the model's output on
-    # it, and the check passes on the logged model.
+    # The job gives the signature and saves the model without MLflow's serving check of the
+    # example (experiments/tracking/logged_models.py): the signature is what MLflow infers
+    # from the logged example (the data's first rows) and the model's output on it, and
+    # the check passes on the logged model.
     from mlflow.models import infer_signature
     from mlflow.models.utils import _validate_serving_input, load_serving_example
 
@@ -249,14 +251,14 @@ def test_train_logs_a_complete_run_to_a_tracking_server(tmp_path, server, mlflow
     run = check_run(mlflow_mod, server.uri, "on-server", tmp_path / "out", tmp_path / "dl")
     # The job names its run's page (MLflow 3 would open the experiment on its GenAI overview).
     page = f"{server.uri}/#/experiments/{run.info.experiment_id}"
-    assert f"{page}/runs/{run.info.run_id}" in proc.stderr, proc.stderr
+    assert f"{page}/runs/{run.info.run_id}?workflowType=machine_learning" in proc.stderr, proc.stderr
     # The artifacts went through the server into its own folder, not into our cwd.
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     assert any((server.root / "artifacts").rglob("model.npz"))
     # `rayprop ui` on a server URI: the server is the UI already.
     proc = ok(rayprop("ui", "--tracking-uri", server.uri, cwd=tmp_path, timeout=60))
     assert server.uri in proc.stdout
-    assert f"experiment 'on-server': {page}/runs\n" in proc.stdout, proc.stdout
+    assert f"experiment 'on-server': {page}/runs?workflowType=machine_learning\n" in proc.stdout, proc.stdout
     assert run.info.run_id
 
 
@@ -482,7 +484,8 @@ def test_ui_serves_the_store_on_loopback_and_stops(tmp_path, template_db, mlflow
         assert f"http://127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() else "")
         log = Path(line.split("server log: ")[1].rstrip(")\n"))
         # Each experiment with runs, with the address of its runs page; nothing else.
-        assert proc.stdout.readline() == f"  experiment 'seen': http://127.0.0.1:{port}/#/experiments/{seen}/runs\n"
+        assert proc.stdout.readline() == (f"  experiment 'seen': http://127.0.0.1:{port}/#/experiments/{seen}/runs"
+                                          "?workflowType=machine_learning\n")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
                                       "?max_results=10", timeout=10).read()
         assert b"experiments" in body

@@ -28,10 +28,15 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
     "test_network": (),
+    "test_param_hash": (),  # its training with a real MLflow store: TESTS
+    "test_balance": (),
+    "test_rebalance": (),  # its Ray test: the ray_session fixture
     "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
-    "test_checkpoint_uploads": (SLOW,),  # a real sqlite store: MLflow's import and tables
+    "test_checkpoint_uploads": (SLOW,),
+    "test_logged_models": (SERVER, SLOW),
+    "test_system_metrics": (RAY, SLOW),  # two raylets (ray.cluster_utils) and a training subprocess  # an `mlflow server`; training in this process, no Ray  # a real sqlite store: MLflow's import and tables
     "test_fingerprint": (RAY, SLOW),
     "test_hung_worker": (RAY, SLOW),
     "test_ray_client": (RAY, SERVER, SLOW),
@@ -77,6 +82,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "test_cli::test_train_xor_end_to_end": (SLOW,),  # 300 epochs and a first MLflow store: seconds
     "test_data::test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read": (SLOW,),
     "test_data::test_teacher_mnist_shape": (SLOW,),
+    "test_param_hash::test_a_run_logs_each_epochs_hash_and_the_final_one": (SLOW,),  # MLflow's import and tables
     "test_hostile_inputs::test_sigterm_while_ray_starts_leaves_no_ray_behind": (RAY, SLOW),
     "test_hostile_inputs::test_predict_into_a_pipe_closed_early_is_quiet": (SLOW,),  # the installed command
 }

@@ -116,6 +116,10 @@ class ClusterConfig:
     # The per-step data path: "shm", one shared-memory plane per node with the node's
     # sums added before they leave it; "object_store", every worker through ray.put/get.
     data_plane: Literal["shm", "object_store"] = "shm"
+    # Stragglers: at most this often, at a step boundary, move rows from workers that
+    # compute slower per row to faster ones so that they finish steps together (the
+    # weights do not change; workers/balance.py). 0 or false: never.
+    rebalance_seconds: float | Literal[False] = ranged(5.0, lo=0)
 
 
 @dataclass(frozen=True)

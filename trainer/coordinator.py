@@ -23,6 +23,7 @@ from trainer.batches import BatchPlan
 from trainer.checkpoint import Checkpointer, Position
 from trainer.errors import DivergedError, Stopped
 from trainer.optimizers import GradientDescent
+from trainer.param_hash import param_hash
 from trainer.pool import ShardSums, StepAbandoned, WorkerPool
 
 
@@ -37,7 +38,8 @@ class TrainingStopped(Stopped):
 class Listener(Protocol):
     def on_step(self, step: int, epoch: int, loss: float, n: int) -> None: ...
 
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch(self, epoch: int, metrics: dict[str, float | str]) -> None:
+        """metrics: floats, and `param_hash` (str, trainer/param_hash.py)."""
 
 
 @dataclass
@@ -49,7 +51,10 @@ class TrainResult:
     val_accuracy: float | None = None
     examples_per_second: float = 0.0  # over all epochs' training steps
     wall_seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    history: list[dict[str, float | str]] = field(default_factory=list)  # one dict per epoch
+    # The parameters' hash after each epoch run here, by epoch (1-based): equal hashes,
+    # bitwise-equal weights, so runs compare without loading their models.
+    param_hashes: dict[int, str] = field(default_factory=dict)
     stopped_early: bool = False  # `end_early` ended training before its last epoch
 
 
@@ -169,6 +174,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             metrics["val_loss"] = val_loss
         if val_acc is not None:
             metrics["val_accuracy"] = val_acc
+        metrics["param_hash"] = result.param_hashes[epoch + 1] = param_hash(theta)
         result.history.append(metrics)
         result.epochs += 1
         result.final_loss, result.val_loss, result.val_accuracy = metrics["epoch_loss"], val_loss, val_acc

@@ -31,6 +31,9 @@ class ShardSums:
     loss_sum: float  # sum of per-example losses
     n: int  # examples summed (may be 0 when no batch member falls in the range)
     compute_seconds: float = 0.0  # time spent in the worker on this step
+    # A node's sums (several workers added on their node): each worker's (compute_seconds,
+    # n), by its slot on the node; None for one worker's sums.
+    per_worker: list[tuple[float, int]] | None = None
 
 
 @dataclass

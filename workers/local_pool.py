@@ -2,7 +2,8 @@
 
 It calls its shard workers one after the other in this process. With one worker
 it is rayprop's single-process mode; with several it shows, without Ray, that
-uneven shards give the same training as one.
+uneven shards give the same training as one, and that moving rows between workers
+(a rebalance, workers/rebalance.py) does not change it either.
 """
 
 from __future__ import annotations
@@ -10,20 +11,32 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.pool import EvalSums, ShardSums
+from workers.rebalance import PoolBalance, rows_to_read
 from workers.shard import ShardTask, ShardWorker
 
 
 class LocalPool:
-    def __init__(self, workers: list[ShardWorker]):
+    def __init__(self, workers: list[ShardWorker], task: ShardTask | None = None, source=None,
+                 ranges: list[tuple[int, int]] | None = None, rebalance_seconds: float = 0):
+        """task, source, ranges: what opens workers over other rows, and the source rows
+        [lo, hi) each worker holds (needed to rebalance).
+        rebalance_seconds: cluster.rebalance_seconds (0: never). Workers run one after the
+        other here, so a rebalance does not shorten a step; it is the same move the Ray
+        pool makes, for tests."""
         assert workers, "a pool needs at least one worker"
         self.workers = workers
         self.resizes: list[str] = []  # an in-process pool keeps its size
+        self.worker_seconds: list[float] = [0.0] * len(workers)  # each worker's compute in the last step
+        self._task, self._source, self.ranges = task, source, ranges
+        self.balance = PoolBalance(task, rebalance_seconds) if rebalance_seconds and len(workers) > 1 else None
 
     @classmethod
-    def open(cls, task: ShardTask, workers: int = 1, source=None) -> "LocalPool":
+    def open(cls, task: ShardTask, workers: int = 1, source=None, rebalance_seconds: float = 0) -> "LocalPool":
         """`workers` shard workers over task's rows, in this process; reading their rows
         is where bad values surface (an InputError)."""
-        return cls([task.open(lo, hi, source) for lo, hi in task.ranges(workers)])
+        source = source or task.open_source()
+        ranges = task.ranges(workers)
+        return cls([task.open(lo, hi, source) for lo, hi in ranges], task, source, ranges, rebalance_seconds)
 
     @property
     def num_nodes(self) -> int:
@@ -43,7 +56,27 @@ class LocalPool:
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None) -> list[ShardSums]:
         # In-process calls never wait for another process: nothing to give up on a stop.
-        return [w.gradient_sums(theta, epoch, k) for w in self.workers]
+        if self.balance is not None:
+            self._rebalance()  # a step boundary
+        parts = [w.gradient_sums(theta, epoch, k) for w in self.workers]
+        self.worker_seconds = [p.compute_seconds for p in parts]
+        if self.balance is not None:
+            self.balance.record(self.worker_seconds, [p.n for p in parts])
+        return parts
+
+    def _rebalance(self) -> None:
+        old = self.ranges
+        proposal = self.balance.propose(old)
+        if proposal is None:
+            return
+        new, move = proposal
+        for r, ((lo, hi), worker) in enumerate(zip(new, self.workers)):
+            if (lo, hi) != old[r]:
+                moved = self._task.open(lo, hi, self._source, (*old[r], worker))
+                moved.delay_per_row = worker.delay_per_row  # the same (slow) worker, other rows
+                self.workers[r] = moved
+        self.ranges = new
+        self.balance.moved(move, old, new, rows_to_read(old, new))
 
     def evaluate_sums(self, theta: np.ndarray, should_stop=None) -> list[EvalSums]:
         return [w.evaluate_sums(theta) for w in self.workers]

@@ -254,7 +254,7 @@ class PlaneHost:
         self.peers = {}
         self._listener.close()
         # The arrays are views of the maps: drop them before closing the maps.
-        self.theta = self.sums = None
+        self.theta = self.sums = None  # type: ignore[assignment]  # a closed plane has none
         for mem in (self._theta_mem, self._sums_mem):
             try:
                 mem.close()

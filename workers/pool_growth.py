@@ -12,12 +12,13 @@ import time
 
 import ray
 
+from workers.pool_launch import Launching
 from workers.pool_waits import wait_ready
 
 GROW_TIMEOUT_S = 120  # for workers started on free CPUs to be ready; else that growth is dropped
 
 
-class Growth:
+class Growth(Launching):
     """The part of RayPool that grows it on free CPUs."""
 
     def _free_slots(self) -> int:

@@ -15,7 +15,8 @@ import ray
 from trainer.errors import InputError, WorkerLostError
 from workers.data.fingerprint import raise_if_changed
 from workers.hang import FACTOR, FIRST_S
-from workers.pool_policy import Stop
+from workers.pool_policy import Replace, Stop
+from workers.pool_state import PoolState
 from workers.pool_waits import wait_ready
 from workers.reshard import reassign
 from workers.data.storage_env import worker_error
@@ -37,14 +38,20 @@ class StragglerDeadline:
             self.first_seconds = time.monotonic() - self.t0
         return self.t0 + max(FIRST_S, FACTOR * self.first_seconds)
 
+    def seconds(self) -> float:
+        """The bound it has come to (a worker being ready, or counted as if one were)."""
+        until = self(1)
+        assert until is not None
+        return until - self.t0
 
-class Launching:
+
+class Launching(PoolState):
     """The part of RayPool that starts actors and carries out a new layout."""
 
     def _start(self, lo: int, hi: int):
         return self._actor.remote(self._task, lo, hi, self._cpus)
 
-    def _count_losses(self, lost: list[int], reason: str):
+    def _count_losses(self, lost: list[int], reason: str) -> Replace | None:
         """Count the workers `lost`; the failure policy's decision (Replace or None), or
         WorkerLostError when it says Stop."""
         self.failures += len(lost)
@@ -60,23 +67,21 @@ class Launching:
         no limit) or when the job is asked to stop are stopped and left out."""
         should_stop = self.waits.should_stop
         starting = self._start_missing(ranges, takers)
-        if timeout is None:
-            # The pool's start: no bound until a worker has read its rows, then the
-            # others get FACTOR times as long (at least FIRST_S): the rows are split
-            # evenly, so a worker far behind hangs (workers/hang.py).
-            deadline = StragglerDeadline(time.monotonic())
-        else:
-            deadline = time.monotonic() + timeout
-        ready = {}
+        # The pool's start (no timeout): no bound until a worker has read its rows, then
+        # the others get FACTOR times as long (at least FIRST_S): the rows are split
+        # evenly, so a worker far behind hangs (workers/hang.py).
+        straggler = StragglerDeadline(time.monotonic()) if timeout is None else None
+        deadline: float | StragglerDeadline = straggler or time.monotonic() + (timeout or 0.0)
+        ready: dict = {}
         try:
             while starting:
                 done, died = wait_ready(starting, deadline, should_stop)
                 ready.update(done)
-                if timeout is None and not should_stop():
+                if straggler is not None and not should_stop():
                     hung = [j for j in starting if j not in done and j not in died]
-                    died.update({j: f"hung: its rows not read within {deadline(1) - deadline.t0:.0f} s, "
+                    died.update({j: f"hung: its rows not read within {straggler.seconds():.0f} s, "
                                     f"{FACTOR:g}x the first worker's time" for j in hung})
-                    deadline = StragglerDeadline(time.monotonic(), deadline.first_seconds)
+                    straggler = deadline = StragglerDeadline(time.monotonic(), straggler.first_seconds)
                 starting = {}
                 for j, why in sorted(died.items()):
                     reason = f"worker {j} (rows {ranges[j][0]}-{ranges[j][1]}) died {when} ({why})"
@@ -116,10 +121,13 @@ class Launching:
                 started[j] = (actor, actor.ready.remote())
         return started
 
-    def _reshard(self, ranges, takers, started: dict) -> None:
+    def _reshard(self, ranges, takers, started: dict, same_workers: bool = False) -> None:
         """Move to len(ranges) workers at a step boundary: takers[j] (a current rank)
         or started[j] (a new, ready actor) holds ranges[j]; current actors that take no
-        range are stopped; the transport is wired anew."""
+        range are stopped; the transport is wired anew. same_workers: a rebalance (every
+        worker keeps its rank); else the workers' speeds are measured anew."""
+        if self.balance is not None and not same_workers:
+            self.balance.workers_changed()
         self.transport.unwire()
         for r, actor in enumerate(self.actors):
             if r not in takers:

@@ -18,7 +18,7 @@ import ray
 from trainer.errors import WorkerLostError, one_line
 from trainer.pool import StepAbandoned
 from workers.hang import SLICE_S
-from workers.pool_launch import log
+from workers.pool_launch import Launching, log
 from workers.pool_policy import Stop
 from workers.pool_waits import LOST_WORKER_ERRORS
 
@@ -27,7 +27,7 @@ from workers.pool_waits import LOST_WORKER_ERRORS
 RECOVERABLE = (*LOST_WORKER_ERRORS, ray.exceptions.RayTaskError)
 
 
-class Recovery:
+class Recovery(Launching):
     """The part of RayPool that recovers from lost workers."""
 
     def _with_recovery(self, call):

@@ -108,16 +108,18 @@ def wait_ready(started: dict, deadline, should_stop=never) -> tuple[dict, dict]:
     or until `should_stop()`, looked at every SLICE_S; {index: why} of those that
     died meanwhile). The others (not placed, still starting, or hung) are stopped."""
     index = {ref: j for j, (_, ref) in started.items()}
-    done, pending = [], list(index)
+    done: list = []
+    pending = list(index)
     while pending:
         until = deadline(len(done)) if callable(deadline) else deadline
         left = SLICE_S if until is None else max(0.0, min(SLICE_S, until - time.monotonic()))
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
-        done += ready
+        came, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
+        done += came
         until = deadline(len(done)) if callable(deadline) else deadline
         if (until is not None and time.monotonic() >= until) or should_stop():
             break
-    ready, died = {}, {}
+    ready: dict = {}
+    died: dict = {}
     for ref in done:
         try:
             ready[index[ref]] = (started[index[ref]][0], ray.get(ref))

@@ -47,10 +47,10 @@ import ray
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.pool import EvalSums, ShardSums
 from workers.pool_growth import Growth
-from workers.pool_launch import Launching
 from workers.pool_policy import FailurePolicy, ScalingPolicy, start_size
 from workers.pool_recovery import Recovery
 from workers.pool_waits import Waits
+from workers.rebalance import PoolBalance, rows_to_read
 from workers.shard import ShardTask
 from workers.shard_actor import ShardActor
 from workers.transports import make_transport
@@ -58,7 +58,7 @@ from workers.transports import make_transport
 GROW_CHECK_SECONDS = 5.0  # how often a pool that may grow asks Ray for free CPUs (never per step)
 
 
-class RayPool(Launching, Recovery, Growth):
+class RayPool(Recovery, Growth):
     def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int | str, max_failures: int,
                  strategy="SPREAD", placement_timeout: float | None = None):
         """cluster: the config's cluster section, whole (cpus_per_worker, data_plane,
@@ -76,7 +76,9 @@ class RayPool(Launching, Recovery, Growth):
         self.max_workers = None  # None: a fixed size, never grown
         if workers == "auto":
             self.max_workers = cluster.max_workers or MAX_WORKERS
-            workers = start_size(self._free_slots(), self.min_workers, self.max_workers)
+            count = start_size(self._free_slots(), self.min_workers, self.max_workers)
+        else:
+            count = int(workers)
         self.max_failures = max_failures
         self.placement_timeout = cluster.replace_seconds if placement_timeout is None else placement_timeout
         self.failure_policy = FailurePolicy(max_failures, self.min_workers)
@@ -86,6 +88,10 @@ class RayPool(Launching, Recovery, Growth):
         self.resizes: list[str] = []  # one line per change of size ("2 -> 3 workers: why")
         self._joining = None  # workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline)
         self._last_look = time.monotonic()
+        # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
+        # by rank, and what moves rows from slow workers to fast ones (None: never).
+        self.worker_seconds: list[float] = []
+        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         # The bounds of every wait, and the stop request of the call in progress (none
@@ -99,7 +105,7 @@ class RayPool(Launching, Recovery, Growth):
         try:
             # Actors start (and read their rows) in parallel; one that dies meanwhile is a
             # lost worker like any other: started again, counted against max_failures.
-            ranges = task.ranges(workers)
+            ranges = task.ranges(count)
             started = self._launch(ranges, [None] * len(ranges), None, "while starting")
             self.actors = [started[j][0] for j in range(len(ranges))]
             self.info = [started[j][1] for j in range(len(ranges))]
@@ -110,10 +116,6 @@ class RayPool(Launching, Recovery, Growth):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def num_workers(self) -> int:
-        return len(self.actors)
 
     @property
     def num_nodes(self) -> int:
@@ -136,8 +138,13 @@ class RayPool(Launching, Recovery, Growth):
         self.waits.stop_on(should_stop)
         if self.max_workers is not None:
             self._with_recovery(self._grow)  # the step boundary: new workers join here
+        if self.balance is not None:
+            self._with_recovery(self._rebalance)  # ... and slow workers give rows to fast ones
         parts = self._with_recovery(lambda: self._timed(self.waits.step_bound, self.waits.step_bound.seconds(),
                                                         lambda bound: self.transport.step(theta, epoch, k, bound)))
+        self.worker_seconds = [seconds for seconds, _ in self.transport.timed]
+        if self.balance is not None:
+            self.balance.record(self.worker_seconds, [n for _, n in self.transport.timed])
         self.traffic["steps"] += 1
         self.traffic["bytes_received"] += sum(p.grad.nbytes for p in parts)
         return parts
@@ -146,6 +153,18 @@ class RayPool(Launching, Recovery, Growth):
         self.waits.stop_on(should_stop)
         return self._with_recovery(lambda: self._timed(self.waits.eval_bound, self._evaluation_bound(),
                                                        lambda bound: self.transport.evaluate(theta, bound)))
+
+    def _rebalance(self) -> None:
+        """At a step boundary: move rows from slow workers to fast ones when the policy
+        says so (workers/balance.py). Every worker keeps its rank (a slow one stays the
+        one with fewer rows) and the rows it still holds; only the rest are read."""
+        old = list(self.ranges)
+        proposal = self.balance.propose(old)
+        if proposal is None:
+            return
+        new, move = proposal
+        self._reshard(new, list(range(self.num_workers)), {}, same_workers=True)
+        self.balance.moved(move, old, new, rows_to_read(old, new))
 
     @staticmethod
     def _timed(bound_of_kind, bound: float, call):

@@ -51,6 +51,9 @@ class ShardWorker:
         # Gather buffers for mini-batches; the full batch uses X and Y as they are.
         self._xb = np.empty(cap * spec.layers[0], dt)
         self._yb = np.empty(cap * spec.layers[-1], dt)
+        # A test and benchmark hook: a slower CPU, made by sleeping this long per row
+        # computed, inside the timed compute (tests/test_rebalance.py forces a straggler).
+        self.delay_per_row = 0.0
 
     @property
     def n_train(self) -> int:
@@ -78,6 +81,8 @@ class ShardWorker:
             X = np.take(self.X, members, axis=0, out=self._xb[: nb * self.X.shape[1]].reshape(nb, -1), mode="clip")
             Y = np.take(self.Y, members, axis=1, out=self._yb[: nb * self.Y.shape[0]].reshape(-1, nb), mode="clip")
         loss_sum = backward_sums(self.spec, theta, X, Y, grad, self._ws)
+        if self.delay_per_row:
+            time.sleep(self.delay_per_row * X.shape[0])
         # The gradient buffer is reused next step; the caller gets its own copy only
         # when it crosses a process boundary, so hand out the buffer itself here.
         return ShardSums(grad, loss_sum, X.shape[0], time.perf_counter() - t0)

@@ -1,9 +1,10 @@
 """The body of one Ray shard worker: a ShardWorker over its rows, and its side of its
 node's shared-memory plane (workers/node_plane.py).
 
-workers/ray_pool.py starts these actors, gives them their rows, wires the planes and
-drives the steps; this module is what runs inside each actor process (named
-`ray::ShardActor`, which benchmarks/memory.py looks for).
+workers/ray_pool.py starts these actors and gives them their rows, and its transport
+(workers/transports.py) wires the planes and drives the steps; this module is what
+runs inside each actor process (named `ray::ShardActor`, which benchmarks/memory.py
+looks for).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ShardActor:
         self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer = self.plane = None
+        self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
         try:
             self.source = task.open_source()
             self.worker = task.open(lo, hi, self.source)
@@ -78,9 +80,15 @@ class ShardActor:
         self.lo, self.hi = lo, hi
         try:
             self.worker = self.task.open(lo, hi, self.source, held)
+            self.worker.delay_per_row = self.delay_per_row  # the same (slow) worker, other rows
         except DataChangedError as e:
             self.error, self.data_changed = str(e), True
         return self.ready()
+
+    def slow_down(self, delay_per_row: float) -> None:
+        """A test and benchmark hook: make this worker a straggler by sleeping this long
+        per row it computes (ShardWorker.delay_per_row), from now on, whatever rows it holds."""
+        self.delay_per_row = self.worker.delay_per_row = delay_per_row
 
     # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int) -> ShardSums:
@@ -122,9 +130,11 @@ class ShardActor:
         plane.send(OP_STEP, theta, epoch, k)  # the peers start at once
         t0 = time.monotonic()
         own = self._step(plane.theta, epoch, k, plane.sums[0])
-        replies = plane.gather(max(timeout - (time.monotonic() - t0), 0.001))
-        n, loss_sum, seconds = plane.reduce({0: own, **replies})
-        return ShardSums(plane.sums[0], loss_sum, n, seconds)
+        replies = {0: own, **plane.gather(max(timeout - (time.monotonic() - t0), 0.001))}
+        n, loss_sum, seconds = plane.reduce(replies)
+        # Each worker's time, so that the driver sees a straggler inside a node too.
+        per_worker = [(replies[s][2], replies[s][0]) for s in sorted(replies)]
+        return ShardSums(plane.sums[0], loss_sum, n, seconds, per_worker)
 
     def node_evaluate(self, theta: np.ndarray, timeout: float) -> EvalSums:
         """This node's validation sums: the peers' and this worker's own, added."""

@@ -43,6 +43,10 @@ from workers.shard_actor import ATTACH_TIMEOUT_S, add_evals
 
 
 class Transport(Protocol):
+    # Each rank's (compute seconds, batch rows) in the last step: what shows a straggler
+    # (workers/rebalance.py), also inside a node whose sums were added on the node.
+    timed: list[tuple[float, int]]
+
     def wire(self, actors: list, info: list[dict]) -> None: ...
 
     def unwire(self) -> None: ...
@@ -66,6 +70,7 @@ class ObjectStore:
         self._waits, self._traffic = waits, traffic
         self._actors: list = []
         self._nodes = 0
+        self.timed: list[tuple[float, int]] = []
 
     def wire(self, actors: list, info: list[dict]) -> None:
         self._actors, self._nodes = list(actors), len({i["node_id"] for i in info})
@@ -78,7 +83,9 @@ class ObjectStore:
         theta_ref = ray.put(theta)  # one copy in the object store, read by every actor
         self._traffic["bytes_sent"] += theta.nbytes * self._nodes
         refs = [a.gradient_sums.remote(theta_ref, epoch, k) for a in self._actors]
-        return self._waits.all(refs, [[r] for r in range(len(self._actors))], t0 + bound)
+        parts = self._waits.all(refs, [[r] for r in range(len(self._actors))], t0 + bound)
+        self.timed = [(p.compute_seconds, p.n) for p in parts]
+        return parts
 
     def evaluate(self, theta, bound):
         t0 = time.monotonic()
@@ -101,6 +108,7 @@ class SharedMemoryPlanes:
         self._host_ranks: list[int] = []  # the workers on it, by slot
         self._leaders: list = []  # the actors hosting the other nodes' planes
         self._leader_ranks: list[list[int]] = []  # each leader's node's workers, by slot (the leader first)
+        self.timed: list[tuple[float, int]] = []
 
     def wire(self, actors: list, info: list[dict]) -> None:
         """Group the workers by node and give each node its plane (see the module doc).
@@ -142,9 +150,11 @@ class SharedMemoryPlanes:
     def _accept(self, attach: list, ranks: list[int], deadline: float) -> None:
         """The host's side of attaching: a second at a time, so that a worker that died
         before it attached is named at once rather than after ATTACH_TIMEOUT_S."""
+        host = self._host
+        assert host is not None
         while True:
             try:
-                self._host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
+                host.accept(len(ranks), min(1.0, max(deadline - time.monotonic(), 0.001)))
                 return
             except TimeoutError:
                 done, _ = ray.wait(attach, num_returns=len(attach), timeout=0)
@@ -156,7 +166,7 @@ class SharedMemoryPlanes:
                 if self._waits.give_up():
                     raise StepAbandoned("stopped while the workers attached") from None
                 if time.monotonic() >= deadline:
-                    silent = [r for s, r in enumerate(ranks) if s not in self._host.peers]
+                    silent = [r for s, r in enumerate(ranks) if s not in host.peers]
                     raise WorkersLost(silent, f"did not attach within {ATTACH_TIMEOUT_S:g} s") from None
 
     def unwire(self) -> None:
@@ -166,6 +176,7 @@ class SharedMemoryPlanes:
             host.close()
 
     def _gather_host(self, bound: float) -> dict:
+        assert self._host is not None
         try:
             return self._host.gather(bound, self._waits.give_up)
         except PeerLost as e:
@@ -174,6 +185,7 @@ class SharedMemoryPlanes:
     def step(self, theta, epoch, k, bound):
         t0 = time.monotonic()
         refs = []
+        timed = [(0.0, 0)] * (len(self._host_ranks) + sum(len(r) for r in self._leader_ranks))
         if self._leaders:
             theta_ref = ray.put(theta)  # fetched once by each other node's object store
             refs = [leader.node_step.remote(theta_ref, epoch, k, bound) for leader in self._leaders]
@@ -183,11 +195,18 @@ class SharedMemoryPlanes:
             # sums array is slot 0 of the plane, valid until the next step: the
             # coordinator adds it into its own buffer right away.
             self._host.send(OP_STEP, theta, epoch, k)
-            n, loss_sum, seconds = self._host.reduce(self._gather_host(bound))
+            replies = self._gather_host(bound)
+            for slot, (n, _, seconds) in replies.items():
+                timed[self._host_ranks[slot]] = (seconds, n)
+            n, loss_sum, seconds = self._host.reduce(replies)
             parts.append(ShardSums(self._host.sums[0], loss_sum, n, seconds))
-        parts += self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
+        nodes = self._waits.all(refs, self._leader_ranks, leader_deadline(t0, bound))
+        for ranks, node in zip(self._leader_ranks, nodes):
+            for rank, each in zip(ranks, node.per_worker):  # by slot, the leader first
+                timed[rank] = each
+        self.timed = timed
         self._traffic["bytes_sent"] += theta.nbytes * (len(self._leaders) + (self._host is not None))
-        return parts
+        return parts + nodes
 
     def evaluate(self, theta, bound):
         t0 = time.monotonic()

@@ -65,22 +65,44 @@ def _options(args) -> training.Options:
     return training.Options(args.config, workers=args.workers, local=args.local,
                             address=args.address, tracking_uri=args.tracking_uri,
                             init_from=args.init_from, output=args.output,
-                            resume=getattr(args, "resume", None), quiet=args.quiet)
+                            resume=getattr(args, "resume", None), quiet=args.quiet,
+                            register_model=args.register_model)
 
 
 def train(args) -> int | None:
-    summary, out_dir, undelivered = training.train(_config(args), _options(args))
+    from experiments.tracking import registry
+
+    registry.check_name(args.register_model)
+    cfg = _config(args)
+    summary, out_dir, undelivered = training.train(cfg, _options(args))
     print_summary(summary, out_dir)
     if undelivered:  # trained and written, but the tracking store missed some: said last
         print(undelivered, file=sys.stderr)
+        if args.register_model:
+            print(f"rayprop train: not registered as {args.register_model} (the store missed the model)",
+                  file=sys.stderr)
         return EXIT_UNDELIVERED
+    if args.register_model:
+        _register(stores.resolve_uri(args.tracking_uri, cfg.tracking.uri), summary["run_id"], args.register_model, "train")
     return None
+
+
+def _register(uri: str, run_id: str, name: str, command: str) -> None:
+    from experiments.tracking import registry
+
+    version = registry.register(uri, run_id, name)
+    print(f"rayprop {command}: registered run {run_id}'s model as {version}; evaluate it with: "
+          f"{shlex.join(['rayprop', 'evaluate', version, 'DATA', '--tracking-uri', stores.redact(uri)])}",
+          file=sys.stderr)
 
 
 def sweep(args) -> None:
     from experiments.sweeps import results as sweep_results, sweep as sweeps
     from experiments.sweeps.early_stopping import milestones
 
+    from experiments.tracking.registry import check_name
+
+    check_name(args.register_model)
     cfg = _config(args)
     if args.grid:
         cfg = cfg.with_sweep(dict(parse_grid(text) for text in args.grid))
@@ -130,8 +152,11 @@ def sweep(args) -> None:
     print(sweep_results.table(results))
     print(f"rayprop sweep: each run's files in {out_root}/run-NN/, the results in "
           f"{out_root / 'sweep.json'}", file=sys.stderr)
-    if sweep_results.best(results) is None:
+    top = sweep_results.best(results)
+    if top is None:
         raise RunError(f"no run of the sweep finished (see {out_root / 'sweep.json'})")
+    if args.register_model:  # the best trial by the sweep's metric, as ranked above
+        _register(uri, top.run_id, args.register_model, "sweep")
 
 
 def ui(args) -> int:
@@ -146,6 +171,9 @@ def submit(args) -> int | None:
     from workers.data.builtin_sets import BUILTIN_NAMES
     from workers.data.locations import is_uri
 
+    from experiments.tracking.registry import check_name
+
+    check_name(args.register_model)
     cfg = _config(args)  # a bad config fails here, before anything reaches the cluster
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address or not address.startswith(("http://", "https://")):
@@ -156,6 +184,8 @@ def submit(args) -> int | None:
     uri = args.tracking_uri or os.environ.get(stores.ENV)
     if uri:
         train_args.append(f"--tracking-uri {shlex.quote(uri)}")
+    if args.register_model:  # the job registers its model on its tracking server
+        train_args.append(f"--register-model {shlex.quote(args.register_model)}")
     uri = uri or cfg.tracking.uri or stores.DEFAULT_URI
     # --output URI: the job writes there. --output DIR: a folder here, where the model
     # comes (from the run's artifacts on the tracking server) once the job has finished.
@@ -239,7 +269,10 @@ def gradcheck(args) -> None:
 
 
 def _model_and_source(args, need_targets: bool):
-    spec, theta, meta = load_model(args.model)
+    from experiments.tracking.registry import ModelFolder
+
+    with ModelFolder(args.model, getattr(args, "tracking_uri", None)) as folder:  # models:/ URIs too
+        spec, theta, meta = load_model(folder)
     source = open_source(args.data)
     features = meta.get("features") or []
     targets = meta.get("targets") or []

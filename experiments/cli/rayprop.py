@@ -79,6 +79,21 @@ def _training_flags(p: argparse.ArgumentParser, output: str, config_optional: bo
     p.add_argument("--init-from", metavar="MODEL.npz", help="start from these weights (shapes checked)")
     p.add_argument("--output", metavar="DIR", help=output)
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    _register_flag(p)
+
+
+def _register_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register the final model (a sweep's: the best trial's) as a new version of "
+                   "this registered model in the tracking store; it loads as models:/NAME/VERSION")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a model directory or its model.npz, or an MLflow "
+                   "model URI: models:/NAME/VERSION, models:/NAME@ALIAS, models:/MODEL_ID")
+    p.add_argument("data", metavar="DATA", help="built-in set name, .parquet file or directory, or .csv")
+    p.add_argument("--tracking-uri", metavar="URI", help="where a models:/ URI is looked up "
+                   "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the job writes its files there")
     s.add_argument("--no-wait", action="store_true",
                    help="print the job id (and how to fetch its model later) and return")
+    _register_flag(s)
     s.add_argument("--pip", action="store_true", help="have Ray pip-install rayprop's dependencies "
                    "for the job (runtime_env pip), for a cluster whose Python lacks them")
 
@@ -167,14 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a data source",
                        description="Print the loss (and accuracy) of a saved model on a data source, as JSON.")
-    e.add_argument("model", metavar="MODEL", help="a model directory or its model.npz")
-    e.add_argument("data", metavar="DATA", help="built-in set name, .parquet file or directory, or .csv")
+    _model_flags(e)
 
     r = sub.add_parser("predict", help="outputs of a saved model for each row of a data source",
                        description="Write the network's outputs for each row of DATA as CSV "
                        "(stdout) or to --output FILE (.csv or .parquet).")
-    r.add_argument("model", metavar="MODEL", help="a model directory or its model.npz")
-    r.add_argument("data", metavar="DATA", help="built-in set name, .parquet file or directory, or .csv")
+    _model_flags(r)
     r.add_argument("--output", metavar="FILE", help="write .csv or .parquet here instead of stdout")
     return p
 

@@ -22,6 +22,7 @@ import numpy as np
 from experiments.jobs.checkpoint_copies import CheckpointCopies
 from experiments.jobs.job import Job
 from experiments.jobs.pool_size import PoolSize
+from experiments.jobs.worker_seconds import WorkerSeconds
 from experiments.tracking.tags import OUTPUT_TAG, SUBMISSION_TAG
 from trainer import __version__
 from trainer.checkpoint import Checkpoint, Checkpointer
@@ -29,6 +30,7 @@ from trainer.coordinator import train as coordinate
 from trainer.errors import DataChangedError, RunError
 from trainer.model_io import save_model, write_json
 from trainer.optimizers import make_optimizer
+from trainer.param_hash import param_hash
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
@@ -43,6 +45,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     output_uri.py); a URI's copies each checkpoint and the model files there from
     out_dir, its staging folder. `trained()`: called once training is over and the pool
     is no longer needed (`train` shuts Ray down meanwhile: jobs/overlap.py)."""
+    from experiments.tracking.metrics import PARAM_HASH_TAG
     from experiments.tracking.run_artifacts import log_outputs
 
     where_to = output.name if output is not None else str(out_dir.resolve())  # the URI for a URI
@@ -52,18 +55,25 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.beta1, t.beta2, t.epsilon)
     if resume:
         optimizer.load_state(resume.optimizer)
-    copies = CheckpointCopies(run, output)
+    from experiments.tracking.checkpoint_models import CheckpointModels
+
+    copies = CheckpointCopies(run, output, models=CheckpointModels(run, job))  # checkpoints as logged models too
     checkpointer = Checkpointer(out_dir / "checkpoints", t.checkpoint_every,
                                 {"run_id": run.run_id, "layers": list(job.spec.layers),
                                  "data_fingerprint": job.fingerprint},
                                 on_saved=copies.saved, before_save=run.metrics.before_checkpoint,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
+    from experiments.tracking.system_metrics import NodeMetrics
+
+    # CPU, memory, network per node, beside training (not for a Ray Client job: its
+    # coordinator runs in the cluster, not here).
+    nodes = None if hasattr(pool, "coordinate") else NodeMetrics.start(pool, run.metrics.outbox.put)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
             drive = getattr(pool, "coordinate", None) or functools.partial(coordinate, pool)
             result = drive(theta, optimizer, job.plan, t.epochs,
-                           [*listeners, run.metrics, PoolSize(pool, run.metrics)],
+                           [*listeners, run.metrics, PoolSize(pool, run.metrics), WorkerSeconds(pool, run.metrics)],
                            resume=resume.position if resume else None, checkpointer=checkpointer,
                            should_stop=should_stop, end_early=end_early)
     except (RunError, DataChangedError) as e:  # the run ends FAILED; what is kept
@@ -72,9 +82,11 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
             e.hint = "; ".join(filter(None, [e.hint, f"last good checkpoint {where}"]))
         raise
     finally:  # finished, stopped or failed: the run's artifacts end with its newest checkpoint
+        if nodes is not None:
+            nodes.stop()
         copies.finish(checkpointer.latest)
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
-    summary = {**summary_of(job, result, pool.num_workers, run.run_id), "nodes": pool.num_nodes,
+    summary = {**summary_of(job, result, pool.num_workers, run.run_id, theta), "nodes": pool.num_nodes,
                "ray": ray_kind, "resizes": len(pool.resizes)}
     if trained is not None:
         trained()
@@ -84,7 +96,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     if output is not None:
         output.written(out_dir)
     # a dead store: said at the end
-    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec))
+    run.deliver("the parameter hash tag", lambda: run.set_tags({PARAM_HASH_TAG: summary["param_hash"]}))
+    run.deliver("model artifacts", lambda: log_outputs(out_dir, resolved, job.source, job.schema, job.spec, run))
     return summary
 
 
@@ -110,12 +123,16 @@ def record(job: Job, pool, run, ray_kind: str, where_to: str, first: bool):
     return resolved
 
 
-def summary_of(job: Job, result, workers: int, run_id: str | None) -> dict:
+def summary_of(job: Job, result, workers: int, run_id: str | None, theta: np.ndarray) -> dict:
     return {"run_id": run_id, "steps": result.steps, "epochs": result.epochs,
             "final_loss": result.final_loss, "val_loss": result.val_loss,
             "val_accuracy": result.val_accuracy,
             "examples_per_second": result.examples_per_second,
             "wall_seconds": result.wall_seconds, "workers": workers,
+            # The final weights' hash, and each epoch's (trainer/param_hash.py): runs with
+            # equal hashes trained bitwise-equal weights.
+            "param_hash": param_hash(theta),
+            "param_hashes": {str(e): h for e, h in sorted(result.param_hashes.items())},
             "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

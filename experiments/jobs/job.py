@@ -70,6 +70,7 @@ class Options:
     output: str | None = None
     resume: str | None = None  # an MLflow run id
     quiet: bool = False
+    register_model: str | None = None  # --register-model NAME: the final model's registry name
 
 
 def infer_layers(cfg: Config, source: Source) -> list[int]:

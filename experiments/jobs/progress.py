@@ -92,4 +92,6 @@ def print_summary(summary: dict, out_dir) -> None:
              + (f"  val_loss {val:.4g}" if val is not None else "")
              + (f"  val_accuracy {acc:.1%}" if acc is not None else ""),
              f"  model written to {out_dir}/model.npz (+ model.json, summary.json)"]
+    if summary.get("param_hash"):  # equal hashes: bitwise-equal weights (README: Parameter hash)
+        lines.append(f"  param_hash {summary['param_hash']}")
     print("\n".join(lines), file=sys.stderr)

@@ -183,5 +183,5 @@ def deliver_only(job, run_id: str, experiment_id: str, claim) -> tuple[dict, str
         with StopFlag() as stop, tracking.TrackedRun(experiment_id, resume_run_id=run_id,
                                                      out_dir=out_dir, stop=stop) as run:
             run.deliver("model artifacts",
-                        lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec))
+                        lambda: log_outputs(out_dir, job.resolved_cfg, job.source, job.schema, job.spec, run))
     return summary, claim.name, run.report

@@ -85,6 +85,9 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                   file=sys.stderr)
             summary = fit(job, pool, run, claim.out_dir, [bar], ray_kind,
                           resume=resume, should_stop=stop, output=claim, trained=trained)
+            from experiments.tracking.checkpoint_models import hint
+
+            print(hint(stores.redact(uri), experiment_id, run.run_id), file=sys.stderr)
     except TrainingStopped as e:  # the run has ended KILLED
         e.hint = (f"checkpoint in {claim.name}/checkpoints; continue with: "
                   f"{resume_command(run.run_id, uri, opts.local, opts.address)}")

@@ -115,15 +115,16 @@ class Outbox:
             self._pending_points += len(points)
             self._cond.notify_all()
 
-    def put_task(self, task) -> None:
+    def put_task(self, task) -> bool:
         """Run task() on the sender thread, in order with the metrics; tried once (a
         checkpoint copy that fails is dropped: the file is local, a newer one follows).
-        Not queued while the store is failing."""
+        Not queued while the store is failing; returns whether it was queued."""
         with self._cond:
             if self.failures:
-                return
+                return False
             self._pending.append(task)
             self._cond.notify_all()
+            return True
 
     def keep_locally(self) -> None:
         """Before a checkpoint: every point not yet delivered is in the spool file too

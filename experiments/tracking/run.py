@@ -72,12 +72,20 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
+# MLflow 3's UI shows an experiment of this kind as model training (runs, charts,
+# models), not as GenAI development (traces, judges): its own tag and value.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def open_experiment(uri: str, name: str) -> str:
     """Point MLflow at `uri` and return the id of experiment `name` (created if new)."""
     stores.start_from_template(uri)  # a new sqlite store in seconds less
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.set_experiment(name).experiment_id
+        experiment = mlflow.set_experiment(name)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # once per experiment; a user's choice stays
+            MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return experiment.experiment_id
     except Exception as e:  # MlflowException, sqlalchemy, requests: any way a store can refuse
         raise InputError(f"tracking URI {redact(uri)}: cannot use experiment {name!r} "
                          f"({first_line(e)[:300]})") from None

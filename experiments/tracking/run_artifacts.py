@@ -3,9 +3,8 @@ MLflow pyfunc model, and for 2-D inputs a decision-boundary plot.
 
 The pyfunc model is "models from code" (experiments/tracking/pyfunc_model.py) and carries
 rayprop's numpy-only `trainer` package in its code_paths, so it loads and serves
-without rayprop installed. Its input example is the data's first rows (feature
-columns) and its signature is inferred from that example and the network's output
-on it, computed here by the same forward pass the model runs (model_signature.py).
+without rayprop installed. It is logged as an MLflow 3 logged model with the run's last
+step and that step's metrics linked (experiments/tracking/logged_models.py).
 """
 
 from __future__ import annotations
@@ -13,21 +12,20 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pandas as pd
 import yaml
 
-import trainer
-from experiments.tracking import model_signature, plots
+from experiments.tracking import logged_models, plots
 from experiments.tracking.params import public_config
 from trainer.model_io import MODEL_FILES, load_model
 from trainer.network import NetworkSpec
 from workers.data.examples import Schema, load_examples
 from workers.data.source import Source
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE_ROWS = 5     # rows in the model's input example
 PLOT_ROWS = 2000     # rows drawn on the decision-boundary plot
 SLICES = 20          # the plot's rows come from this many slices spread over the source
@@ -44,36 +42,40 @@ def sample(source: Source, schema: Schema, rows: int) -> tuple[np.ndarray, np.nd
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def log_pyfunc(source: Source, schema: Schema, out_dir: Path) -> None:
+def log_pyfunc(source: Source, schema: Schema, out_dir: Path, run=None) -> str:
+    """The final model as a logged model named "model" (experiments/tracking/logged_models.py)
+    at the run's last step, with that step's training metrics linked; returns its id.
+    run: the TrackedRun (its logger and last points); None: the active run, no points."""
     # The first rows: one read (rows spread over the source, as the plot takes them,
-    # made a teacher set draw its stream again for each, 1.5 s for 5 rows).
+    # made a teacher set draw its stream again for each: 1.5-2 s for 5 rows of W-mnist).
     X, _ = load_examples(source, schema, 0, min(EXAMPLE_ROWS, source.num_rows), np.float64)
     example = pd.DataFrame(X, columns=list(schema.features))
-    spec, theta, meta = load_model(out_dir)  # the network as saved
+    data = SimpleNamespace(source=source, schema=schema)  # what a model logger reads of a job: its data set
+    models = logged_models.of(run, data) if run is not None else logged_models.for_active_run(data)
+    step = run.metrics.step if run is not None and run.metrics is not None else 0
+    points = run.metrics.points_at(step) if run is not None and run.metrics is not None else []
     with tempfile.TemporaryDirectory(prefix="rayprop-model-") as tmp:
         network = Path(tmp) / "network"  # the artifact the model loads: model.npz + model.json
         network.mkdir()
         for name in ("model.npz", "model.json"):
             shutil.copy2(out_dir / name, network / name)
-        # Explicit pip_requirements: MLflow's requirements inference imports the model
-        # and watches its imports. Explicit signature (model_signature.py): MLflow's
-        # own inference loads the model and predicts on the example.
-        with model_signature.serving_check_skipped():
-            mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
-                code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-                signature=model_signature.signature(spec, theta, meta, example),
-                pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+        model_id = models.log(logged_models.FINAL_NAME, network, step, points,
+                              {logged_models.KIND_TAG: "final", logged_models.STEP_TAG: str(step)}, example)
+    if run is not None:
+        run.final_model_id = model_id
+    return model_id
 
 
-def log_outputs(out_dir: Path, resolved_cfg, source: Source, schema: Schema, spec: NetworkSpec) -> None:
+def log_outputs(out_dir: Path, resolved_cfg, source: Source, schema: Schema, spec: NetworkSpec,
+                run=None) -> None:
     """Everything a run keeps besides params, tags and metrics (into the active run):
     the files in `out_dir`, the config as trained, and the model's input example and
-    plot drawn from the data it trained on."""
+    plot drawn from the data it trained on. run: the TrackedRun, whose last step's
+    metrics the final model links."""
     mlflow.log_text(yaml.safe_dump(public_config(resolved_cfg), sort_keys=False), "config.yaml")
     for name in MODEL_FILES:
         mlflow.log_artifact(str(out_dir / name))
-    log_pyfunc(source, schema, out_dir)
+    log_pyfunc(source, schema, out_dir, run)
     if spec.layers[0] == 2:
         X, Y = sample(source, schema, PLOT_ROWS)
         _, theta, _ = load_model(out_dir)  # the weights as saved, not a copy in memory

@@ -46,14 +46,20 @@ def quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+# MLflow 3.17's UI opens in its "GenAI" workspace (traces, prompts, judges) unless the
+# address asks for the other one: its sidebar reads ?workflowType= (genai or
+# machine_learning, "Model training"), else what the browser last chose (localStorage
+# mlflow.workflowType), else genai. So every address rayprop prints asks for it.
+TRAINING_WORKSPACE = "?workflowType=machine_learning"
+
+
 def experiment_page(ui: str, experiment_id: str) -> str:
-    """The MLflow UI's page of an experiment's runs (3.x opens an experiment on its GenAI
-    overview otherwise, where training runs are one click away)."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    """The MLflow UI's page of an experiment's runs, in its "Model training" workspace."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs{TRAINING_WORKSPACE}"
 
 
 def run_page(ui: str, experiment_id: str, run_id: str) -> str:
-    return f"{experiment_page(ui, experiment_id)}/{run_id}"
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_WORKSPACE}"
 
 
 def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:

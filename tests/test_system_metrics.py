@@ -1,0 +1,87 @@
+"""System metrics per node (experiments/system_metrics.py) on two real Ray nodes
+(ray.cluster_utils.Cluster: two raylets on this machine, one CPU each, so the two
+shard workers land on different nodes), logged by `rayprop train` run as a
+subprocess into a real sqlite store: CPU, memory and network of the coordinator
+and of each node running workers, named as MLflow names its system metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import yaml
+
+from tests.raycluster import pinned_auth_mode
+from tests.raydata import config, write_parquet
+
+KEYS = {"cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage",
+        "network_receive_megabytes", "network_transmit_megabytes"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    # Token mode for nodes and driver alike (see tests/test_multinode.py), with a token of
+    # this module's: a fresh HOME (tests/conftest.py) has no ~/.ray/auth_token to fall back on.
+    saved = os.environ.get("RAY_AUTH_TOKEN")
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+    auth = pinned_auth_mode("token")
+    auth.__enter__()
+    temp_dir = tempfile.mkdtemp(prefix="rpsm", dir="/tmp")
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "temp_dir": temp_dir, "object_store_memory": 100 * 2**20})
+    try:
+        c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        auth.__exit__(None, None, None)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+        else:
+            os.environ["RAY_AUTH_TOKEN"] = saved
+
+
+def test_each_node_running_workers_and_the_coordinator_have_system_metrics(cluster, tmp_path):
+    from mlflow import MlflowClient
+
+    from experiments.tracking.system_metrics import node_label
+
+    path = write_parquet(tmp_path / "d.parquet")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(path, "sgd", 64, epochs=2)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train", str(tmp_path / "c.yaml"),
+                           "--address", "auto", "--workers", "2", "--output", str(tmp_path / "out"),
+                           "--tracking-uri", uri, "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["nodes"] == 2
+
+    client = MlflowClient(uri)
+    run = client.get_run(summary["run_id"])
+    by_node: dict[str, set[str]] = {}
+    for key in run.data.metrics:
+        if key.startswith("system/"):
+            _, node, name = key.split("/", 2)
+            by_node.setdefault(node, set()).add(name)
+    nodes = {node_label(n.node_id) for n in cluster.list_all_nodes()}
+    assert set(by_node) == {"coordinator", *nodes}, by_node
+    for node, names in by_node.items():
+        assert names == KEYS, node
+        memory = client.get_metric_history(run.info.run_id, f"system/{node}/system_memory_usage_percentage")
+        assert memory and all(0 < m.value <= 100 for m in memory), node
+        sent = sorted(client.get_metric_history(run.info.run_id, f"system/{node}/network_transmit_megabytes"),
+                      key=lambda m: m.step)
+        assert [m.step for m in sent] == list(range(len(sent)))  # one sample per step number
+        assert all(m.value >= 0 for m in sent) and sent[-1].value >= sent[0].value
