@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
@@ -56,6 +56,38 @@ class Connection:
     address: str
     cpus: float
     nodes: int
+    _closing: threading.Thread | None = field(default=None, repr=False)
+    _close_error: list = field(default_factory=list, repr=False)
+
+    def close_early(self, first=None) -> None:
+        """Start shutting Ray down now, in a thread of its own, after `first()` (the
+        pool's close): what is left of a job (writing and logging the model) needs no
+        Ray, and Ray's shutdown is mostly waiting for its processes to exit, so the two
+        overlap. `connect` waits for it on the way out (and raises what it raised);
+        Ray is not used after this call."""
+        if self._closing is not None:
+            return
+        import ray
+
+        def close():
+            try:
+                if first is not None:
+                    first()
+            except BaseException as e:  # raised again by `connect`, in the caller's thread
+                self._close_error.append(e)
+            finally:
+                ray.shutdown()
+
+        self._closing = threading.Thread(target=close, name="rayprop-ray-shutdown", daemon=True)
+        self._closing.start()
+
+    def _finish_close(self, ray) -> None:
+        if self._closing is None:
+            ray.shutdown()
+            return
+        self._closing.join()
+        if self._close_error:
+            raise self._close_error[0]
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -240,12 +272,44 @@ def _loopback_node(ray):
 
 
 @contextmanager
+def _without_head_services():
+    """A local Ray for one job starts no API server and no autoscaler monitor.
+    `ray.init(include_dashboard=False)` still starts both: the API server
+    (dashboard.py, with only its usage-stats module) is on ray.init's critical path
+    (ray.init polls until it has published its address, and only then starts the
+    raylet and its agents), and the monitor autoscales, which a fixed local node never
+    does. Each is a Python process importing Ray (0.4-0.7 s of CPU on a 2-core
+    machine where the agents and workers are importing too), and each costs up to a
+    second at shutdown (Ray stops its processes one after the other). A job uses
+    neither (no Jobs or state API, no autoscaling); the dashboard agent's event module
+    then notes once a second in Ray's session log (dashboard_agent.log) that it finds
+    no dashboard to send events to, which reaches no console. Switched for ray.init
+    only; a Ray without these hooks starts them as before."""
+    try:
+        from ray._private import node, services
+    except ImportError:
+        yield
+        return
+    api_server, monitor = getattr(services, "start_api_server", None), getattr(node.Node, "start_monitor", None)
+    if api_server is None or monitor is None:
+        yield
+        return
+    services.start_api_server = lambda *args, **kwargs: (None, None)  # (its URL, its process)
+    node.Node.start_monitor = lambda self: None
+    try:
+        yield
+    finally:
+        services.start_api_server, node.Node.start_monitor = api_server, monitor
+
+
+@contextmanager
 def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     """Yield a Connection with Ray initialized; shut down what we started."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     source = enable_token_mode() if address else None  # before Ray is imported: it reads the mode once
     import ray
 
+    conn = None
     with _sigterm_is_ctrl_c():
         try:
             with _stop_deferred(ray):
@@ -258,9 +322,13 @@ def connect(address: str | None, cpus_needed: int, quiet: bool = True):
             if cpus < cpus_needed:
                 raise InputError(f"the cluster at {redact(address)} has {cpus:g} CPUs, the job needs "
                                  f"{cpus_needed} (lower --workers or cluster.cpus_per_worker)")
-            yield Connection(kind, redact(address) if address else "local", cpus, nodes)
+            conn = Connection(kind, redact(address) if address else "local", cpus, nodes)
+            yield conn
         finally:
-            ray.shutdown()  # also after an interrupted start
+            if conn is None:
+                ray.shutdown()  # also after an interrupted start
+            else:
+                conn._finish_close(ray)
 
 
 def _start(ray, address: str | None, source: str | None, log_level: int, cpus_needed: int) -> str:
@@ -268,8 +336,9 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
     if address is None:
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
-        # on a small machine is most of a short job's start (README: Speed).
-        with _loopback_node(ray):
+        # on a small machine is most of a short job's start (README: Speed); nor the
+        # API server and monitor that Ray starts without it (_without_head_services).
+        with _loopback_node(ray), _without_head_services():
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=log_level, configure_logging=True)

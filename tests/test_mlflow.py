@@ -201,6 +201,26 @@ def check_run(mlflow, uri: str, experiment: str, out: Path, tmp: Path):
     np.testing.assert_allclose(pred.to_numpy(), expected, atol=1e-5)
     raw = model.unwrap_python_model().predict(None, X)  # a plain 2-D array works too
     np.testing.assert_allclose(raw.to_numpy(), expected, atol=1e-5)
+    # The job gives the signature and saves the model without MLflow's serving check of the
+    # example (experiments/tracking/logged_models.py): the signature is what MLflow infers
+    # from the logged example (the data's first rows) and the model's output on it, and
+    # the check passes on the logged model.
+    from mlflow.models import infer_signature
+    from mlflow.models.utils import _validate_serving_input, load_serving_example
+
+    example = model.input_example
+    assert list(example.columns) == ["x0", "x1"] and len(example) == 5
+    assert sig == infer_signature(example, model.predict(example))
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        served = _validate_serving_input(f"runs:/{run.info.run_id}/model",
+                                         load_serving_example(f"runs:/{run.info.run_id}/model"))
+    finally:
+        mlflow.set_tracking_uri(None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    np.testing.assert_allclose(served.to_numpy(), model.predict(example).to_numpy())
     return run
 
 

@@ -54,6 +54,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_multinode": (RAY,),
     "test_node_plane": (RAY,),
     "test_ray_pool": (RAY,),
+    "test_ray_start_stop": (RAY,),
     "test_remote": (RAY, SERVER),
     "test_resume": (SLOW,),
     "test_store_loss": (SERVER, SLOW),

@@ -216,6 +216,15 @@ def load_model(path: str | Path) -> tuple[NetworkSpec, np.ndarray, dict]:
     return spec, theta_from_arrays(spec, arrays, npz), meta
 
 
+def output_names(meta: dict, n_out: int) -> list[str]:
+    """Column names of A[L] in the pyfunc model's output (model.json's meta), the same
+    as `rayprop predict` uses."""
+    targets = meta.get("targets") or []
+    if meta.get("encoding") == "one_hot":
+        return [f"p{k}" for k in range(n_out)]
+    return list(targets) if len(targets) == n_out else [f"y{k}" for k in range(n_out)]
+
+
 def _is_names(value) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 

@@ -34,7 +34,8 @@ from trainer.param_hash import param_hash
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
-        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None) -> dict:
+        resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None,
+        trained=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints; then write the model files and
     summary.json. Returns the summary.
@@ -42,7 +43,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     ends has `stopped_early_at_epoch` in its summary. A RunError leaves with a hint
     naming the last good checkpoint. `output`: the output's claim (output_folder.py,
     output_uri.py); a URI's copies each checkpoint and the model files there from
-    out_dir, its staging folder."""
+    out_dir, its staging folder. `trained()`: called once training is over and the pool
+    is no longer needed (`train` shuts Ray down meanwhile: jobs/overlap.py)."""
     from experiments.tracking.metrics import PARAM_HASH_TAG
     from experiments.tracking.run_artifacts import log_outputs
 
@@ -86,6 +88,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     # The pool's size at the end, and how often it changed on the way (README: Faults and elasticity).
     summary = {**summary_of(job, result, pool.num_workers, run.run_id, theta), "nodes": pool.num_nodes,
                "ray": ray_kind, "resizes": len(pool.resizes)}
+    if trained is not None:
+        trained()
     if result.stopped_early:
         summary["stopped_early_at_epoch"] = (resume.position.epoch if resume else 0) + result.epochs
     write_outputs(job, theta, out_dir, summary)

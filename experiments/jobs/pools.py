@@ -11,14 +11,18 @@ import os
 from contextlib import ExitStack
 
 from experiments.jobs.job import Job, Options
+from experiments.jobs.overlap import Once, release_ray
 from trainer.config import Config
 
 
 def start_pool(job: Job, opts: Options, workers: int | str, stack: ExitStack):
-    """(pool, where it runs in words, the Ray connection's kind) for `rayprop train`; the
-    connection and the pool are closed by `stack`. Local mode starts no Ray; through Ray
-    Client the coordinator goes into the cluster (jobs/remote_pool.py)."""
+    """(pool, where it runs in words, the Ray connection's kind, what to call once
+    training is over or None) for `rayprop train`; the connection and the pool are
+    closed by `stack`, or, once training is over, by that call in the background while
+    the model is logged (jobs/overlap.py). Local mode starts no Ray; through Ray Client
+    the coordinator goes into the cluster (jobs/remote_pool.py)."""
     cfg = job.cfg
+    conn = None
     if opts.local:
         place, kind = "local mode", "none"
     else:
@@ -30,8 +34,9 @@ def start_pool(job: Job, opts: Options, workers: int | str, stack: ExitStack):
         pool = RemotePool(job.task, cfg.cluster, workers, cfg.train.max_worker_failures)
     else:
         pool = open_pool(job, workers, opts.local)
-    stack.callback(pool.close)
-    return pool, place, kind
+    close_pool = Once(pool.close)  # at the end of training, or on the way out
+    stack.callback(close_pool)
+    return pool, place, kind, release_ray(conn, close_pool)
 
 
 def connect_ray(address, cpus, stack):

@@ -14,15 +14,14 @@ Ray and MLflow are imported inside the functions: the input checks run first.
 
 from __future__ import annotations
 
-import importlib
 import sys
-import threading
 from contextlib import ExitStack
 
 from experiments.jobs.fit import fit
 from experiments.jobs.job import Job, Options, prepare
 from experiments.jobs.output_folder import check_writable_dir, default_output
 from experiments.jobs.output_uri import UriClaim, claim_output
+from experiments.jobs.overlap import warm_up
 from experiments.jobs.pools import describe, open_pool, start_pool
 from experiments.jobs.resume import deliver_only, find_checkpoint, mark_resumed, resume_command
 from experiments.tracking import stores
@@ -60,12 +59,12 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
 
     # MLflow takes seconds to import: that happens in the background while Ray starts and
     # the workers read their rows (an import writes nothing; the run comes after the checks).
-    threading.Thread(target=importlib.import_module, args=("experiments.tracking.run",), daemon=True).start()
+    warm_up(plot=job.spec.layers[0] == 2)
     run = None
     try:
         with ExitStack() as stack:
             # The pool reads (and checks) every row: bad data is exit 2 before a run exists.
-            pool, place, ray_kind = start_pool(job, opts, workers, stack)
+            pool, place, ray_kind, trained = start_pool(job, opts, workers, stack)
             from experiments.tracking import run as tracking  # mlflow: ~2 s, paid only once the inputs are good
 
             if experiment_id is None:
@@ -85,7 +84,7 @@ def train(cfg: Config, opts: Options) -> tuple[dict, str, str | None]:
                   f"{cfg.experiment!r} at {stores.where_to_see(uri, experiment_id, run.run_id)}",
                   file=sys.stderr)
             summary = fit(job, pool, run, claim.out_dir, [bar], ray_kind,
-                          resume=resume, should_stop=stop, output=claim)
+                          resume=resume, should_stop=stop, output=claim, trained=trained)
             from experiments.tracking.checkpoint_models import hint
 
             print(hint(stores.redact(uri), experiment_id, run.run_id), file=sys.stderr)

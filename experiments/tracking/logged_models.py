@@ -154,19 +154,13 @@ def signature_of(network: Path, example: pd.DataFrame | None):
         return None
     from mlflow.models import infer_signature
 
-    from trainer.model_io import load_model
+    from trainer.model_io import load_model, output_names
     from trainer.network import forward
 
     spec, theta, meta = load_model(network)
     _, AL = forward(spec, theta, np.ascontiguousarray(example.to_numpy(), dtype=spec.dtype))
-    targets = meta.get("targets") or []
-    n_out = spec.layers[-1]
-    # the columns pyfunc_model.output_names gives (not imported: that file is run by MLflow)
-    if meta.get("encoding") == "one_hot":
-        columns = [f"p{k}" for k in range(n_out)]
-    else:
-        columns = list(targets) if len(targets) == n_out else [f"y{k}" for k in range(n_out)]
-    return infer_signature(example, pd.DataFrame(AL.T.copy(), columns=columns))
+    # the columns the pyfunc model returns (pyfunc_model.py uses the same output_names)
+    return infer_signature(example, pd.DataFrame(AL.T.copy(), columns=output_names(meta, spec.layers[-1])))
 
 
 def network_dir(into: Path, spec, theta: np.ndarray, columns: dict) -> Path:

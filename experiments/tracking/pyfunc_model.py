@@ -16,18 +16,10 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from trainer.model_io import load_model
+from trainer.model_io import load_model, output_names
 from trainer.network import forward
 
 NETWORK = "network"  # the artifact holding model.npz and model.json
-
-
-def output_names(meta: dict, n_out: int) -> list[str]:
-    """Column names of A[L], the same as `rayprop predict` uses."""
-    targets = meta.get("targets") or []
-    if meta.get("encoding") == "one_hot":
-        return [f"p{k}" for k in range(n_out)]
-    return list(targets) if len(targets) == n_out else [f"y{k}" for k in range(n_out)]
 
 
 class RaypropModel(PythonModel):

@@ -1,0 +1,75 @@
+"""A job's local Ray (cluster/connect.py): started without the API server and the
+autoscaler monitor that `ray.init` would add (neither serves a job), and shut down
+in the background once training is over (Connection.close_early), while the driver
+logs the model: the pool first, then Ray, and `connect` waits for both on the way out."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cluster.connect import connect
+from tests.test_listeners import process_tree
+
+
+def commands_of(pids: set[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_a_local_ray_runs_actors_without_api_server_or_monitor():
+    import ray
+    from ray._private import node, services
+
+    api_server, monitor = services.start_api_server, node.Node.start_monitor
+    with connect(None, 2) as conn:
+        @ray.remote(num_cpus=1)
+        class Echo:
+            def pid(self):
+                return os.getpid()
+
+        actors = [Echo.remote() for _ in range(2)]
+        pids = ray.get([a.pid.remote() for a in actors], timeout=120)
+        commands = commands_of(process_tree(os.getpid()))
+        assert conn.kind == "local" and conn.nodes == 1 and conn.cpus >= 2
+    assert len(set(pids)) == 2
+    assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
+    assert not [c for c in commands if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c]
+    # put back for anything else that starts Ray in this process
+    assert (services.start_api_server, node.Node.start_monitor) == (api_server, monitor)
+    assert not ray.is_initialized()
+
+
+def test_close_early_closes_the_pool_then_ray_in_the_background():
+    import ray
+
+    seen = []
+    with connect(None, 2) as conn:
+        raylets = [c for c in commands_of(process_tree(os.getpid())) if "raylet/raylet" in c]
+        main = threading.current_thread()
+        conn.close_early(lambda: seen.append((ray.is_initialized(), threading.current_thread() is main)))
+        conn.close_early(lambda: seen.append("twice"))  # one shutdown only
+    assert seen == [(True, False)]  # the pool closed first, while Ray was up, off the main thread
+    assert not ray.is_initialized()
+    left = [c for c in commands_of(process_tree(os.getpid())) if c in raylets]
+    assert not left, left
+
+
+def test_an_error_closing_the_pool_comes_out_of_connect_and_ray_still_stops():
+    import ray
+
+    def broken():
+        raise RuntimeError("the pool would not close")
+
+    with pytest.raises(RuntimeError, match="would not close"), connect(None, 2) as conn:
+        conn.close_early(broken)
+    assert not ray.is_initialized()
