@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -128,8 +127,8 @@ def one_job(checkout: str, extra: list[str]) -> dict:
         out = f"{tmp}/marks.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", repr(t0), out, *argv], cwd=tmp, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", repr(t0), out, *argv],
+                              cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.time() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         # CPU seconds of the job's process tree, as far as its processes were waited for
@@ -145,7 +144,8 @@ def one_job(checkout: str, extra: list[str]) -> dict:
         else:
             at[name] = t  # the last exit
     phases = {p: round(at[b] - at[a], 3) for p, a, b in PHASES if a in at and b in at}
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "phases_s": phases, "load_1min": round(os.getloadavg()[0], 1)}
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "phases_s": phases,
+            "load_1min": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: in
         if not parts:
             grad.fill(0)
             return sums, n, loss_sum
-        block_max = np.max([s.block_max for s in parts], axis=0)
+        block_max = np.max([s.block_max for s in parts if s.block_max is not None], axis=0)
         if not (math.isfinite(loss_sum) and np.isfinite(block_max).all()):
             bad = loss_sum if not math.isfinite(loss_sum) else block_max[~np.isfinite(block_max)][0]
             what = "loss" if not math.isfinite(loss_sum) else "gradient"
@@ -148,10 +148,12 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     pos = resume or Position(0, 0, 0)
     # float32: block sums combined exactly, so the weights do not depend on the worker count.
     exact = ExactSum(pool.spec.layers, plan.blocks, pos.sum_scales) if theta.dtype == np.float32 else None
-    total = np.empty(theta.size, np.float64) if exact else None
+    total = np.empty(theta.size, np.float64)  # float32: the workers' integer sums, added
 
-    def position(*args) -> Position:
-        return Position(*args, sum_scales=None if exact is None else tuple(int(s) for s in exact.scales))
+    def position(epoch: int, k: int, steps: int, loss_sum: float = 0.0, seconds: float = 0.0,
+                 compute: float = 0.0) -> Position:
+        return Position(epoch, k, steps, loss_sum, seconds, compute,
+                        sum_scales=None if exact is None else tuple(int(s) for s in exact.scales))
     result.steps = pos.global_step
     t_run = time.perf_counter()
     train_seconds = 0.0

@@ -62,7 +62,8 @@ class ExactSum:
         self.scales = (np.full(len(self.sizes), DEFAULT_SCALE, np.int64) if scales is None
                        else np.asarray(scales, np.int64).copy())
         self.recomputed = 0  # steps computed twice (a scale moved); a figure for tests and notes
-        self._factor_key, self._factor = None, None
+        self._factor_key: tuple | None = None
+        self._factor = np.empty(0)  # 2^-s / n per parameter, for _factor_key's scales and n
 
     def wanted(self, block_max: np.ndarray) -> np.ndarray:
         """The scales that put each tensor's largest |block sum| at 2^target (a tensor

@@ -91,7 +91,7 @@ class ShardWorker:
         t0 = time.perf_counter()
         grad = self._grad if out is None else out
         members = self.plan.shard_batch(epoch, k, self.lo, self.hi)
-        if self.exact:
+        if self._blocks is not None:  # float32: per block, summed exactly
             runs = self.plan.block_runs(self.lo, self.hi, members)
             if scales is None:
                 scales = np.full(2 * self.spec.L, DEFAULT_SCALE)

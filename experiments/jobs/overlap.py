@@ -20,7 +20,8 @@ import threading
 
 # In the order the job needs them; each module's import is shared with the main thread
 # (Python's per-module import lock), so whichever comes first does it.
-WARM_MODULES = ("experiments.tracking.run", "mlflow.store.tracking.sqlalchemy_store", "experiments.tracking.run_artifacts")
+WARM_MODULES = ("experiments.tracking.run", "mlflow.store.tracking.sqlalchemy_store",
+                "experiments.tracking.run_artifacts")
 PLOT_MODULES = ("matplotlib.figure",)
 
 
