@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.child:
         return child(a.child, a.mkl_lib, a.threads)
-    limits = {k: str(a.threads) for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")}
+    limits = {k: str(a.threads)
+              for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")}
     runs: dict[str, list[dict]] = {lib: [] for lib in LIBS}
     for _ in range(a.rounds):
         for lib in LIBS:

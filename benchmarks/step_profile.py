@@ -13,7 +13,8 @@ and operand shapes (with ".T" for a transposed operand), its time the median ove
 steps. `--cpu` reads this thread's CPU time instead of the wall clock: with
 OPENBLAS_NUM_THREADS=1 every operation runs on this thread, and the table no longer
 moves with what else the machine runs (a loaded 2-core machine makes wall times of
-multi-threaded BLAS calls wander several-fold). Prints a markdown table (docs/speed-log.md keeps them) and one JSON line.
+multi-threaded BLAS calls wander several-fold). Prints a markdown table (docs/speed-log.md
+keeps them) and one JSON line.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workload", default="w-mnist")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--cpu", action="store_true", help="time by this thread's CPU time (use with OPENBLAS_NUM_THREADS=1)")
+    p.add_argument("--cpu", action="store_true",
+                   help="time by this thread's CPU time (use with OPENBLAS_NUM_THREADS=1)")
     p.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions")
     a = p.parse_args(argv)
     global clock
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
         plain.append(clock() - t0)
     step_ms = statistics.median(plain) * 1e3
     rows = sorted(((statistics.median(v) * 1e3, k) for k, v in per_step.items()), reverse=True)
-    print(f"| operation | operands | ms/step | share |\n| --- | --- | ---: | ---: |")
+    print("| operation | operands | ms/step | share |\n| --- | --- | ---: | ---: |")
     total = statistics.median(walls) * 1e3
     for ms, (name, shapes) in rows:
         print(f"| {name} | {shapes} | {ms:.3f} | {ms / total:.0%} |")
