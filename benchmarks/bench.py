@@ -2,15 +2,17 @@
 """rayprop's benchmarks in one command and ONE JSON document on stdout (progress on
 stderr). Each job is its own small file and runs alone too:
 
-    steps.py   step times of W-tiny, W-mnist, W-wide: local, N Ray workers, beside
-               peers.py (PyTorch in a child process, Ray Train); --profile; --smoke
+    steps.py   step times of W-tiny, W-mnist, W-wide: local, N Ray workers, a plain numpy
+               step, beside peers.py (PyTorch in a child process, Ray Train); --profile;
+               --cpu-clock (one thread each, its CPU time); --smoke
     jobs.py    whole `rayprop train` jobs from process start, beside a Ray Train script
     resize.py  the steps at whose boundary a pool grows or shrinks
     sweeps.py  whole sweeps, trials one at a time against side by side
     core.py    what they share: workloads, rounding, the machine's load, JSON out
 
     python benchmarks/bench.py [--workloads W-tiny,W-mnist] [--modes local,ray1,ray2,...]
-                               [--repeats 6] [--job] [--resize] [--profile]
+                               [--repeats 6] [--job] [--resize] [--profile] [--cpu-clock]
+    python benchmarks/bench.py --workloads W-mnist --modes local,numpy,torch --cpu-clock
     python benchmarks/bench.py --sweep [--sweep-concurrency 2]
 """
 

@@ -8,6 +8,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import configs
@@ -23,6 +25,46 @@ SWITCH_PAUSE_S = 0.5
 # The `rayprop` command of this interpreter's environment, even when it is not on PATH.
 _BESIDE = Path(sys.executable).with_name("rayprop")
 RAYPROP = str(_BESIDE) if _BESIDE.exists() else "rayprop"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How the in-process modes (local, numpy) and the torch child are timed: by the
+    wall clock on all CPUs, or (--cpu-clock) by one thread's CPU time on one BLAS
+    thread. On a machine loaded by other work, 2-thread wall times wander several-fold,
+    one thread's CPU time by a few percent."""
+
+    clock: Callable[[], float]
+    threads: int  # BLAS / PyTorch threads of those modes
+    name: str
+
+    @property
+    def wall(self) -> bool:
+        return self.clock is time.perf_counter
+
+
+WALL = Timing(time.perf_counter, CPUS, "wall")
+THREAD_CPU = Timing(time.thread_time, 1, "thread CPU, 1 thread")
+
+
+def use_timing(cpu_clock: bool) -> Timing:
+    """The timing of --cpu-clock or not; with it, this process's BLAS keeps one thread."""
+    if not cpu_clock:
+        return WALL
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # for the rest of the process: the harness times nothing else in it
+    return THREAD_CPU
+
+
+def gemm_info() -> dict:
+    """Which BLAS numpy runs here, and the OpenBLAS kernel that it picked (an
+    OPENBLAS_CORETYPE in the environment pins an older one)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return {"blas": [f"{i['internal_api']} {i['version']} {i.get('architecture') or ''}".strip() for i in blas],
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def log(*parts):

@@ -26,12 +26,16 @@ class NumpyStep:
     """SGD on softmax cross-entropy for a ReLU MLP: forward, backward, update, nothing else."""
 
     @staticmethod
-    def fits(spec) -> bool:
-        """The networks this step is written for."""
-        return (spec.hidden_activation, spec.output_activation, spec.cost) == ("relu", "softmax", "cross_entropy")
+    def fits(job) -> bool:
+        """The jobs this step is written for: a ReLU/softmax network, plain SGD, a teacher set."""
+        from workers.data.builtin_sets import TEACHERS
+
+        spec = job.spec
+        return ((spec.hidden_activation, spec.output_activation, spec.cost) == ("relu", "softmax", "cross_entropy")
+                and job.cfg.train.optimizer in ("sgd", "gd") and job.source.spec in TEACHERS)
 
     def __init__(self, job, clock=time.perf_counter):
-        from workers.builtin_sets import teacher_arrays
+        from workers.data.builtin_sets import teacher_arrays
 
         self.X, self.y = teacher_arrays(job.source.spec)
         self.plan, self.lr = job.plan, job.cfg.train.learning_rate

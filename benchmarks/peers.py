@@ -3,7 +3,7 @@ batches) in a child process, so its thread pool and numpy's never spin against e
 other, and Ray Train's TorchTrainer with 2 gloo DDP workers, each taking half of every
 batch. Neither is a dependency of rayprop: `pip install torch "ray[train]"`.
 
-    python benchmarks/peers.py --torch-child WORKLOAD --epochs N   (steps.py starts it)
+    python benchmarks/peers.py --torch-child WORKLOAD --epochs N [--cpu-clock]   (steps.py starts it)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import core
-from core import CPUS, prepare, rnd
+from core import WALL, Timing, prepare, rnd, use_timing
 
 
 def torch_importable() -> bool:
@@ -74,11 +74,12 @@ def torch_step(torch, model, opt, xb, yb):
     return loss
 
 
-def torch_child(name, epochs):
+def torch_child(name, epochs, timing: Timing = WALL):
     """Serve timed repeats of `name` in PyTorch over stdin/stdout, one JSON line each."""
     import torch
 
-    torch.set_num_threads(CPUS)
+    torch.set_num_threads(timing.threads)
+    clock = timing.clock
     job = prepare(name)
     model = torch_model(job.spec, job.theta0)
     opt = torch.optim.SGD(model.parameters(), lr=job.cfg.train.learning_rate)
@@ -87,7 +88,7 @@ def torch_child(name, epochs):
 
     def run(n):
         nonlocal epoch
-        stamps = [time.perf_counter()]
+        stamps = [clock()]
         for _ in range(n):
             for k in range(plan.steps_per_epoch):
                 idx = plan.batch(epoch, k)
@@ -97,7 +98,7 @@ def torch_child(name, epochs):
                     it = torch.from_numpy(np.sort(idx))
                     xb, yb = Xt.index_select(0, it), yt.index_select(0, it)
                 torch_step(torch, model, opt, xb, yb)
-                stamps.append(time.perf_counter())
+                stamps.append(clock())
             epoch += 1
         return list(np.diff(stamps))
 
@@ -113,8 +114,10 @@ class TorchMode:
 
     label = "torch"
 
-    def __init__(self, name, epochs):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--torch-child", name, "--epochs", str(epochs)],
+    def __init__(self, name, epochs, timing: Timing = WALL):
+        self.threads = timing.threads
+        self.proc = subprocess.Popen([sys.executable, __file__, "--torch-child", name, "--epochs", str(epochs),
+                                      *([] if timing.wall else ["--cpu-clock"])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = json.loads(self.proc.stdout.readline())["ready"]
         self.steps, self.batch = [], prepare(name).plan.batch_size
@@ -128,7 +131,7 @@ class TorchMode:
 
     def report(self, local=None):
         step = statistics.median(self.steps)
-        out = {"torch": self.version, "threads": CPUS, "step_ms": rnd(step * 1e3),
+        out = {"torch": self.version, "threads": self.threads, "step_ms": rnd(step * 1e3),
                "examples_per_second": rnd(self.batch / step)}
         if local is not None:
             out["throughput_vs_local"] = rnd(local / step, 3)
@@ -190,5 +193,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--torch-child", metavar="WORKLOAD", required=True)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--cpu-clock", action="store_true", help="one thread, timed by its CPU time")
     args = ap.parse_args()
-    sys.exit(torch_child(args.torch_child, args.epochs))
+    sys.exit(torch_child(args.torch_child, args.epochs, use_timing(args.cpu_clock)))

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import LoadMeter, StepClock, log, prepare, rnd  # noqa: E402
+from core import LoadMeter, log, prepare, rnd  # noqa: E402
+from modes import StepClock  # noqa: E402
 
 from trainer.coordinator import train  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402

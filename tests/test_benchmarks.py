@@ -1,5 +1,6 @@
 """The benchmark harness works: its smoke run prints one JSON document of sane figures,
-and its rayprop modes, which train in turns, take the same steps as one undisturbed run."""
+its rayprop modes, which train in turns, take the same steps as one undisturbed run, and
+its numpy mode, timed by one thread's CPU time, trains as local mode does."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def bench_modules(monkeypatch):
     """benchmarks/ on sys.path, as when its scripts run (they import their siblings)."""
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("core", "modes", "peers"):  # generic names: gone with the path
+    for name in ("core", "modes", "peers", "numpy_step"):  # generic names: gone with the path
         sys.modules.pop(name, None)
 
 
@@ -69,3 +70,42 @@ def test_a_mode_trained_in_turns_takes_one_runs_steps(bench_modules):
     finally:
         pool.close()
     np.testing.assert_array_equal(mode.theta, ref)
+
+
+def test_numpy_mode_trains_as_local_mode_both_timed_by_one_threads_cpu(bench_modules):
+    """--cpu-clock's timing: the plain numpy step and local mode take the same SGD steps
+    (float64: the same weights to rounding), each step stamped by the thread's CPU time;
+    local's compute/transfer split, timed by the worker's wall clock, is left out."""
+    from core import THREAD_CPU, prepare
+    from modes import make_mode
+    from numpy_step import NumpyStep
+    from threadpoolctl import threadpool_limits
+
+    job = prepare("W-mnist", "model.layers=[784,8,10]", "model.dtype=float64")  # small: ~1 s an epoch
+    assert NumpyStep.fits(job)
+    with threadpool_limits(1):
+        runs = [make_mode(label, job, None, THREAD_CPU) for label in ("local", "numpy")]
+        try:
+            for run in runs:
+                run.run(1)
+        finally:
+            for run in runs:
+                run.close()
+    local, numpy_mode = runs
+    assert len(local.steps) == len(numpy_mode.steps) == job.plan.steps_per_epoch
+    assert all(s >= 0 for s in local.steps + numpy_mode.steps) and sum(numpy_mode.steps) > 0
+    theta = numpy_mode.step_fn.theta(job.spec)
+    assert np.abs(theta - job.theta0).max() > 1e-3  # it trained
+    np.testing.assert_allclose(theta, local.theta, rtol=0, atol=1e-12 * np.abs(local.theta).max())
+    step = float(np.median(local.steps))
+    report = local.report()
+    assert report["step_ms"] > 0 and "compute_ms" not in report
+    assert numpy_mode.report(step)["throughput_vs_local"] > 0
+
+
+def test_cpu_clock_refuses_ray_modes(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "steps.py"), "--workloads", "W-tiny", "--modes", "local,ray2",
+                           "--cpu-clock"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--modes ray2: --cpu-clock times only local, numpy and torch" in proc.stderr
+    assert "Traceback" not in proc.stderr

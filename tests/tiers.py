@@ -85,6 +85,8 @@ TESTS: dict[str, tuple[str, ...]] = {
     "test_cli::test_train_xor_end_to_end": (SLOW,),  # 300 epochs and a first MLflow store: seconds
     "test_data::test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read": (SLOW,),
     "test_data::test_teacher_mnist_shape": (SLOW,),
+    # Generates teacher-mnist (60,000 x 784) and trains 2 epochs on one thread: ~5 s.
+    "test_benchmarks::test_numpy_mode_trains_as_local_mode_both_timed_by_one_threads_cpu": (SLOW,),
     "test_param_hash::test_a_run_logs_each_epochs_hash_and_the_final_one": (SLOW,),  # MLflow's import and tables
     "test_hostile_inputs::test_sigterm_while_ray_starts_leaves_no_ray_behind": (RAY, SLOW),
     "test_hostile_inputs::test_predict_into_a_pipe_closed_early_is_quiet": (SLOW,),  # the installed command
