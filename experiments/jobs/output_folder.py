@@ -37,7 +37,8 @@ from trainer.model_io import MODEL_FILES, probe_write
 OWNER_FILE = ".rayprop-run"
 
 
-def _read_owner(text: str) -> dict:
+def read_owner(text: str) -> dict:
+    """The owner file's text as {"run_id": ..., ...}; {} for an empty or broken one."""
     try:
         owner = json.loads(text) if text.strip() else {}
     except ValueError:
@@ -53,7 +54,7 @@ def owner_of(out_dir: Path) -> tuple[str | None, bool] | None:
     if not checkpoints and not any((out_dir / n).exists() for n in MODEL_FILES):
         return None
     try:
-        owner = _read_owner((out_dir / OWNER_FILE).read_text())
+        owner = read_owner((out_dir / OWNER_FILE).read_text())
     except OSError:
         owner = {}
     summary_run = None
@@ -65,7 +66,8 @@ def owner_of(out_dir: Path) -> tuple[str | None, bool] | None:
     return run_id, summary_run is not None and summary_run == run_id
 
 
-def _refuse(out_dir: Path, run_id: str | None, finished: bool) -> InputError:
+def refusal_for(out_dir: Path, run_id: str | None, finished: bool) -> InputError:
+    """Why a folder (or URI) holding run `run_id`'s files is not this job's, and what to do."""
     if run_id is None:
         return InputError(f"--output {out_dir}: holds model files of another job; "
                           "choose another folder (or delete them)")
@@ -86,7 +88,7 @@ def say_moved(requested, why: str, chosen) -> None:
     print(f"rayprop: {requested}{sep}{why}; this run writes to {chosen}", file=sys.stderr)
 
 
-def _why(refusal: InputError, out_dir) -> str:
+def why_refused(refusal: InputError, out_dir) -> str:
     """A refusal's reason without its flag and advice: "holds the files of run X"."""
     return str(refusal).removeprefix(f"--output {out_dir}: ").split("; ")[0]
 
@@ -116,7 +118,7 @@ class OutputClaim:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a job holds it
             return None
         except BlockingIOError:
-            owner = _read_owner(os.pread(fd, 4096, 0).decode(errors="replace"))
+            owner = read_owner(os.pread(fd, 4096, 0).decode(errors="replace"))
             who = f"run {owner['run_id']}" if owner.get("run_id") else "another job"
             pid = f" (pid {owner['pid']})" if owner.get("pid") else ""
             return InputError(f"--output {out_dir}: {who}{pid} is writing there now; "
@@ -135,7 +137,7 @@ class OutputClaim:
             return busy
         owner = owner_of(out_dir)
         if owner is not None and (owner[0] is None or owner[0] != self.resume_run_id):
-            return _refuse(out_dir, *owner)
+            return refusal_for(out_dir, *owner)
         return None
 
     def _candidates(self):
@@ -161,7 +163,7 @@ class OutputClaim:
             first_refusal = first_refusal or refusal
         self.out_dir = out_dir
         if first_refusal is not None:
-            say_moved(self.requested, _why(first_refusal, self.requested), out_dir)
+            say_moved(self.requested, why_refused(first_refusal, self.requested), out_dir)
         return self
 
     def _lock(self, out_dir: Path) -> InputError | None:

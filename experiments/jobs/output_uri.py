@@ -29,7 +29,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from experiments.jobs.output_folder import OWNER_FILE, _read_owner, _refuse, _why, say_moved, siblings
+from experiments.jobs.output_folder import (OWNER_FILE, read_owner, refusal_for, say_moved, siblings,
+                                            why_refused)
 from trainer.checkpoint import KEEP, PREFIX, SUFFIX, run_of
 from trainer.errors import InputError, RunError
 from trainer.model_io import MODEL_FILES
@@ -56,7 +57,7 @@ def fetch_checkpoints(uri: str, dest: Path) -> Path:
 def owner_of(store: OutputStore) -> tuple[str | None, bool] | None:
     """As output_folder.owner_of, for a URI: (run, finished) or None when the prefix is free.
     An owner object without files is taken too: a job is starting there."""
-    owner = _read_owner((store.read_bytes(OWNER_FILE) or b"").decode(errors="replace"))
+    owner = read_owner((store.read_bytes(OWNER_FILE) or b"").decode(errors="replace"))
     checkpoints = checkpoint_names(store)
     if not owner and not checkpoints and not any(store.exists(n) for n in MODEL_FILES):
         return None
@@ -97,7 +98,7 @@ class UriClaim:
             return None
         if owner[0] is None:
             return InputError(f"--output {store.uri}: holds the files of another job; choose another folder")
-        return _refuse(store.uri, *owner)
+        return refusal_for(store.uri, *owner)
 
     def _candidates(self):
         return siblings(self.requested) if self.move_aside else iter([self.requested])
@@ -116,7 +117,7 @@ class UriClaim:
         self.store.write_bytes(OWNER_FILE, json.dumps(owner).encode() + b"\n")
 
     def _still_mine(self) -> None:
-        owner = _read_owner((self.store.read_bytes(OWNER_FILE) or b"").decode(errors="replace"))
+        owner = read_owner((self.store.read_bytes(OWNER_FILE) or b"").decode(errors="replace"))
         if owner.get("job") != self.token:
             raise RunError(f"--output {self.name}: another job claimed it while this one ran "
                            f"(host {owner.get('host')}, pid {owner.get('pid')}); stopped before mixing files")
@@ -129,7 +130,7 @@ class UriClaim:
             if refusal is None:
                 self.store = store
                 self._write_owner(self.resume_run_id)
-                if _read_owner((store.read_bytes(OWNER_FILE) or b"").decode()).get("job") == self.token:
+                if read_owner((store.read_bytes(OWNER_FILE) or b"").decode()).get("job") == self.token:
                     break  # read back as written: no other job wrote it since
                 refusal = InputError(f"--output {uri}: another job claimed it now; choose another folder")
             if not self.move_aside:
@@ -137,7 +138,7 @@ class UriClaim:
             first_refusal = first_refusal or refusal
         self.name = self.store.uri
         if first_refusal is not None:
-            say_moved(self.requested, _why(first_refusal, self.requested), self.name)
+            say_moved(self.requested, why_refused(first_refusal, self.requested), self.name)
         self.out_dir = self._staging(self.name)
         if self.resume_run_id is None:  # a fresh run: nothing of an earlier one in its staging
             shutil.rmtree(self.out_dir, ignore_errors=True)
