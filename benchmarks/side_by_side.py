@@ -27,8 +27,15 @@ def child(name: str, epochs: int, mode: str) -> None:
     import numpy as np
 
     from experiments import configs
-    from experiments.jobs import training
-    from experiments.jobs.configfile import load_config
+    try:  # the layout since 2026-12-06
+        from experiments.jobs import training
+        from experiments.jobs.configfile import load_config
+    except ImportError:  # a checkout from before it
+        from experiments import training  # type: ignore[no-redef]
+        from experiments.configfile import load_config  # type: ignore[no-redef]
+    import inspect
+
+    from trainer.checkpoint import Position
     from trainer.coordinator import train
     from trainer.optimizers import make_optimizer
 
@@ -60,7 +67,10 @@ def child(name: str, epochs: int, mode: str) -> None:
     def run(n):
         nonlocal epoch
         clock, t0 = Clock(), time.perf_counter()
-        train(pool, theta, optimizer, job.plan, n, [clock], start_epoch=epoch)
+        if "start_epoch" in inspect.signature(train).parameters:  # a checkout from before its removal
+            train(pool, theta, optimizer, job.plan, n, [clock], start_epoch=epoch)
+        else:  # epochs counts to the end; going on from an epoch is a resume
+            train(pool, theta, optimizer, job.plan, epoch + n, [clock], resume=Position(epoch, 0, 0))
         epoch += n
         return list(np.diff([t0, *clock.stamps]))
 

@@ -80,7 +80,8 @@ def test_every_worker_layout_trains_the_same_float32_bits(net, optimizer, batch_
 def test_data_source_with_validation_rows_on_1_2_3_4_8_workers(tmp_path):
     """Through ShardTask.ranges: source-row ranges cut at block boundaries, with the
     validation rows between training rows going to one side."""
-    job = training.prepare(from_dict(config(write_parquet(tmp_path / "d.parquet"), "adam", 64, dtype="float32")))
+    job = training.prepare(from_dict(config(write_parquet(tmp_path / "d.parquet"), "adam", 64, dtype="float32",
+                                                  exact_sums=True)))
     thetas = []
     for workers in (1, 2, 3, 4, 8):
         pool = LocalPool.open(job.task, workers, job.source)
@@ -193,3 +194,19 @@ def test_resume_on_another_worker_count_is_bitwise(tmp_path):
     optimizer2.load_state(saved.optimizer)
     train(second, theta2, optimizer2, plan, 2, resume=saved.position)
     assert np.array_equal(theta2, ref)
+
+
+def test_exact_sums_are_off_by_default_and_rows_move_only_where_the_weights_stay(tmp_path):
+    """train.exact_sums is off by default (it costs 1.4-2.7x a step: README, Speed): a
+    float32 job then adds its sums in rank order, and no straggler rebalancing moves its
+    rows (each move would change its last bits); float64, or exact sums, may move them."""
+    from workers.rebalance import keeps_weights
+
+    path = write_parquet(tmp_path / "d.parquet")
+    plain = training.prepare(from_dict(config(path, "adam", 64, dtype="float32")))
+    exact = training.prepare(from_dict(config(path, "adam", 64, dtype="float32", exact_sums=True)))
+    wide = training.prepare(from_dict(config(path, "adam", 64, dtype="float64")))
+    assert not plain.plan.exact and exact.plan.exact
+    assert not keeps_weights(plain.task) and keeps_weights(exact.task) and keeps_weights(wide.task)
+    assert LocalPool.open(plain.task, 3, plain.source, rebalance_seconds=5).balance is None
+    assert LocalPool.open(exact.task, 3, exact.source, rebalance_seconds=5).balance is not None

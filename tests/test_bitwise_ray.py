@@ -27,7 +27,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
-    return training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32")))
+    return training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32", exact_sums=True)))
 
 
 @pytest.fixture(scope="module")

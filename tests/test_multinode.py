@@ -106,7 +106,7 @@ def test_float32_on_three_nodes_is_bitwise_local_mode_with_float64_sums_per_node
     through the planes and the object store, end with local mode's bits; the sums come
     back as float64 integers, still one theta-sized array per node per step (shm)."""
     path = write_parquet(tmp_path / "d.parquet", row_group_size=100)
-    job = training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32")))
+    job = training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32", exact_sums=True)))
     t = job.cfg.train
     ref = job.theta0.copy()
     train(training.open_pool(job, 1, local=True), ref, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs)

@@ -36,11 +36,13 @@ def even_blocks(blocks: int, workers: int) -> list[int]:
 
 
 class BatchPlan:
-    def __init__(self, m: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS):
+    def __init__(self, m: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS,
+                 exact: bool = True):
+        """exact: float32 sums per block, added exactly (train.exact_sums)."""
         """batch_size None (or >= m) means the full batch, in index order."""
         assert m > 0, "a batch plan needs at least one example"
         assert blocks >= 1, "a batch plan needs at least one block"
-        self.m, self.seed, self.blocks = m, seed, blocks
+        self.m, self.seed, self.blocks, self.exact = m, seed, blocks, exact
         self.bounds = block_bounds(m, blocks)
         self.batch_size = m if batch_size is None else min(int(batch_size), m)
         self.full = self.batch_size == m

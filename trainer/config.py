@@ -107,9 +107,12 @@ class TrainConfig:
     checkpoint_seconds: float = ranged(2.0, lo=0)
     max_worker_failures: int = ranged(3, lo=0)  # shard workers that may be lost and replaced in one run
     # The training examples are cut into this many fixed blocks; a worker holds whole
-    # blocks, so this is also the most workers a job can use. float32 sums are taken per
-    # block and added exactly: the weights do not depend on the worker count (README: The math).
+    # blocks, so this is also the most workers a job can use.
     blocks: int = ranged(DEFAULT_BLOCKS, lo=1, hi=MAX_WORKERS)
+    # float32 sums taken per block and added exactly: the weights do not depend on the
+    # worker count, bit for bit (README: The math). Off by default while it costs
+    # 1.4-2.7x a step (README: Speed); float64 runs agree to 1e-9 either way.
+    exact_sums: bool = False
     # Where the model files, summary.json and checkpoints go: a folder or a URI (s3://, gs://,
     # file://, ... as data.source); None: runs/EXPERIMENT-TIMESTAMP. --output wins.
     output: str | None = None

@@ -147,7 +147,8 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     end_epoch = epochs
     pos = resume or Position(0, 0, 0)
     # float32: block sums combined exactly, so the weights do not depend on the worker count.
-    exact = ExactSum(pool.spec.layers, plan.blocks, pos.sum_scales) if theta.dtype == np.float32 else None
+    exact = ExactSum(pool.spec.layers, plan.blocks, pos.sum_scales) if theta.dtype == np.float32 and plan.exact \
+        else None
     total = np.empty(theta.size, np.float64)  # float32: the workers' integer sums, added
 
     def position(epoch: int, k: int, steps: int, loss_sum: float = 0.0, seconds: float = 0.0,

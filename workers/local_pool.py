@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from trainer.pool import EvalSums, ShardSums
-from workers.rebalance import PoolBalance, rows_to_read
+from workers.rebalance import PoolBalance, keeps_weights, rows_to_read
 from workers.shard import ShardTask, ShardWorker
 
 
@@ -30,7 +30,7 @@ class LocalPool:
         self.resizes: list[str] = []  # an in-process pool keeps its size
         self.worker_seconds: list[float] = [0.0] * len(workers)  # each worker's compute in the last step
         self._task, self._source, self.ranges = task, source, ranges
-        self.balance = PoolBalance(task, rebalance_seconds) if rebalance_seconds and len(workers) > 1 else None
+        self.balance = PoolBalance(task, rebalance_seconds) if rebalance_seconds and len(workers) > 1 and task is not None and keeps_weights(task) else None
 
     @classmethod
     def open(cls, task: ShardTask, workers: int = 1, source=None, rebalance_seconds: float = 0) -> LocalPool:

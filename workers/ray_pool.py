@@ -50,7 +50,7 @@ from workers.pool_growth import Growth
 from workers.pool_policy import FailurePolicy, ScalingPolicy, start_size
 from workers.pool_recovery import Recovery
 from workers.pool_waits import Waits
-from workers.rebalance import PoolBalance, rows_to_read
+from workers.rebalance import PoolBalance, keeps_weights, rows_to_read
 from workers.shard import ShardTask
 from workers.shard_actor import ShardActor
 from workers.transports import make_transport
@@ -92,7 +92,7 @@ class RayPool(Recovery, Growth):
         # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
         # by rank, and what moves rows from slow workers to fast ones (None: never).
         self.worker_seconds: list[float] = []
-        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds else None
+        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds and keeps_weights(task) else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         # The bounds of every wait, and the stop request of the call in progress (none

@@ -38,6 +38,13 @@ def row_units(task) -> tuple[list[int], list[int]]:
     return bounds, [b - a for a, b in zip(first, first[1:])]
 
 
+def keeps_weights(task) -> bool:
+    """Whether moving rows leaves the training as it is: float32 with exact sums (bit for
+    bit), or float64 (1e-9). A float32 run without exact sums would change in its last
+    bits with each move, so its rows stay where they are."""
+    return task.spec.dtype == "float64" or bool(getattr(task.plan, "exact", False))
+
+
 class PoolBalance:
     def __init__(self, task, every_seconds: float, clock=time.monotonic):
         """every_seconds: cluster.rebalance_seconds (> 0)."""

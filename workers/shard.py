@@ -56,7 +56,7 @@ class ShardWorker:
         self._grad = np.empty(spec.size, dt)
         cap = min(plan.batch_size, max(self.X.shape[0], 1))
         self.threads = threads  # a worker opened over other rows (a rebalance) keeps them
-        self.exact = dt == np.float32
+        self.exact = dt == np.float32 and plan.exact  # train.exact_sums
         self._blocks = None
         if self.exact:
             runs = plan.block_runs(lo, self.hi, slice(0, self.hi - lo))

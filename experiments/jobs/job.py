@@ -123,7 +123,7 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
     spec = NetworkSpec(tuple(layers), cfg.model.hidden_activation, cfg.output_activation,
                        cfg.model.cost, cfg.model.dtype)
     train_rows, val_rows = split_rows(source.num_rows, cfg.data.validation_fraction, cfg.data.split_seed)
-    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed, cfg.train.blocks)
+    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed, cfg.train.blocks, cfg.train.exact_sums)
     if init_from:
         path = Path(init_from).expanduser()
         theta0 = theta_from_arrays(spec, read_arrays(path, expected_shapes(spec)), path)
