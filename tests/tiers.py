@@ -31,6 +31,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_param_hash": (),  # its training with a real MLflow store: TESTS
     "test_balance": (),
     "test_rebalance": (),  # its Ray test: the ray_session fixture
+    "test_rebalance_recovery": (RAY,),  # a worker killed after a rebalance, on a local Ray
     "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_remote_events": (),  # the Ray Client coordinator's events, over an in-process pool
