@@ -27,6 +27,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_early_stopping": (),
     "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
+    "test_doc_paths": (),  # the paths and modules the text names exist (reads files only)
     "test_network": (),
     "test_param_hash": (),  # its training with a real MLflow store: TESTS
     "test_balance": (),
