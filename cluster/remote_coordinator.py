@@ -66,6 +66,7 @@ class EventQueue:
         self._items: list[tuple] = []
         self._lock = threading.Lock()
         self._seen = self._now()  # resizes, lost-worker lines, workers, nodes: the client has these
+        self._moves_seen = 0  # rebalance lines the client has
 
     def _now(self) -> tuple:
         p = self.pool
@@ -92,7 +93,17 @@ class EventQueue:
 
     def on_step(self, step, epoch, loss, n):
         self.pool_news()
+        self.workers_news()
         self.put(("step", step, epoch, loss, n))
+
+    def workers_news(self) -> None:
+        """Each worker's compute seconds in the step just taken and the rebalance lines
+        since the last step: the client's WorkerSeconds listener makes them MLflow
+        metrics and console lines (experiments/jobs/worker_seconds.py)."""
+        balance = getattr(self.pool, "balance", None)
+        lines = balance.lines[self._moves_seen:] if balance is not None else []
+        self._moves_seen += len(lines)
+        self.put(("workers", list(getattr(self.pool, "worker_seconds", ())), list(lines)))
 
     def on_epoch(self, epoch, metrics):
         self.pool_news()

@@ -10,7 +10,8 @@ import pytest
 
 from cluster.remote_coordinator import CoordinatorActor, EventQueue
 from experiments.jobs.configfile import load_config
-from experiments.jobs.remote_pool import end, replay
+from experiments.jobs.remote_pool import Moves, end, replay
+from experiments.jobs.worker_seconds import METRIC, WorkerSeconds
 from experiments.jobs.job import prepare
 from trainer.checkpoint import Checkpointer, checkpoint_files, read_checkpoint
 from trainer.coordinator import TrainingStopped, train
@@ -45,9 +46,15 @@ def checkpointer(folder):
     return Checkpointer(folder, 1, {"run_id": "r"}, last_epoch=EPOCHS)
 
 
-def in_the_actor(job, pool, ckpt: Checkpointer, stop_at_once=False):
+def client_view():
+    """What replay keeps current on the client (a RemotePool's attributes)."""
+    return type("View", (), {"resizes": [], "worker_seconds": [], "balance": Moves()})()
+
+
+def in_the_actor(job, pool, ckpt: Checkpointer, stop_at_once=False, view=None, listeners=()):
     """Train as the actor does, poll it as the client does: (outcome, listener calls,
-    theta, optimizer) on the client's side."""
+    theta, optimizer) on the client's side; `listeners` get the events too, after the
+    recorder."""
     actor = CoordinatorActor()
     pool.events = []  # a RayPool's lost-worker lines; an in-process pool loses none
     actor.pool, actor.queue = pool, EventQueue(pool)
@@ -58,10 +65,10 @@ def in_the_actor(job, pool, ckpt: Checkpointer, stop_at_once=False):
         actor.stop()
     actor.start(theta, opt, job.plan, EPOCHS, None, schedule)
     rec = Recorder()
-    view = type("View", (), {"resizes": []})()
+    view = view or client_view()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        outcome = replay(actor.poll(0.05), view, [rec], opt, ckpt)
+        outcome = replay(actor.poll(0.05), view, [rec, *listeners], opt, ckpt)
         if outcome is not None:
             actor.close()
             return outcome, rec.calls, theta, opt
@@ -109,3 +116,32 @@ def test_an_error_in_the_coordinator_is_raised_as_its_kind(job, tmp_path):
     outcome, calls, theta, opt = in_the_actor(job, pool, checkpointer(tmp_path / "d"))
     with pytest.raises(DivergedError, match="loss became"):
         end(outcome, theta, opt, time.perf_counter())
+
+
+def test_each_workers_seconds_and_each_rebalance_line_reach_the_client(job, tmp_path, capsys):
+    """A straggler in the cluster: its move is a console line here, at its step, and
+    each worker's compute seconds are this machine's MLflow metrics, as in a job whose
+    pool is on this machine (a slow worker: ShardWorker.delay_per_row, a real sleep)."""
+
+    class Points:  # what MetricLogger.point receives
+        def __init__(self):
+            self.got = []
+
+        def point(self, key, value, step):
+            self.got.append((key, value, step))
+
+    pool = LocalPool.open(job.task, 3, job.source, rebalance_seconds=1e-6)
+    pool.workers[2].delay_per_row = 2e-4  # about 4 ms a step on its rows: past MIN_STEP_SECONDS
+    view, points = client_view(), Points()
+    outcome, calls, theta, opt = in_the_actor(job, pool, checkpointer(tmp_path / "e"), view=view,
+                                              listeners=[WorkerSeconds(view, points)])
+    end(outcome, theta, opt, time.perf_counter())
+    assert pool.balance.lines, "the straggler was not rebalanced"
+    assert view.balance.lines == pool.balance.lines
+    printed = [line for line in capsys.readouterr().err.splitlines() if "rebalanced:" in line]
+    assert [line.split(": ", 2)[2] for line in printed] == pool.balance.lines
+    steps = job.plan.steps_per_epoch
+    assert [(k, s) for k, _, s in points.got] == [(METRIC.format(r), e * steps)
+                                                   for e in range(1, EPOCHS + 1) for r in range(3)]
+    last = {k: v for k, v, s in points.got if s == steps}
+    assert last[METRIC.format(2)] > max(last[METRIC.format(r)] for r in (0, 1))

@@ -28,10 +28,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_early_stopping": (),
     "test_hostile_inputs": (),  # its trainings, kills, servers and Ray: FIXTURES and TESTS
     "test_layering": (),
+    "test_doc_paths": (),  # the paths and modules the text names exist (reads files only)
     "test_network": (),
     "test_param_hash": (),  # its training with a real MLflow store: TESTS
     "test_balance": (),
     "test_rebalance": (),  # its Ray test: the ray_session fixture
+    "test_rebalance_recovery": (RAY,),  # a worker killed after a rebalance, on a local Ray
     "test_pool_policy": (),  # the Ray pool's rules, without Ray
     "test_training": (),
     "test_bitwise": (),  # in-process pools of W-mnist's layers on 300 rows: ~15 s

@@ -61,7 +61,10 @@ class Recovery(Launching):
         for r in lost:
             self._kill(r)
         survivors = [r for r in range(self.num_workers) if r not in lost]
-        ranges, takers = self._plan(self.num_workers, survivors)  # the same ranges; the lost ones to new actors
+        # The same ranges: the pool's own, which a rebalance may have moved off the even
+        # split; survivors keep theirs (nothing read), the lost ones go to new actors.
+        ranges = list(self.ranges)
+        takers = [None if r in lost else r for r in range(self.num_workers)]
         started = self._launch(ranges, takers, self.placement_timeout, "while starting as a replacement")
         for r in started:
             event = (f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]}) lost ({reason}); replaced on node "

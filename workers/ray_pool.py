@@ -34,7 +34,7 @@ for the new count, workers keep or move to ranges as workers/reshard.py decides,
 the transport is wired anew. A step depends only on (theta, epoch, k), so the weights
 do not change; only the order of additions does. Rows read again must be the rows
 the job started with: a new or moving worker that finds a file changed since the
-job's fingerprint (workers/fingerprint.py) stops the job (DataChangedError, exit 2).
+job's fingerprint (workers/data/fingerprint.py) stops the job (DataChangedError, exit 2).
 """
 
 from __future__ import annotations

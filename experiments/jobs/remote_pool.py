@@ -1,14 +1,15 @@
 """A Ray Client job's pool, seen from the client: the coordinator runs in the cluster.
 
 `RemotePool` stands where a RayPool stands in `fit` (num_workers, num_nodes, m,
-m_val, resizes), but its workers and its coordinator live in the cluster
-(cluster/remote_coordinator.py); its `coordinate` takes trainer.coordinator.train's
-arguments and runs that loop there. Across the client link go, once, the initial
-theta and optimizer, and back, every POLL_SECONDS in one batch, the run's events,
-which are replayed here to the same listeners (progress bar, MLflow's MetricLogger,
-the pool-size lines) and to the same Checkpointer (files in the local output
-folder), in the order the coordinator made them. Ctrl-C asks the coordinator to
-stop after its step; its errors are raised here as the same kinds (same exit codes).
+m_val, resizes, worker_seconds, balance.lines), but its workers and its coordinator
+live in the cluster (cluster/remote_coordinator.py); its `coordinate` takes
+trainer.coordinator.train's arguments and runs that loop there. Across the client link
+go, once, the initial theta and optimizer, and back, every POLL_SECONDS in one batch,
+the run's events, which are replayed here to the same listeners (progress bar,
+MLflow's MetricLogger, the pool-size lines, each worker's compute seconds and the
+rebalance lines) and to the same Checkpointer (files in the local output folder), in
+the order the coordinator made them. Ctrl-C asks the coordinator to stop after its
+step; its errors are raised here as the same kinds (same exit codes).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class RemotePool:
             raise facts["error"]  # bad data (exit 2) or workers lost while starting (exit 1)
         self.num_workers, self.num_nodes = facts["workers"], facts["nodes"]
         self.m, self.m_val, self.resizes = facts["m"], facts["m_val"], facts["resizes"]
+        # The workers' compute seconds in the last step, and the rebalance lines: as a
+        # RayPool's, for the WorkerSeconds listener (kept current by the "workers" events).
+        self.worker_seconds: list[float] = []
+        self.balance = Moves()
 
     def _get(self, ref):
         try:
@@ -91,6 +96,13 @@ class RemotePool:
         self._ray.kill(actor)
 
 
+class Moves:
+    """The rebalance lines of the pool in the cluster (a PoolBalance's `lines`, as seen here)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+
 def replay(events: list[tuple], pool, listeners, optimizer, checkpointer):
     """Hand the coordinator's events to this machine's listeners and checkpointer, in
     order, and keep `pool`'s size and resize lines current; the outcome when the batch
@@ -108,6 +120,9 @@ def replay(events: list[tuple], pool, listeners, optimizer, checkpointer):
             pool.resizes += event[3]  # PoolSize reads the new lines at the next step
             for line in event[4]:
                 pool_log.warning("rayprop: %s", line)
+        elif kind == "workers":  # before its step event: the listeners read it there
+            pool.worker_seconds = event[1]
+            pool.balance.lines += event[2]
         elif kind == "checkpoint":
             _, theta, state, position = event
             optimizer.load_state(state)
