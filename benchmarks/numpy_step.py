@@ -90,12 +90,8 @@ class NumpyStep:
 def main(argv=None) -> int:
     from experiments import configs
 
-    try:  # experiments/ in subpackages (the LAYOUT restructuring), or flat
-        from experiments.jobs import training
-        from experiments.jobs.configfile import load_config
-    except ImportError:
-        from experiments import training
-        from experiments.configfile import load_config
+    from experiments.jobs import training
+    from experiments.jobs.configfile import load_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workload", default="w-mnist")

@@ -27,13 +27,17 @@ def child(name: str, epochs: int, mode: str) -> None:
     import numpy as np
 
     from experiments import configs
-    try:  # the layout since 2026-12-06
-        from experiments.jobs import training
-        from experiments.jobs.configfile import load_config
-    except ImportError:  # a checkout from before it
-        from experiments import training  # type: ignore[no-redef]
-        from experiments.configfile import load_config  # type: ignore[no-redef]
+    import importlib
     import inspect
+
+    # A checkout of either layout: experiments/jobs/ (since 2026-12-06), or flat before it.
+    for package in ("experiments.jobs", "experiments"):
+        try:
+            training = importlib.import_module(package + ".training")
+            load_config = importlib.import_module(package + ".configfile").load_config
+            break
+        except ImportError:
+            continue
 
     from trainer.checkpoint import Position
     from trainer.coordinator import train

@@ -37,23 +37,14 @@ import numpy as np  # noqa: E402
 
 from experiments import configs  # noqa: E402
 
-try:  # experiments/ in subpackages (the LAYOUT restructuring), or flat
-    from experiments.jobs import training
-    from experiments.jobs.configfile import load_config
-except ImportError:
-    from experiments import training
-    from experiments.configfile import load_config
+from experiments.jobs import training  # noqa: E402
+from experiments.jobs.configfile import load_config  # noqa: E402
 from trainer import activations, costs, coordinator, network, optimizers  # noqa: E402
 from trainer.coordinator import reduce_sums  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
 from workers import shard  # noqa: E402
 
 MODULES = (network, activations, costs, optimizers, coordinator, shard)
-try:  # the optional GEMM backend, when the tree has one
-    from trainer import gemm as _gemm
-    MODULES += (_gemm,)
-except ImportError:
-    pass
 
 
 def describe(a) -> str:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trainer", "workers", "cluster", "experiments")
-PATH = re.compile(r"(?<![\w./-])((?:%s|tests|benchmarks|docs)/[\w/.-]*\w\.(?:py|sh|md|yaml|toml))"
-                  % "|".join(PACKAGES))
-NAME = r"(?:%s)(?:\.[a-z_][a-z0-9_]*)" % "|".join(PACKAGES)
-MODULE = re.compile(r"^\s*from\s+(%s*)\s+import\b|^\s*import\s+(%s*)\b|-m[\"',\s]+(%s*)\b|(%s*):\w"
-                    % (NAME, NAME, NAME, NAME))
-DOTTED = re.compile(r"`(%s+)`" % NAME)
+TOPS = "|".join(PACKAGES)
+PATH = re.compile(rf"(?<![\w./-])((?:{TOPS}|tests|benchmarks|docs)/[\w/.-]*\w\.(?:py|sh|md|yaml|toml))")
+NAME = r"(?:{})(?:\.[a-z_][a-z0-9_]*)".format("|".join(PACKAGES))
+MODULE = re.compile(rf"^\s*from\s+({NAME}*)\s+import\b|^\s*import\s+({NAME}*)\b|-m[\"',\s]+({NAME}*)\b|({NAME}*):\w")
+DOTTED = re.compile(rf"`({NAME}+)`")
 # Paths a test makes up to show what is refused (tests/test_layering.py writes bad.py).
 MADE_UP = ("bad.py",)
 

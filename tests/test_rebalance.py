@@ -100,8 +100,9 @@ def test_a_slow_ray_worker_gets_fewer_rows_and_the_weights_stay(ray_session, job
         theta = run(job, pool)
         assert pool.balance.lines, "the straggler was not rebalanced"
         assert pool.balance.lines[0].startswith(f"rebalanced: worker {SLOW} was ")
-        rows = [hi - lo for lo, hi in pool.ranges]
-        assert rows[SLOW] < min(rows[r] for r in range(3) if r != SLOW) and pool.ranges != even
+        rows, before = [hi - lo for lo, hi in pool.ranges], [hi - lo for lo, hi in even]
+        # Given away in whole blocks (train.blocks 8), as in process.
+        assert rows[SLOW] < before[SLOW] and rows[SLOW] < max(rows[r] for r in range(3) if r != SLOW)
         assert pool.info[SLOW]["pid"] == slow_pid and pool.num_workers == 3  # moved, not replaced
         # A move reads only the rows a worker did not hold.
         assert all(0 < n < job.task.num_rows for n in pool.balance.rows_read)

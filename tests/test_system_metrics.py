@@ -1,4 +1,4 @@
-"""System metrics per node (experiments/system_metrics.py) on two real Ray nodes
+"""System metrics per node (experiments/tracking/system_metrics.py) on two real Ray nodes
 (ray.cluster_utils.Cluster: two raylets on this machine, one CPU each, so the two
 shard workers land on different nodes), logged by `rayprop train` run as a
 subprocess into a real sqlite store: CPU, memory and network of the coordinator

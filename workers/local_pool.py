@@ -30,7 +30,8 @@ class LocalPool:
         self.resizes: list[str] = []  # an in-process pool keeps its size
         self.worker_seconds: list[float] = [0.0] * len(workers)  # each worker's compute in the last step
         self._task, self._source, self.ranges = task, source, ranges
-        self.balance = PoolBalance(task, rebalance_seconds) if rebalance_seconds and len(workers) > 1 and task is not None and keeps_weights(task) else None
+        rebalances = rebalance_seconds and len(workers) > 1 and task is not None and keeps_weights(task)
+        self.balance = PoolBalance(task, rebalance_seconds) if rebalances else None
 
     @classmethod
     def open(cls, task: ShardTask, workers: int = 1, source=None, rebalance_seconds: float = 0) -> LocalPool:

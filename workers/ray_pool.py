@@ -92,7 +92,8 @@ class RayPool(Recovery, Growth):
         # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
         # by rank, and what moves rows from slow workers to fast ones (None: never).
         self.worker_seconds: list[float] = []
-        self.balance = PoolBalance(task, cluster.rebalance_seconds) if cluster.rebalance_seconds and keeps_weights(task) else None
+        rebalances = cluster.rebalance_seconds and keeps_weights(task)
+        self.balance = PoolBalance(task, cluster.rebalance_seconds) if rebalances else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.
         self.traffic = {"steps": 0, "bytes_sent": 0, "bytes_received": 0}
         # The bounds of every wait, and the stop request of the call in progress (none

@@ -1,6 +1,6 @@
 """Each checkpoint that reaches the run's artifacts also becomes a logged model.
 
-A checkpoint's model is the same pyfunc as the final one (experiments/logged_models.py),
+A checkpoint's model is the same pyfunc as the final one (experiments/tracking/logged_models.py),
 named checkpoint-STEP (the global step, 9 digits, as the file), tagged with its step
 and epoch, its epoch's training metrics linked. It is logged from the outbox's thread
 after the copy of the checkpoint file (training goes on), and only the newest KEEP of

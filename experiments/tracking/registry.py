@@ -1,7 +1,7 @@
 """The model registry: `--register-model NAME` and `models:/` URIs for evaluate/predict.
 
 `--register-model NAME` (train, sweep, submit) makes the run's final logged model
-(experiments/logged_models.py; a sweep's: the best trial's by the sweep's metric) a
+(experiments/tracking/logged_models.py; a sweep's: the best trial's by the sweep's metric) a
 new version of registered model NAME, created if new. The version names its run and
 its logged model, whose metrics are linked to the data set: the registry page leads
 to both. Registering happens after the run has ended, so a refusal (another server,
