@@ -81,7 +81,7 @@ class NumpyStep:
         for _ in range(epochs):
             for k in range(self.plan.steps_per_epoch):
                 idx = self.plan.batch(self.epoch, k)
-                self.step(np.arange(self.plan.m)[idx] if isinstance(idx, slice) else idx)
+                self.step(np.arange(self.plan.n_train)[idx] if isinstance(idx, slice) else idx)
                 stamps.append(self.clock())
             self.epoch += 1
         return list(np.diff(stamps))

@@ -162,7 +162,7 @@ def ray_train_loop(config):
             stamps = [time.perf_counter()]
         for k in range(plan.steps_per_epoch):
             idx = plan.batch(epoch, k)
-            idx = np.arange(plan.m)[idx] if isinstance(idx, slice) else np.sort(idx)
+            idx = np.arange(plan.n_train)[idx] if isinstance(idx, slice) else np.sort(idx)
             it = torch.from_numpy(np.array_split(idx, size)[rank])
             torch_step(torch, model, opt, Xt.index_select(0, it), yt.index_select(0, it))
             stamps.append(time.perf_counter())

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     def step(i):
         # Full batches only (a partial last batch would add rows of other shapes).
-        full = plan.steps_per_epoch - (plan.m % plan.batch_size != 0)
+        full = plan.steps_per_epoch - (plan.n_train % plan.batch_size != 0)
         sums = [worker.gradient_sums(theta, i // full, i % full)]
         n, _ = reduce_sums(sums, grad)
         np.divide(grad, n, out=grad)

@@ -43,7 +43,7 @@ def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=W
 
     epochs = epochs or WORKLOADS[name][1]
     job = prepare(name)
-    entry = {"layers": list(job.spec.layers), "m": job.plan.m, "batch_size": job.plan.batch_size,
+    entry = {"layers": list(job.spec.layers), "m": job.plan.n_train, "batch_size": job.plan.batch_size,
              "steps_per_epoch": job.plan.steps_per_epoch, "parameters": job.spec.size,
              "epochs_per_repeat": epochs, "modes": {}}
     ray_modes = [m for m in modes if m.startswith("ray") and m != "ray-train"]

@@ -130,8 +130,8 @@ class CoordinatorActor:
         except (InputError, RunError) as e:
             return {"error": e}
         self.queue = EventQueue(self.pool)
-        return {"workers": self.pool.num_workers, "nodes": self.pool.num_nodes, "m": self.pool.m,
-                "m_val": self.pool.m_val, "resizes": list(self.pool.resizes)}
+        return {"workers": self.pool.num_workers, "nodes": self.pool.num_nodes, "n_train": self.pool.n_train,
+                "n_val": self.pool.n_val, "resizes": list(self.pool.resizes)}
 
     def start(self, theta, optimizer, plan, epochs, resume, schedule) -> None:
         """Train in a thread of this actor; the outcome is the last event."""

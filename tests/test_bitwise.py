@@ -85,7 +85,7 @@ def test_data_source_with_validation_rows_on_1_2_3_4_8_workers(tmp_path):
     thetas = []
     for workers in (1, 2, 3, 4, 8):
         pool = LocalPool.open(job.task, workers, job.source)
-        assert pool.m == job.plan.m and pool.m_val == len(job.val_rows)
+        assert pool.n_train == job.plan.n_train and pool.n_val == len(job.val_rows)
         theta = job.theta0.copy()
         train(pool, theta, make_optimizer("adam", 0.05), job.plan, 2)
         thetas.append(theta)

@@ -51,13 +51,13 @@ def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_
     path = write_parquet(tmp_path / "d.parquet")
     job = training.prepare(from_dict(config(path, optimizer, batch_size)))
     # 1003 rows, 100 held out -> m = 903 = 14 batches of 64 and a last one of 7
-    assert job.plan.m == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
+    assert job.plan.n_train == 903 and (batch_size is None or job.plan.batch_size_of(14) == 7)
     ref, ref_result = run(job, training.open_pool(job, 1, local=True))
     # Steps through the node's shared-memory plane, and once through Ray's object store.
     for workers, plane in pools:
         pool = ray_pool(job, workers, plane)
         try:
-            assert pool.num_workers == workers and pool.m == 903 and pool.m_val == 100
+            assert pool.num_workers == workers and pool.n_train == 903 and pool.n_val == 100
             theta, result = run(job, pool)
             steps = pool.traffic["steps"]
             # One node: the coordinator gets one array of sums per step through shared

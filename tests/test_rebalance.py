@@ -62,7 +62,7 @@ def test_a_slow_in_process_worker_gets_fewer_rows_and_the_weights_stay(job):
     assert pool.ranges[0][0] == 0 and pool.ranges[-1][1] == job.task.num_rows
     assert all(a[1] == b[0] for a, b in zip(pool.ranges, pool.ranges[1:]))
     assert pool.workers[SLOW].delay_per_row == DELAY  # a moved worker is still the slow one
-    assert sum(w.n_train for w in pool.workers) == job.plan.m
+    assert sum(w.n_train for w in pool.workers) == job.plan.n_train
     assert pool.balance.rows_read[0] < job.task.num_rows  # the rows a worker held stayed
     assert even != pool.ranges
     assert same_weights(theta, ref)

@@ -1,7 +1,7 @@
 """The batch plan (docs/design.md section 2): which training examples make up each step.
 
 The batches of an epoch depend only on (seed, epoch, m, batch_size): a permutation
-of 0..m-1 drawn from default_rng([seed, epoch]) is cut into consecutive batches of
+of 0..n_train-1 drawn from default_rng([seed, epoch]) is cut into consecutive batches of
 `batch_size`; the last one is partial when batch_size does not divide m (it is
 used, not dropped). Full-batch GD uses all m examples in order every step.
 
@@ -9,7 +9,7 @@ A shard worker that owns the contiguous training-index range [lo, hi) computes t
 same plan and keeps the batch members that fall in its range, so any number of
 workers, uneven shards, or a re-sharding, train exactly the same batches.
 
-Blocks (train.blocks, README: The math): the training indices 0..m-1 are cut into
+Blocks (train.blocks, README: The math): the training indices 0..n_train-1 are cut into
 `blocks` contiguous runs that depend on m alone. A worker's range is always a union of
 whole consecutive blocks, and in float32 the sums are taken per block (the same
 arithmetic whoever computes the block) and combined exactly (trainer/exact_sum.py).
@@ -36,30 +36,30 @@ def even_blocks(blocks: int, workers: int) -> list[int]:
 
 
 class BatchPlan:
-    def __init__(self, m: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS,
+    def __init__(self, n_train: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS,
                  exact: bool = True):
         """exact: float32 sums per block, added exactly (train.exact_sums)."""
         """batch_size None (or >= m) means the full batch, in index order."""
-        assert m > 0, "a batch plan needs at least one example"
+        assert n_train > 0, "a batch plan needs at least one example"
         assert blocks >= 1, "a batch plan needs at least one block"
-        self.m, self.seed, self.blocks, self.exact = m, seed, blocks, exact
-        self.bounds = block_bounds(m, blocks)
-        self.batch_size = m if batch_size is None else min(int(batch_size), m)
-        self.full = self.batch_size == m
+        self.n_train, self.seed, self.blocks, self.exact = n_train, seed, blocks, exact
+        self.bounds = block_bounds(n_train, blocks)
+        self.batch_size = n_train if batch_size is None else min(int(batch_size), n_train)
+        self.full = self.batch_size == n_train
         self._epoch: int | None = None
         self._perm = np.empty(0, dtype=np.int64)
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-self.m // self.batch_size)  # ceil: the partial last batch counts
+        return -(-self.n_train // self.batch_size)  # ceil: the partial last batch counts
 
     def batch_size_of(self, k: int) -> int:
         """Number of examples in batch k of any epoch (the batch's m)."""
-        return min(self.batch_size, self.m - k * self.batch_size)
+        return min(self.batch_size, self.n_train - k * self.batch_size)
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._epoch != epoch:  # one permutation per epoch, cached
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.m)
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_train)
             self._epoch = epoch
         return self._perm
 
@@ -67,7 +67,7 @@ class BatchPlan:
         """Training indices of batch k in `epoch`; a slice for the full batch."""
         assert 0 <= k < self.steps_per_epoch, f"batch {k} of {self.steps_per_epoch}"
         if self.full:
-            return slice(0, self.m)
+            return slice(0, self.n_train)
         return self.permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
 
     def shard_batch(self, epoch: int, k: int, lo: int, hi: int) -> np.ndarray | slice:

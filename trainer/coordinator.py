@@ -112,7 +112,7 @@ def float32_step(pool: WorkerPool, exact: ExactSum, theta: np.ndarray, epoch: in
 
 def evaluate(pool: WorkerPool, theta: np.ndarray, should_stop=None) -> tuple[float | None, float | None]:
     """(validation loss, accuracy) over the pool's validation rows, or (None, None)."""
-    if pool.m_val == 0:
+    if pool.n_val == 0:
         return None, None  # nothing held out: no round trip to the workers
     parts = pool.evaluate_sums(theta, should_stop=should_stop)
     n = sum(p.n for p in parts)
@@ -141,7 +141,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
     early-stopping scheduler): True ends training there, as if it were the last epoch,
     with a checkpoint to go on from.
     """
-    assert plan.m == pool.m, f"plan has m={plan.m}, pool holds {pool.m} training examples"
+    assert plan.n_train == pool.n_train, f"plan has n_train={plan.n_train}, pool holds {pool.n_train} training examples"
     grad = np.empty_like(theta)
     result = TrainResult()
     end_epoch = epochs
@@ -210,9 +210,9 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             if epoch + 1 < end_epoch:
                 _final_checkpoint(checkpointer, theta, optimizer, here)
             raise TrainingStopped(here) from None
-        epoch_loss = epoch_loss_sum / plan.m
+        epoch_loss = epoch_loss_sum / plan.n_train
         metrics: dict[str, float | str] = {"epoch_loss": epoch_loss,
-                   "examples_per_second": plan.m / seconds,
+                   "examples_per_second": plan.n_train / seconds,
                    "step_seconds": seconds / plan.steps_per_epoch,
                    # How a step's time splits: the slowest worker's compute, and the rest
                    # (sending parameters, gathering and adding sums, the optimizer).
@@ -239,7 +239,7 @@ def train(pool: WorkerPool, theta: np.ndarray, optimizer: GradientDescent, plan:
             result.stopped_early = True
             break
     result.wall_seconds = time.perf_counter() - t_run
-    result.examples_per_second = plan.m * result.epochs / train_seconds if train_seconds else 0.0
+    result.examples_per_second = plan.n_train * result.epochs / train_seconds if train_seconds else 0.0
     return result
 
 

@@ -69,11 +69,11 @@ class WorkerPool(Protocol):
         """Machines the workers run on (1 in local mode)."""
 
     @property
-    def m(self) -> int:
+    def n_train(self) -> int:
         """Training examples across all shards."""
 
     @property
-    def m_val(self) -> int:
+    def n_val(self) -> int:
         """Validation examples across all shards."""
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,

@@ -63,11 +63,11 @@ class LocalPool:
         return len(self.workers)
 
     @property
-    def m(self) -> int:
+    def n_train(self) -> int:
         return sum(w.n_train for w in self.workers)
 
     @property
-    def m_val(self) -> int:
+    def n_val(self) -> int:
         return sum(w.n_val for w in self.workers)
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,

@@ -143,7 +143,7 @@ class Launching(PoolState):
         for j, info in zip(moves, infos):
             self.info[j] = info
             raise_if_changed(info)  # it read a file that changed: stop the job
-        assert sum(i["n_train"] for i in self.info) == self._m, "a re-shard must cover every training row"
+        assert sum(i["n_train"] for i in self.info) == self._n_train, "a re-shard must cover every training row"
         self.transport.wire(self.actors, self.info)
 
     def _resize(self, ranges, takers, started: dict, why: str) -> None:

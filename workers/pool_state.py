@@ -21,8 +21,8 @@ class PoolState:
     _task: ShardTask
     _cpus: int
     _here: str | None  # the driver's node (None through Ray Client: on no node)
-    _m: int  # training rows over all workers: the same after every reshard
-    _m_val: int
+    _n_train: int  # training rows over all workers: the same after every reshard
+    _n_val: int
     actors: list  # by rank
     info: list[dict]  # what each actor reported (ready, reshard), by rank
     ranges: list[Rows]  # the rows each holds, by rank

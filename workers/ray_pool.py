@@ -111,8 +111,8 @@ class RayPool(Recovery, Growth):
             self.actors = [started[j][0] for j in range(len(ranges))]
             self.info = [started[j][1] for j in range(len(ranges))]
             self.ranges = ranges
-            self._m = sum(i["n_train"] for i in self.info)
-            self._m_val = sum(i["n_val"] for i in self.info)
+            self._n_train = sum(i["n_train"] for i in self.info)
+            self._n_val = sum(i["n_val"] for i in self.info)
             self._with_recovery(lambda: self.transport.wire(self.actors, self.info))
         except BaseException:
             self.close()
@@ -123,12 +123,12 @@ class RayPool(Recovery, Growth):
         return len({i["node_id"] for i in self.info})
 
     @property
-    def m(self) -> int:
-        return self._m
+    def n_train(self) -> int:
+        return self._n_train
 
     @property
-    def m_val(self) -> int:
-        return self._m_val
+    def n_val(self) -> int:
+        return self._n_val
 
     @property
     def spec(self):
@@ -187,7 +187,7 @@ class RayPool(Recovery, Growth):
         # Forward passes over the validation rows, against a step's forward and backward
         # passes over a batch: the rows' ratio is a generous measure.
         return self.waits.eval_bound.seconds(self.waits.step_bound,
-                                             max(1.0, self._m_val / self._task.plan.batch_size))
+                                             max(1.0, self._n_val / self._task.plan.batch_size))
 
     def close(self) -> None:
         self._drop_joining()

@@ -245,7 +245,7 @@ def fetch(args) -> None:
 def gradcheck(args) -> None:
     cfg = _config(args)
     job = training.prepare(cfg)
-    n = min(args.examples, job.plan.m)
+    n = min(args.examples, job.plan.n_train)
     rows = job.train_rows[:n]
     X, Y = load_examples(job.source, job.schema, int(rows[0]), int(rows[-1]) + 1, np.float64)
     keep = rows - rows[0]

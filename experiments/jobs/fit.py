@@ -133,7 +133,7 @@ def summary_of(job: Job, result, workers: int, run_id: str | None, theta: np.nda
             # equal hashes trained bitwise-equal weights.
             "param_hash": param_hash(theta),
             "param_hashes": {str(e): h for e, h in sorted(result.param_hashes.items())},
-            "m": job.plan.m, "m_val": len(job.val_rows), "rayprop_version": __version__,
+            "m": job.plan.n_train, "m_val": len(job.val_rows), "rayprop_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

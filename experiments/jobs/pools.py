@@ -79,6 +79,6 @@ def open_pool(job: Job, workers: int | str, local: bool, strategy=None):
 
 def describe(job: Job, pool, where: str) -> str:
     nodes = pool.num_nodes
-    return (f"{list(job.spec.layers)} on {job.source.name} ({job.plan.m} examples, "
+    return (f"{list(job.spec.layers)} on {job.source.name} ({job.plan.n_train} examples, "
             f"{len(job.val_rows)} held out) in {where}: {pool.num_workers} worker"
             f"{'s' if pool.num_workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}")

@@ -1,7 +1,7 @@
 """A Ray Client job's pool, seen from the client: the coordinator runs in the cluster.
 
 `RemotePool` stands where a RayPool stands in `fit` (num_workers, num_nodes, m,
-m_val, resizes, worker_seconds, balance.lines), but its workers and its coordinator
+n_val, resizes, worker_seconds, balance.lines), but its workers and its coordinator
 live in the cluster (cluster/remote_coordinator.py); its `coordinate` takes
 trainer.coordinator.train's arguments and runs that loop there. Across the client link
 go, once, the initial theta and optimizer, and back, every POLL_SECONDS in one batch,
@@ -48,7 +48,7 @@ class RemotePool:
             self.close()
             raise facts["error"]  # bad data (exit 2) or workers lost while starting (exit 1)
         self.num_workers, self.num_nodes = facts["workers"], facts["nodes"]
-        self.m, self.m_val, self.resizes = facts["m"], facts["m_val"], facts["resizes"]
+        self.n_train, self.n_val, self.resizes = facts["n_train"], facts["n_val"], facts["resizes"]
         # The workers' compute seconds in the last step, and the rebalance lines: as a
         # RayPool's, for the WorkerSeconds listener (kept current by the "workers" events).
         self.worker_seconds: list[float] = []
