@@ -92,7 +92,7 @@ def test_checkpoints_are_logged_models_with_steps_and_metrics(tmp_path, server, 
         assert str(m.status).endswith("READY") and outputs[m.model_id] == step
         linked = {x.key: x for x in m.metrics}
         assert {"val_loss", "val_accuracy", "epoch_loss", "loss"} <= set(linked), m.name
-        assert not any(k.startswith("timing/") for k in linked)
+        assert not any(k.startswith("system/timing/") for k in linked)
         for key, points in history.items():
             assert linked[key].step == step and linked[key].value == pytest.approx(points[step]), (m.name, key)
             assert (linked[key].dataset_name, linked[key].dataset_digest) == (ds.dataset.name, ds.dataset.digest)

@@ -1,7 +1,7 @@
 """Stragglers made visible: each worker's compute time per epoch as MLflow metrics,
 and each rebalance (workers/rebalance.py) as one console line.
 
-The metrics are `worker_compute_seconds/worker_R` (R the worker's rank), the mean
+The metrics are `system/workers/worker_R_compute_seconds` (R the worker's rank), the mean
 compute seconds per step of worker R over the epoch, logged at the epoch's last step:
 MLflow's UI groups them in one section, where a slow worker is the line above the
 others (and after a rebalance, the lines meet). Workers a resize added or removed
@@ -14,7 +14,7 @@ import sys
 
 from tqdm import tqdm
 
-METRIC = "worker_compute_seconds/worker_{}"
+METRIC = "system/workers/worker_{}_compute_seconds"
 
 
 class WorkerSeconds:
