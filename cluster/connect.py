@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
+from cluster.local_ray import loopback_node, without_head_services
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
@@ -255,54 +256,6 @@ def _init_with_retries(ray, address: str, log_level: int) -> None:
 
 
 @contextmanager
-def _loopback_node(ray):
-    """A local Ray for one job listens on 127.0.0.1 only. Ray 2.60's ray.init replaces
-    a loopback _node_ip_address with the machine's address, and GCS, raylet, workers
-    and agents then listen on every interface; its own single-machine mode (the
-    default on macOS and Windows, ENABLE_RAY_CLUSTER off) keeps the node on loopback.
-    Switched on for ray.init only; tests/test_listeners.py checks every socket."""
-    from ray._private import ray_constants
-
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-@contextmanager
-def _without_head_services():
-    """A local Ray for one job starts no API server and no autoscaler monitor.
-    `ray.init(include_dashboard=False)` still starts both: the API server
-    (dashboard.py, with only its usage-stats module) is on ray.init's critical path
-    (ray.init polls until it has published its address, and only then starts the
-    raylet and its agents), and the monitor autoscales, which a fixed local node never
-    does. Each is a Python process importing Ray (0.4-0.7 s of CPU on a 2-core
-    machine where the agents and workers are importing too), and each costs up to a
-    second at shutdown (Ray stops its processes one after the other). A job uses
-    neither (no Jobs or state API, no autoscaling); the dashboard agent's event module
-    then notes once a second in Ray's session log (dashboard_agent.log) that it finds
-    no dashboard to send events to, which reaches no console. Switched for ray.init
-    only; a Ray without these hooks starts them as before."""
-    try:
-        from ray._private import node, services
-    except ImportError:
-        yield
-        return
-    api_server, monitor = getattr(services, "start_api_server", None), getattr(node.Node, "start_monitor", None)
-    if api_server is None or monitor is None:
-        yield
-        return
-    services.start_api_server = lambda *args, **kwargs: (None, None)  # (its URL, its process)
-    node.Node.start_monitor = lambda self: None
-    try:
-        yield
-    finally:
-        services.start_api_server, node.Node.start_monitor = api_server, monitor
-
-
-@contextmanager
 def connect(address: str | None, cpus_needed: int, quiet: bool = True):
     """Yield a Connection with Ray initialized; shut down what we started."""
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -337,8 +290,8 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
         # Logical CPUs = what the job asks for, so actors never wait on a small machine.
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
         # on a small machine is most of a short job's start (README: Speed); nor the
-        # API server and monitor that Ray starts without it (_without_head_services).
-        with _loopback_node(ray), _without_head_services():
+        # API server and monitor that Ray starts without it (cluster/local_ray.py).
+        with loopback_node(ray), without_head_services():
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=log_level, configure_logging=True)

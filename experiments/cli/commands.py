@@ -100,7 +100,6 @@ def _register(uri: str, run_id: str, name: str, command: str) -> None:
 def sweep(args) -> None:
     from experiments.sweeps import results as sweep_results, sweep as sweeps
     from experiments.sweeps.early_stopping import milestones
-
     from experiments.tracking.registry import check_name
 
     check_name(args.register_model)
