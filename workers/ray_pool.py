@@ -102,7 +102,8 @@ class RayPool(Recovery, Growth):
         self.actors, self.info, self.ranges = [], [], []
         # The driver's node (None through Ray Client: on no node).
         self._here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
-        self.transport = make_transport(cluster.data_plane, task.spec, self.waits, self.traffic, self._here)
+        self.transport = make_transport(cluster.data_plane, task.spec, self.waits, self.traffic, self._here,
+                                        task.plan.exact)
         try:
             # Actors start (and read their rows) in parallel; one that dies meanwhile is a
             # lost worker like any other: started again, counted against max_failures.

@@ -27,11 +27,11 @@ from workers.shard import ShardTask
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 
 
-def plane_layout(spec) -> tuple[int, object]:
-    """(extra, sums dtype) of a node's plane for this network: float32 jobs carry the
-    step's scale exponents after theta and each slot's per-tensor maxima after its
-    float64 integer sums (trainer/exact_sum.py); float64 jobs nothing."""
-    if np.dtype(spec.dtype) == np.float32:
+def plane_layout(spec, exact: bool) -> tuple[int, object]:
+    """(extra, sums dtype) of a node's plane for this network: float32 jobs with exact
+    sums (train.exact_sums) carry the step's scale exponents after theta and each slot's
+    per-tensor maxima after its float64 integer sums (trainer/exact_sum.py); others nothing."""
+    if exact and np.dtype(spec.dtype) == np.float32:
         return 2 * spec.L, np.float64
     return 0, None
 
@@ -143,7 +143,7 @@ class ShardActor:
         returns its ticket for the node's other workers."""
         self.detach()
         spec = self.worker.spec
-        self.plane = PlaneHost(spec.size, spec.dtype, slots, *plane_layout(spec))
+        self.plane = PlaneHost(spec.size, spec.dtype, slots, *plane_layout(spec, self.worker.exact))
         return self.plane.ticket
 
     def _hosted(self) -> PlaneHost:

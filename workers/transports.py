@@ -56,12 +56,14 @@ class Transport(Protocol):
     def evaluate(self, theta: np.ndarray, bound: float) -> list[EvalSums]: ...
 
 
-def make_transport(data_plane: str, spec, waits: Waits, traffic: dict, here: str | None) -> Transport:
+def make_transport(data_plane: str, spec, waits: Waits, traffic: dict, here: str | None,
+                   exact: bool = False) -> Transport:
     """The transport of `cluster.data_plane`. spec: the network's (theta's size and
     type, and float32's exact-sum layout); waits: the pool's bounded waits; traffic:
-    the pool's byte counts; here: the driver's node (None through Ray Client)."""
+    the pool's byte counts; here: the driver's node (None through Ray Client); exact:
+    float32 sums taken exactly (train.exact_sums), which widens the plane's slots."""
     if data_plane == "shm":
-        return SharedMemoryPlanes(spec, waits, traffic, here)
+        return SharedMemoryPlanes(spec, waits, traffic, here, exact)
     return ObjectStore(waits, traffic)
 
 
@@ -101,8 +103,8 @@ def leader_deadline(t0: float, bound: float) -> float:
 
 
 class SharedMemoryPlanes:
-    def __init__(self, spec, waits: Waits, traffic: dict, here: str | None):
-        self._spec, self._here = spec, here
+    def __init__(self, spec, waits: Waits, traffic: dict, here: str | None, exact: bool = False):
+        self._spec, self._here, self._exact = spec, here, exact
         self._waits, self._traffic = waits, traffic
         self._host: PlaneHost | None = None  # the plane of the coordinator's node
         self._host_ranks: list[int] = []  # the workers on it, by slot
@@ -132,7 +134,7 @@ class SharedMemoryPlanes:
         for node, ranks in groups.items():
             if node == self._here:
                 spec = self._spec
-                self._host = PlaneHost(spec.size, spec.dtype, len(ranks), *plane_layout(spec))
+                self._host = PlaneHost(spec.size, spec.dtype, len(ranks), *plane_layout(spec, self._exact))
                 self._host_ranks = ranks
                 attach = [actors[r].attach.remote(self._host.ticket, s) for s, r in enumerate(ranks)]
                 self._accept(attach, ranks, deadline)
