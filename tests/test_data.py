@@ -266,6 +266,9 @@ def test_teacher_tiny_matches_workloads_recipe():
 
 def test_a_teacher_set_generates_only_the_rows_up_to_the_highest_read():
     X, y = builtin_sets.teacher_arrays("teacher-mnist")
+    # A new source, not the process's cached one: an earlier test in this process may
+    # have read that one whole (tests/test_benchmarks.py trains W-mnist in process).
+    builtin_sets.builtin_source.cache_clear()
     src = open_source("teacher-mnist")
     schema = resolve_schema(src, None, "y", [784, 10], "cross_entropy")
     assert src._rows == 0  # the driver's checks need no rows

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -28,27 +27,25 @@ KEYS = {"cpu_utilization_percentage", "system_memory_usage_megabytes", "system_m
 def cluster():
     from ray.cluster_utils import Cluster
 
-    # Token mode for nodes and driver alike (see tests/test_multinode.py), with a token of
-    # this module's: a fresh HOME (tests/conftest.py) has no ~/.ray/auth_token to fall back on.
-    saved = os.environ.get("RAY_AUTH_TOKEN")
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+    # Token mode for nodes and driver alike (see tests/test_multinode.py), with the token
+    # pinned_auth_mode keeps in the suite's HOME. (Not a token of this module's in the
+    # environment: this process's Ray keeps the token it first read, so a new one made the
+    # driver's GCS client refuse its own cluster, and every later test's.)
     auth = pinned_auth_mode("token")
     auth.__enter__()
     temp_dir = tempfile.mkdtemp(prefix="rpsm", dir="/tmp")
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "temp_dir": temp_dir, "object_store_memory": 100 * 2**20})
+    c = None
     try:
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": False, "temp_dir": temp_dir, "object_store_memory": 100 * 2**20})
         c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
         c.wait_for_nodes()
         yield c
     finally:
-        c.shutdown()
+        if c is not None:
+            c.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
         auth.__exit__(None, None, None)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        else:
-            os.environ["RAY_AUTH_TOKEN"] = saved
 
 
 def test_each_node_running_workers_and_the_coordinator_have_system_metrics(cluster, tmp_path):
