@@ -145,15 +145,17 @@ class NumpyMode:
 
 
 def make_mode(label, job, profile_dir, timing: Timing = WALL):
-    """A mode of steps.py run in this process: `local`, `rayN[-object-store]`, `numpy`."""
-    if label == "local":
+    """A mode of steps.py run in this process: `local`, `rayN[-object-store]`, `numpy`; a
+    rayprop mode may end in `-exact` (the job then has train.exact_sums on)."""
+    base = label.removesuffix("-exact")
+    if base == "local":
         return RaypropMode(label, job, training.open_pool(job, 1, local=True), profile_dir, timing)
     if label == "numpy":
         return NumpyMode(job, timing)
     from workers.ray_pool import RayPool
 
-    workers = int(label[3:].split("-")[0])
-    plane = "object_store" if label.endswith("-object-store") else "shm"
+    workers = int(base[3:].split("-")[0])
+    plane = "object_store" if base.endswith("-object-store") else "shm"
     cluster = dataclasses.replace(job.cfg.cluster, data_plane=plane, cpus_per_worker=max(CPUS // workers, 1))
     return RaypropMode(label, job, RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures),
                        profile_dir)

@@ -35,7 +35,7 @@ from core import (CPUS, SWITCH_PAUSE_S, WALL, WORKLOADS, emit, gemm_info, log, m
 from modes import make_mode
 from numpy_step import NumpyStep
 
-MODES = "local,ray1,ray2,ray2-object-store,torch,ray-train"
+MODES = "local,ray1,ray2,ray2-object-store,torch,ray-train"  # also: numpy, local-exact, rayN-exact
 
 
 def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=WALL):
@@ -50,7 +50,10 @@ def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=W
     # Logical CPUs for every pool at once (they run in turn); each limits its BLAS threads.
     ray = connect(None, CPUS * (len(ray_modes) + 2)) if ray_modes or "ray-train" in modes else _NoRay()
     with ray as conn, tempfile.TemporaryDirectory() as storage:
-        runs = [make_mode(m, job, profile_dir, timing) for m in modes if m == "local" or m in ray_modes]
+        # A mode ending in "-exact" trains with train.exact_sums (README: Bit for bit) beside the plain one.
+        exact_job = prepare(name, "train.exact_sums=true") if any(m.endswith("-exact") for m in modes) else None
+        runs = [make_mode(m, exact_job if m.endswith("-exact") else job, profile_dir, timing)
+                for m in modes if m.removesuffix("-exact") == "local" or m in ray_modes]
         if "numpy" in modes:
             if NumpyStep.fits(job):
                 runs.append(make_mode("numpy", job, None, timing))

@@ -210,3 +210,15 @@ def test_exact_sums_are_off_by_default_and_rows_move_only_where_the_weights_stay
     assert not keeps_weights(plain.task) and keeps_weights(exact.task) and keeps_weights(wide.task)
     assert LocalPool.open(plain.task, 3, plain.source, rebalance_seconds=5).balance is None
     assert LocalPool.open(exact.task, 3, exact.source, rebalance_seconds=5).balance is not None
+
+
+def test_a_workers_blocks_split_into_consecutive_groups_of_about_equal_members():
+    from workers.block_sums import split_runs
+
+    runs = [(0, 0, 10), (1, 10, 12), (2, 12, 40), (3, 40, 41), (4, 41, 60)]
+    for groups in (1, 2, 3, 5, 9):
+        parts = split_runs(runs, groups)
+        assert parts[0][0] == 0 and parts[-1][1] == len(runs) and len(parts) <= groups
+        assert all(i < j for i, j in parts) and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert split_runs(runs, 2) == [(0, 3), (3, 5)]  # a group ends with the run that reaches its share (30 of 60)
+    assert split_runs([(7, 0, 5)], 2) == [(0, 1)]

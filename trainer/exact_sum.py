@@ -123,11 +123,13 @@ class BlockScaler:
                                      self.sizes)
         return self._vector
 
-    def to_integers(self, block: np.ndarray, scale_vector: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-        """block (float32, theta's layout) <- trunc(block * 2^s); returns the per-tensor
-        max |block| before scaling (float64)."""
-        np.abs(block, out=scratch)
-        block_max = np.maximum.reduceat(scratch, self.offsets).astype(np.float64)
-        np.multiply(block, scale_vector, out=block)
-        np.trunc(block, out=block)
+    def to_integers(self, rows: np.ndarray, scale_vector: np.ndarray) -> np.ndarray:
+        """rows (float32, (q, theta's size): q blocks' sums) <- trunc(rows * 2^s), in place;
+        returns each block's per-tensor max |sum| before scaling, (q, tensors) float64.
+        Two reductions (max and min) read the rows without a temporary."""
+        top = np.maximum.reduceat(rows, self.offsets, axis=1)
+        bottom = np.minimum.reduceat(rows, self.offsets, axis=1)
+        block_max = np.maximum(top, -bottom).astype(np.float64)
+        np.multiply(rows, scale_vector, out=rows)
+        np.trunc(rows, out=rows)
         return block_max

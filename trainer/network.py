@@ -149,11 +149,27 @@ class Workspace:
         return self._view(self._D[which], rows, n)
 
 
+def _rows_product(a_rows: np.ndarray, b: np.ndarray, out_rows: np.ndarray, cuts) -> None:
+    """out_rows = a_rows @ b: one product, or one per block of rows [s, e) in `cuts`.
+
+    Why per block (float32 exact sums, workers/block_sums.py): OpenBLAS's bits for one
+    example depend on how many examples the call holds, so a block's products must see
+    the block alone, whatever else its worker holds. Each row of the result depends on
+    its own row of `a_rows` only, so the elementwise work around it may run over all
+    blocks at once."""
+    if cuts is None:
+        np.matmul(a_rows, b, out=out_rows)
+        return
+    for s, e in cuts:
+        np.matmul(a_rows[s:e], b, out=out_rows[s:e])
+
+
 def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
-            ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+            ws: Workspace | None = None, cuts=None) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 1 for every layer. Returns (Z[L], A[L]), each (n_L, n).
 
     With a workspace the results are views into it, valid until its next use.
+    cuts: [(s, e), ...] blocks of rows whose products run on their own (_rows_product).
     """
     n = X_rows.shape[0]
     if ws is None or ws.capacity < n:
@@ -164,7 +180,7 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         W, b = Ws[l - 1], bs[l - 1]
         A = ws.A(l, n)
         Z = ws.ZL(n) if l == spec.L else A
-        np.matmul(A_prev.T, W.T, out=Z.T)  # Z^T = A[l-1]^T W^T, into Z's row-major block
+        _rows_product(A_prev.T, W.T, Z.T, cuts)  # Z^T = A[l-1]^T W^T, into Z's row-major block
         Z += b
         ACTIVATIONS[spec.activation(l)].forward(Z, A)
         A_prev = A
@@ -172,31 +188,35 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
 
 
 def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
-                  Y: np.ndarray, grad: np.ndarray, ws: Workspace | None = None) -> float:
+                  Y: np.ndarray, grad: np.ndarray, ws: Workspace | None = None, cuts=None) -> float:
     """Eq. 12 over one shard, as SUMS over its n columns.
 
     X_rows: (n, n_0) examples as rows; Y: (n_L, n) targets as columns.
     Writes GW[l] = delta[l] @ A[l-1].T and Gb[l] = sum over columns of delta[l]
     into `grad` (theta's layout, overwritten) and returns the shard's loss sum.
     The caller adds the sums of all shards and divides by the batch's m once.
+
+    cuts: blocks of rows [(s, e), ...] (workers/block_sums.py): every product runs per
+    block, and `grad` is (len(cuts), theta's size), one row of sums per block.
     """
     n = X_rows.shape[0]
     assert Y.shape == (spec.layers[-1], n), f"Y is {Y.shape}, expected {(spec.layers[-1], n)}"
     if ws is None or ws.capacity < n:
         ws = Workspace(spec, n)
-    ZL, AL = forward(spec, theta, X_rows, ws)
+    ZL, AL = forward(spec, theta, X_rows, ws, cuts)
     cost = COSTS[spec.cost]
     loss_sum = cost.loss_sum(Y, AL, ZL)
 
     Ws, _ = ws.views(theta)
-    GWs, Gbs = ws.views(grad)
-    ones = ws.ones[:n]
+    grads = [ws.views(grad)] if cuts is None else [ws.views(row) for row in grad]
+    spans = [(0, n)] if cuts is None else cuts
     L = spec.L
     delta = cost.output_delta(Y, AL, ZL, spec.output_activation, ws.D(0, spec.layers[L], n))
     for l in range(L, 0, -1):
         A_prev = X_rows.T if l == 1 else ws.A(l - 1, n)
-        np.matmul(delta, A_prev.T, out=GWs[l - 1])       # GW[l] = delta A[l-1]^T
-        np.matmul(ones, delta.T, out=Gbs[l - 1][:, 0])    # Gb[l] = row sums of delta
+        for (GWs, Gbs), (s, e) in zip(grads, spans):
+            np.matmul(delta[:, s:e], A_prev.T[s:e], out=GWs[l - 1])   # GW[l] = delta A[l-1]^T
+            np.matmul(ws.ones[: e - s], delta.T[s:e], out=Gbs[l - 1][:, 0])  # Gb[l] = row sums of delta
         if l == 1:
             break  # dA[0] = W[1]^T delta[1] is never needed
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer
@@ -206,7 +226,7 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
             # gemm with inner dimension 1, OpenBLAS runs it ~20x slower than this.
             np.multiply(delta.T, W, out=dA.T)
         else:
-            np.matmul(delta.T, W, out=dA.T)               # dA[l-1]^T = delta[l]^T W[l]
+            _rows_product(delta.T, W, dA.T, cuts)          # dA[l-1]^T = delta[l]^T W[l]
         # A[l-1] is dead after this (GW[l] is done), so g' may use its buffer.
         delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev)
     return loss_sum

@@ -1,15 +1,17 @@
 """A worker's float32 sums, block by block, the same arithmetic on any worker
 (trainer/exact_sum.py says why, README: The math says what was checked).
 
-OpenBLAS's float32 results for one column depend on how many columns the call has and
-on its thread count (measured: W-mnist's layers, N = 1..8192, 1 or 2 threads; see the
-README). So nothing here computes over "the worker's members": each block's members
-are gathered into buffers of their own and go through forward and backward on their
-own, with BLAS on ONE thread; a block's float32 sums are then a function of the block
-alone. A worker given several CPUs runs its blocks in that many Python threads (BLAS
-releases the GIL), each with its own buffers; which thread takes which block changes
-nothing. The blocks' sums become integers (trainer/exact_sum.BlockScaler) and are
-added in float64: exact, so the worker's total does not depend on the order either.
+OpenBLAS's float32 results for one example depend on how many examples the call has
+and on its thread count (measured: W-mnist's layers, N = 1..8192, 1 or 2 threads; see
+the README). So every matrix product here sees ONE block's examples and runs with BLAS
+on ONE thread; a block's float32 sums are then a function of the block alone. The
+elementwise work (biases, activations, the cost) treats each example on its own, so it
+runs over all of a thread's blocks at once (trainer/network.py `cuts`): a step makes
+about as many numpy calls as a plain one, plus the per-block products. A worker given
+several CPUs splits its blocks into that many consecutive groups, one Python thread
+each (BLAS releases the GIL), each with its own buffers; which thread takes which
+block changes nothing. The blocks' sums become integers (trainer/exact_sum.BlockScaler)
+and are added in float64: exact, so the worker's total does not depend on the order.
 """
 
 from __future__ import annotations
@@ -47,47 +49,61 @@ class _OneThreadBlas:
 
 
 class _Lane:
-    """One thread's buffers: a workspace and gather buffers for one block."""
+    """One thread's buffers: a workspace and gather buffers for its blocks' members."""
 
-    def __init__(self, spec: NetworkSpec, capacity: int, dtype):
+    def __init__(self, spec: NetworkSpec, capacity: int, dtype, blocks: int):
         self.ws = Workspace(spec, capacity)
+        self.ws.view_slots = blocks + 2  # theta and each block's row of sums keep their views
         self.xb = np.empty(capacity * spec.layers[0], dtype)
         self.yb = np.empty(capacity * spec.layers[-1], dtype)
-        self.scratch = np.empty(spec.size, dtype)
+        self.total = np.empty(spec.size, np.float64)  # this thread's blocks' integer sums, added
+
+
+def split_runs(runs, groups: int) -> list[tuple[int, int]]:
+    """Cut the step's runs (block, start, stop) into at most `groups` consecutive groups
+    of about equal members: [(first run, end run), ...], none empty."""
+    ends = np.cumsum([b - a for _, a, b in runs])
+    total = int(ends[-1])
+    cuts = sorted({0, len(runs)} | {min(int(np.searchsorted(ends, total * g / groups)) + 1, len(runs))
+                                    for g in range(1, groups)})
+    return [(i, j) for i, j in zip(cuts[:-1], cuts[1:]) if j > i]
 
 
 class BlockSums:
     """Block sums over one worker's rows. X: (n, n_0) rows, Y: (n_L, n) columns, both
-    held by the ShardWorker; `threads`: Python threads to spread the blocks over."""
+    held by the ShardWorker; `threads`: Python threads to spread the blocks over;
+    capacity: the most members a step can give this worker."""
 
     def __init__(self, spec: NetworkSpec, X: np.ndarray, Y: np.ndarray, capacity: int, blocks: int,
                  threads: int = 1):
         dt = np.dtype(spec.dtype)
         self.spec, self.X, self.Y = spec, X, Y
         self.threads = max(1, min(threads, blocks))
-        self.lanes = [_Lane(spec, max(capacity, 1), dt) for _ in range(self.threads)]
+        self.lanes = [_Lane(spec, max(capacity, 1), dt, blocks) for _ in range(self.threads)]
         self.stack = np.empty((blocks, spec.size), dt)  # one row per block, theta's layout
-        self.rows = list(self.stack)  # the same row objects every step: their views are built once
-        for lane in self.lanes:
-            lane.ws.view_slots = blocks + 2
         self.scaler = BlockScaler(spec.layers)
         self.flops_per_example = spec.flops_per_example()
         self._pool = ThreadPoolExecutor(self.threads, "rayprop-blocks") if self.threads > 1 else None
 
-    def _run(self, lane: _Lane, theta, members, runs, scale_vector, rows, maxima, losses, which) -> None:
+    def _run(self, lane: _Lane, theta, members, runs, scale_vector, maxima, i: int, j: int) -> float:
+        """Runs i..j-1 of the step: their blocks' integer sums added into lane.total (in
+        this thread: the float64 pass is the largest part of the conversion) and their
+        maxima into maxima[i:j]; returns their loss sum."""
         X, Y, spec = self.X, self.Y, self.spec
-        for i in which:
-            _, a, b = runs[i]
-            n = b - a
-            if isinstance(members, slice):
-                Xb, Yb = X[a:b], Y[:, a:b]
-            else:
-                idx = members[a:b]
-                Xb = np.take(X, idx, axis=0, out=lane.xb[: n * X.shape[1]].reshape(n, -1), mode="clip")
-                Yb = np.take(Y, idx, axis=1, out=lane.yb[: n * Y.shape[0]].reshape(-1, n), mode="clip")
-            block = self.rows[rows[i]]
-            losses[i] = backward_sums(spec, theta, Xb, Yb, block, lane.ws)
-            maxima[i] = self.scaler.to_integers(block, scale_vector, lane.scratch)
+        a0, b1 = runs[i][1], runs[j - 1][2]
+        n = b1 - a0
+        if isinstance(members, slice):
+            Xb, Yb = X[a0:b1], Y[:, a0:b1]
+        else:  # the members of consecutive blocks are consecutive (sorted offsets)
+            idx = members[a0:b1]
+            Xb = np.take(X, idx, axis=0, out=lane.xb[: n * X.shape[1]].reshape(n, -1), mode="clip")
+            Yb = np.take(Y, idx, axis=1, out=lane.yb[: n * Y.shape[0]].reshape(-1, n), mode="clip")
+        cuts = [(a - a0, b - a0) for _, a, b in runs[i:j]]
+        sums = self.stack[i:j]
+        loss = backward_sums(spec, theta, Xb, Yb, sums, lane.ws, cuts)
+        maxima[i:j] = self.scaler.to_integers(sums, scale_vector)
+        np.add.reduce(sums, axis=0, dtype=np.float64, out=lane.total)
+        return loss
 
     def compute(self, theta: np.ndarray, members, runs, scales, out: np.ndarray) -> tuple[float, np.ndarray]:
         """out (float64, theta's layout) <- the exact sum of the blocks' integer sums at
@@ -96,25 +112,23 @@ class BlockSums:
         q = len(runs)
         scale_vector = self.scaler.vector(scales)
         maxima = np.zeros((max(q, 1), len(self.scaler.sizes)))
-        losses = [0.0] * q
-        rows = list(range(q))
-        members_n = sum(b - a for _, a, b in runs)
-        with _OneThreadBlas():
-            if self._pool is None or q < 2 or members_n * self.flops_per_example < THREADED_MIN_FLOPS:
-                self._run(self.lanes[0], theta, members, runs, scale_vector, rows, maxima, losses, rows)
-            else:
-                t = min(self.threads, q)
-                jobs = [self._pool.submit(self._run, self.lanes[i], theta, members, runs, scale_vector, rows,
-                                          maxima, losses, rows[i::t]) for i in range(t)]
-                for job in jobs:
-                    job.result()
         if q == 0:
             out.fill(0)
-        elif q == 1:
-            np.copyto(out, self.stack[0], casting="same_kind")
-        else:
-            np.add.reduce(self.stack[:q], axis=0, dtype=np.float64, out=out)
-        return float(sum(losses)), maxima.max(axis=0)
+            return 0.0, maxima.max(axis=0)
+        members_n = sum(b - a for _, a, b in runs)
+        threaded = self._pool is not None and q > 1 and members_n * self.flops_per_example >= THREADED_MIN_FLOPS
+        groups = split_runs(runs, self.threads if threaded else 1)
+        with _OneThreadBlas():
+            if self._pool is None or len(groups) == 1:
+                loss = self._run(self.lanes[0], theta, members, runs, scale_vector, maxima, 0, q)
+            else:
+                jobs = [self._pool.submit(self._run, lane, theta, members, runs, scale_vector, maxima, i, j)
+                        for lane, (i, j) in zip(self.lanes, groups)]
+                loss = sum(job.result() for job in jobs)
+        np.copyto(out, self.lanes[0].total)
+        for lane in self.lanes[1:len(groups)]:
+            out += lane.total  # integers below 2^53: exact, in any order
+        return float(loss), maxima.max(axis=0)
 
     def close(self) -> None:
         if self._pool is not None:

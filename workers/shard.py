@@ -60,9 +60,7 @@ class ShardWorker:
         self._blocks = None
         if self.exact:
             runs = plan.block_runs(lo, self.hi, slice(0, self.hi - lo))
-            widest = max([b - a for _, a, b in runs], default=1)
-            self._blocks = BlockSums(spec, self.X, self.Y, min(plan.batch_size, widest), max(len(runs), 1),
-                                     threads)
+            self._blocks = BlockSums(spec, self.X, self.Y, cap, max(len(runs), 1), threads)
             self._grad = np.empty(spec.size, np.float64)
             cap = 1  # the block path has its own buffers
         self._ws = Workspace(spec, cap)
