@@ -202,3 +202,34 @@ def test_flops_per_example_counts_the_workloads_way():
     spec = NetworkSpec((1024, 2048, 2048, 10), "relu", "softmax", "cross_entropy")
     w = [1024 * 2048, 2048 * 2048, 2048 * 10]
     assert spec.flops_per_example() == 6 * sum(w) - 2 * w[0]
+
+
+@pytest.mark.parametrize("layers,hidden,output,cost", [((784, 256, 128, 10), "relu", "softmax", "cross_entropy"),
+                                                       ((2, 16, 16, 1), "sigmoid", "sigmoid", "binary_cross_entropy")])
+def test_blocks_of_one_width_give_the_bits_of_each_block_alone(layers, hidden, output, cost):
+    """Per-block sums (float32 exact sums) are a function of the block alone: a stacked
+    product over blocks of one width (one numpy call), a loop over blocks of unequal
+    widths, and the block on its own give the same bits; in float64 they add up to the
+    sums over all rows at once."""
+    from trainer.network import Blocks
+
+    rng = np.random.default_rng(4)
+    for dtype in ("float32", "float64"):
+        spec = NetworkSpec(layers, hidden, output, cost, dtype)
+        theta = init_theta(spec, "he", 1)
+        n = 3 * 40 + 41
+        X = rng.standard_normal((n, layers[0])).astype(dtype)
+        Y = targets_for(cost, layers[-1], n, rng).astype(dtype)
+        ws = Workspace(spec, n)
+        stacked = np.empty((3, spec.size), dtype)  # blocks of 40, 40, 40: one product per layer
+        backward_sums(spec, theta, X[:120], Y[:, :120], stacked, ws, Blocks([(0, 40), (40, 80), (80, 120)]))
+        looped = np.empty((4, spec.size), dtype)  # the same blocks and one of 41: a product per block
+        backward_sums(spec, theta, X, Y, looped, ws, Blocks([(0, 40), (40, 80), (80, 120), (120, n)]))
+        for r in range(3):
+            alone = np.empty(spec.size, dtype)
+            backward_sums(spec, theta, X[40 * r: 40 * r + 40], Y[:, 40 * r: 40 * r + 40], alone, Workspace(spec, 40))
+            assert np.array_equal(stacked[r], alone) and np.array_equal(looped[r], alone), (dtype, r)
+        if dtype == "float64":
+            whole = np.empty(spec.size)
+            backward_sums(spec, theta, X, Y, whole)
+            np.testing.assert_allclose(looped.sum(axis=0), whole, rtol=1e-9, atol=1e-12)

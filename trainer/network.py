@@ -73,6 +73,18 @@ class NetworkSpec:
             at += bshape[0]
         return Ws, bs
 
+    def views_of_rows(self, rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """views() of every row of a (q, size) array at once: W[l] as (q, n_l, n_{l-1}),
+        b[l] as (q, n_l)."""
+        Ws, bs, at = [], [], 0
+        for (wshape, bshape) in self.shapes:
+            nw = wshape[0] * wshape[1]
+            Ws.append(rows[:, at : at + nw].reshape(-1, *wshape))
+            at += nw
+            bs.append(rows[:, at : at + bshape[0]])
+            at += bshape[0]
+        return Ws, bs
+
     def flops_per_example(self) -> int:
         """Multiply-adds x2 of one forward + backward pass (docs/workloads.md): 2 per weight
         forward, 4 backward (dW and dA), less the dA[0] product nobody computes."""
@@ -149,27 +161,69 @@ class Workspace:
         return self._view(self._D[which], rows, n)
 
 
-def _rows_product(a_rows: np.ndarray, b: np.ndarray, out_rows: np.ndarray, cuts) -> None:
+class Blocks:
+    """Blocks of rows [s, e) of one call, back to back from row 0, whose products must
+    each see their own rows alone (_rows_product says why); `width` is their common
+    width, or 0 if they differ."""
+
+    __slots__ = ("spans", "width")
+
+    def __init__(self, spans: list[tuple[int, int]]):
+        self.spans = spans
+        w = spans[0][1] - spans[0][0]
+        self.width = w if all(e - s == w for s, e in spans) else 0
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+def _stacked(a: np.ndarray, q: int, w: int) -> np.ndarray:
+    """Rows [0, q*w) of a 2-D array as q blocks of w rows, (q, w, a.shape[1]): splitting
+    one axis, so always a view, whatever the strides."""
+    return a[: q * w].reshape(q, w, a.shape[1])
+
+
+def _rows_product(a_rows: np.ndarray, b: np.ndarray, out_rows: np.ndarray, cuts: Blocks | None) -> None:
     """out_rows = a_rows @ b: one product, or one per block of rows [s, e) in `cuts`.
 
     Why per block (float32 exact sums, workers/block_sums.py): OpenBLAS's bits for one
     example depend on how many examples the call holds, so a block's products must see
     the block alone, whatever else its worker holds. Each row of the result depends on
     its own row of `a_rows` only, so the elementwise work around it may run over all
-    blocks at once."""
+    blocks at once. Blocks of one width go to numpy as one stacked product, which makes
+    the same BLAS call per block in C (tests/test_network.py checks the bits)."""
     if cuts is None:
         np.matmul(a_rows, b, out=out_rows)
         return
-    for s, e in cuts:
+    w = cuts.width
+    if w:
+        np.matmul(_stacked(a_rows, len(cuts), w), b, out=_stacked(out_rows, len(cuts), w))
+        return
+    for s, e in cuts.spans:
         np.matmul(a_rows[s:e], b, out=out_rows[s:e])
 
 
+def _block_sums(delta: np.ndarray, A_prev: np.ndarray, ones: np.ndarray, GW: np.ndarray, Gb: np.ndarray,
+                cuts: Blocks) -> None:
+    """Each block's GW[l] = delta A[l-1]^T and Gb[l] = row sums of delta, into its own
+    row of sums: GW (q, n_l, n_{l-1}) and Gb (q, n_l), views into the rows of sums."""
+    w = cuts.width
+    if w:  # one stacked product each, as in _rows_product
+        D = _stacked(delta.T, len(cuts), w)  # (q, w, n_l)
+        np.matmul(D.transpose(0, 2, 1), _stacked(A_prev.T, len(cuts), w), out=GW)
+        np.matmul(ones[:w], D, out=Gb)
+        return
+    for r, (s, e) in enumerate(cuts.spans):
+        np.matmul(delta[:, s:e], A_prev.T[s:e], out=GW[r])
+        np.matmul(ones[: e - s], delta.T[s:e], out=Gb[r])
+
+
 def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
-            ws: Workspace | None = None, cuts=None) -> tuple[np.ndarray, np.ndarray]:
+            ws: Workspace | None = None, cuts: Blocks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 1 for every layer. Returns (Z[L], A[L]), each (n_L, n).
 
     With a workspace the results are views into it, valid until its next use.
-    cuts: [(s, e), ...] blocks of rows whose products run on their own (_rows_product).
+    cuts: blocks of rows whose products run on their own (_rows_product).
     """
     n = X_rows.shape[0]
     if ws is None or ws.capacity < n:
@@ -188,7 +242,8 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
 
 
 def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
-                  Y: np.ndarray, grad: np.ndarray, ws: Workspace | None = None, cuts=None) -> float:
+                  Y: np.ndarray, grad: np.ndarray, ws: Workspace | None = None,
+                  cuts: Blocks | None = None) -> float:
     """Eq. 12 over one shard, as SUMS over its n columns.
 
     X_rows: (n, n_0) examples as rows; Y: (n_L, n) targets as columns.
@@ -196,8 +251,8 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     into `grad` (theta's layout, overwritten) and returns the shard's loss sum.
     The caller adds the sums of all shards and divides by the batch's m once.
 
-    cuts: blocks of rows [(s, e), ...] (workers/block_sums.py): every product runs per
-    block, and `grad` is (len(cuts), theta's size), one row of sums per block.
+    cuts: blocks of rows (workers/block_sums.py): every product runs per block, and
+    `grad` is (len(cuts), theta's size), one row of sums per block.
     """
     n = X_rows.shape[0]
     assert Y.shape == (spec.layers[-1], n), f"Y is {Y.shape}, expected {(spec.layers[-1], n)}"
@@ -208,15 +263,20 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     loss_sum = cost.loss_sum(Y, AL, ZL)
 
     Ws, _ = ws.views(theta)
-    grads = [ws.views(grad)] if cuts is None else [ws.views(row) for row in grad]
-    spans = [(0, n)] if cuts is None else cuts
+    if cuts is None:
+        GWs, Gbs = ws.views(grad)
+    else:  # each tensor of every block's row of sums at once: (q, n_l, n_{l-1}) and (q, n_l)
+        GWs, Gbs = spec.views_of_rows(grad[: len(cuts)])
+    ones = ws.ones[:n]
     L = spec.L
     delta = cost.output_delta(Y, AL, ZL, spec.output_activation, ws.D(0, spec.layers[L], n))
     for l in range(L, 0, -1):
         A_prev = X_rows.T if l == 1 else ws.A(l - 1, n)
-        for (GWs, Gbs), (s, e) in zip(grads, spans):
-            np.matmul(delta[:, s:e], A_prev.T[s:e], out=GWs[l - 1])   # GW[l] = delta A[l-1]^T
-            np.matmul(ws.ones[: e - s], delta.T[s:e], out=Gbs[l - 1][:, 0])  # Gb[l] = row sums of delta
+        if cuts is None:
+            np.matmul(delta, A_prev.T, out=GWs[l - 1])       # GW[l] = delta A[l-1]^T
+            np.matmul(ones, delta.T, out=Gbs[l - 1][:, 0])    # Gb[l] = row sums of delta
+        else:
+            _block_sums(delta, A_prev, ones, GWs[l - 1], Gbs[l - 1], cuts)
         if l == 1:
             break  # dA[0] = W[1]^T delta[1] is never needed
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from trainer.exact_sum import BlockScaler
-from trainer.network import NetworkSpec, Workspace, backward_sums
+from trainer.network import Blocks, NetworkSpec, Workspace, backward_sums
 
 
 # A step with less work than this runs its blocks in one thread: waking a second costs
@@ -98,7 +98,7 @@ class BlockSums:
             idx = members[a0:b1]
             Xb = np.take(X, idx, axis=0, out=lane.xb[: n * X.shape[1]].reshape(n, -1), mode="clip")
             Yb = np.take(Y, idx, axis=1, out=lane.yb[: n * Y.shape[0]].reshape(-1, n), mode="clip")
-        cuts = [(a - a0, b - a0) for _, a, b in runs[i:j]]
+        cuts = Blocks([(a - a0, b - a0) for _, a, b in runs[i:j]])
         sums = self.stack[i:j]
         loss = backward_sums(spec, theta, Xb, Yb, sums, lane.ws, cuts)
         maxima[i:j] = self.scaler.to_integers(sums, scale_vector)
