@@ -196,20 +196,28 @@ def test_resume_on_another_worker_count_is_bitwise(tmp_path):
     assert np.array_equal(theta2, ref)
 
 
-def test_exact_sums_are_off_by_default_and_rows_move_only_where_the_weights_stay(tmp_path):
-    """train.exact_sums is off by default (it costs 1.4-2.7x a step: README, Speed): a
-    float32 job then adds its sums in rank order, and no straggler rebalancing moves its
-    rows (each move would change its last bits); float64, or exact sums, may move them."""
+def test_exact_sums_by_default_where_blocks_are_large_and_rows_move_only_where_the_weights_stay(tmp_path):
+    """train.exact_sums "auto" turns them on when a step's blocks hold 512 examples or more
+    on average (trainer/batches.py: below, a step costs more). A float32 job without them
+    adds its sums in rank order, and no straggler rebalancing moves its rows (each move
+    would change its last bits); float64, or exact sums, may move them."""
+    from trainer.batches import EXACT_AUTO_MIN_EXAMPLES
     from workers.rebalance import keeps_weights
 
     path = write_parquet(tmp_path / "d.parquet")
     plain = training.prepare(from_dict(config(path, "adam", 64, dtype="float32")))
     exact = training.prepare(from_dict(config(path, "adam", 64, dtype="float32", exact_sums=True)))
     wide = training.prepare(from_dict(config(path, "adam", 64, dtype="float64")))
+    assert plain.cfg.train.exact_sums == "auto"
     assert not plain.plan.exact and exact.plan.exact
     assert not keeps_weights(plain.task) and keeps_weights(exact.task) and keeps_weights(wide.task)
     assert LocalPool.open(plain.task, 3, plain.source, rebalance_seconds=5).balance is None
     assert LocalPool.open(exact.task, 3, exact.source, rebalance_seconds=5).balance is not None
+    for batch, blocks, on in ((4096, 8, True), (4095, 8, False), (1024, 2, True), (1024, 8, False)):
+        assert BatchPlan(10**5, batch, 0, blocks, "auto").exact is on, (batch, blocks)
+    assert BatchPlan(3000, None, 0, 8, "auto").exact is False  # a full batch of 3000: 375 a block
+    assert BatchPlan(EXACT_AUTO_MIN_EXAMPLES * 8, None, 0, 8, "auto").exact is True
+    assert BatchPlan(10**5, 8192, 0, 8, False).exact is False
 
 
 def test_a_workers_blocks_split_into_consecutive_groups_of_about_equal_members():

@@ -119,7 +119,8 @@ def record(job: Job, pool, run, ray_kind: str, where_to: str, first: bool):
         run.log_fingerprint(job.fingerprint)
     if os.environ.get(SUBMISSION_ENV):  # a submitted job: `rayprop fetch JOB_ID` finds its run by this
         run.set_tags({SUBMISSION_TAG: os.environ[SUBMISSION_ENV]})
-    run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes})
+    run.set_tags({OUTPUT_TAG: where_to, "rayprop.workers": pool.num_workers, "rayprop.nodes": nodes,
+                  "rayprop.exact_sums": str(job.plan.exact and job.spec.dtype == "float32").lower()})
     return resolved
 
 
@@ -133,6 +134,8 @@ def summary_of(job: Job, result, workers: int, run_id: str | None, theta: np.nda
             # equal hashes trained bitwise-equal weights.
             "param_hash": param_hash(theta),
             "param_hashes": {str(e): h for e, h in sorted(result.param_hashes.items())},
+            # Whether the float32 sums were added exactly (train.exact_sums, "auto" resolved).
+            "exact_sums": job.plan.exact and job.spec.dtype == "float32",
             "m": job.plan.n_train, "m_val": len(job.val_rows), "rayprop_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
