@@ -54,6 +54,9 @@ def use_timing(cpu_clock: bool) -> Timing:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # for the rest of the process: the harness times nothing else in it
+    # One CPU for this process, so that a local pool sizes itself to one thread too (an
+    # exact-sums pool would otherwise run half its blocks in a second, untimed thread).
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     return THREAD_CPU
 
 

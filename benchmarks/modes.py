@@ -146,8 +146,8 @@ class NumpyMode:
 
 def make_mode(label, job, profile_dir, timing: Timing = WALL):
     """A mode of steps.py run in this process: `local`, `rayN[-object-store]`, `numpy`; a
-    rayprop mode may end in `-exact` (the job then has train.exact_sums on)."""
-    base = label.removesuffix("-exact")
+    rayprop mode may end in `-exact` or `-plain` (the job's train.exact_sums, steps.SUMS)."""
+    base = label.removesuffix("-exact").removesuffix("-plain")
     if base == "local":
         return RaypropMode(label, job, training.open_pool(job, 1, local=True), profile_dir, timing)
     if label == "numpy":

@@ -35,7 +35,12 @@ from core import (CPUS, SWITCH_PAUSE_S, WALL, WORKLOADS, emit, gemm_info, log, m
 from modes import make_mode
 from numpy_step import NumpyStep
 
-MODES = "local,ray1,ray2,ray2-object-store,torch,ray-train"  # also: numpy, local-exact, rayN-exact
+MODES = "local,ray1,ray2,ray2-object-store,torch,ray-train"  # also: numpy; local and rayN[-object-store] + SUMS
+SUMS = {"-exact": "true", "-plain": "false"}  # a rayprop mode's suffix: its train.exact_sums
+
+
+def sums_suffix(mode: str) -> str:
+    return next((suffix for suffix in SUMS if mode.endswith(suffix)), "")
 
 
 def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=WALL):
@@ -50,10 +55,12 @@ def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=W
     # Logical CPUs for every pool at once (they run in turn); each limits its BLAS threads.
     ray = connect(None, CPUS * (len(ray_modes) + 2)) if ray_modes or "ray-train" in modes else _NoRay()
     with ray as conn, tempfile.TemporaryDirectory() as storage:
-        # A mode ending in "-exact" trains with train.exact_sums (README: Bit for bit) beside the plain one.
-        exact_job = prepare(name, "train.exact_sums=true") if any(m.endswith("-exact") for m in modes) else None
-        runs = [make_mode(m, exact_job if m.endswith("-exact") else job, profile_dir, timing)
-                for m in modes if m.removesuffix("-exact") == "local" or m in ray_modes]
+        # A mode ending in "-exact" or "-plain" trains with train.exact_sums true or false
+        # (README: Bit for bit) beside the default ("auto").
+        jobs = {suffix: prepare(name, f"train.exact_sums={value}") for suffix, value in SUMS.items()
+                if any(m.endswith(suffix) for m in modes)}
+        runs = [make_mode(m, jobs.get(sums_suffix(m), job), profile_dir, timing)
+                for m in modes if m.removesuffix(sums_suffix(m)) == "local" or m in ray_modes]
         if "numpy" in modes:
             if NumpyStep.fits(job):
                 runs.append(make_mode("numpy", job, None, timing))
@@ -94,8 +101,10 @@ def bench_workload(name, modes, repeats, profile_dir=None, epochs=None, timing=W
             for run in runs:
                 run.close()
         entry["nodes"] = conn.nodes
-    if name == "W-wide" and local is not None:
-        entry["modes"]["local"].update(wide_flops(job, local, timing.clock))
+    if name == "W-wide":  # each local mode's executed rate beside numpy's sgemm, measured after it
+        for run in runs:
+            if run.label.startswith("local"):
+                entry["modes"][run.label].update(wide_flops(job, statistics.median(run.steps), timing.clock))
     return entry
 
 

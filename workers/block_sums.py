@@ -115,9 +115,10 @@ class BlockSums:
         if q == 0:
             out.fill(0)
             return 0.0, maxima.max(axis=0)
-        members_n = sum(b - a for _, a, b in runs)
-        threaded = self._pool is not None and q > 1 and members_n * self.flops_per_example >= THREADED_MIN_FLOPS
-        groups = split_runs(runs, self.threads if threaded else 1)
+        groups = [(0, q)]
+        members_n = runs[-1][2] - runs[0][1]  # runs are consecutive
+        if self._pool is not None and q > 1 and members_n * self.flops_per_example >= THREADED_MIN_FLOPS:
+            groups = split_runs(runs, self.threads)
         with _OneThreadBlas():
             if self._pool is None or len(groups) == 1:
                 loss = self._run(self.lanes[0], theta, members, runs, scale_vector, maxima, 0, q)
