@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import LoadMeter, log, prepare, rnd  # noqa: E402
 from modes import StepClock  # noqa: E402
 
+from trainer.checkpoint import Position  # noqa: E402
 from trainer.coordinator import train  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
 
@@ -73,7 +74,8 @@ class Window:
         done = 0
         t0 = time.perf_counter()
         while done < steps:
-            train(pool, self.theta, self.opt, plan, 1, [clock, Seconds()], start_epoch=self.epoch)
+            train(pool, self.theta, self.opt, plan, self.epoch + 1, [clock, Seconds()],
+                  resume=Position(self.epoch, 0, 0))
             self.epoch += 1
             done += plan.steps_per_epoch
         if measure:
@@ -89,14 +91,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", default="W-mnist")
     ap.add_argument("--repeats", type=int, default=5, help="measured windows per pool")
     ap.add_argument("--steps", type=int, default=40, help="steps per window (whole epochs)")
+    ap.add_argument("--set", action="append", default=["train.exact_sums=true"], metavar="KEY=VALUE",
+                    help="config overrides (default: exact sums on, so that rows may move in float32)")
     args = ap.parse_args(argv)
-
 
     from cluster.connect import connect
     from workers.ray_pool import RayPool
 
     meter = LoadMeter()
-    job = prepare(args.workload)
+    job = prepare(args.workload, *args.set)
     pools = {}
     with connect(None, 6):  # two pools of three, one CPU each (logical: affinity decides)
         try:
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
             report = {
                 "benchmark": "stragglers (benchmarks/straggle.py)", "workload": args.workload,
                 "cpus": os.cpu_count(), "pinning": {f"worker {r}": sorted(c) for r, c in CORES.items()},
-                "windows": args.repeats, "steps_per_window": args.steps,
+                "overrides": args.set, "windows": args.repeats, "steps_per_window": args.steps,
                 "even_step_ms": rnd(statistics.median(even.walls) * 1e3),
                 "rebalanced_step_ms": rnd(statistics.median(moved.walls) * 1e3),
                 "optimum_step_ms": rnd((optimum_compute + outside) * 1e3),
