@@ -16,24 +16,16 @@ import pytest
 from experiments.tracking import run as tracking
 from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, replay
 from tests.httpgate import HttpGate
-from tests.mlflowserver import MlflowServer
 
 STEPS = 50
 EVENT_SECONDS = 300  # bounds on events that come in well under a second on an idle machine
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("server"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def gate(server, monkeypatch):
+def gate(mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", str(EVENT_SECONDS))  # held, not lost
     monkeypatch.setattr(tracking, "CLOSE_SECONDS", 1.0)  # the sender outlasts close's wait
-    gate = HttpGate(server.port)
+    gate = HttpGate(mlflow_server.port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", gate.uri)  # restored after the test
     yield gate
     gate.close()

@@ -73,7 +73,6 @@ FIXTURES: dict[str, tuple[str, ...]] = {
     "head": (RAY, SERVER),
     "head_without_pyarrow": (RAY, SERVER),
     "mlflow_server": (SERVER,),
-    "server": (SERVER,),
     "s3": (SERVER,),
     "s3_with_a_user": (SERVER,),
     "spirals_run": (SLOW,),  # test_cli: trains through the installed command (a subprocess)
