@@ -83,9 +83,28 @@ def med_ms(xs):
 
 
 def prepare(name, *overrides):
-    """The workload's job as the product prepares it, validation off."""
-    config, _ = WORKLOADS[name]
+    """The workload's job (WORKLOADS) as the product prepares it, validation off."""
+    return prepare_config(WORKLOADS[name][0], *overrides)
+
+
+def prepare_config(config, *overrides):
+    """A shipped config's job (experiments/configs: w-mnist, ...) as the product prepares it, validation off."""
     return training.prepare(load_config(configs.resolve(config), ["data.validation_fraction=0", *overrides]))
+
+
+def sgemm_gflops(clock=time.perf_counter, n=2048) -> float:
+    """numpy's float32 n^3 matmul in GFLOP/s by `clock` (median of 5 after a warm-up): what
+    a step's GFLOP/s is compared with."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    x @ x
+    times = []
+    for _ in range(5):
+        t = clock()
+        x @ x
+        times.append(clock() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 class LoadMeter:

@@ -35,10 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from experiments import configs  # noqa: E402
-
+from core import prepare_config, sgemm_gflops  # noqa: E402
 from experiments.jobs import training  # noqa: E402
-from experiments.jobs.configfile import load_config  # noqa: E402
 from trainer import activations, costs, coordinator, network, optimizers  # noqa: E402
 from trainer.coordinator import reduce_sums  # noqa: E402
 from trainer.optimizers import make_optimizer  # noqa: E402
@@ -78,18 +76,6 @@ class Timed(types.ModuleType):
         return timed
 
 
-def sgemm_rate(n=2048) -> float:
-    """numpy's float32 n^3 matmul, by the same clock, for the step's GFLOP/s to compare with."""
-    x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    x @ x
-    times = []
-    for _ in range(5):
-        t = clock()
-        x @ x
-        times.append(clock() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workload", default="w-mnist")
@@ -100,7 +86,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     global clock
     clock = time.thread_time if a.cpu else time.perf_counter
-    job = training.prepare(load_config(configs.resolve(a.workload), ["data.validation_fraction=0"]))
+    job = prepare_config(a.workload)
     pool = training.open_pool(job, 1, local=True)
     worker = pool.workers[0]
     theta = job.theta0.copy()
@@ -162,7 +148,7 @@ def main(argv=None) -> int:
     gflops = job.spec.flops_per_example() * plan.batch_size / step_ms / 1e6
     print(json.dumps({"workload": a.workload, "clock": "thread CPU" if a.cpu else "wall", "step_ms": round(step_ms, 4),
                       "examples_per_second": round(plan.batch_size / step_ms * 1e3),
-                      "gflop_per_s": round(gflops, 1), "sgemm_gflop_per_s": round(sgemm_rate(), 1)}))
+                      "gflop_per_s": round(gflops, 1), "sgemm_gflop_per_s": round(sgemm_gflops(clock), 1)}))
     pool.close()
     return 0
 

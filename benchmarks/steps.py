@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import peers
-from core import (CPUS, SWITCH_PAUSE_S, WALL, WORKLOADS, emit, gemm_info, log, med_ms, prepare, rnd, use_timing,
-                  with_load)
+from core import (CPUS, SWITCH_PAUSE_S, WALL, WORKLOADS, emit, gemm_info, log, med_ms, prepare, rnd, sgemm_gflops,
+                  use_timing, with_load)
 from modes import make_mode
 from numpy_step import NumpyStep
 
@@ -126,15 +126,7 @@ def wide_flops(job, step_seconds, clock=time.perf_counter):
     layers, m = job.spec.layers, job.plan.batch_size
     weights = sum(a * b for a, b in zip(layers[:-1], layers[1:]))
     flops = 6 * weights * m - 2 * layers[0] * layers[1] * m
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    times = []
-    for _ in range(5):
-        t = clock()
-        a @ a
-        times.append(clock() - t)
-    sgemm = 2 * n ** 3 / statistics.median(times) / 1e9
+    sgemm = sgemm_gflops(clock)
     gflops = flops / step_seconds / 1e9
     return {"gflop_per_s": rnd(gflops), "sgemm_gflop_per_s": rnd(sgemm), "fraction_of_sgemm": rnd(gflops / sgemm, 3)}
 

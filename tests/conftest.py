@@ -127,6 +127,27 @@ def _no_run_left_active() -> None:
         raise AssertionError(f"rayprop left MLflow run {run.info.run_id} active")
 
 
+@pytest.fixture(scope="module")
+def ray_session(request):
+    """A local Ray for the module that asks for it (cluster/connect.py), of the module's
+    RAY_CPUS logical CPUs (3 unless it says), shut down after its last test."""
+    from cluster.connect import connect
+
+    with connect(None, getattr(request.module, "RAY_CPUS", 3)) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback for the module that asks for it
+    (tests/mlflowserver.py): started once, stopped after the module's last test."""
+    from tests.mlflowserver import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def rayprop(capfd, tmp_path) -> Runner:
     """The in-process CLI, working in this test's tmp_path unless given `cwd=`."""

@@ -5,14 +5,13 @@ sqlite store and artifacts in a folder of its own, stopped through its process g
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.raycluster import free_port
+from tests.raycluster import free_port, stop_group
 
 START_SECONDS = 120  # a new sqlite store creates its tables first (several seconds)
 
@@ -54,19 +53,5 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not answer on port {self.port} in {START_SECONDS}s")
 
     def stop(self) -> None:
-        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):  # a test server: no need to be gentle
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.time() + wait
-            while time.time() < deadline:
-                self.proc.poll()  # reap the leader: a zombie would still count as in the group
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.3)
-        self.proc.wait(timeout=5)
+        stop_group(self.proc)  # a test server: 5 s after SIGTERM is gentle enough
         self.log.close()

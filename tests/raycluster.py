@@ -81,27 +81,34 @@ class Head:
 
     def stop(self) -> None:
         """SIGTERM the head's process group (every process it started), then SIGKILL."""
-        pgid = self.proc.pid  # start_new_session: the group id is the head's pid
         # Some of the head's processes outlive a SIGTERM by more than 15 s (seen here):
         # they get 5 s, then the group is killed; its temp dir is removed below anyway.
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.time() + wait
-            while time.time() < deadline:
-                # Reap the head itself: while it is an unreaped zombie, signal 0 still
-                # finds the group, and every stop would wait out both timeouts.
-                self.proc.poll()
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.3)
-        self.proc.wait(timeout=5)
+        stop_group(self.proc)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 5) -> None:
+    """Stop a test server started with start_new_session (its process group's id is its
+    pid) by that group, never by name: SIGTERM, then SIGKILL, each given `seconds` for the
+    group to be gone; the leader is reaped."""
+    pgid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            # Reap the leader: while it is an unreaped zombie, signal 0 still finds the
+            # group, and every stop would wait out both timeouts.
+            proc.poll()
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.3)
+    proc.wait(timeout=5)
 
 
 @contextmanager

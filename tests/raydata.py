@@ -1,4 +1,6 @@
-"""Small real data files for the Ray tests (not a test module)."""
+"""Small real data files for the Ray tests, and the jobs they train (not a test module)."""
+
+import dataclasses
 
 import numpy as np
 import pyarrow as pa
@@ -22,3 +24,31 @@ def config(path, optimizer="adam", batch_size=64, epochs=2, dtype="float64", **t
             "data": {"source": str(path), "validation_fraction": 0.1},
             "train": {"optimizer": optimizer, "learning_rate": 0.05, "epochs": epochs,
                       **({} if batch_size is None else {"batch_size": batch_size}), **train}}
+
+
+def prepared(folder, **cfg):
+    """The job of config(FOLDER/d.parquet, **cfg) on write_parquet's rows."""
+    from experiments.jobs import training
+    from trainer.config import from_dict
+
+    return training.prepare(from_dict(config(write_parquet(folder / "d.parquet"), **cfg)))
+
+
+def trained(job, pool, listeners=()):
+    """The job's weights after its epochs on `pool` (trainer.coordinator.train; the pool stays open)."""
+    from trainer.coordinator import train
+    from trainer.optimizers import make_optimizer
+
+    theta = job.theta0.copy()
+    t = job.cfg.train
+    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
+    return theta
+
+
+def ray_pool(job, workers, max_failures=None, **cluster):
+    """A RayPool of `workers` over the job's rows; cluster: keys of the job's cluster
+    section to change (data_plane, rebalance_seconds, ...)."""
+    from workers.ray_pool import RayPool
+
+    return RayPool(job.task, dataclasses.replace(job.cfg.cluster, **cluster), workers,
+                   job.cfg.train.max_worker_failures if max_failures is None else max_failures)

@@ -3,31 +3,19 @@ plane and object store) end with np.array_equal weights to local mode; so do a p
 that shrinks and grows at step boundaries and one whose worker is killed and replaced.
 (Three nodes: tests/test_multinode.py.)"""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from cluster.connect import connect
 from experiments.jobs import training
-from tests.raydata import config, write_parquet
+from tests.raydata import prepared, ray_pool, trained
 from tests.test_worker_loss import KillWorker
-from trainer.config import from_dict
-from trainer.coordinator import train
-from trainer.optimizers import make_optimizer
-from workers.ray_pool import RayPool
 
-
-@pytest.fixture(scope="module")
-def ray_session():
-    with connect(None, 8) as conn:  # logical CPUs: 8 one-CPU workers share the machine's cores
-        yield conn
+RAY_CPUS = 8  # the ray_session's logical CPUs: 8 one-CPU workers share the machine's cores
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
-    return training.prepare(from_dict(config(path, "adam", 64, epochs=2, dtype="float32", exact_sums=True)))
+    return prepared(tmp_path_factory.mktemp("d"), epochs=2, dtype="float32", exact_sums=True)
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +25,17 @@ def local(job):
     return theta
 
 
-def ray_pool(job, workers, data_plane="shm", max_failures=3):
-    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
-    return RayPool(job.task, cluster, workers, max_failures)
-
-
 def run(job, pool, listeners=()):
-    theta = job.theta0.copy()
-    t = job.cfg.train
     try:
-        train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
+        return trained(job, pool, listeners)
     finally:
         pool.close()
-    return theta
 
 
 @pytest.mark.parametrize("workers,plane", [(1, "shm"), (2, "shm"), (3, "shm"), (4, "shm"), (8, "shm"),
                                            (3, "object_store")])
 def test_ray_workers_train_the_bits_of_local_mode(ray_session, job, local, workers, plane):
-    pool = ray_pool(job, workers, plane)
+    pool = ray_pool(job, workers, data_plane=plane)
     assert pool.num_workers == workers
     theta = run(job, pool)
     assert np.array_equal(theta, local), f"{workers} workers ({plane}): max diff {np.abs(theta - local).max():.3e}"

@@ -292,15 +292,6 @@ def test_a_password_in_an_address_is_never_shown(files, tmp_path, rayprop, args,
     assert "s3cret" not in line and "bob" not in line
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    from tests.mlflowserver import MlflowServer
-
-    server = MlflowServer(tmp_path_factory.mktemp("server"))
-    yield server
-    server.stop()
-
-
 def test_a_tracking_uri_with_a_password_works_and_is_never_shown(files, tmp_path, rayprop, mlflow_server):
     """MLflow sends user:password@ as HTTP basic auth; rayprop's own check of the
     server must accept such a URI too, and show or log it only as ***@."""

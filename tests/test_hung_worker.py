@@ -17,40 +17,22 @@ import numpy as np
 import pytest
 import yaml
 
-from cluster.connect import connect
 from experiments.jobs import training
-from tests.raydata import config, write_parquet
+from tests.raydata import config, prepared, ray_pool, trained, write_parquet
 from trainer.checkpoint import latest_checkpoint
-from trainer.config import from_dict
-from trainer.coordinator import train
-from trainer.optimizers import make_optimizer
 from workers.ray_pool import RayPool
 from workers.shard import ShardTask
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    with connect(None, 3) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
-    return training.prepare(from_dict(config(path, "adam", 64, epochs=2)))
+    return prepared(tmp_path_factory.mktemp("d"), epochs=2)
 
 
 @pytest.fixture(scope="module")
 def reference(job):
     """The weights of an undisturbed run (local mode, one worker)."""
-    return run(job, training.open_pool(job, 1, local=True))
-
-
-def run(job, pool, listeners=()):
-    theta = job.theta0.copy()
-    t = job.cfg.train
-    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
-    return theta
+    return trained(job, training.open_pool(job, 1, local=True))
 
 
 def relative_difference(theta, ref):
@@ -106,11 +88,10 @@ class StopWorker:
 
 @pytest.mark.parametrize("data_plane", ["shm", "object_store"])
 def test_a_stopped_worker_is_lost_within_seconds_and_replaced(ray_session, job, reference, data_plane):
-    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)  # hang_seconds: auto
-    pool = RayPool(job.task, cluster, 2, 3)
+    pool = ray_pool(job, 2, data_plane=data_plane)  # hang_seconds: auto
     stopper = StopWorker(pool, rank=1, at_step=5)
     try:
-        theta = run(job, pool, [stopper])
+        theta = trained(job, pool, [stopper])
         assert pool.failures == 1 and len(pool.events) == 1, pool.events
         assert "worker 1 (rows 502-1003) lost" in pool.events[0] and "no answer" in pool.events[0], pool.events
         assert pool.info[1]["pid"] != stopper.pid
@@ -162,7 +143,7 @@ def test_a_worker_killed_while_the_pool_starts_is_replaced(ray_session, job, ref
     try:
         assert (tmp_path / "fired").exists(), "no worker was killed"
         assert pool.failures == 1 and "died while starting" in pool.events[0], pool.events
-        theta = run(job, pool)
+        theta = trained(job, pool)
     finally:
         pool.close()
     assert relative_difference(theta, reference) <= 1e-9
@@ -181,7 +162,7 @@ def test_a_worker_that_hangs_while_the_pool_starts_is_replaced(ray_session, job,
         assert pool.failures == 1 and "died while starting (hung: its rows not read within" in pool.events[0], \
             pool.events
         assert pid not in [i["pid"] for i in pool.info]
-        theta = run(job, pool)
+        theta = trained(job, pool)
     finally:
         if pool is not None:
             pool.close()
@@ -211,7 +192,7 @@ class KillThenArm:
 def test_a_replacement_killed_while_reading_its_rows_is_replaced(ray_session, job, reference, tmp_path):
     pool = RayPool(dying_task(job, tmp_path, armed=False), job.cfg.cluster, 2, 3)
     try:
-        theta = run(job, pool, [KillThenArm(pool, tmp_path / "arm", rank=0, at_step=4)])
+        theta = trained(job, pool, [KillThenArm(pool, tmp_path / "arm", rank=0, at_step=4)])
         assert (tmp_path / "fired").exists(), "no replacement was killed"
         assert pool.failures == 2, pool.events
         assert any("died while starting as a replacement" in e for e in pool.events), pool.events

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import one_line_exit_2
-from tests.mlflowserver import MlflowServer
 from tests.test_cli import load_npz, np_forward, np_softmax, write
 
 EPOCHS, BATCH, ROWS, VAL = 5, 128, 900, 0.2
@@ -32,13 +31,6 @@ def spirals(experiment: str, epochs: int = EPOCHS, extra: str = "") -> str:
             f"data: {{source: spirals, validation_fraction: {VAL}}}\n"
             f"train: {{optimizer: adam, learning_rate: 0.05, batch_size: {BATCH}, epochs: {epochs}, seed: 3,"
             " checkpoint_every: 1, checkpoint_seconds: 0}\n" + extra)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    yield s
-    s.stop()
 
 
 @pytest.fixture
@@ -65,14 +57,14 @@ def ok(result):
     return result
 
 
-def test_checkpoints_are_logged_models_with_steps_and_metrics(tmp_path, server, rayprop, every_checkpoint):
+def test_checkpoints_are_logged_models_with_steps_and_metrics(tmp_path, mlflow_server, rayprop, every_checkpoint):
     import mlflow
 
     cfg = write(tmp_path / "s.yaml", spirals("ckpt-models"))
     out = tmp_path / "out"
-    res = ok(rayprop("train", cfg, "--local", "--quiet", "--output", out, "--tracking-uri", server.uri))
+    res = ok(rayprop("train", cfg, "--local", "--quiet", "--output", out, "--tracking-uri", mlflow_server.uri))
     summary = json.loads((out / "summary.json").read_text())
-    client = client_of(server.uri)
+    client = client_of(mlflow_server.uri)
     run = client.get_run(summary["run_id"])
     per_epoch = math.ceil(round(ROWS * (1 - VAL)) / BATCH)
     ends = [per_epoch * (e + 1) for e in range(EPOCHS)]
@@ -107,7 +99,7 @@ def test_checkpoints_are_logged_models_with_steps_and_metrics(tmp_path, server, 
 
     frame = pd.DataFrame(X, columns=["x0", "x1"])
     spec = json.loads((out / "model.json").read_text())
-    mlflow.set_tracking_uri(server.uri)
+    mlflow.set_tracking_uri(mlflow_server.uri)
     last = mlflow.pyfunc.load_model(f"models:/{ckpts[-1].model_id}").predict(frame).to_numpy()
     np.testing.assert_allclose(last, np_softmax(np_forward(load_npz(out / "model.npz"), spec, X)).T, atol=1e-5)
     earlier = mlflow.pyfunc.load_model(f"models:/{ckpts[0].model_id}").predict(frame).to_numpy()
@@ -125,17 +117,17 @@ def test_checkpoints_are_logged_models_with_steps_and_metrics(tmp_path, server, 
 
     # the printed way to pick the best checkpoint works and names one of them
     line = next(x for x in res.stderr.splitlines() if "checkpoints are logged models" in x)
-    assert server.uri in line and run.info.run_id in line
+    assert mlflow_server.uri in line and run.info.run_id in line
 
 
-def test_register_model_and_load_it_back_by_uri(tmp_path, server, rayprop):
+def test_register_model_and_load_it_back_by_uri(tmp_path, mlflow_server, rayprop):
     cfg = write(tmp_path / "s.yaml", spirals("registry", epochs=3))
     out = tmp_path / "out"
-    res = ok(rayprop("train", cfg, "--local", "--quiet", "--output", out, "--tracking-uri", server.uri,
+    res = ok(rayprop("train", cfg, "--local", "--quiet", "--output", out, "--tracking-uri", mlflow_server.uri,
                      "--register-model", "spiral-net"))
     assert "as models:/spiral-net/1" in res.stderr
     summary = json.loads((out / "summary.json").read_text())
-    client = client_of(server.uri)
+    client = client_of(mlflow_server.uri)
     version = client.get_model_version("spiral-net", "1")
     assert version.run_id == summary["run_id"]
     final = [m for m in run_models(client, client.get_run(summary["run_id"])) if m.name == "model"]
@@ -144,28 +136,28 @@ def test_register_model_and_load_it_back_by_uri(tmp_path, server, rayprop):
 
     reference = json.loads(ok(rayprop("evaluate", out, "spirals")).stdout)
     for uri in ("models:/spiral-net/1", "models:/spiral-net@champion", f"models:/{final[0].model_id}"):
-        got = json.loads(ok(rayprop("evaluate", uri, "spirals", "--tracking-uri", server.uri)).stdout)
+        got = json.loads(ok(rayprop("evaluate", uri, "spirals", "--tracking-uri", mlflow_server.uri)).stdout)
         assert (got["loss"], got.get("accuracy")) == (reference["loss"], reference.get("accuracy")), uri
     # the URI comes from MLFLOW_TRACKING_URI as well
     predicted = ok(rayprop("predict", "models:/spiral-net@champion", "spirals",
-                           env={"MLFLOW_TRACKING_URI": server.uri})).stdout
+                           env={"MLFLOW_TRACKING_URI": mlflow_server.uri})).stdout
     assert predicted == ok(rayprop("predict", out, "spirals")).stdout
 
     # a second run under the same name: version 2
-    ok(rayprop("train", cfg, "--local", "--quiet", "--output", tmp_path / "out2", "--tracking-uri", server.uri,
+    ok(rayprop("train", cfg, "--local", "--quiet", "--output", tmp_path / "out2", "--tracking-uri", mlflow_server.uri,
                "--register-model", "spiral-net"))
     assert client.get_model_version("spiral-net", "2").run_id != summary["run_id"]
 
-    missing = rayprop("evaluate", "models:/spiral-net/9", "spirals", "--tracking-uri", server.uri)
+    missing = rayprop("evaluate", "models:/spiral-net/9", "spirals", "--tracking-uri", mlflow_server.uri)
     one_line_exit_2(missing, "models:/spiral-net/9")
 
 
-def test_sweep_registers_its_best_trial(tmp_path, server, rayprop):
+def test_sweep_registers_its_best_trial(tmp_path, mlflow_server, rayprop):
     cfg = write(tmp_path / "s.yaml", spirals("sweep-registry", epochs=2))
     res = ok(rayprop("sweep", cfg, "--local", "--quiet", "--output", tmp_path / "sw", "--tracking-uri",
-                     server.uri, "--grid", "train.learning_rate=0.0001,0.05", "--register-model", "best-spiral"))
+                     mlflow_server.uri, "--grid", "train.learning_rate=0.0001,0.05", "--register-model", "best-spiral"))
     best = json.loads((tmp_path / "sw" / "sweep.json").read_text())["best_run_id"]
-    version = client_of(server.uri).get_model_version("best-spiral", "1")
+    version = client_of(mlflow_server.uri).get_model_version("best-spiral", "1")
     assert version.run_id == best and "models:/best-spiral/1" in res.stderr
 
 

@@ -27,7 +27,6 @@ import yaml
 
 from experiments.cli.ui import STOP_SECONDS
 from tests.conftest import one_line_exit_2
-from tests.mlflowserver import MlflowServer
 from tests.raycluster import free_port
 from tests.test_cli import load_npz, n_train, np_forward, np_softmax, write
 from tests.test_ui_stop import children
@@ -235,29 +234,22 @@ def test_train_logs_a_complete_run_to_sqlite(tmp_path, template_db, mlflow_mod):
     assert not (tmp_path / "mlflow.db").exists()  # the flag's store, not the default
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    yield s
-    s.stop()
-
-
-def test_train_logs_a_complete_run_to_a_tracking_server(tmp_path, server, mlflow_mod):
+def test_train_logs_a_complete_run_to_a_tracking_server(tmp_path, mlflow_server, mlflow_mod):
     cfg = write(tmp_path / "spirals.yaml", spirals_yaml("on-server"))
     # The server's URI comes from the environment here (the flag is tested above).
     proc = ok(rayprop("train", cfg, "--local", "--quiet", "--output", tmp_path / "out",
-                      env_uri=server.uri, cwd=tmp_path))
+                      env_uri=mlflow_server.uri, cwd=tmp_path))
     assert proc.stdout == ""  # no "View run at" line from MLflow on stdout
-    run = check_run(mlflow_mod, server.uri, "on-server", tmp_path / "out", tmp_path / "dl")
+    run = check_run(mlflow_mod, mlflow_server.uri, "on-server", tmp_path / "out", tmp_path / "dl")
     # The job names its run's page (MLflow 3 would open the experiment on its GenAI overview).
-    page = f"{server.uri}/#/experiments/{run.info.experiment_id}"
+    page = f"{mlflow_server.uri}/#/experiments/{run.info.experiment_id}"
     assert f"{page}/runs/{run.info.run_id}?workflowType=machine_learning" in proc.stderr, proc.stderr
     # The artifacts went through the server into its own folder, not into our cwd.
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
-    assert any((server.root / "artifacts").rglob("model.npz"))
+    assert any((mlflow_server.root / "artifacts").rglob("model.npz"))
     # `rayprop ui` on a server URI: the server is the UI already.
-    proc = ok(rayprop("ui", "--tracking-uri", server.uri, cwd=tmp_path, timeout=60))
-    assert server.uri in proc.stdout
+    proc = ok(rayprop("ui", "--tracking-uri", mlflow_server.uri, cwd=tmp_path, timeout=60))
+    assert mlflow_server.uri in proc.stdout
     assert f"experiment 'on-server': {page}/runs?workflowType=machine_learning\n" in proc.stdout, proc.stdout
     assert run.info.run_id
 

@@ -7,26 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from cluster.connect import connect
 from experiments.jobs import training
-from tests.raydata import config, write_parquet
+from tests.raydata import config, ray_pool, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
 from trainer.pool import WorkerLostError
 from workers.ray_pool import RayPool
 from workers.shard import ShardTask
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    with connect(None, 3) as conn:
-        yield conn
-
-
-def ray_pool(job, workers, data_plane="shm"):
-    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
-    return RayPool(job.task, cluster, workers, job.cfg.train.max_worker_failures)
 
 
 def run(job, pool):
@@ -55,7 +43,7 @@ def test_local_and_1_2_3_ray_workers_end_with_the_same_weights(ray_session, tmp_
     ref, ref_result = run(job, training.open_pool(job, 1, local=True))
     # Steps through the node's shared-memory plane, and once through Ray's object store.
     for workers, plane in pools:
-        pool = ray_pool(job, workers, plane)
+        pool = ray_pool(job, workers, data_plane=plane)
         try:
             assert pool.num_workers == workers and pool.n_train == 903 and pool.n_val == 100
             theta, result = run(job, pool)

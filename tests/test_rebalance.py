@@ -68,14 +68,6 @@ def test_a_slow_in_process_worker_gets_fewer_rows_and_the_weights_stay(job):
     assert same_weights(theta, ref)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    from cluster.connect import connect
-
-    with connect(None, 3) as conn:
-        yield conn
-
-
 def ray_pool(job, rebalance_seconds):
     from workers.ray_pool import RayPool
 

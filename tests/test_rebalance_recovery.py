@@ -8,18 +8,13 @@ row in its timed compute); the kill is a real SIGKILL of a worker's process."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 
 import numpy as np
 import pytest
 
-from experiments.jobs import training
-from tests.raydata import config, write_parquet
-from trainer.config import from_dict
-from trainer.coordinator import train
-from trainer.optimizers import make_optimizer
+from tests.raydata import prepared, ray_pool, trained
 from workers.local_pool import LocalPool
 
 SLOW = 2  # the straggler's rank
@@ -29,16 +24,7 @@ DELAY = 1e-4  # the straggler's extra seconds per row (test_rebalance's)
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    path = write_parquet(tmp_path_factory.mktemp("data") / "d.parquet")
-    return training.prepare(from_dict(config(path, "adam", 64, epochs=4, dtype="float64")))
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    from cluster.connect import connect
-
-    with connect(None, 3) as conn:
-        yield conn
+    return prepared(tmp_path_factory.mktemp("data"), epochs=4, dtype="float64")
 
 
 class KillAfterFirstMove:
@@ -65,26 +51,16 @@ class KillAfterFirstMove:
         pass
 
 
-def run(job, pool, listeners=()):
-    theta = job.theta0.copy()
-    t = job.cfg.train
-    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
-    return theta
-
-
 def test_a_worker_lost_after_a_rebalance_is_replaced_over_the_rows_it_held(ray_session, job):
     import ray
 
-    from workers.ray_pool import RayPool
-
-    ref = run(job, LocalPool.open(job.task, 1, job.source))
-    cluster = dataclasses.replace(job.cfg.cluster, rebalance_seconds=1e-6)
-    pool = RayPool(job.task, cluster, 3, job.cfg.train.max_worker_failures)
+    ref = trained(job, LocalPool.open(job.task, 1, job.source))
+    pool = ray_pool(job, 3, rebalance_seconds=1e-6)
     try:
         even = list(pool.ranges)
         ray.get(pool.actors[SLOW].slow_down.remote(DELAY))
         killer = KillAfterFirstMove(pool)
-        theta = run(job, pool, [killer])
+        theta = trained(job, pool, [killer])
         assert killer.killed_at is not None, "the straggler was not rebalanced"
         assert killer.held != even  # the kill came after rows moved
         assert pool.failures == 1 and len(pool.events) == 1, pool.events

@@ -23,15 +23,6 @@ def head(tmp_path_factory):
     h.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from tests.mlflowserver import MlflowServer
-
-    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    yield s
-    s.stop()
-
-
 def rayprop(*args, env, cwd, timeout=240):
     return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -131,7 +122,7 @@ def no_ray_lines(text):
         assert marker not in text, text
 
 
-def test_submit_through_ray_jobs(head, server, tmp_path):
+def test_submit_through_ray_jobs(head, mlflow_server, tmp_path):
     """A local data file shipped with the job, the job run by the cluster's Python (not
     the PATH's), its log followed, and the model back here in --output DIR from the run
     on the tracking server."""
@@ -150,34 +141,34 @@ def test_submit_through_ray_jobs(head, server, tmp_path):
     env = client_env(tmp_path, head.token)
     got = tmp_path / "got"
     proc = rayprop("submit", cfg, "--address", head.jobs_address, "--workers", "2",
-                   "--tracking-uri", server.uri, "--output", got, env=env, cwd=tmp_path)
+                   "--tracking-uri", mlflow_server.uri, "--output", got, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the job's own log, followed to the end: it trained on the shipped file with 2 workers
     assert "in a Ray job: 2 workers" in proc.stdout and "done: 3 epochs" in proc.stdout, proc.stdout
     no_ray_lines(proc.stdout + proc.stderr)
     summary = json.loads((got / "summary.json").read_text())
     assert summary["workers"] == 2 and summary["epochs"] == 3
-    run = MlflowClient(server.uri).get_run(summary["run_id"])
+    run = MlflowClient(mlflow_server.uri).get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and f"run {summary['run_id']} in {got}" in proc.stderr
     # the files here are the run's, byte for byte as the server stored them
     for name in ("model.npz", "model.json", "summary.json"):
-        stored = [p for p in (server.root / "artifacts").rglob(name) if summary["run_id"] in str(p)]
+        stored = [p for p in (mlflow_server.root / "artifacts").rglob(name) if summary["run_id"] in str(p)]
         assert len(stored) == 1 and stored[0].read_bytes() == (got / name).read_bytes(), name
 
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait", "--tracking-uri", server.uri,
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait", "--tracking-uri", mlflow_server.uri,
                    "--set", "train.learning_rate=oops", env=env, cwd=tmp_path)
     one_line_error(proc, "train.learning_rate")  # checked before anything reaches the cluster
 
     proc_nowait = rayprop("submit", cfg, "--address", head.jobs_address, "--no-wait",
-                          "--tracking-uri", server.uri, env=env, cwd=tmp_path)
+                          "--tracking-uri", mlflow_server.uri, env=env, cwd=tmp_path)
     assert proc_nowait.returncode == 0, proc_nowait.stderr
     job_id = proc_nowait.stdout.strip()
     assert job_id.startswith("raysubmit_")
     printed = [line for line in proc_nowait.stderr.splitlines() if "rayprop fetch" in line]
-    assert printed and f"rayprop fetch {job_id} --output DIR --tracking-uri {server.uri}" in printed[0], \
+    assert printed and f"rayprop fetch {job_id} --output DIR --tracking-uri {mlflow_server.uri}" in printed[0], \
         proc_nowait.stderr
     # its run appears on the server and finishes (asked in-process: cheaper than Ray's CLI)
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     deadline, done = time.time() + 240, []
     while not done and time.time() < deadline:
         done = [r for r in client.search_runs([run.info.experiment_id], "attributes.status = 'FINISHED'")
@@ -188,18 +179,18 @@ def test_submit_through_ray_jobs(head, server, tmp_path):
     assert f"job '{job_id.lower()}' succeeded" in status, status
     # the one command printed fetches it later, by the job's id; and by the run's id
     for name, which in (("later", job_id), ("by-run", done[0].info.run_id)):
-        proc = rayprop("fetch", which, "--output", tmp_path / name, "--tracking-uri", server.uri,
+        proc = rayprop("fetch", which, "--output", tmp_path / name, "--tracking-uri", mlflow_server.uri,
                        env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert json.loads((tmp_path / name / "summary.json").read_text())["run_id"] == done[0].info.run_id
     assert (tmp_path / "later" / "model.npz").read_bytes() == (tmp_path / "by-run" / "model.npz").read_bytes()
 
 
-def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, server, tmp_path):
+def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, mlflow_server, tmp_path):
     """The job's own last line and its id; its exit code's kind (2: bad input there)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {source: /nonexistent/rows.parquet}\nmodel: {layers: [2, 4, 2]}\n")
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", mlflow_server.uri,
                    env=client_env(tmp_path, head.token), cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -209,30 +200,30 @@ def test_submit_a_job_that_fails_on_the_cluster_is_one_line(head, server, tmp_pa
     no_ray_lines(proc.stdout + proc.stderr)
 
 
-def test_fetch_refuses_what_has_no_model(server, tmp_path):
+def test_fetch_refuses_what_has_no_model(mlflow_server, tmp_path):
     """Unknown run, a run still RUNNING, a finished run without model files: one line each."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     env = client_env(tmp_path, None)
     running = client.create_run("0").info.run_id
-    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, running, "RUNNING")
     client.set_terminated(running)
-    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", running, "--output", tmp_path / "a", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, running, "no model files")
-    proc = rayprop("fetch", "0" * 32, "--output", tmp_path / "a", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", "0" * 32, "--output", tmp_path / "a", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "0" * 32, "no such run")
-    proc = rayprop("fetch", "raysubmit_unknown", "--output", tmp_path / "a", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", "raysubmit_unknown", "--output", tmp_path / "a", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "raysubmit_unknown", "no run of that id, nor of a job of that id")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.npz").write_bytes(b"another model's")
-    proc = rayprop("fetch", running, "--output", tmp_path / "b", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", running, "--output", tmp_path / "b", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "already holds model.npz")  # never over another model's files
     assert (tmp_path / "b" / "model.npz").read_bytes() == b"another model's"
@@ -240,7 +231,7 @@ def test_fetch_refuses_what_has_no_model(server, tmp_path):
     (tmp_path / "c" / "checkpoints").mkdir(parents=True)
     (tmp_path / "c" / "checkpoints" / "ckpt-000000007.npz").write_bytes(b"x")
     (tmp_path / "c" / ".rayprop-run").write_text('{"run_id": "' + "a" * 32 + '"}')
-    proc = rayprop("fetch", running, "--output", tmp_path / "c", "--tracking-uri", server.uri,
+    proc = rayprop("fetch", running, "--output", tmp_path / "c", "--tracking-uri", mlflow_server.uri,
                    env=env, cwd=tmp_path, timeout=60)
     one_line_error(proc, "holds the files of run " + "a" * 32)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".rayprop-run", "checkpoints"]
@@ -256,15 +247,15 @@ def test_submit_refuses_a_job_whose_results_stay_on_the_head(tmp_path):
     one_line_error(proc, "--tracking-uri", "deleted with Ray's session", "--output URI")
 
 
-def test_submit_with_a_wrong_token_is_one_line(head, server, tmp_path):
+def test_submit_with_a_wrong_token_is_one_line(head, mlflow_server, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(SPIRALS)
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", mlflow_server.uri,
                    env=client_env(tmp_path, "ffffffffffffffffffffffffffffffff"), cwd=tmp_path, timeout=60)
     one_line_error(proc, "authentication", "token")
 
 
-def test_submit_refuses_a_large_local_file(head, server, tmp_path, monkeypatch):
+def test_submit_refuses_a_large_local_file(head, mlflow_server, tmp_path, monkeypatch):
     from cluster import jobs
 
     big = tmp_path / "big.csv"
@@ -272,6 +263,6 @@ def test_submit_refuses_a_large_local_file(head, server, tmp_path, monkeypatch):
         f.truncate(jobs.MAX_SHIPPED_BYTES + 1)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{source: {big}}}\n")
-    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", server.uri,
+    proc = rayprop("submit", cfg, "--address", head.jobs_address, "--tracking-uri", mlflow_server.uri,
                    env=client_env(tmp_path, head.token), cwd=tmp_path, timeout=60)
     one_line_error(proc, "data.source", "too large to ship", "path or URI")

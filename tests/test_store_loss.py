@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflowserver import MlflowServer
 from tests.tcpproxy import TcpProxy
 
 EPOCHS, BATCH, TRAIN_ROWS = 40, 8, 810
@@ -52,13 +51,6 @@ def wait_for(path_glob, work: Path, proc, seconds=180):
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("server"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def work(tmp_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
@@ -66,14 +58,14 @@ def work(tmp_path):
 
 
 @pytest.fixture
-def proxy(server):
+def proxy(mlflow_server):
     """The server as the job sees it; `proxy.kill()` is the server's death."""
-    proxy = TcpProxy(server.port)
+    proxy = TcpProxy(mlflow_server.port)
     yield proxy
     proxy.kill()
 
 
-def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work, server, proxy):
+def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work, mlflow_server, proxy):
     proc = None
     try:
         proc = start_job(work, proxy.uri)
@@ -101,13 +93,13 @@ def test_training_outlives_a_dead_tracking_server_and_nothing_is_lost(work, serv
 
     from experiments.tracking.outbox import read_spool
 
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     assert client.get_run(run_id).info.status == "RUNNING"
     stored = {m.step for m in client.get_metric_history(run_id, "loss")}
     kept = {m.step for m in read_spool(spool) if m.key == "loss"}
     assert stored < set(range(1, STEPS + 1)), "the server died before the end"
     assert stored | kept == set(range(1, STEPS + 1))
-    resumed = start_job(work, server.uri, "--resume", run_id)
+    resumed = start_job(work, mlflow_server.uri, "--resume", run_id)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert client.get_run(run_id).info.status == "FINISHED"

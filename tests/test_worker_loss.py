@@ -2,27 +2,15 @@
 new worker over the same rows, the step is recomputed, and the weights end exactly as
 an undisturbed run's; past train.max_worker_failures training stops."""
 
-import dataclasses
 import os
 import signal
 
 import numpy as np
 import pytest
 
-from cluster.connect import connect
 from experiments.jobs import training
-from tests.raydata import config, write_parquet
-from trainer.config import from_dict
-from trainer.coordinator import train
-from trainer.optimizers import make_optimizer
+from tests.raydata import prepared, ray_pool, trained
 from trainer.pool import WorkerLostError
-from workers.ray_pool import RayPool
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    with connect(None, 3) as conn:
-        yield conn
 
 
 class KillWorker:
@@ -47,32 +35,19 @@ class KillWorker:
         pass
 
 
-def make_pool(job, workers, data_plane="shm", max_failures=3):
-    cluster = dataclasses.replace(job.cfg.cluster, data_plane=data_plane)
-    return RayPool(job.task, cluster, workers, max_failures)
-
-
-def run(job, pool, listeners=()):
-    theta = job.theta0.copy()
-    t = job.cfg.train
-    train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, t.epochs, list(listeners))
-    return theta
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    path = write_parquet(tmp_path_factory.mktemp("d") / "d.parquet")
-    return training.prepare(from_dict(config(path, "adam", 64, epochs=2)))
+    return prepared(tmp_path_factory.mktemp("d"), epochs=2)
 
 
 @pytest.mark.parametrize("data_plane", ["shm", "object_store"])
 def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_session, job, data_plane):
-    ref = run(job, training.open_pool(job, 1, local=True))
-    pool = make_pool(job, 2, data_plane)
+    ref = trained(job, training.open_pool(job, 1, local=True))
+    pool = ray_pool(job, 2, data_plane=data_plane)
     try:
         first_pid = pool.info[1]["pid"]
         killer = KillWorker(pool, rank=1, at_step={3, 20})  # twice: in epoch 1 and epoch 2
-        theta = run(job, pool, [killer])
+        theta = trained(job, pool, [killer])
         assert pool.failures == 2 and len(pool.events) == 2, (
             killer.killed, first_pid, pool.events, [i["pid"] for i in pool.info], pool.resizes)
         assert pool.info[1]["pid"] not in (first_pid, killer.killed[-1])  # a new process
@@ -85,9 +60,9 @@ def test_killed_worker_is_replaced_and_weights_equal_an_undisturbed_run(ray_sess
 
 
 def test_losses_past_the_limit_stop_training(ray_session, job):
-    pool = make_pool(job, 2, max_failures=0)
+    pool = ray_pool(job, 2, max_failures=0)
     try:
         with pytest.raises(WorkerLostError, match="1 worker loss, more than train.max_worker_failures=0 allows"):
-            run(job, pool, [KillWorker(pool, rank=0, at_step={2})])
+            trained(job, pool, [KillWorker(pool, rank=0, at_step={2})])
     finally:
         pool.close()

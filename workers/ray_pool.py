@@ -44,6 +44,11 @@ import time
 import numpy as np
 import ray
 
+# The pool reads seven keys of the config's cluster section (cpus_per_worker, data_plane,
+# min_workers, max_workers, replace_seconds, hang_seconds, rebalance_seconds), so it takes
+# the section, typed by the one definition of those keys and their ranges. That type sits
+# in trainer/config.py, the one layer both the pool and the config's readers may import
+# (trainer <- workers); a copy of it here would be a second place to keep in step.
 from trainer.config import MAX_WORKERS, ClusterConfig
 from trainer.pool import EvalSums, ShardSums
 from workers.pool_growth import Growth

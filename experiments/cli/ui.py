@@ -21,6 +21,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
+from experiments.jobs.signal_handlers import SignalHandlers
 from experiments.tracking.stores import experiment_page, experiments_with_runs, is_server, redact, sqlite_path
 from trainer.errors import InputError
 
@@ -61,17 +62,14 @@ class _Signals:
         self.count = 0
         self._raising = True
         self._first: int | None = None
-        self._saved: dict[int, object] = {}
+        self._handlers = SignalHandlers(STOP_SIGNALS, self._on_signal)
 
     def __enter__(self) -> _Signals:
-        for sig in STOP_SIGNALS:
-            self._saved[sig] = signal.signal(sig, self._on_signal)
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc) -> bool:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        return False
+        return self._handlers.__exit__(*exc)
 
     def _on_signal(self, signum, frame) -> None:
         self.count += 1

@@ -22,6 +22,7 @@ import numpy as np
 from experiments.jobs.checkpoint_copies import CheckpointCopies
 from experiments.jobs.job import Job
 from experiments.jobs.pool_size import PoolSize
+from experiments.jobs.remote_pool import RemotePool
 from experiments.jobs.worker_seconds import WorkerSeconds
 from experiments.tracking.tags import OUTPUT_TAG, SUBMISSION_TAG
 from trainer import __version__
@@ -65,13 +66,14 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
                                 min_seconds=t.checkpoint_seconds, last_epoch=t.epochs)
     from experiments.tracking.system_metrics import NodeMetrics
 
+    # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
+    remote = isinstance(pool, RemotePool)
     # CPU, memory, network per node, beside training (not for a Ray Client job: its
     # coordinator runs in the cluster, not here).
-    nodes = None if hasattr(pool, "coordinate") else NodeMetrics.start(pool, run.metrics.outbox.put)
+    nodes = None if remote else NodeMetrics.start(pool, run.metrics.outbox.put)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
-            # A Ray Client job's pool runs the coordinator in the cluster, where its workers are.
-            drive = getattr(pool, "coordinate", None) or functools.partial(coordinate, pool)
+            drive = pool.coordinate if remote else functools.partial(coordinate, pool)
             result = drive(theta, optimizer, job.plan, t.epochs,
                            [*listeners, run.metrics, PoolSize(pool, run.metrics), WorkerSeconds(pool, run.metrics)],
                            resume=resume.position if resume else None, checkpointer=checkpointer,

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from contextlib import contextmanager, nullcontext
+
+from experiments.jobs.signal_handlers import SignalHandlers
 
 
 class StopFlag:
@@ -27,7 +28,7 @@ class StopFlag:
         self.signal_name: str | None = None
         self.hurry = False  # a second signal came: exit now, local work only
         self._raise_now = False
-        self._saved: dict[int, object] = {}
+        self._handlers = SignalHandlers((signal.SIGINT, signal.SIGTERM), self._on_signal)
 
     def __call__(self) -> bool:
         return self.signal_name is not None
@@ -35,8 +36,7 @@ class StopFlag:
     def _on_signal(self, signum, frame) -> None:
         if self.signal_name is not None:  # the second one: stop now
             self.hurry = True
-            for sig in self._saved:
-                signal.signal(sig, signal.SIG_DFL)
+            self._handlers.default()
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         if self._raise_now:
@@ -55,15 +55,11 @@ class StopFlag:
             self._raise_now = saved
 
     def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._on_signal)
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc) -> bool:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        return False
+        return self._handlers.__exit__(*exc)
 
 
 class ThreadStop:

@@ -17,6 +17,9 @@ PARAM_HASH_TAG = "rayprop.param_hash"
 
 FLUSH_SECONDS = 5.0   # how stale the UI's loss curve may get while a job runs
 CLOSE_SECONDS = 15.0  # at the end, how long delivering the last points may take
+# then how long the call the sender still has under way may take to return before the
+# points it holds are left in the spool (they are replayed only after it: outbox.py)
+IN_FLIGHT_SECONDS = 15.0
 RECENT_EPOCHS = 8     # epoch ends whose points MetricLogger keeps for checkpoints' models
 
 

@@ -12,6 +12,12 @@ waiting are appended to it (so a kill -9 after the checkpoint loses none of what
 covers), and it is deleted once everything is delivered. It may hold points the
 store got after all: `replay` sends only the (key, step) pairs the run lacks, so a
 resumed run (`--resume`) delivers it exactly once.
+
+`replay` reads the run's history and then sends what it lacks: a second writer between
+the two (the sender thread, still in a slow call when `close` stops waiting) delivers
+the same points again, which a sqlite store refuses. So `close` tells a sender it gave
+up on to stop after its current call, and the spool is replayed only once
+`wait_stopped` says the thread has ended: one writer of a run's metrics at a time.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class Outbox:
         self._pending_points = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._abandoned = False  # close() stopped waiting: no call after the current one
         # Some points are in the spool file only (sent there when memory was full, or
         # left by an earlier process): the file then stays until it is replayed.
         self._overflow = spool is not None and spool.exists()
@@ -150,7 +157,7 @@ class Outbox:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
-                if not self._pending:
+                if not self._pending or self._abandoned:
                     return
                 item = self._pending[0]
             try:
@@ -186,6 +193,7 @@ class Outbox:
         if seconds > 0:
             self._thread.join(seconds)
         with self._cond:
+            self._abandoned = self._thread.is_alive()  # what is left goes to the spool, not to it
             batches = [b for b in self._pending if isinstance(b, Batch)]
             if batches:
                 self._append_to_spool([b for b in batches if not b.spooled])
@@ -195,3 +203,10 @@ class Outbox:
         if self.spool is None or not self.spool.exists():
             return 0
         return len({(m.key, m.step) for m in read_spool(self.spool)})
+
+    def wait_stopped(self, seconds: float) -> bool:
+        """Whether the sender thread has ended, waiting up to `seconds` for the call it
+        has under way (after close() it starts no other). Only then may the spool be
+        replayed: that call may be delivering points the spool holds."""
+        self._thread.join(max(seconds, 0))
+        return not self._thread.is_alive()

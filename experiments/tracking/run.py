@@ -44,7 +44,7 @@ from mlflow.entities import Param, RunTag  # noqa: E402
 stores.quiet_mlflow()  # again: importing mlflow sets its logger to INFO
 
 from experiments.tracking.dataset import dataset_of  # noqa: E402
-from experiments.tracking.metrics import CLOSE_SECONDS, MetricLogger  # noqa: E402
+from experiments.tracking.metrics import CLOSE_SECONDS, IN_FLIGHT_SECONDS, MetricLogger  # noqa: E402
 from experiments.tracking.outbox import SPOOL_DIR, SPOOL_FILE, replay  # noqa: E402
 from experiments.tracking.params import run_params  # noqa: E402
 from experiments.tracking.stores import redact  # noqa: E402
@@ -115,6 +115,7 @@ class TrackedRun:
         self.report: str | None = None  # the one line saying so, set at the end (printed
         # here when the run ends by an exception; a finished run's caller prints it)
         self._failed = False
+        self._sender_stuck = False  # the metrics sender was still in a call at the end
         self._old_sigterm = None
 
     @property
@@ -223,13 +224,18 @@ class TrackedRun:
     def _close_metrics(self) -> int:
         """Points kept locally after delivering what the store takes in time."""
         hurry = self.stop is not None and self.stop.hurry
+        outbox = self.metrics.outbox
         try:
             with self.stop.interruptible() if self.stop is not None else nullcontext():
                 kept = self.metrics.close(0 if hurry else CLOSE_SECONDS)
+                # The sender may still be in a call delivering points the spool holds:
+                # replayed beside it they would go in twice (outbox.py), so not before it ends.
+                self._sender_stuck = bool(kept) and not outbox.wait_stopped(0 if hurry else IN_FLIGHT_SECONDS)
         except KeyboardInterrupt:  # stop waiting for the store; keep the rest locally
             self._failed = self.stop is None or self.stop.hurry
             kept = self.metrics.close(0)
-        if kept and self.metrics.outbox.store_ok and not self.store_failed and not hurry:
+            self._sender_stuck = bool(kept) and not outbox.wait_stopped(0)
+        if kept and not self._sender_stuck and outbox.store_ok and not self.store_failed and not hurry:
             # points that went only to the file while the store was away: send them now
             if self.deliver("metrics", lambda: replay(self.client, self.run_id, self.spool)):
                 kept = 0
@@ -261,7 +267,8 @@ class TrackedRun:
     def _report(self, kept: int, ended: bool, status: str) -> str:
         parts = []
         if kept:
-            parts.append(f"{kept} metric points kept in {self.spool}")
+            parts.append(f"{kept} metric points kept in {self.spool}"
+                         + (" (a call sending them was still under way)" if self._sender_stuck else ""))
         files = [w for w in self.undelivered if w not in ("metrics", "the error tag", "the run's status")]
         if files:
             parts.append(f"{', '.join(dict.fromkeys(files))} not uploaded (the files are in {self.out_dir})")
