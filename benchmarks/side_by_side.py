@@ -6,9 +6,11 @@ machine's speed hits both alike; prints one JSON line.
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 local
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 ray2
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 7 local
+    python benchmarks/side_by_side.py OLD NEW w-mnist 1 7 local train.exact_sums=true
 
-(workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each).
-Reports each side's median step, its best repeat's median, and the ratios NEW / OLD.
+(workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each;
+then optional config overrides: with them a third side, "new_set", runs NEW with them).
+Reports each side's median step, its best repeat's median, and the ratios to OLD.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 
 
-def child(name: str, epochs: int, mode: str) -> None:
+def child(name: str, epochs: int, mode: str, overrides: list[str]) -> None:
     """Serve timed repeats over stdin/stdout with the checkout on sys.path."""
     import numpy as np
 
@@ -43,7 +45,7 @@ def child(name: str, epochs: int, mode: str) -> None:
     from trainer.coordinator import train
     from trainer.optimizers import make_optimizer
 
-    job = training.prepare(load_config(configs.resolve(name), ["data.validation_fraction=0"]))
+    job = training.prepare(load_config(configs.resolve(name), ["data.validation_fraction=0", *overrides]))
     if mode == "local":
         pool = training.open_pool(job, 1, local=True)
     else:
@@ -85,13 +87,16 @@ def child(name: str, epochs: int, mode: str) -> None:
     pool.close()
 
 
-def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) -> None:
-    trees = {"old": old, "new": new}
+def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, *overrides: str) -> None:
+    sides = {"old": (old, []), "new": (new, [])}
+    if overrides:
+        sides["new_set"] = (new, list(overrides))
+    trees = {side: path for side, (path, _) in sides.items()}
     procs = {}
-    for side, path in trees.items():
+    for side, (path, sets) in sides.items():
         env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
-        procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode],
-                                       env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode,
+                                        *sets], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         json.loads(procs[side].stdout.readline())
     steps = {side: [] for side in trees}
     medians = {side: [] for side in trees}
@@ -107,8 +112,12 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) ->
     out = {side: {"checkout": trees[side], "median_step_ms": round(statistics.median(steps[side]) * 1e3, 4),
                   "best_repeat_ms": round(min(medians[side]) * 1e3, 4),
                   "per_repeat_ms": [round(x * 1e3, 3) for x in medians[side]]} for side in trees}
-    out["ratio_median"] = round(statistics.median(steps["new"]) / statistics.median(steps["old"]), 4)
-    out["ratio_best_repeat"] = round(min(medians["new"]) / min(medians["old"]), 4)
+    for side in list(trees)[1:]:
+        suffix = "" if side == "new" else "_" + side
+        out["ratio_median" + suffix] = round(statistics.median(steps[side]) / statistics.median(steps["old"]), 4)
+        out["ratio_best_repeat" + suffix] = round(min(medians[side]) / min(medians["old"]), 4)
+    if overrides:
+        out["new_set"]["overrides"] = list(overrides)
     out["loadavg_start_end"] = [load0, os.getloadavg()]
     print(json.dumps({f"{name} {mode}": out}))
     for proc in procs.values():
@@ -118,6 +127,6 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) ->
 
 if __name__ == "__main__":
     if sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:])
     else:
-        main(*sys.argv[1:7])
+        main(*sys.argv[1:])
