@@ -9,7 +9,7 @@ import pytest
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
 from trainer.costs import COSTS
 from trainer.gradcheck import gradcheck
-from trainer.network import NetworkSpec, Workspace, backward_sums, forward, init_theta
+from trainer.network import ROWS_MIN_INPUTS, NetworkSpec, Workspace, backward_sums, forward, init_theta
 
 HIDDEN = sorted(set(ACTIVATIONS) - OUTPUT_ONLY)
 # Every output activation with every cost that fits it (costs.py `fits`).
@@ -149,6 +149,42 @@ def test_workspace_reuse_for_smaller_shards_gives_same_result():
         lb = backward_sums(spec, theta, X, Y, b)
         np.testing.assert_array_equal(a, b)
         assert la == lb
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output,cost,n_out", [(out, cost, n) for out, cost in OUTPUT_COST for n in (1, 3)
+                                               if not (out == "softmax" and n == 1)])
+def test_both_activation_layouts_compute_the_same(hidden, output, cost, n_out):
+    """Examples as rows (wide inputs) and as columns (the finite-difference tests above,
+    whose inputs are narrow): the same loss, outputs and gradient sums, in float64 to
+    rounding; n_out = 1 takes the outer-product path of dA."""
+    rng = np.random.default_rng(zlib.crc32(f"layout/{hidden}/{output}/{cost}/{n_out}".encode()))
+    spec = NetworkSpec((3, 6, 5, n_out), hidden, output, cost, "float64")
+    theta = init_theta(spec, "xavier", seed=1) + rng.standard_normal(spec.size) * 0.1
+    X = rng.standard_normal((23, 3))
+    Y = targets_for(cost, n_out, 23, rng)
+    out = {}
+    for rows in (False, True):
+        ws = Workspace(spec, 23)
+        ws.rows = rows
+        grad = np.empty_like(theta)
+        loss = backward_sums(spec, theta, X, Y, grad, ws)
+        ZL, AL = forward(spec, theta, X, ws)
+        out[rows] = loss, grad, ZL.copy(), AL.copy()
+    (l0, g0, z0, a0), (l1, g1, z1, a1) = out[False], out[True]
+    assert l1 == pytest.approx(l0, rel=1e-12)
+    np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(z1, z0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a1, a0, rtol=1e-12, atol=1e-14)
+
+
+def test_activation_layout_follows_the_input_width():
+    """Rows from ROWS_MIN_INPUTS input features up (W-mnist, W-wide), columns below (W-tiny)."""
+    assert Workspace(NetworkSpec((784, 256, 128, 10)), 8).rows
+    assert Workspace(NetworkSpec((1024, 2048, 2048, 10)), 8).rows
+    assert not Workspace(NetworkSpec((2, 16, 16, 1), "sigmoid", "sigmoid", "binary_cross_entropy"), 8).rows
+    assert Workspace(NetworkSpec((ROWS_MIN_INPUTS, 4, 2)), 8).rows
+    assert not Workspace(NetworkSpec((ROWS_MIN_INPUTS - 1, 4, 2)), 8).rows
 
 
 def test_float32_agrees_with_float64():

@@ -8,15 +8,22 @@ All parameters live in ONE flat vector `theta`, layer by layer (W1, b1, W2, b2,
 ...), and `W[l]`, `b[l]` are views into it; the gradient sums use the same layout.
 One flat buffer is one message to a worker and one vectorized optimizer update.
 
-Callers pass examples as ROWS (`X_rows` is (n, n_0), as read from a table), and the
-network keeps every activation and delta in that layout too: the workspace stores
-A[l] as an (n, n_l) row-major block and hands out its transpose, so A[l], Z[L] and
-delta[l] have the shapes of the math ((n_l, n)) with examples contiguous per row of
-the buffer. The products then run as OpenBLAS runs them fastest here, with the
-examples as the long dimension of the output: Z[l]^T = A[l-1]^T W[l]^T, dA[l-1]^T =
-delta[l]^T W[l], GW[l] = (delta[l]^T)^T A[l-1]^T. Measured on this machine's CPU with
-one thread (docs/speed-log.md): the same with OpenBLAS's Haswell kernel, and the
-step's products 7% faster with its SkylakeX kernel, than with examples as columns.
+Callers pass examples as ROWS (`X_rows` is (n, n_0), as read from a table). A network
+with wide inputs (n_0 >= ROWS_MIN_INPUTS) keeps every activation and delta in that
+layout too: the workspace stores A[l] as an (n, n_l) row-major block and hands out its
+transpose, so A[l], Z[L] and delta[l] have the shapes of the math ((n_l, n)) with
+examples contiguous per row of the buffer, and the products run with the examples as
+the long dimension of the output: Z[l]^T = A[l-1]^T W[l]^T, dA[l-1]^T = delta[l]^T
+W[l], GW[l] = (delta[l]^T)^T A[l-1]^T. Measured on this machine's CPU with one thread
+(docs/speed-log.md): W-mnist's step the same with OpenBLAS's Haswell kernel, and 3-7%
+faster with its SkylakeX kernel, than with examples as columns. A network with few
+inputs keeps A[l] as (n_l, n) row-major blocks (examples as columns): there the first
+layer's products are small, and what the rows layout costs dominates: an elementwise
+pass against a per-unit vector (Z += b, a one-unit output's outer product) or a
+reduction over the units (softmax) runs numpy's inner loop over one row of n_l values,
+n times. W-tiny ([2, 16, 16, 1]) takes 1.2-1.3x the time per step as rows, [2, 16, 16,
+10] with softmax 2.2-2.4x. Either way a network's layout depends on its spec alone, so
+every worker of a job computes alike.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from trainer.costs import COSTS
 
 INITIALIZERS = ("he", "xavier", "normal")
 NORMAL_INIT_STD = 0.01  # `normal`: W ~ N(0, 0.01^2), the classic small-random start
+ROWS_MIN_INPUTS = 256  # Workspace: activations as rows from this many input features up (above)
 
 
 @dataclass(frozen=True)
@@ -104,9 +112,9 @@ def init_theta(spec: NetworkSpec, init: str = "he", seed: int = 0) -> np.ndarray
 class Workspace:
     """Preallocated activations for up to `capacity` columns, reused every step.
 
-    For n <= capacity columns, `A(l, n)` is the (n_l, n) transpose of a contiguous
-    (n, n_l) block at the start of layer l's buffer (the first n*n_l elements, so
-    shards of any size stay BLAS-friendly); `rows(A)` gives that block back.
+    For n <= capacity columns, `A(l, n)` is an (n_l, n) view of the first n*n_l
+    elements of layer l's buffer (so shards of any size stay BLAS-friendly): with
+    `rows` the transpose of a contiguous (n, n_l) block, else that contiguous block.
     Hidden layers keep only A (Z is computed in place, see activations.py); the
     output layer keeps Z[L] too, because the stable costs read the logits.
     """
@@ -122,6 +130,8 @@ class Workspace:
         self._D = [np.empty(widest * capacity, dt), np.empty(widest * capacity, dt)]
         self.ones = np.ones(capacity, dt)  # Gb[l] = delta[l] @ ones: row sums as a gemv
         self._views: dict[int, tuple[np.ndarray, tuple]] = {}
+        # Examples as rows only where the first layer's products gain by it (module docstring).
+        self.rows = spec.layers[0] >= ROWS_MIN_INPUTS
         self.view_slots = 3  # buffers whose views are kept (theta and grad; a block worker: more)
 
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -135,9 +145,18 @@ class Workspace:
             hit = self._views[key] = (flat, self.spec.views(flat))
         return hit[1]
 
-    @staticmethod
-    def _view(buf, rows, n):
-        return buf[: rows * n].reshape(n, rows).T
+    def _view(self, buf, rows, n):
+        if self.rows:
+            return buf[: rows * n].reshape(n, rows).T
+        return buf[: rows * n].reshape(rows, n)
+
+    def matmul(self, P: np.ndarray, Q: np.ndarray, out: np.ndarray) -> None:
+        """out = P @ Q into one of this workspace's views, with the examples as the long
+        side of the row-major output BLAS writes: out^T = Q^T P^T in the rows layout."""
+        if self.rows:
+            np.matmul(Q.T, P.T, out=out.T)
+        else:
+            np.matmul(P, Q, out=out)
 
     def A(self, l: int, n: int) -> np.ndarray:
         return self._view(self._A[l - 1], self.spec.layers[l], n)
@@ -164,7 +183,7 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         W, b = Ws[l - 1], bs[l - 1]
         A = ws.A(l, n)
         Z = ws.ZL(n) if l == spec.L else A
-        np.matmul(A_prev.T, W.T, out=Z.T)  # Z^T = A[l-1]^T W^T, into Z's row-major block
+        ws.matmul(W, A_prev, Z)  # Z = W A[l-1]
         Z += b
         ACTIVATIONS[spec.activation(l)].forward(Z, A)
         A_prev = A
@@ -196,7 +215,10 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     for l in range(L, 0, -1):
         A_prev = X_rows.T if l == 1 else ws.A(l - 1, n)
         np.matmul(delta, A_prev.T, out=GWs[l - 1])       # GW[l] = delta A[l-1]^T
-        np.matmul(ones, delta.T, out=Gbs[l - 1][:, 0])    # Gb[l] = row sums of delta
+        if ws.rows:                                       # Gb[l] = row sums of delta
+            np.matmul(ones, delta.T, out=Gbs[l - 1][:, 0])
+        else:
+            np.matmul(delta, ones, out=Gbs[l - 1][:, 0])
         if l == 1:
             break  # dA[0] = W[1]^T delta[1] is never needed
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer
@@ -204,9 +226,9 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         if W.shape[0] == 1:
             # dA[l-1] = W[l]^T delta[l] with ONE output unit is an outer product; as a
             # gemm with inner dimension 1, OpenBLAS runs it ~20x slower than this.
-            np.multiply(delta.T, W, out=dA.T)
+            np.multiply(W.T, delta, out=dA)
         else:
-            np.matmul(delta.T, W, out=dA.T)               # dA[l-1]^T = delta[l]^T W[l]
+            ws.matmul(W.T, delta, dA)                     # dA[l-1] = W[l]^T delta[l]
         # A[l-1] is dead after this (GW[l] is done), so g' may use its buffer.
         delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev)
     return loss_sum
