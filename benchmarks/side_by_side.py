@@ -6,8 +6,11 @@ machine's speed hits both alike; prints one JSON line.
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 local
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 ray2
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 7 local
+    python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 24 local cpu
 
-(workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each).
+(workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each;
+`cpu`: local mode on one BLAS thread, each step timed by the thread's CPU time, which a
+machine loaded by other work moves far less than the wall clock).
 Reports each side's median step, its best repeat's median, and the ratios NEW / OLD.
 """
 
@@ -22,9 +25,11 @@ import sys
 import time
 
 
-def child(name: str, epochs: int, mode: str) -> None:
+def child(name: str, epochs: int, mode: str, clock_name: str = "wall") -> None:
     """Serve timed repeats over stdin/stdout with the checkout on sys.path."""
     import numpy as np
+
+    clock = time.thread_time if clock_name == "cpu" else time.perf_counter
 
     from experiments import configs
     import importlib
@@ -63,20 +68,20 @@ def child(name: str, epochs: int, mode: str) -> None:
             self.stamps = []
 
         def on_step(self, *args):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(clock())
 
         def on_epoch(self, *args):
             pass
 
     def run(n):
         nonlocal epoch
-        clock, t0 = Clock(), time.perf_counter()
+        stamps, t0 = Clock(), clock()
         if "start_epoch" in inspect.signature(train).parameters:  # a checkout from before its removal
-            train(pool, theta, optimizer, job.plan, n, [clock], start_epoch=epoch)
+            train(pool, theta, optimizer, job.plan, n, [stamps], start_epoch=epoch)
         else:  # epochs counts to the end; going on from an epoch is a resume
-            train(pool, theta, optimizer, job.plan, epoch + n, [clock], resume=Position(epoch, 0, 0))
+            train(pool, theta, optimizer, job.plan, epoch + n, [stamps], resume=Position(epoch, 0, 0))
         epoch += n
-        return list(np.diff([t0, *clock.stamps]))
+        return list(np.diff([t0, *stamps.stamps]))
 
     run(1)  # warm-up
     print(json.dumps({"ready": 1}), flush=True)
@@ -85,12 +90,16 @@ def child(name: str, epochs: int, mode: str) -> None:
     pool.close()
 
 
-def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) -> None:
+def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, clock: str = "wall") -> None:
+    if clock not in ("wall", "cpu") or (clock == "cpu" and mode != "local"):
+        sys.exit(f"clock: `wall`, or `cpu` with mode local (a Ray mode's work is in other processes), not {clock!r}")
     trees = {"old": old, "new": new}
     procs = {}
     for side, path in trees.items():
-        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
-        procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode],
+        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1",
+                   **({"OPENBLAS_NUM_THREADS": "1"} if clock == "cpu" else {}))
+        procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode,
+                                        clock],
                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         json.loads(procs[side].stdout.readline())
     steps = {side: [] for side in trees}
@@ -110,6 +119,7 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) ->
     out["ratio_median"] = round(statistics.median(steps["new"]) / statistics.median(steps["old"]), 4)
     out["ratio_best_repeat"] = round(min(medians["new"]) / min(medians["old"]), 4)
     out["loadavg_start_end"] = [load0, os.getloadavg()]
+    out["clock"] = "thread CPU, 1 BLAS thread" if clock == "cpu" else "wall"
     print(json.dumps({f"{name} {mode}": out}))
     for proc in procs.values():
         proc.stdin.close()
@@ -118,6 +128,6 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str) ->
 
 if __name__ == "__main__":
     if sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
-        main(*sys.argv[1:7])
+        main(*sys.argv[1:8])
