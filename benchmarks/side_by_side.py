@@ -6,10 +6,13 @@ machine's speed hits both alike; prints one JSON line.
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 local
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-mnist 1 7 ray2
     python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 7 local
+    python benchmarks/side_by_side.py OLD_CHECKOUT NEW_CHECKOUT w-tiny 50 24 local cpu
     python benchmarks/side_by_side.py OLD NEW w-mnist 1 7 local train.exact_sums=true
 
 (workload config, epochs per repeat, repeats, mode: local or rayN with 2/N CPUs each;
-then optional config overrides: with them a third side, "new_set", runs NEW with them).
+`cpu`: local mode on one BLAS thread, each step timed by the thread's CPU time, which a
+machine loaded by other work moves far less than the wall clock; then optional config
+overrides KEY=VALUE: with them a third side, "new_set", runs NEW with them).
 Reports each side's median step, its best repeat's median, and the ratios to OLD.
 """
 
@@ -24,9 +27,11 @@ import sys
 import time
 
 
-def child(name: str, epochs: int, mode: str, overrides: list[str]) -> None:
+def child(name: str, epochs: int, mode: str, clock_name: str = "wall", overrides: tuple[str, ...] = ()) -> None:
     """Serve timed repeats over stdin/stdout with the checkout on sys.path."""
     import numpy as np
+
+    clock = time.thread_time if clock_name == "cpu" else time.perf_counter
 
     from experiments import configs
     import importlib
@@ -65,20 +70,20 @@ def child(name: str, epochs: int, mode: str, overrides: list[str]) -> None:
             self.stamps = []
 
         def on_step(self, *args):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(clock())
 
         def on_epoch(self, *args):
             pass
 
     def run(n):
         nonlocal epoch
-        clock, t0 = Clock(), time.perf_counter()
+        stamps, t0 = Clock(), clock()
         if "start_epoch" in inspect.signature(train).parameters:  # a checkout from before its removal
-            train(pool, theta, optimizer, job.plan, n, [clock], start_epoch=epoch)
+            train(pool, theta, optimizer, job.plan, n, [stamps], start_epoch=epoch)
         else:  # epochs counts to the end; going on from an epoch is a resume
-            train(pool, theta, optimizer, job.plan, epoch + n, [clock], resume=Position(epoch, 0, 0))
+            train(pool, theta, optimizer, job.plan, epoch + n, [stamps], resume=Position(epoch, 0, 0))
         epoch += n
-        return list(np.diff([t0, *clock.stamps]))
+        return list(np.diff([t0, *stamps.stamps]))
 
     run(1)  # warm-up
     print(json.dumps({"ready": 1}), flush=True)
@@ -87,16 +92,22 @@ def child(name: str, epochs: int, mode: str, overrides: list[str]) -> None:
     pool.close()
 
 
-def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, *overrides: str) -> None:
+def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, *extra: str) -> None:
+    clock = extra[0] if extra and "=" not in extra[0] else "wall"
+    overrides = [x for x in extra if "=" in x]
+    if clock not in ("wall", "cpu") or (clock == "cpu" and mode != "local"):
+        sys.exit(f"clock: `wall`, or `cpu` with mode local (a Ray mode's work is in other processes), not {clock!r}")
     sides = {"old": (old, []), "new": (new, [])}
     if overrides:
-        sides["new_set"] = (new, list(overrides))
+        sides["new_set"] = (new, overrides)
     trees = {side: path for side, (path, _) in sides.items()}
     procs = {}
     for side, (path, sets) in sides.items():
-        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1",
+                   **({"OPENBLAS_NUM_THREADS": "1"} if clock == "cpu" else {}))
         procs[side] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, epochs, mode,
-                                        *sets], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        clock, *sets],
+                                       env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         json.loads(procs[side].stdout.readline())
     steps = {side: [] for side in trees}
     medians = {side: [] for side in trees}
@@ -117,8 +128,9 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, *o
         out["ratio_median" + suffix] = round(statistics.median(steps[side]) / statistics.median(steps["old"]), 4)
         out["ratio_best_repeat" + suffix] = round(min(medians[side]) / min(medians["old"]), 4)
     if overrides:
-        out["new_set"]["overrides"] = list(overrides)
+        out["new_set"]["overrides"] = overrides
     out["loadavg_start_end"] = [load0, os.getloadavg()]
+    out["clock"] = "thread CPU, 1 BLAS thread" if clock == "cpu" else "wall"
     print(json.dumps({f"{name} {mode}": out}))
     for proc in procs.values():
         proc.stdin.close()
@@ -127,6 +139,6 @@ def main(old: str, new: str, name: str, epochs: str, repeats: str, mode: str, *o
 
 if __name__ == "__main__":
     if sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:])
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], tuple(sys.argv[6:]))
     else:
         main(*sys.argv[1:])

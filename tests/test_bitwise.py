@@ -198,10 +198,12 @@ def test_resume_on_another_worker_count_is_bitwise(tmp_path):
 
 def test_exact_sums_by_default_where_blocks_are_large_and_rows_move_only_where_the_weights_stay(tmp_path):
     """train.exact_sums "auto" turns them on when a step's blocks hold 512 examples or more
-    on average (trainer/batches.py: below, a step costs more). A float32 job without them
+    on average in a network that keeps examples as rows (trainer/exact_sum.py: elsewhere a
+    step costs more). A float32 job without them
     adds its sums in rank order, and no straggler rebalancing moves its rows (each move
     would change its last bits); float64, or exact sums, may move them."""
     from trainer.batches import EXACT_AUTO_MIN_EXAMPLES
+    from trainer.exact_sum import exact_by_default
     from workers.rebalance import keeps_weights
 
     path = write_parquet(tmp_path / "d.parquet")
@@ -213,11 +215,15 @@ def test_exact_sums_by_default_where_blocks_are_large_and_rows_move_only_where_t
     assert not keeps_weights(plain.task) and keeps_weights(exact.task) and keeps_weights(wide.task)
     assert LocalPool.open(plain.task, 3, plain.source, rebalance_seconds=5).balance is None
     assert LocalPool.open(exact.task, 3, exact.source, rebalance_seconds=5).balance is not None
-    for batch, blocks, on in ((4096, 8, True), (4095, 8, False), (1024, 2, True), (1024, 8, False)):
-        assert BatchPlan(10**5, batch, 0, blocks, "auto").exact is on, (batch, blocks)
-    assert BatchPlan(3000, None, 0, 8, "auto").exact is False  # a full batch of 3000: 375 a block
-    assert BatchPlan(EXACT_AUTO_MIN_EXAMPLES * 8, None, 0, 8, "auto").exact is True
-    assert BatchPlan(10**5, 8192, 0, 8, False).exact is False
+    wide, thin = NetworkSpec((784, 16, 10)), NetworkSpec((2, 16, 1), "sigmoid", "sigmoid", "binary_cross_entropy")
+    for batch, blocks, on in ((4096, 8, True), (4095, 8, False), (1024, 2, True), (1024, 8, False),
+                              (EXACT_AUTO_MIN_EXAMPLES * 8, 8, True)):
+        assert exact_by_default(wide, batch, blocks) is on, (batch, blocks)
+    # A thin network keeps examples as columns, which exact sums would give away; float64 needs none.
+    assert not exact_by_default(thin, 10**4, 8)
+    assert not exact_by_default(NetworkSpec((784, 16, 10), dtype="float64"), 10**4, 8)
+    big = training.prepare(from_dict(config(path, "adam", 4096, dtype="float32")))
+    assert big.plan.batch_size < 4096 and not big.plan.exact  # the file's rows cap the batch
 
 
 def test_a_workers_blocks_split_into_consecutive_groups_of_about_equal_members():

@@ -9,7 +9,7 @@ import pytest
 from trainer.activations import ACTIVATIONS, OUTPUT_ONLY
 from trainer.costs import COSTS
 from trainer.gradcheck import gradcheck
-from trainer.network import NetworkSpec, Workspace, backward_sums, forward, init_theta
+from trainer.network import ROWS_MIN_INPUTS, NetworkSpec, Workspace, backward_sums, forward, init_theta
 
 HIDDEN = sorted(set(ACTIVATIONS) - OUTPUT_ONLY)
 # Every output activation with every cost that fits it (costs.py `fits`).
@@ -151,6 +151,42 @@ def test_workspace_reuse_for_smaller_shards_gives_same_result():
         assert la == lb
 
 
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output,cost,n_out", [(out, cost, n) for out, cost in OUTPUT_COST for n in (1, 3)
+                                               if not (out == "softmax" and n == 1)])
+def test_both_activation_layouts_compute_the_same(hidden, output, cost, n_out):
+    """Examples as rows (wide inputs) and as columns (the finite-difference tests above,
+    whose inputs are narrow): the same loss, outputs and gradient sums, in float64 to
+    rounding; n_out = 1 takes the outer-product path of dA."""
+    rng = np.random.default_rng(zlib.crc32(f"layout/{hidden}/{output}/{cost}/{n_out}".encode()))
+    spec = NetworkSpec((3, 6, 5, n_out), hidden, output, cost, "float64")
+    theta = init_theta(spec, "xavier", seed=1) + rng.standard_normal(spec.size) * 0.1
+    X = rng.standard_normal((23, 3))
+    Y = targets_for(cost, n_out, 23, rng)
+    out = {}
+    for rows in (False, True):
+        ws = Workspace(spec, 23)
+        ws.rows = rows
+        grad = np.empty_like(theta)
+        loss = backward_sums(spec, theta, X, Y, grad, ws)
+        ZL, AL = forward(spec, theta, X, ws)
+        out[rows] = loss, grad, ZL.copy(), AL.copy()
+    (l0, g0, z0, a0), (l1, g1, z1, a1) = out[False], out[True]
+    assert l1 == pytest.approx(l0, rel=1e-12)
+    np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(z1, z0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a1, a0, rtol=1e-12, atol=1e-14)
+
+
+def test_activation_layout_follows_the_input_width():
+    """Rows from ROWS_MIN_INPUTS input features up (W-mnist, W-wide), columns below (W-tiny)."""
+    assert Workspace(NetworkSpec((784, 256, 128, 10)), 8).rows
+    assert Workspace(NetworkSpec((1024, 2048, 2048, 10)), 8).rows
+    assert not Workspace(NetworkSpec((2, 16, 16, 1), "sigmoid", "sigmoid", "binary_cross_entropy"), 8).rows
+    assert Workspace(NetworkSpec((ROWS_MIN_INPUTS, 4, 2)), 8).rows
+    assert not Workspace(NetworkSpec((ROWS_MIN_INPUTS - 1, 4, 2)), 8).rows
+
+
 def test_float32_agrees_with_float64():
     rng = np.random.default_rng(2)
     spec64 = NetworkSpec((6, 16, 4), "relu", "softmax", "cross_entropy", "float64")
@@ -207,29 +243,35 @@ def test_flops_per_example_counts_the_workloads_way():
 @pytest.mark.parametrize("layers,hidden,output,cost", [((784, 256, 128, 10), "relu", "softmax", "cross_entropy"),
                                                        ((2, 16, 16, 1), "sigmoid", "sigmoid", "binary_cross_entropy")])
 def test_blocks_of_one_width_give_the_bits_of_each_block_alone(layers, hidden, output, cost):
-    """Per-block sums (float32 exact sums) are a function of the block alone: a stacked
-    product over blocks of one width (one numpy call), a loop over blocks of unequal
-    widths, and the block on its own give the same bits; in float64 they add up to the
-    sums over all rows at once."""
+    """Per-block sums (float32 exact sums; the blocks keep examples as rows whatever the
+    network's layout) are a function of the block alone: a stacked product over blocks of
+    one width (one numpy call), a loop over blocks of unequal widths (small ones too: as
+    columns, blocks under 8 examples got other bits), and the block on its own give the
+    same bits; in float64 they add up to the sums over all rows at once."""
     from trainer.network import Blocks
 
     rng = np.random.default_rng(4)
+    widths = [40, 40, 40, 41, 3, 1, 5, 7, 2]
+    starts = np.concatenate([[0], np.cumsum(widths)])
+    spans = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    n = int(starts[-1])
     for dtype in ("float32", "float64"):
         spec = NetworkSpec(layers, hidden, output, cost, dtype)
         theta = init_theta(spec, "he", 1)
-        n = 3 * 40 + 41
         X = rng.standard_normal((n, layers[0])).astype(dtype)
         Y = targets_for(cost, layers[-1], n, rng).astype(dtype)
-        ws = Workspace(spec, n)
+        ws = Workspace(spec, n, rows=True)
         stacked = np.empty((3, spec.size), dtype)  # blocks of 40, 40, 40: one product per layer
-        backward_sums(spec, theta, X[:120], Y[:, :120], stacked, ws, Blocks([(0, 40), (40, 80), (80, 120)]))
-        looped = np.empty((4, spec.size), dtype)  # the same blocks and one of 41: a product per block
-        backward_sums(spec, theta, X, Y, looped, ws, Blocks([(0, 40), (40, 80), (80, 120), (120, n)]))
-        for r in range(3):
+        backward_sums(spec, theta, X[:120], Y[:, :120], stacked, ws, Blocks(spans[:3]))
+        looped = np.empty((len(spans), spec.size), dtype)  # a product per block
+        backward_sums(spec, theta, X, Y, looped, ws, Blocks(spans))
+        for r, (a, b) in enumerate(spans):
             alone = np.empty(spec.size, dtype)
-            backward_sums(spec, theta, X[40 * r: 40 * r + 40], Y[:, 40 * r: 40 * r + 40], alone, Workspace(spec, 40))
-            assert np.array_equal(stacked[r], alone) and np.array_equal(looped[r], alone), (dtype, r)
+            backward_sums(spec, theta, X[a:b], Y[:, a:b], alone, Workspace(spec, b - a, rows=True))
+            assert np.array_equal(looped[r], alone), (dtype, r)
+            if r < 3:
+                assert np.array_equal(stacked[r], alone), (dtype, r)
         if dtype == "float64":
             whole = np.empty(spec.size)
-            backward_sums(spec, theta, X, Y, whole)
+            backward_sums(spec, theta, X, Y, whole)  # the network's own layout
             np.testing.assert_allclose(looped.sum(axis=0), whole, rtol=1e-9, atol=1e-12)

@@ -22,10 +22,11 @@ import numpy as np
 
 DEFAULT_BLOCKS = 8  # train.blocks: also the largest worker count a job can use
 # train.exact_sums "auto" turns them on when a step's blocks hold this many examples on
-# average. Each block's products and sums then cost about what they cost over all the
-# rows at once: measured on one thread (docs/speed-log.md), the exact step is 1.24x the
-# plain one at 128 examples a block (W-mnist's batch of 1024), 1.10x at 256, 1.03x at
-# 512 and 1.00x at 1024; W-tiny's 1250 a block 1.08x (its step is ~40 numpy calls).
+# average (and the network keeps examples as rows: trainer/exact_sum.exact_by_default).
+# Each block's products and sums then cost about what they cost over all the rows at
+# once: measured on one thread (docs/speed-log.md), the exact step is 1.24x the plain
+# one at 128 examples a block (W-mnist's batch of 1024), 1.10x at 256, 1.03x at 512 and
+# 1.00x at 1024.
 EXACT_AUTO_MIN_EXAMPLES = 512
 
 
@@ -43,15 +44,15 @@ def even_blocks(blocks: int, workers: int) -> list[int]:
 
 class BatchPlan:
     def __init__(self, n_train: int, batch_size: int | None, seed: int, blocks: int = DEFAULT_BLOCKS,
-                 exact: bool | str = True):
+                 exact: bool = True):
         """batch_size None (or >= m) means the full batch, in index order.
-        exact: float32 sums per block, added exactly (train.exact_sums: true, false or "auto")."""
+        exact: float32 sums per block, added exactly (train.exact_sums, resolved)."""
         assert n_train > 0, "a batch plan needs at least one example"
         assert blocks >= 1, "a batch plan needs at least one block"
         self.n_train, self.seed, self.blocks = n_train, seed, blocks
         self.bounds = block_bounds(n_train, blocks)
         self.batch_size = n_train if batch_size is None else min(int(batch_size), n_train)
-        self.exact = self.batch_size >= EXACT_AUTO_MIN_EXAMPLES * blocks if exact == "auto" else bool(exact)
+        self.exact = exact
         self.full = self.batch_size == n_train
         self._epoch: int | None = None
         self._perm = np.empty(0, dtype=np.int64)

@@ -111,8 +111,8 @@ class TrainConfig:
     blocks: int = ranged(DEFAULT_BLOCKS, lo=1, hi=MAX_WORKERS)
     # float32 sums taken per block and added exactly: the weights do not depend on the
     # worker count, bit for bit (README: The math). "auto": on where it costs little, when
-    # a step's blocks hold 512 examples or more on average (trainer/batches.py); float64
-    # runs agree to 1e-9 either way.
+    # a step's blocks hold 512 examples or more on average in a network of 256 inputs or
+    # more (trainer/exact_sum.exact_by_default); float64 runs agree to 1e-9 either way.
     exact_sums: bool | Literal["auto"] = "auto"
     # Where the model files, summary.json and checkpoints go: a folder or a URI (s3://, gs://,
     # file://, ... as data.source); None: runs/EXPERIMENT-TIMESTAMP. --output wins.

@@ -26,10 +26,22 @@ import math
 
 import numpy as np
 
+from trainer.batches import EXACT_AUTO_MIN_EXAMPLES
+from trainer.network import ROWS_MIN_INPUTS, NetworkSpec
+
 DEFAULT_SCALE = 0  # the first step's exponent; its maxima set the real one (a recomputed step)
 CLAMP = 120  # exponents stay inside float32's range: 2^s is a normal float32
 HEADROOM_BITS = 8  # growth of a tensor's largest block sum tolerated without a recompute
 SLACK_BITS = 16  # ... and shrinkage (the largest values then still have 26+ bits)
+
+
+def exact_by_default(spec: NetworkSpec, batch_size: int, blocks: int) -> bool:
+    """train.exact_sums "auto": float32, a step's blocks of EXACT_AUTO_MIN_EXAMPLES or more
+    on average, and a network that keeps examples as rows anyway (trainer/network.py: the
+    blocks always do; a thin network as columns runs 1.2-1.3x faster than as rows, which
+    the exact sums would give away)."""
+    return (spec.dtype == "float32" and batch_size >= EXACT_AUTO_MIN_EXAMPLES * blocks
+            and spec.layers[0] >= ROWS_MIN_INPUTS)
 
 
 def tensor_sizes(layers) -> list[int]:

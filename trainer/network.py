@@ -8,15 +8,22 @@ All parameters live in ONE flat vector `theta`, layer by layer (W1, b1, W2, b2,
 ...), and `W[l]`, `b[l]` are views into it; the gradient sums use the same layout.
 One flat buffer is one message to a worker and one vectorized optimizer update.
 
-Callers pass examples as ROWS (`X_rows` is (n, n_0), as read from a table), and the
-network keeps every activation and delta in that layout too: the workspace stores
-A[l] as an (n, n_l) row-major block and hands out its transpose, so A[l], Z[L] and
-delta[l] have the shapes of the math ((n_l, n)) with examples contiguous per row of
-the buffer. The products then run as OpenBLAS runs them fastest here, with the
-examples as the long dimension of the output: Z[l]^T = A[l-1]^T W[l]^T, dA[l-1]^T =
-delta[l]^T W[l], GW[l] = (delta[l]^T)^T A[l-1]^T. Measured on this machine's CPU with
-one thread (docs/speed-log.md): the same with OpenBLAS's Haswell kernel, and the
-step's products 7% faster with its SkylakeX kernel, than with examples as columns.
+Callers pass examples as ROWS (`X_rows` is (n, n_0), as read from a table). A network
+with wide inputs (n_0 >= ROWS_MIN_INPUTS) keeps every activation and delta in that
+layout too: the workspace stores A[l] as an (n, n_l) row-major block and hands out its
+transpose, so A[l], Z[L] and delta[l] have the shapes of the math ((n_l, n)) with
+examples contiguous per row of the buffer, and the products run with the examples as
+the long dimension of the output: Z[l]^T = A[l-1]^T W[l]^T, dA[l-1]^T = delta[l]^T
+W[l], GW[l] = (delta[l]^T)^T A[l-1]^T. Measured on this machine's CPU with one thread
+(docs/speed-log.md): W-mnist's step the same with OpenBLAS's Haswell kernel, and 3-7%
+faster with its SkylakeX kernel, than with examples as columns. A network with few
+inputs keeps A[l] as (n_l, n) row-major blocks (examples as columns): there the first
+layer's products are small, and what the rows layout costs dominates: an elementwise
+pass against a per-unit vector (Z += b, a one-unit output's outer product) or a
+reduction over the units (softmax) runs numpy's inner loop over one row of n_l values,
+n times. W-tiny ([2, 16, 16, 1]) takes 1.2-1.3x the time per step as rows, [2, 16, 16,
+10] with softmax 2.2-2.4x. Either way a network's layout depends on its spec alone, so
+every worker of a job computes alike.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from trainer.costs import COSTS
 
 INITIALIZERS = ("he", "xavier", "normal")
 NORMAL_INIT_STD = 0.01  # `normal`: W ~ N(0, 0.01^2), the classic small-random start
+ROWS_MIN_INPUTS = 256  # Workspace: activations as rows from this many input features up (above)
 
 
 @dataclass(frozen=True)
@@ -113,17 +121,46 @@ def init_theta(spec: NetworkSpec, init: str = "he", seed: int = 0) -> np.ndarray
     return theta
 
 
+class Blocks:
+    """Blocks of examples [s, e) of one call, back to back from the first, whose products
+    must each see their own examples alone (float32 exact sums, workers/block_sums.py):
+    OpenBLAS's bits for one example depend on how many examples the call holds, so a
+    block's products must see the block alone, whatever else its worker holds. Each
+    example's activations depend on that example alone, so the elementwise work around
+    the products may run over all blocks at once. `width` is the blocks' common width,
+    or 0 if they differ: blocks of one width go to numpy as one stacked product, which
+    makes the same BLAS call per block in C (tests/test_network.py checks the bits)."""
+
+    __slots__ = ("spans", "width")
+
+    def __init__(self, spans: list[tuple[int, int]]):
+        self.spans = spans
+        w = spans[0][1] - spans[0][0]
+        self.width = w if all(e - s == w for s, e in spans) else 0
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+def _blocks_of_columns(M: np.ndarray, q: int, w: int) -> np.ndarray:
+    """The first q*w columns of a 2-D array as q blocks of w columns, (q, M.shape[0], w):
+    splitting one axis, so always a view, whatever the strides."""
+    return M[:, : q * w].reshape(M.shape[0], q, w).transpose(1, 0, 2)
+
+
 class Workspace:
     """Preallocated activations for up to `capacity` columns, reused every step.
 
-    For n <= capacity columns, `A(l, n)` is the (n_l, n) transpose of a contiguous
-    (n, n_l) block at the start of layer l's buffer (the first n*n_l elements, so
-    shards of any size stay BLAS-friendly); `rows(A)` gives that block back.
+    For n <= capacity columns, `A(l, n)` is an (n_l, n) view of the first n*n_l
+    elements of layer l's buffer (so shards of any size stay BLAS-friendly): with
+    `rows` the transpose of a contiguous (n, n_l) block, else that contiguous block.
     Hidden layers keep only A (Z is computed in place, see activations.py); the
     output layer keeps Z[L] too, because the stable costs read the logits.
     """
 
-    def __init__(self, spec: NetworkSpec, capacity: int):
+    def __init__(self, spec: NetworkSpec, capacity: int, rows: bool | None = None):
+        """rows: the layout; None: by the input width (module docstring). The exact sums'
+        blocks always take rows (workers/block_sums.py says why)."""
         self.spec, self.capacity = spec, capacity
         dt = np.dtype(spec.dtype)
         self._A = [np.empty(n * capacity, dt) for n in spec.layers[1:]]
@@ -134,6 +171,8 @@ class Workspace:
         self._D = [np.empty(widest * capacity, dt), np.empty(widest * capacity, dt)]
         self.ones = np.ones(capacity, dt)  # Gb[l] = delta[l] @ ones: row sums as a gemv
         self._views: dict[int, tuple[np.ndarray, tuple]] = {}
+        # Examples as rows only where the first layer's products gain by it (module docstring).
+        self.rows = spec.layers[0] >= ROWS_MIN_INPUTS if rows is None else rows
         self.view_slots = 3  # buffers whose views are kept (theta and grad; a block worker: more)
 
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -147,9 +186,50 @@ class Workspace:
             hit = self._views[key] = (flat, self.spec.views(flat))
         return hit[1]
 
-    @staticmethod
-    def _view(buf, rows, n):
-        return buf[: rows * n].reshape(n, rows).T
+    def _view(self, buf, rows, n):
+        if self.rows:
+            return buf[: rows * n].reshape(n, rows).T
+        return buf[: rows * n].reshape(rows, n)
+
+    def matmul(self, P: np.ndarray, Q: np.ndarray, out: np.ndarray, cuts: Blocks | None = None) -> None:
+        """out = P @ Q into one of this workspace's views, with the examples as the long
+        side of the row-major output BLAS writes: out^T = Q^T P^T in the rows layout.
+        With `cuts`, one product per block of examples (columns of Q and out)."""
+        if cuts is None:
+            if self.rows:
+                np.matmul(Q.T, P.T, out=out.T)
+            else:
+                np.matmul(P, Q, out=out)
+        elif cuts.width:
+            q, w = len(cuts), cuts.width
+            Qb, Ob = _blocks_of_columns(Q, q, w), _blocks_of_columns(out, q, w)
+            if self.rows:
+                np.matmul(Qb.transpose(0, 2, 1), P.T, out=Ob.transpose(0, 2, 1))
+            else:
+                np.matmul(P, Qb, out=Ob)
+        else:
+            for s, e in cuts.spans:
+                self.matmul(P, Q[:, s:e], out[:, s:e])
+
+    def row_sums(self, delta: np.ndarray, out: np.ndarray, cuts: Blocks | None = None) -> None:
+        """out = delta's row sums (Gb[l]) as a gemv against ones; with `cuts`, one row of
+        out per block of columns."""
+        ones = self.ones
+        if cuts is None:
+            n = delta.shape[1]
+            if self.rows:
+                np.matmul(ones[:n], delta.T, out=out)
+            else:
+                np.matmul(delta, ones[:n], out=out)
+        elif cuts.width:
+            D = _blocks_of_columns(delta, len(cuts), cuts.width)  # (q, n_l, w)
+            if self.rows:
+                np.matmul(ones[: cuts.width], D.transpose(0, 2, 1), out=out)
+            else:
+                np.matmul(D, ones[: cuts.width], out=out)
+        else:
+            for r, (s, e) in enumerate(cuts.spans):
+                self.row_sums(delta[:, s:e], out[r])
 
     def A(self, l: int, n: int) -> np.ndarray:
         return self._view(self._A[l - 1], self.spec.layers[l], n)
@@ -161,69 +241,12 @@ class Workspace:
         return self._view(self._D[which], rows, n)
 
 
-class Blocks:
-    """Blocks of rows [s, e) of one call, back to back from row 0, whose products must
-    each see their own rows alone (_rows_product says why); `width` is their common
-    width, or 0 if they differ."""
-
-    __slots__ = ("spans", "width")
-
-    def __init__(self, spans: list[tuple[int, int]]):
-        self.spans = spans
-        w = spans[0][1] - spans[0][0]
-        self.width = w if all(e - s == w for s, e in spans) else 0
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-
-def _stacked(a: np.ndarray, q: int, w: int) -> np.ndarray:
-    """Rows [0, q*w) of a 2-D array as q blocks of w rows, (q, w, a.shape[1]): splitting
-    one axis, so always a view, whatever the strides."""
-    return a[: q * w].reshape(q, w, a.shape[1])
-
-
-def _rows_product(a_rows: np.ndarray, b: np.ndarray, out_rows: np.ndarray, cuts: Blocks | None) -> None:
-    """out_rows = a_rows @ b: one product, or one per block of rows [s, e) in `cuts`.
-
-    Why per block (float32 exact sums, workers/block_sums.py): OpenBLAS's bits for one
-    example depend on how many examples the call holds, so a block's products must see
-    the block alone, whatever else its worker holds. Each row of the result depends on
-    its own row of `a_rows` only, so the elementwise work around it may run over all
-    blocks at once. Blocks of one width go to numpy as one stacked product, which makes
-    the same BLAS call per block in C (tests/test_network.py checks the bits)."""
-    if cuts is None:
-        np.matmul(a_rows, b, out=out_rows)
-        return
-    w = cuts.width
-    if w:
-        np.matmul(_stacked(a_rows, len(cuts), w), b, out=_stacked(out_rows, len(cuts), w))
-        return
-    for s, e in cuts.spans:
-        np.matmul(a_rows[s:e], b, out=out_rows[s:e])
-
-
-def _block_sums(delta: np.ndarray, A_prev: np.ndarray, ones: np.ndarray, GW: np.ndarray, Gb: np.ndarray,
-                cuts: Blocks) -> None:
-    """Each block's GW[l] = delta A[l-1]^T and Gb[l] = row sums of delta, into its own
-    row of sums: GW (q, n_l, n_{l-1}) and Gb (q, n_l), views into the rows of sums."""
-    w = cuts.width
-    if w:  # one stacked product each, as in _rows_product
-        D = _stacked(delta.T, len(cuts), w)  # (q, w, n_l)
-        np.matmul(D.transpose(0, 2, 1), _stacked(A_prev.T, len(cuts), w), out=GW)
-        np.matmul(ones[:w], D, out=Gb)
-        return
-    for r, (s, e) in enumerate(cuts.spans):
-        np.matmul(delta[:, s:e], A_prev.T[s:e], out=GW[r])
-        np.matmul(ones[: e - s], delta.T[s:e], out=Gb[r])
-
-
 def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
             ws: Workspace | None = None, cuts: Blocks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 1 for every layer. Returns (Z[L], A[L]), each (n_L, n).
 
     With a workspace the results are views into it, valid until its next use.
-    cuts: blocks of rows whose products run on their own (_rows_product).
+    cuts: blocks of examples whose products run on their own (Blocks).
     """
     n = X_rows.shape[0]
     if ws is None or ws.capacity < n:
@@ -234,7 +257,7 @@ def forward(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         W, b = Ws[l - 1], bs[l - 1]
         A = ws.A(l, n)
         Z = ws.ZL(n) if l == spec.L else A
-        _rows_product(A_prev.T, W.T, Z.T, cuts)  # Z^T = A[l-1]^T W^T, into Z's row-major block
+        ws.matmul(W, A_prev, Z, cuts)  # Z = W A[l-1]
         Z += b
         ACTIVATIONS[spec.activation(l)].forward(Z, A)
         A_prev = A
@@ -265,18 +288,23 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
     Ws, _ = ws.views(theta)
     if cuts is None:
         GWs, Gbs = ws.views(grad)
+        Gbs = [b[:, 0] for b in Gbs]
     else:  # each tensor of every block's row of sums at once: (q, n_l, n_{l-1}) and (q, n_l)
         GWs, Gbs = spec.views_of_rows(grad[: len(cuts)])
-    ones = ws.ones[:n]
     L = spec.L
     delta = cost.output_delta(Y, AL, ZL, spec.output_activation, ws.D(0, spec.layers[L], n))
     for l in range(L, 0, -1):
         A_prev = X_rows.T if l == 1 else ws.A(l - 1, n)
         if cuts is None:
             np.matmul(delta, A_prev.T, out=GWs[l - 1])       # GW[l] = delta A[l-1]^T
-            np.matmul(ones, delta.T, out=Gbs[l - 1][:, 0])    # Gb[l] = row sums of delta
+        elif cuts.width:  # each block's GW[l], one stacked product
+            q, w = len(cuts), cuts.width
+            np.matmul(_blocks_of_columns(delta, q, w), _blocks_of_columns(A_prev, q, w).transpose(0, 2, 1),
+                      out=GWs[l - 1])
         else:
-            _block_sums(delta, A_prev, ones, GWs[l - 1], Gbs[l - 1], cuts)
+            for r, (s, e) in enumerate(cuts.spans):
+                np.matmul(delta[:, s:e], A_prev[:, s:e].T, out=GWs[l - 1][r])
+        ws.row_sums(delta, Gbs[l - 1], cuts)                 # Gb[l] = row sums of delta
         if l == 1:
             break  # dA[0] = W[1]^T delta[1] is never needed
         dA = ws.D((L - l + 1) % 2, spec.layers[l - 1], n)   # the other D buffer
@@ -284,9 +312,9 @@ def backward_sums(spec: NetworkSpec, theta: np.ndarray, X_rows: np.ndarray,
         if W.shape[0] == 1:
             # dA[l-1] = W[l]^T delta[l] with ONE output unit is an outer product; as a
             # gemm with inner dimension 1, OpenBLAS runs it ~20x slower than this.
-            np.multiply(delta.T, W, out=dA.T)
+            np.multiply(W.T, delta, out=dA)
         else:
-            _rows_product(delta.T, W, dA.T, cuts)          # dA[l-1]^T = delta[l]^T W[l]
+            ws.matmul(W.T, delta, dA, cuts)               # dA[l-1] = W[l]^T delta[l]
         # A[l-1] is dead after this (GW[l] is done), so g' may use its buffer.
         delta = ACTIVATIONS[spec.activation(l - 1)].backward(dA, A_prev)
     return loss_sum

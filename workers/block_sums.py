@@ -52,7 +52,11 @@ class _Lane:
     """One thread's buffers: a workspace and gather buffers for its blocks' members."""
 
     def __init__(self, spec: NetworkSpec, capacity: int, dtype, blocks: int):
-        self.ws = Workspace(spec, capacity)
+        # Examples as rows, whatever the network's own layout: a block's rows are then laid
+        # out in memory as they would be alone (the same strides, whatever else the thread
+        # holds). As columns, a block's stride is the thread's member count, and OpenBLAS
+        # gave other bits for blocks of fewer than 8 examples (checked: W-tiny's layers).
+        self.ws = Workspace(spec, capacity, rows=True)
         self.ws.view_slots = blocks + 2  # theta and each block's row of sums keep their views
         self.xb = np.empty(capacity * spec.layers[0], dtype)
         self.yb = np.empty(capacity * spec.layers[-1], dtype)

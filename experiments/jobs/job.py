@@ -18,6 +18,7 @@ import numpy as np
 from trainer.batches import BatchPlan
 from trainer.config import Config, check_size
 from trainer.errors import InputError
+from trainer.exact_sum import exact_by_default
 from trainer.model_io import expected_shapes, read_arrays, theta_from_arrays
 from trainer.network import NetworkSpec, init_theta
 from workers.data.examples import Schema, resolve_schema, split_rows
@@ -123,7 +124,9 @@ def prepare(cfg: Config, init_from: str | None = None) -> Job:
     spec = NetworkSpec(tuple(layers), cfg.model.hidden_activation, cfg.output_activation,
                        cfg.model.cost, cfg.model.dtype)
     train_rows, val_rows = split_rows(source.num_rows, cfg.data.validation_fraction, cfg.data.split_seed)
-    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed, cfg.train.blocks, cfg.train.exact_sums)
+    plan = BatchPlan(len(train_rows), cfg.batch_size, cfg.train.seed, cfg.train.blocks)
+    exact = cfg.train.exact_sums  # "auto": where it costs little (trainer/exact_sum.py)
+    plan.exact = exact_by_default(spec, plan.batch_size, plan.blocks) if exact == "auto" else exact
     if init_from:
         path = Path(init_from).expanduser()
         theta0 = theta_from_arrays(spec, read_arrays(path, expected_shapes(spec)), path)
