@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
-from cluster.local_ray import loopback_node, without_head_services
+from cluster.local_ray import loopback_node, without_agent_waits, without_head_services
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
@@ -291,7 +291,7 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
         # on a small machine is most of a short job's start (README: Speed); nor the
         # API server and monitor that Ray starts without it (cluster/local_ray.py).
-        with loopback_node(ray), without_head_services():
+        with loopback_node(ray), without_head_services(), without_agent_waits():
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=log_level, configure_logging=True)
@@ -314,3 +314,4 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
     if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
         kind = "job"
     return kind
+

@@ -73,3 +73,57 @@ def test_an_error_closing_the_pool_comes_out_of_connect_and_ray_still_stops():
     with pytest.raises(RuntimeError, match="would not close"), connect(None, 2) as conn:
         conn.close_early(broken)
     assert not ray.is_initialized()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_a_local_ray_registers_its_node_before_its_agents_are_up():
+    """The raylet takes the dashboard agent's ports as not in use (-1, as Ray's minimal
+    agent writes them) and the runtime env agent's from its command line, so the node
+    registers without waiting for either agent; the agents still run (the raylet shares
+    their fate), the dashboard agent minimal; actors and tasks run; Ray's own hooks are
+    put back afterwards."""
+    import ray
+    from ray._private import node, utils
+
+    from cluster.local_ray import AGENT_PORTS
+
+    start_raylet, dependency_check = node.Node.start_raylet, utils.get_dashboard_dependency_error
+    with connect(None, 2):
+        @ray.remote(num_cpus=1)
+        class Echo:
+            def pid(self):
+                return os.getpid()
+
+        @ray.remote(num_cpus=0)
+        def add(a, b):
+            return a + b
+
+        actors = [Echo.remote() for _ in range(2)]
+        assert len(set(ray.get([a.pid.remote() for a in actors], timeout=120))) == 2
+        assert ray.get(add.remote(1, 2), timeout=120) == 3
+        # what the raylet registered: the ports it read, without waiting
+        (info,) = ray.nodes()
+        ports = {k: info[k] for k in ("MetricsAgentPort", "MetricsExportPort", "DashboardAgentListenPort")}
+        env_port = info["RuntimeEnvAgentPort"]
+        commands = commands_of(process_tree(os.getpid()))
+    assert set(ports.values()) == {-1}, ports
+    assert env_port in AGENT_PORTS
+    agents = [c for c in commands if "dashboard/agent.py" in c]
+    assert agents and all("--minimal" in c for c in agents), agents
+    assert any(f"--runtime-env-agent-port={env_port}" in c for c in commands if "runtime_env/agent" in c)
+    assert (node.Node.start_raylet, utils.get_dashboard_dependency_error) == (start_raylet, dependency_check)
+    assert not ray.is_initialized()
+
+
+def test_the_runtime_env_agents_port_is_free_and_below_the_ephemeral_range():
+    import socket
+
+    from cluster.local_ray import AGENT_PORTS, free_agent_port
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        ephemeral = s.getsockname()[1]
+    assert ephemeral not in AGENT_PORTS
+    port = free_agent_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free: binds
