@@ -35,6 +35,12 @@ from cluster.local_ray import loopback_node, without_agent_waits, without_head_s
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
+# A local Ray for one job does not prestart workers for its first driver: Ray's raylet
+# then holds the driver's registration until those workers have started (imported
+# Ray), and the driver's ray.init waits in a call that keeps the GIL, so the job's
+# other thread (the MLflow imports, jobs/overlap.py) stood still for those seconds.
+# The job asks for its actors right after ray.init; their workers start then.
+LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 # Ray warns at every start of a local instance that it enabled token auth (its default,
 # which we keep: the instance listens on loopback for this job only). Not the user's concern.
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -294,7 +300,7 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
         with loopback_node(ray), without_head_services(), without_agent_waits():
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
-                     logging_level=log_level, configure_logging=True)
+                     logging_level=log_level, configure_logging=True, _system_config=LOCAL_SYSTEM_CONFIG)
         return "local"
     if address.startswith("ray://"):
         _check_listening(address)
@@ -314,4 +320,3 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
     if os.environ.get("RAY_JOB_ID") or os.environ.get("RAYPROP_IN_JOB"):
         kind = "job"
     return kind
-

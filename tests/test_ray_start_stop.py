@@ -127,3 +127,22 @@ def test_the_runtime_env_agents_port_is_free_and_below_the_ephemeral_range():
     port = free_agent_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free: binds
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_ray_init_returns_before_any_worker_process_starts():
+    """No workers are prestarted for the job's driver: with them, Ray holds the
+    driver's registration (in a call that keeps the GIL, so every other thread of the
+    job stops) until they have imported Ray. The job's actors start their own."""
+    import ray
+
+    with connect(None, 2):
+        workers = [c for c in commands_of(process_tree(os.getpid()))
+                   if "default_worker.py" in c and "raylet/raylet" not in c]
+
+        @ray.remote(num_cpus=1)
+        def pid():
+            return os.getpid()
+
+        assert ray.get(pid.remote(), timeout=120) != os.getpid()
+    assert workers == []
