@@ -137,8 +137,9 @@ def test_ray_init_returns_before_any_worker_process_starts():
     import ray
 
     with connect(None, 2):
-        workers = [c for c in commands_of(process_tree(os.getpid()))
-                   if "default_worker.py" in c and "raylet/raylet" not in c]
+        # a worker names itself ray::IDLE once it has started (default_worker.py before)
+        workers = [c for c in commands_of(process_tree(os.getpid())) if c.startswith("ray::IDLE")
+                   or "default_worker.py" in c and "raylet/raylet" not in c]
 
         @ray.remote(num_cpus=1)
         def pid():
