@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
-from cluster.local_ray import loopback_node, without_agent_waits, without_head_services
+from cluster.local_ray import loopback_node, without_agent_waits, without_head_services, yield_cpu_to_workers
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
@@ -301,6 +301,7 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=log_level, configure_logging=True, _system_config=LOCAL_SYSTEM_CONFIG)
+        yield_cpu_to_workers(ray)
         return "local"
     if address.startswith("ray://"):
         _check_listening(address)

@@ -129,3 +129,48 @@ def free_agent_port(tries: int = 50) -> int:
                 continue
             return port
     raise OSError(f"no free port for Ray's runtime env agent in {tries} tries")
+
+
+# What a job's local Ray runs beside it that the job never waits for: its agents and
+# the log monitor, Python processes importing Ray just as the job's workers import it
+# (by their script, or the title an agent gives itself once started).
+HELPER_SCRIPTS = ("/dashboard/agent.py", "/runtime_env/agent/main.py", "/log_monitor.py")
+HELPER_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+HELPER_NICE = 19
+
+
+def is_helper(cmdline: list[str]) -> bool:
+    """Whether a process's command line is one of a local Ray's helpers (not the raylet,
+    whose own arguments name the agents' commands)."""
+    if cmdline and cmdline[0].startswith(HELPER_TITLES):
+        return True
+    script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
+    return script.endswith(HELPER_SCRIPTS)
+
+
+def yield_cpu_to_workers(ray) -> list[int]:
+    """Lower the CPU priority of a local Ray's helper processes (is_helper) to the
+    least. Ray starts its workers at nice 15 (its worker_niceness, below the raylet)
+    and the helpers at the driver's 0, so on a 2-core machine, where they and the
+    job's two workers all start at once, each helper's second of CPU came before the
+    workers'. At 19 they get what the workers leave. Returns the pids lowered; a
+    helper that is gone, or a Ray without these internals, is skipped."""
+    import psutil
+
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    roots = [info.process.pid for infos in getattr(node, "all_processes", {}).values()
+             for info in infos if getattr(info, "process", None) is not None]
+    lowered = []
+    for root in roots:
+        try:
+            procs = [psutil.Process(root), *psutil.Process(root).children()]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                if is_helper(proc.cmdline()):
+                    proc.nice(HELPER_NICE)
+                    lowered.append(proc.pid)
+            except psutil.Error:
+                continue
+    return lowered

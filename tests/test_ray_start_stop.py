@@ -147,3 +147,46 @@ def test_ray_init_returns_before_any_worker_process_starts():
 
         assert ray.get(pid.remote(), timeout=120) != os.getpid()
     assert workers == []
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_a_local_rays_agents_and_log_monitor_yield_the_cpu_to_the_workers():
+    """The helpers a job never waits for run at the lowest CPU priority, below the
+    job's workers; Ray's GCS and raylet keep the driver's."""
+    import psutil
+    import ray
+
+    from cluster.local_ray import HELPER_NICE, is_helper
+
+    with connect(None, 2):
+        @ray.remote(num_cpus=1)
+        def pid():
+            return os.getpid()
+
+        worker = ray.get(pid.remote(), timeout=120)
+        nice = {}
+        for p in process_tree(os.getpid()):
+            try:
+                proc = psutil.Process(p)
+                nice[tuple(proc.cmdline())] = proc.nice()
+            except psutil.Error:
+                pass
+        worker_nice = psutil.Process(worker).nice()
+    mine = os.nice(0)
+    helpers = {c: n for c, n in nice.items() if is_helper(list(c))}
+    assert len(helpers) == 3 and set(helpers.values()) == {HELPER_NICE}, helpers
+    core = {c[0]: n for c, n in nice.items() if c[0].endswith(("gcs_server", "raylet/raylet"))}
+    assert len(core) == 2 and set(core.values()) == {mine}, core
+    assert worker_nice < HELPER_NICE  # Ray's own for its workers (15), below the raylet's
+
+
+def test_a_helper_is_told_by_its_script_or_title_not_by_the_raylets_arguments():
+    from cluster.local_ray import is_helper
+
+    assert is_helper(["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/agent.py", "--node-id=1"])
+    assert is_helper(["/venv/bin/python", "-u", "/venv/lib/ray/_private/log_monitor.py", "--session-dir=/t"])
+    assert is_helper(["ray::RuntimeEnvAgent"])
+    assert not is_helper(["/venv/lib/ray/core/src/ray/raylet/raylet", "--dashboard_agent_command=/venv/bin/python "
+                          "-u /venv/lib/ray/dashboard/agent.py", "--logging-filename=runtime_env_agent.log"])
+    assert not is_helper(["/venv/bin/python", "/venv/lib/ray/_private/workers/default_worker.py", "--x=1"])
+    assert not is_helper(["ray::IDLE"])
