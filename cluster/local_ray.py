@@ -70,8 +70,10 @@ def without_agent_waits():
     A job uses no agent service: no metrics export (nothing scrapes it), no Jobs or
     log API (no dashboard), no runtime env (the job's code is on this machine). So:
     - the dashboard agent runs as in Ray's minimal install (`--minimal`: no gRPC or
-      HTTP server, no metrics), which writes -1 ("not in use") to its three files;
-      they are written here first, the same values, so the raylet reads them at once;
+      HTTP server), which writes -1 ("not in use") to its three files; they are
+      written here first, so the raylet reads them at once and publishes -1 (the
+      agent's reporter module still serves Prometheus metrics on a loopback port of
+      its own, and rewrites that file later; nothing is told of it);
     - the runtime env agent's port is chosen here (AGENT_PORTS), free on loopback,
       and given to the raylet, the agent and the workers on their command lines, as
       `ray start --runtime-env-agent-port` would.
