@@ -31,10 +31,16 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from cluster.auth import TOKEN_HINT, enable_token_mode, redact
-from cluster.local_ray import loopback_node, without_head_services
+from cluster.local_ray import loopback_node, without_agent_waits, without_head_services, yield_cpu_to_workers
 from trainer.errors import InputError, one_line
 
 PREFLIGHT_SECONDS = 5
+# A local Ray for one job does not prestart workers for its first driver: Ray's raylet
+# then holds the driver's registration until those workers have started (imported
+# Ray), and the driver's ray.init waits in a call that keeps the GIL, so the job's
+# other thread (the MLflow imports, jobs/overlap.py) stood still for those seconds.
+# The job asks for its actors right after ray.init; their workers start then.
+LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 # Ray warns at every start of a local instance that it enabled token auth (its default,
 # which we keep: the instance listens on loopback for this job only). Not the user's concern.
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -291,10 +297,11 @@ def _start(ray, address: str | None, source: str | None, log_level: int, cpus_ne
         # No dashboard: its server and modules cost ~2.5 s of CPU at start-up, which
         # on a small machine is most of a short job's start (README: Speed); nor the
         # API server and monitor that Ray starts without it (cluster/local_ray.py).
-        with loopback_node(ray), without_head_services():
+        with loopback_node(ray), without_head_services(), without_agent_waits():
             ray.init(address="local", num_cpus=max(cpus_needed, os.cpu_count() or 1),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
-                     logging_level=log_level, configure_logging=True)
+                     logging_level=log_level, configure_logging=True, _system_config=LOCAL_SYSTEM_CONFIG)
+        yield_cpu_to_workers(ray)
         return "local"
     if address.startswith("ray://"):
         _check_listening(address)

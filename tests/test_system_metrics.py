@@ -83,3 +83,25 @@ def test_each_node_running_workers_and_the_coordinator_have_system_metrics(clust
                       key=lambda m: m.step)
         assert [m.step for m in sent] == list(range(len(sent)))  # one sample per step number
         assert all(m.value >= 0 for m in sent) and sent[-1].value >= sent[0].value
+
+
+def test_the_coordinators_own_node_is_sampled_in_its_process():
+    """A local Ray's only node is the coordinator's machine: its system/node-* sample
+    is the coordinator's own (the same machine-wide figures), with no sampler actor,
+    i.e. no extra process importing Ray beside the job's workers."""
+    import ray
+
+    from cluster.connect import connect
+    from experiments.tracking.system_metrics import NodeMetrics, node_label
+
+    points = []
+    with connect(None, 1):
+        own = ray.get_runtime_context().get_node_id()
+        pool = type("Pool", (), {"info": [{"node_id": own}, {"node_id": own}]})()
+        metrics = NodeMetrics(pool, points.extend)
+        metrics.tick()
+        actors = dict(metrics.actors)
+    assert actors == {}
+    got = {m.key: m.value for m in points}
+    for key in KEYS:
+        assert got[f"system/{node_label(own)}/{key}"] == got[f"system/coordinator/{key}"], key

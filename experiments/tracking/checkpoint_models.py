@@ -56,14 +56,13 @@ class CheckpointModels:
         return model_id
 
     def _example(self):
-        import pandas as pd
-
-        from experiments.tracking.run_artifacts import EXAMPLE_ROWS, sample
+        from experiments.tracking.run_artifacts import input_example
 
         if not logged_models.of(self.run, self.job).needs_example:
             return None  # the model's template is saved: no example needed
-        X, _ = sample(self.job.source, self.job.schema, EXAMPLE_ROWS)
-        return pd.DataFrame(X, columns=list(self.job.schema.features))
+        # The final model's example (its first rows): rows spread over a teacher set cost
+        # the driver 0.8 s of CPU while the first epoch trained.
+        return input_example(self.job.source, self.job.schema)
 
 
 def best_command(uri: str, experiment_id: str, run_id: str, metric: str = "val_loss") -> str:

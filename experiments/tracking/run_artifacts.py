@@ -42,14 +42,19 @@ def sample(source: Source, schema: Schema, rows: int) -> tuple[np.ndarray, np.nd
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def input_example(source: Source, schema: Schema) -> pd.DataFrame:
+    """A model's input example: the data's first EXAMPLE_ROWS rows, in one read (rows
+    spread over the source, as the plot takes them, made a teacher set draw its stream
+    again for each: 1.5-2 s for 5 rows of W-mnist)."""
+    X, _ = load_examples(source, schema, 0, min(EXAMPLE_ROWS, source.num_rows), np.float64)
+    return pd.DataFrame(X, columns=list(schema.features))
+
+
 def log_pyfunc(source: Source, schema: Schema, out_dir: Path, run=None) -> str:
     """The final model as a logged model named "model" (experiments/tracking/logged_models.py)
     at the run's last step, with that step's training metrics linked; returns its id.
     run: the TrackedRun (its logger and last points); None: the active run, no points."""
-    # The first rows: one read (rows spread over the source, as the plot takes them,
-    # made a teacher set draw its stream again for each: 1.5-2 s for 5 rows of W-mnist).
-    X, _ = load_examples(source, schema, 0, min(EXAMPLE_ROWS, source.num_rows), np.float64)
-    example = pd.DataFrame(X, columns=list(schema.features))
+    example = input_example(source, schema)
     data = SimpleNamespace(source=source, schema=schema)  # what a model logger reads of a job: its data set
     models = logged_models.of(run, data) if run is not None else logged_models.for_active_run(data)
     step = run.metrics.step if run is not None and run.metrics is not None else 0

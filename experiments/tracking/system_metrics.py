@@ -11,8 +11,9 @@ for each node holding a shard worker. The step is the sample's number, 0, 1, ...
 Why not MLflow's monitor itself: it runs where the run's process runs, so it sees
 the coordinator's machine only, and it logs nothing for a job shorter than its
 interval. Here a thread of the coordinator samples its own machine every
-SAMPLE_SECONDS and asks one small actor per worker node (no CPU reserved, psutil
-only) for that node's sample; the points go through the run's outbox like every
+SAMPLE_SECONDS and asks one small actor per other worker node (no CPU reserved,
+psutil only) for that node's sample (the coordinator's own node, e.g. a job's local
+Ray, is its own machine's sample: no actor); the points go through the run's outbox like every
 metric (a slow or dead store costs training nothing). At the end one last sample
 of each node, so even a short job has one. The step never waits for any of it:
 a node's sample is a psutil call in another process every SAMPLE_SECONDS.
@@ -60,6 +61,7 @@ class NodeMetrics:
         self.pool, self.put, self.seconds = pool, put, seconds
         self.here = Sampler()
         self.actors: dict[str, object] = {}  # Ray node id -> its sampler actor
+        self.own_node: str | None = None  # the Ray node this process runs on
         self.step = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayprop-system-metrics", daemon=True)
@@ -87,8 +89,9 @@ class NodeMetrics:
 
     def tick(self, wait: float = ANSWER_SECONDS) -> None:
         """One sample of every node, logged at step self.step."""
-        samples = {COORDINATOR: self.here.sample()}
-        samples.update(self._node_samples(wait))
+        here = self.here.sample()
+        samples = {COORDINATOR: here}
+        samples.update(self._node_samples(wait, here))
         from mlflow.entities import Metric  # here: a node's actor imports this module, not MLflow
 
         now = int(time.time() * 1000)
@@ -96,18 +99,26 @@ class NodeMetrics:
                   for node, values in samples.items() for key, value in values.items()])
         self.step += 1
 
-    def _node_samples(self, wait: float) -> dict[str, dict[str, float]]:
+    def _node_samples(self, wait: float, here: dict[str, float]) -> dict[str, dict[str, float]]:
         nodes = self._worker_nodes()
         if not nodes:
             return {}
         import ray
 
+        # The coordinator's own node is this machine, whose sample `here` is: an actor
+        # there would be one more process importing Ray on the job's CPUs (0.5-1 s of
+        # CPU while the first epoch trains) to report the same machine-wide figures.
+        if self.own_node is None:
+            self.own_node = ray.get_runtime_context().get_node_id()
+        out = {node_label(node): here for node in nodes if node == self.own_node}
+        nodes = [node for node in nodes if node != self.own_node]
         for node in nodes:
             if node not in self.actors:
                 self.actors[node] = _actor_on(node)
         refs = {node: self.actors[node].sample.remote() for node in nodes}
+        if not refs:
+            return out
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=wait)
-        out = {}
         for node, ref in refs.items():
             if ref in ready:
                 try:
