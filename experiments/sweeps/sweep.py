@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from experiments.jobs import pools
@@ -64,9 +64,10 @@ class SweepStopped(Stopped):
 
 
 class _InProcess:
-    """The slot of a trial in local mode: nothing to reserve."""
+    """The slot of a trial in local mode: nothing to reserve, no worker processes."""
 
     strategy = None
+    actors: list = []
 
     def release(self) -> None:
         pass
@@ -135,15 +136,26 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             conn = pools.connect_ray(address, need, stack)
             where, kind = pools.where(conn), conn.kind
         at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
+        # Worker processes of a trial that ended go to the next trial of their shape
+        # (workers/actor_keeper.py); all stopped before Ray is let go.
+        keeper = None if local else stack.enter_context(_keeping())
+
+        def shape(i: int) -> tuple:
+            return counts[i], children[i][1].cfg.cluster.cpus_per_worker
 
         def reserve(i: int, give_up=lambda: False):
             if local:
                 return _InProcess()
             from cluster.placement import Reservation
+            from workers.actor_keeper import Kept
 
+            kept = keeper.take(shape(i))
+            if kept is not None:  # CPUs and workers of a trial that ended
+                return kept
+            keeper.release_all()  # workers kept for another shape would hold CPUs this one waits for
             slot = Reservation(counts[i], children[i][1].cfg.cluster.cpus_per_worker,
                                name=f"rayprop-sweep-{os.getpid()}-trial-{i + 1}")
-            return slot if slot.wait(give_up) else None
+            return Kept(shape(i), slot) if slot.wait(give_up) else None
 
         # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
         first_slot = reserve(first) if todo else _InProcess()
@@ -185,7 +197,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             pool = first_pool.pop() if i == first else None
             try:
                 if pool is None:
-                    pool = pools.open_pool(job, counts[i], local, slot.strategy)
+                    pool = pools.open_pool(job, counts[i], local, slot.strategy, kept=slot.actors)
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
                              quiet=opts.quiet or at_once > 1,  # bars side by side would garble
@@ -198,9 +210,14 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             finally:
                 if halving is not None:
                     halving.end(i)
-                if pool is not None:
-                    pool.close()
-                slot.release()
+                # Only a trial that ended well hands its workers on; a failed or stopped
+                # one may leave a broken worker behind, and is stopped with its pool.
+                if pool is not None and keeper is not None and results[i].status == "FINISHED" and not stop():
+                    keeper.keep(shape(i), slot.slot, pool.hand_over())
+                else:
+                    if pool is not None:
+                        pool.close()
+                    slot.release()
 
         run_in_order(len(todo), at_once, lambda k: first_slot if k == 0 else reserve(todo[k], stop),
                      lambda k, slot: work(todo[k], slot), stop)
@@ -210,6 +227,18 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             raise SweepStopped(results, parent.run_id, out_root)
     write_results(out_root, parent.run_id, results)
     return results
+
+
+@contextmanager
+def _keeping():
+    """The sweep's ActorKeeper; every worker it still holds is stopped at the end."""
+    from workers.actor_keeper import ActorKeeper
+
+    keeper = ActorKeeper()
+    try:
+        yield keeper
+    finally:
+        keeper.release_all()
 
 
 def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result, out_dir: Path,
