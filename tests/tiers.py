@@ -62,6 +62,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_store_loss": (SERVER, SLOW),
     "test_sweep_parallel": (RAY, SLOW),
     "test_sweep_worker_loss": (RAY,),
+    "test_sweep_reuse": (RAY, SLOW),  # sweeps whose trials reuse worker processes, on a local Ray: ~1 min
     "test_uris": (RAY, SERVER),
     "test_worker_loss": (RAY,),
 }
