@@ -2,21 +2,24 @@
 (or `spirals`), in a new folder with a new store, phase by phase for each trial.
 
     python benchmarks/sweep_phases.py [--sweep digits-512|spirals] [--repeats 1] [--concurrency 2]
+                                      [--checkout DIR ...]
 
 As benchmarks/job_phases.py does for a job: each repeat runs `rayprop sweep` in a fresh
 process under this script's `--child` mode, with a timestamp taken on entry to and exit
 from the functions that start each phase, on the thread that runs them (a trial runs
-in a thread of its own). Prints one JSON document: the sweep's wall time, the time to
-the first trial's start, and per trial its phases (wall seconds, one after the other
-on the trial's thread):
+in a thread of its own). With several `--checkout`s (trees of rayprop) the repeats
+alternate between them. Prints one JSON document: per checkout, the sweep's wall
+time, the time to the first trial's start, and per trial its phases (wall seconds,
+one after the other on the trial's thread; the first trial's pool opens on the main
+thread, before the parent run, as `first_pool_s`):
 
-    reserve    waiting for the trial's CPUs (a placement group), on the main thread
     pool       the trial's workers started and holding their rows (or taken from the keeper)
     run        the child MLflow run's start, its params, tags and data set
     training   the coordinator's epochs
     outputs    model files, the pyfunc model, config and files to the run
     end        the run's end (metrics flushed)
-    close      the pool closed (its workers stopped, or kept for the next trial)
+    close      the pool closed (its workers stopped)
+    hand_over  or its workers handed to the keeper for the next trial
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ WRAPS = {
     "experiments.tracking.run_artifacts": ["log_outputs"],
     "experiments.tracking.run": ["TrackedRun.__enter__", "TrackedRun.__exit__"],
     "experiments.sweeps.sweep": ["_train_trial"],
-    "workers.ray_pool": ["RayPool.close"],
+    "workers.ray_pool": ["RayPool.close", "RayPool.hand_over"],
     "cluster.placement": ["Reservation.wait"],
 }
 PHASES = [("pool", "open_pool >", "open_pool <"), ("run", "__enter__ >", "record <"),
           ("training", "coordinate >", "coordinate <"), ("outputs", "coordinate <", "log_outputs <"),
-          ("end", "__exit__ >", "__exit__ <"), ("close", "close >", "close <")]
+          ("end", "__exit__ >", "__exit__ <"), ("close", "close >", "close <"),
+          ("hand_over", "hand_over >", "hand_over <")]
 
 
 def child(argv: list[str], t0: float, out: str) -> None:
@@ -128,7 +132,7 @@ def phases_of(marks: list, wall: float) -> dict:
             "after_main_returned_s": round(wall - main.get("main returned", wall), 3), "trials": trials}
 
 
-def one_sweep(name: str, concurrency: int, extra: list[str]) -> dict:
+def one_sweep(name: str, concurrency: int, extra: list[str], checkout: str) -> dict:
     from sweeps import SWEEP_GRID, SWEEPS  # not in the child: it imports rayprop before the marks are set
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +141,8 @@ def one_sweep(name: str, concurrency: int, extra: list[str]) -> dict:
         out = f"{tmp}/marks.json"
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", repr(t0), out, *argv],
-                              cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": checkout})
         wall = time.time() - t0
         if proc.returncode != 0 or not Path(out).exists():
             return {"error": proc.stderr[-600:]}
@@ -149,20 +154,27 @@ def main() -> None:
     ap.add_argument("--sweep", default="digits-512", choices=["digits-512", "spirals"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--checkout", action="append", default=[],
+                    help="a rayprop tree to run (repeatable; default: this one)")
     ap.add_argument("extra", nargs="*", help="more `rayprop sweep` arguments, after --")
     args = ap.parse_args()
-    runs = []
+    checkouts = args.checkout or [str(Path(__file__).resolve().parents[1])]
+    runs: dict[str, list[dict]] = {c: [] for c in checkouts}
     for r in range(args.repeats):
-        runs.append(one_sweep(args.sweep, args.concurrency, args.extra))
-        print(f"repeat {r + 1}: {runs[-1].get('wall_s', runs[-1].get('error'))}", file=sys.stderr)
-    ok = [x for x in runs if "wall_s" in x]
-    medians = {}
-    for p in [p for p, _, _ in PHASES] + ["span"]:
-        values = [t[p] for x in ok for t in x["trials"].values() if p in t]
-        if values:
-            medians[p] = round(statistics.median(values), 3)
-    print(json.dumps({"sweep": args.sweep, "concurrency": args.concurrency, "extra": args.extra,
-                      "median_trial_phases_s": medians, "runs": runs}, indent=1))
+        for c in checkouts if r % 2 == 0 else checkouts[::-1]:
+            runs[c].append(one_sweep(args.sweep, args.concurrency, args.extra, c))
+            print(f"{c} repeat {r + 1}: {runs[c][-1].get('wall_s', runs[c][-1].get('error'))}", file=sys.stderr)
+    report = {"sweep": args.sweep, "concurrency": args.concurrency, "extra": args.extra, "checkouts": {}}
+    for c, results in runs.items():
+        ok = [x for x in results if "wall_s" in x]
+        medians = {}
+        for p in [p for p, _, _ in PHASES] + ["span"]:
+            values = [t[p] for x in ok for t in x["trials"].values() if p in t]
+            if values:
+                medians[p] = round(statistics.median(values), 3)
+        report["checkouts"][c] = {"median_wall_s": round(statistics.median(x["wall_s"] for x in ok), 3) if ok else None,
+                                  "median_trial_phases_s": medians, "runs": results}
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

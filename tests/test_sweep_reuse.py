@@ -11,7 +11,9 @@ import os
 import threading
 import time
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -23,6 +25,7 @@ from tests.test_sweep_parallel import children_of, trained_alone, with_combo
 from trainer.config import from_dict
 from trainer.coordinator import train as coordinate
 from trainer.model_io import load_model
+from trainer.network import forward
 from trainer.optimizers import make_optimizer
 from workers.actor_keeper import ActorKeeper
 from workers.ray_pool import RayPool
@@ -154,8 +157,24 @@ def test_trials_side_by_side_reuse_the_processes_of_those_that_ended(tmp_path, m
     for r in kids:
         combo = {"train.learning_rate": float(r.data.params["train.learning_rate"]),
                  "model.hidden_activation": r.data.params["model.hidden_activation"]}
-        _, theta, _ = load_model(r.data.tags["rayprop.output"])
+        spec, theta, _ = load_model(r.data.tags["rayprop.output"])
         np.testing.assert_allclose(theta, trained_alone(with_combo(raw, combo), 1), rtol=1e-9, atol=1e-12)
+        # Its node's system metrics, from the sampler actor the sweep's runs share.
+        assert any(k.startswith("system/node-") and k.endswith("/cpu_utilization_percentage")
+                   for k in r.data.metrics), sorted(r.data.metrics)
+        # Its logged model (a copy of the process's one saved pyfunc: model_templates.py)
+        # predicts with its own network, tanh or relu.
+        X = np.random.default_rng(0).standard_normal((5, 4))
+        model = final_model(uri, r)
+        np.testing.assert_allclose(model.predict(pd.DataFrame(X, columns=[f"x{j}" for j in range(4)])).to_numpy(),
+                                   forward(spec, theta, X)[1].T, rtol=1e-12)
+
+
+def final_model(uri: str, run):
+    mlflow.set_tracking_uri(uri)
+    (found,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                           filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'")
+    return mlflow.pyfunc.load_model(f"models:/{found.model_id}")
 
 
 # ---- the keeper and the pool, without a sweep ---------------------------------------------

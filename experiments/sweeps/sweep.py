@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from experiments.jobs import pools
@@ -30,6 +30,7 @@ from experiments.jobs.fit import fit
 from experiments.jobs.job import Job, Options
 from experiments.jobs.output_folder import OutputClaim
 from experiments.jobs.progress import ProgressBar
+from experiments.sweeps import shared_processes as shared
 from experiments.sweeps.in_order import run_in_order
 from experiments.sweeps.results import Result, label, record_best, short_keys, shown, write_results
 from experiments.tracking import stores
@@ -138,7 +139,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
         # Worker processes of a trial that ended go to the next trial of their shape
         # (workers/actor_keeper.py); all stopped before Ray is let go.
-        keeper = None if local else stack.enter_context(_keeping())
+        keeper = None if local else stack.enter_context(shared.keeping())
+        samplers = None if local else stack.enter_context(shared.sampling())  # system metrics' actors, one per node
 
         def shape(i: int) -> tuple:
             return counts[i], children[i][1].cfg.cluster.cpus_per_worker
@@ -201,7 +203,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
                              quiet=opts.quiet or at_once > 1,  # bars side by side would garble
-                             resumed=resume.resumed.get(i) if resume is not None else None)
+                             resumed=resume.resumed.get(i) if resume is not None else None, samplers=samplers)
             except (RunError, InputError) as e:  # opening the pool: no run was started
                 results[i].status = "FAILED"
                 results[i].error = getattr(e, "kind", None) or one_line(e, 80)
@@ -229,21 +231,9 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     return results
 
 
-@contextmanager
-def _keeping():
-    """The sweep's ActorKeeper; every worker it still holds is stopped at the end."""
-    from workers.actor_keeper import ActorKeeper
-
-    keeper = ActorKeeper()
-    try:
-        yield keeper
-    finally:
-        keeper.release_all()
-
-
 def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result, out_dir: Path,
                  experiment_id: str, parent_run_id: str, where: str, kind: str, stop, halving,
-                 quiet: bool, resumed=None) -> None:
+                 quiet: bool, resumed=None, samplers=None) -> None:
     """One child run on its own pool, in the calling thread; the outcome goes into `result`.
     resumed: (its child run, the checkpoint to go on from or None) for a stopped trial."""
     from experiments.tracking import run as tracking
@@ -273,7 +263,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
                 result.summary = done
             else:
                 result.summary = fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
-                                              should_stop=stop, end_early=end_early)
+                                     should_stop=stop, end_early=end_early, samplers=samplers)
             result.stopped_at = result.summary.get("stopped_early_at_epoch")
             if result.stopped_at is not None:
                 run.set_tags({STOPPED_EARLY_TAG: "true", STOPPED_AT_TAG: result.stopped_at})
