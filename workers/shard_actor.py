@@ -80,7 +80,7 @@ class ShardActor:
             self.error, self.data_changed = str(e), isinstance(e, DataChangedError)
 
     def renew(self, task: ShardTask, lo: int, hi: int) -> dict:
-        """Serve another job in this process (a sweep's next trial, workers/kept_actors.py):
+        """Serve another job in this process (a sweep's next trial, workers/actor_keeper.py):
         its rows read fresh from its own source, and nothing of the last job kept (its
         rows, source, plane, exact-sum buffers, test hook); what ready() says after."""
         self.detach()
