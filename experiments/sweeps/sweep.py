@@ -114,9 +114,12 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     trained again, its stopped ones go on in their own runs."""
     from experiments.jobs.interrupts import StopFlag, ThreadStop
     from experiments.sweeps.early_stopping import SuccessiveHalving
-    from experiments.tracking import run as tracking
 
     local = opts.local
+    if not local:  # MLflow's imports (seconds) in a thread while Ray starts, as `rayprop train` does
+        from experiments.jobs.overlap import warm_up
+
+        warm_up(plot=any(job.spec.layers[0] == 2 for _, job in children))
     counts = [_workers(opts.workers, job, local) for _, job in children]
     cpus = [n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children)]
     results = [Result(combo) for combo, _ in children]
@@ -165,6 +168,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         first_pool = [pools.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
             if todo else []
         stack.callback(lambda: first_pool and first_pool[0].close())
+        from experiments.tracking import run as tracking  # once the rows are checked (warmed up meanwhile)
+
         if resume is None:
             experiment_id = tracking.open_experiment(uri, cfg.experiment)
         else:
