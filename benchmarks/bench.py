@@ -7,13 +7,15 @@ stderr). Each job is its own small file and runs alone too:
                --cpu-clock (one thread each, its CPU time); --smoke
     jobs.py    whole `rayprop train` jobs from process start, beside a Ray Train script
     resize.py  the steps at whose boundary a pool grows or shrinks
-    sweeps.py  whole sweeps, trials one at a time against side by side
+    sweeps.py  whole sweeps, trials one at a time against side by side; or against Ray
+               Tune running the same trials (tune_sweep.py), alternating
     core.py    what they share: workloads, rounding, the machine's load, JSON out
 
     python benchmarks/bench.py [--workloads W-tiny,W-mnist] [--modes local,ray1,ray2,...]
                                [--repeats 6] [--job] [--resize] [--profile] [--cpu-clock]
     python benchmarks/bench.py --workloads W-mnist --modes local,numpy,torch --cpu-clock
     python benchmarks/bench.py --sweep [--sweep-concurrency 2]
+    python benchmarks/bench.py --sweep-vs-tune [--repeats 3]       # = sweeps.py --against-tune
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ def main(argv=None):
     ap.add_argument("--resize", action="store_true", help="also time a grow and a shrink at a step boundary")
     ap.add_argument("--sweep", action="store_true", help="only time a 6-trial sweep, sequential against parallel")
     ap.add_argument("--sweep-concurrency", type=int, default=CPUS, help="trials at once in the parallel sweep")
+    ap.add_argument("--sweep-vs-tune", action="store_true",
+                    help="only time the sweeps as `rayprop sweep` and as Ray Tune, alternating")
     args = ap.parse_args(argv)
+    if args.sweep_vs_tune:
+        return emit(sweeps.report_against_tune(args.sweep_concurrency, args.repeats, list(sweeps.SWEEPS)))
     if args.sweep:
         return emit(sweeps.report(args.sweep_concurrency, args.repeats))
     report = steps.workloads(ap, args)

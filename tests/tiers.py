@@ -63,6 +63,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_outbox_race": (SERVER,),  # an `mlflow server` behind a gate that holds log-batch calls
     "test_sweep_parallel": (RAY, SLOW),
     "test_sweep_worker_loss": (RAY,),
+    "test_sweep_reuse": (RAY, SLOW),  # sweeps whose trials reuse worker processes, on a local Ray: ~1 min
     "test_uris": (RAY, SERVER),
     "test_worker_loss": (RAY,),
 }

@@ -113,10 +113,14 @@ class Launching(PoolState):
         return ranges, [None if i is None else keep[i] for i in takers]
 
     def _start_missing(self, ranges, takers) -> dict:
-        """New actors for the ranges no current actor takes: {index: (actor, ready ref)}."""
+        """New actors for the ranges no current actor takes, or kept ones renewed over them
+        (RayPool's `kept`): {index: (actor, ready ref)}."""
         started = {}
         for j, taker in enumerate(takers):
-            if taker is None:
+            if taker is None and self._kept:  # a process of an earlier pool: over these rows now
+                actor = self._kept.pop(0)
+                started[j] = (actor, actor.renew.remote(self._task, *ranges[j]))
+            elif taker is None:
                 actor = self._start(*ranges[j])
                 started[j] = (actor, actor.ready.remote())
         return started

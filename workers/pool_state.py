@@ -21,6 +21,7 @@ class PoolState:
     _task: ShardTask
     _cpus: int
     _here: str | None  # the driver's node (None through Ray Client: on no node)
+    _kept: list  # live actors of an earlier pool, taken before new ones are started
     _n_train: int  # training rows over all workers: the same after every reshard
     _n_val: int
     actors: list  # by rank

@@ -65,14 +65,16 @@ GROW_CHECK_SECONDS = 5.0  # how often a pool that may grow asks Ray for free CPU
 
 class RayPool(Recovery, Growth):
     def __init__(self, task: ShardTask, cluster: ClusterConfig, workers: int | str, max_failures: int,
-                 strategy="SPREAD", placement_timeout: float | None = None):
+                 strategy="SPREAD", placement_timeout: float | None = None, kept: list | None = None):
         """cluster: the config's cluster section, whole (cpus_per_worker, data_plane,
         min_workers, max_workers, replace_seconds, hang_seconds).
         workers: how many to start; or "auto": as many as the cluster's free CPUs allow
         (at least min_workers, at most max_workers), growing when CPUs become free. A
         fixed count never grows (a pool in a placement group must not outgrow it).
         max_failures: workers that may be lost over the pool's life (train.max_worker_failures).
-        placement_timeout: for a lost worker's replacement to start (default cluster.replace_seconds)."""
+        placement_timeout: for a lost worker's replacement to start (default cluster.replace_seconds).
+        kept: live ShardActors of an earlier pool (workers/actor_keeper.py) to take as workers
+        before starting new ones: each is renewed over its rows (read fresh, nothing kept)."""
         self._actor = ray.remote(ShardActor).options(num_cpus=cluster.cpus_per_worker,
                                                      scheduling_strategy=strategy)
         self._task, self._cpus = task, cluster.cpus_per_worker
@@ -107,6 +109,7 @@ class RayPool(Recovery, Growth):
         self.actors, self.info, self.ranges = [], [], []
         # The driver's node (None through Ray Client: on no node).
         self._here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
+        self._kept = list(kept or [])
         self.transport = make_transport(cluster.data_plane, task.spec, self.waits, self.traffic, self._here,
                                         task.plan.exact)
         try:
@@ -123,6 +126,10 @@ class RayPool(Recovery, Growth):
         except BaseException:
             self.close()
             raise
+        finally:
+            for actor in self._kept:  # more kept than this pool takes
+                ray.kill(actor, no_restart=True)
+            self._kept = []
 
     @property
     def num_nodes(self) -> int:
@@ -194,6 +201,14 @@ class RayPool(Recovery, Growth):
         # passes over a batch: the rows' ratio is a generous measure.
         return self.waits.eval_bound.seconds(self.waits.step_bound,
                                              max(1.0, self._n_val / self._task.plan.batch_size))
+
+    def hand_over(self) -> list:
+        """The workers, for another pool to take (workers/actor_keeper.py), not stopped:
+        their planes unwired; this pool holds none after."""
+        self._drop_joining()
+        self.transport.unwire()
+        actors, self.actors = self.actors, []
+        return actors
 
     def close(self) -> None:
         self._drop_joining()

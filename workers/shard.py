@@ -71,6 +71,11 @@ class ShardWorker:
         # computed, inside the timed compute (tests/test_rebalance.py forces a straggler).
         self.delay_per_row = 0.0
 
+    def close(self) -> None:
+        """Stop the block threads (float32 on several CPUs); the arrays go with the object."""
+        if self._blocks is not None:
+            self._blocks.close()
+
     @property
     def n_train(self) -> int:
         return self.X.shape[0]

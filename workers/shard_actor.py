@@ -61,7 +61,13 @@ class ShardActor:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cpus)  # BLAS threads = the CPUs Ray reserved for this actor
-        self.task, self.lo, self.hi, self.error, self.cpus = task, lo, hi, None, cpus
+        self.cpus = cpus
+        self._hold(task, lo, hi)
+
+    def _hold(self, task: ShardTask, lo: int, hi: int) -> None:
+        """Everything the actor holds for a job, made anew: its rows read from the
+        task's source, no plane, no test hook."""
+        self.task, self.lo, self.hi, self.error = task, lo, hi, None
         self.data_changed = False  # the error is a file that differs from the job's fingerprint
         self.rows_read = hi - lo  # by the last (re)opening of its range
         self.peer: PlanePeer | None = None  # this worker's side of its node's plane
@@ -69,9 +75,20 @@ class ShardActor:
         self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
         try:
             self.source = task.open_source()
-            self.worker = task.open(lo, hi, self.source, threads=cpus)  # float32 blocks on its CPUs
+            self.worker = task.open(lo, hi, self.source, threads=self.cpus)  # float32 blocks on its CPUs
         except InputError as e:  # reported by ready(), so the driver can exit 2 with it
             self.error, self.data_changed = str(e), isinstance(e, DataChangedError)
+
+    def renew(self, task: ShardTask, lo: int, hi: int) -> dict:
+        """Serve another job in this process (a sweep's next trial, workers/actor_keeper.py):
+        its rows read fresh from its own source, and nothing of the last job kept (its
+        rows, source, plane, exact-sum buffers, test hook); what ready() says after."""
+        self.detach()
+        if getattr(self, "worker", None) is not None:
+            self.worker.close()
+        self.worker = self.source = None  # the last job's arrays go before the new ones are read
+        self._hold(task, lo, hi)
+        return self.ready()
 
     def ready(self) -> dict:
         """What this actor holds, and where; or the input error it met."""

@@ -36,7 +36,7 @@ from trainer.param_hash import param_hash
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
         resume: Checkpoint | None = None, should_stop=None, end_early=None, output=None,
-        trained=None) -> dict:
+        trained=None, samplers=None) -> dict:
     """Train `job` on `pool` inside the MLflow run `run` (from checkpoint `resume` if
     given), checkpointing into out_dir/checkpoints; then write the model files and
     summary.json. Returns the summary.
@@ -45,7 +45,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     naming the last good checkpoint. `output`: the output's claim (output_folder.py,
     output_uri.py); a URI's copies each checkpoint and the model files there from
     out_dir, its staging folder. `trained()`: called once training is over and the pool
-    is no longer needed (`train` shuts Ray down meanwhile: jobs/overlap.py)."""
+    is no longer needed (`train` shuts Ray down meanwhile: jobs/overlap.py). `samplers`:
+    the nodes' system-metrics actors shared by a sweep's runs (None: the run's own)."""
     from experiments.tracking.metrics import PARAM_HASH_TAG
     from experiments.tracking.run_artifacts import log_outputs
 
@@ -70,7 +71,7 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     remote = isinstance(pool, RemotePool)
     # CPU, memory, network per node, beside training (not for a Ray Client job: its
     # coordinator runs in the cluster, not here).
-    nodes = None if remote else NodeMetrics.start(pool, run.metrics.outbox.put)
+    nodes = None if remote else NodeMetrics.start(pool, run.metrics.outbox.put, samplers=samplers)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             drive = pool.coordinate if remote else functools.partial(coordinate, pool)

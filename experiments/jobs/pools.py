@@ -61,11 +61,13 @@ def cpus_needed(cfg: Config, workers: int | str) -> int:
     return (cfg.cluster.min_workers if workers == "auto" else workers) * cfg.cluster.cpus_per_worker
 
 
-def open_pool(job: Job, workers: int | str, local: bool, strategy=None):
+def open_pool(job: Job, workers: int | str, local: bool, strategy=None, kept=None):
     """The job's pool, which `train` and `sweep` both use: in-process shard workers
     (local mode; "auto" is one) or Ray actors on the connected Ray, configured by the
     job's config whole; `strategy` places the actors (a sweep trial's placement group),
-    default SPREAD. Opening it reads every row (bad data: InputError). The caller closes it."""
+    default SPREAD; `kept`: worker processes of an earlier pool to take first (a sweep's,
+    workers/actor_keeper.py). Opening it reads every row (bad data: InputError). The
+    caller closes it."""
     if local:
         from workers.local_pool import LocalPool
 
@@ -74,7 +76,8 @@ def open_pool(job: Job, workers: int | str, local: bool, strategy=None):
 
     if strategy is None:
         return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures)
-    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures, strategy=strategy)
+    return RayPool(job.task, job.cfg.cluster, workers, job.cfg.train.max_worker_failures, strategy=strategy,
+                   kept=kept)
 
 
 def describe(job: Job, pool, where: str) -> str:

@@ -30,6 +30,7 @@ from experiments.jobs.fit import fit
 from experiments.jobs.job import Job, Options
 from experiments.jobs.output_folder import OutputClaim
 from experiments.jobs.progress import ProgressBar
+from experiments.sweeps import shared_processes as shared
 from experiments.sweeps.in_order import run_in_order
 from experiments.sweeps.results import Result, label, record_best, short_keys, shown, write_results
 from experiments.tracking import stores
@@ -64,9 +65,10 @@ class SweepStopped(Stopped):
 
 
 class _InProcess:
-    """The slot of a trial in local mode: nothing to reserve."""
+    """The slot of a trial in local mode: nothing to reserve, no worker processes."""
 
     strategy = None
+    actors: list = []
 
     def release(self) -> None:
         pass
@@ -112,9 +114,12 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
     trained again, its stopped ones go on in their own runs."""
     from experiments.jobs.interrupts import StopFlag, ThreadStop
     from experiments.sweeps.early_stopping import SuccessiveHalving
-    from experiments.tracking import run as tracking
 
     local = opts.local
+    if not local:  # MLflow's imports (seconds) in a thread while Ray starts, as `rayprop train` does
+        from experiments.jobs.overlap import warm_up
+
+        warm_up(plot=any(job.spec.layers[0] == 2 for _, job in children))
     counts = [_workers(opts.workers, job, local) for _, job in children]
     cpus = [n * job.cfg.cluster.cpus_per_worker for n, (_, job) in zip(counts, children)]
     results = [Result(combo) for combo, _ in children]
@@ -135,15 +140,27 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             conn = pools.connect_ray(address, need, stack)
             where, kind = pools.where(conn), conn.kind
         at_once = _at_once(cap, max(len(todo), 1), local, max(cpus))
+        # Worker processes of a trial that ended go to the next trial of their shape
+        # (workers/actor_keeper.py); all stopped before Ray is let go.
+        keeper = None if local else stack.enter_context(shared.keeping())
+        samplers = None if local else stack.enter_context(shared.sampling())  # system metrics' actors, one per node
+
+        def shape(i: int) -> tuple:
+            return counts[i], children[i][1].cfg.cluster.cpus_per_worker
 
         def reserve(i: int, give_up=lambda: False):
             if local:
                 return _InProcess()
             from cluster.placement import Reservation
+            from workers.actor_keeper import Kept
 
+            kept = keeper.take(shape(i))
+            if kept is not None:  # CPUs and workers of a trial that ended
+                return kept
+            keeper.release_all()  # workers kept for another shape would hold CPUs this one waits for
             slot = Reservation(counts[i], children[i][1].cfg.cluster.cpus_per_worker,
                                name=f"rayprop-sweep-{os.getpid()}-trial-{i + 1}")
-            return slot if slot.wait(give_up) else None
+            return Kept(shape(i), slot) if slot.wait(give_up) else None
 
         # The first trial's pool reads every row before the parent run exists: bad data is exit 2.
         first_slot = reserve(first) if todo else _InProcess()
@@ -151,6 +168,8 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
         first_pool = [pools.open_pool(children[first][1], counts[first], local, first_slot.strategy)] \
             if todo else []
         stack.callback(lambda: first_pool and first_pool[0].close())
+        from experiments.tracking import run as tracking  # once the rows are checked (warmed up meanwhile)
+
         if resume is None:
             experiment_id = tracking.open_experiment(uri, cfg.experiment)
         else:
@@ -185,11 +204,11 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             pool = first_pool.pop() if i == first else None
             try:
                 if pool is None:
-                    pool = pools.open_pool(job, counts[i], local, slot.strategy)
+                    pool = pools.open_pool(job, counts[i], local, slot.strategy, kept=slot.actors)
                 _train_trial(i, len(children), combo, job, pool, results[i], run_dir(out_root, i),
                              experiment_id, parent.run_id, where, kind, trial_stop, halving,
                              quiet=opts.quiet or at_once > 1,  # bars side by side would garble
-                             resumed=resume.resumed.get(i) if resume is not None else None)
+                             resumed=resume.resumed.get(i) if resume is not None else None, samplers=samplers)
             except (RunError, InputError) as e:  # opening the pool: no run was started
                 results[i].status = "FAILED"
                 results[i].error = getattr(e, "kind", None) or one_line(e, 80)
@@ -198,9 +217,14 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
             finally:
                 if halving is not None:
                     halving.end(i)
-                if pool is not None:
-                    pool.close()
-                slot.release()
+                # Only a trial that ended well hands its workers on; a failed or stopped
+                # one may leave a broken worker behind, and is stopped with its pool.
+                if pool is not None and keeper is not None and results[i].status == "FINISHED" and not stop():
+                    keeper.keep(shape(i), slot.slot, pool.hand_over())
+                else:
+                    if pool is not None:
+                        pool.close()
+                    slot.release()
 
         run_in_order(len(todo), at_once, lambda k: first_slot if k == 0 else reserve(todo[k], stop),
                      lambda k, slot: work(todo[k], slot), stop)
@@ -214,7 +238,7 @@ def run(cfg: Config, children: list[tuple[dict, Job]], out_root: Path, uri: str,
 
 def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result, out_dir: Path,
                  experiment_id: str, parent_run_id: str, where: str, kind: str, stop, halving,
-                 quiet: bool, resumed=None) -> None:
+                 quiet: bool, resumed=None, samplers=None) -> None:
     """One child run on its own pool, in the calling thread; the outcome goes into `result`.
     resumed: (its child run, the checkpoint to go on from or None) for a stopped trial."""
     from experiments.tracking import run as tracking
@@ -244,7 +268,7 @@ def _train_trial(i: int, count: int, combo: dict, job: Job, pool, result: Result
                 result.summary = done
             else:
                 result.summary = fit(job, pool, run, out_dir, [bar], kind, resume=ckpt,
-                                              should_stop=stop, end_early=end_early)
+                                     should_stop=stop, end_early=end_early, samplers=samplers)
             result.stopped_at = result.summary.get("stopped_early_at_epoch")
             if result.stopped_at is not None:
                 run.set_tags({STOPPED_EARLY_TAG: "true", STOPPED_AT_TAG: result.stopped_at})

@@ -14,9 +14,10 @@ would grow with every checkpoint of a long run. The coordinator already holds th
 step's points (MetricLogger.points_at), so this module does the same steps as
 `log_model` (create the model, save the pyfunc, upload, link to the run as an
 output, finalize) and logs those points with the model's id. MLflow saves the
-first model of a run (its signature inferred from an input example: it loads and
-runs the model for that); the later ones are copies of it with their own weights
-and identity, so none pays that again.
+first model of its kind in the process (its signature inferred from an input
+example: it loads and runs the model for that; model_templates.py); the later ones,
+of this run and of a sweep's other runs, are copies of it with their own weights and
+identity, so none pays that again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.models import Model
 
 import trainer
+from experiments.tracking import model_templates
 from trainer.model_io import save_model
 
 FINAL_NAME = "model"  # the final model's name (and artifact name), as before
@@ -59,7 +61,6 @@ class ModelLogger:
         dataset: (name, digest) of the run's input data set, for the linked metrics."""
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.params, self.dataset = params or {}, dataset
-        self._tmp = tempfile.TemporaryDirectory(prefix="rayprop-pyfunc-")  # removed with this logger
         self._template: Path | None = None
         self._lock = threading.Lock()
 
@@ -87,21 +88,26 @@ class ModelLogger:
         return model.model_id
 
     def _save(self, path: Path, network: Path, model, example) -> None:
-        """The pyfunc model's folder at `path`: saved by MLflow the first time (signature
-        from `example`), then copied with the network's files and the MLmodel's identity
-        (model id, run, time) replaced. (The outbox's thread logs checkpoints while the
-        main thread logs the final model: one template, made under a lock.)"""
+        """The pyfunc model's folder at `path`: saved by MLflow the first time in the
+        process for its kind (signature from `example`; model_templates.py), then
+        copied with the network's files and the MLmodel's identity (model id, run,
+        time) replaced. (The outbox's thread logs checkpoints while the main thread
+        logs the final model: one template, made under a lock.)"""
         with self._lock:
             if self._template is None:
-                template = Path(self._tmp.name) / "template"
-                with _no_requirement_check():
-                    mlflow.pyfunc.save_model(
-                        str(template), python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
-                        code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
-                        signature=signature_of(network, example), pip_requirements=requirements())
-                for cache in template.rglob("__pycache__"):
-                    shutil.rmtree(cache, ignore_errors=True)
-                self._template = template
+                signature = signature_of(network, example)
+
+                def save(template: Path) -> None:
+                    with _no_requirement_check():
+                        mlflow.pyfunc.save_model(
+                            str(template), python_model=str(PYFUNC_CODE), artifacts={"network": str(network)},
+                            code_paths=[str(Path(trainer.__file__).parent)], input_example=example,
+                            signature=signature, pip_requirements=requirements())
+                    for cache in template.rglob("__pycache__"):
+                        shutil.rmtree(cache, ignore_errors=True)
+
+                # One per kind of model in the process: a sweep's trials share it (model_templates.py).
+                self._template = model_templates.shared(model_templates.key(signature, example, network), save)
         shutil.copytree(self._template, path)
         meta = Model.load(str(path / MLMODEL))
         # where MLflow put the "network" artifact in the model (artifacts/<its folder's name>)

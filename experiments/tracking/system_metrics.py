@@ -17,6 +17,12 @@ Ray, is its own machine's sample: no actor); the points go through the run's out
 metric (a slow or dead store costs training nothing). At the end one last sample
 of each node, so even a short job has one. The step never waits for any of it:
 a node's sample is a psutil call in another process every SAMPLE_SECONDS.
+
+A sweep's runs share their nodes' actors (NodeSamplers): each would otherwise start
+a Ray worker process per node (Python, Ray and psutil imported: about a second of CPU
+on the machine its trials train on) and stop it at its end. A run's network figures
+count from its own first sample of the node, as with an actor of its own; a node's
+CPU figure is the node's utilization since the last sample any run took of it.
 """
 
 from __future__ import annotations
@@ -57,18 +63,20 @@ class NodeMetrics:
     """The sampling thread of one run: `start(pool, put)`, then `stop()` (idempotent).
     put(points): where the points go (the run's outbox)."""
 
-    def __init__(self, pool, put, seconds: float = SAMPLE_SECONDS):
+    def __init__(self, pool, put, seconds: float = SAMPLE_SECONDS, samplers: NodeSamplers | None = None):
+        """samplers: the nodes' actors, shared with other runs (a sweep's); None: its own."""
         self.pool, self.put, self.seconds = pool, put, seconds
         self.here = Sampler()
-        self.actors: dict[str, object] = {}  # Ray node id -> its sampler actor
+        self.samplers, self._own = (samplers, False) if samplers is not None else (NodeSamplers(), True)
+        self.network0: dict[str, tuple[float, float]] = {}  # per node: its totals at this run's first sample
         self.own_node: str | None = None  # the Ray node this process runs on
         self.step = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayprop-system-metrics", daemon=True)
 
     @classmethod
-    def start(cls, pool, put, seconds: float = SAMPLE_SECONDS) -> NodeMetrics:
-        metrics = cls(pool, put, seconds)
+    def start(cls, pool, put, seconds: float = SAMPLE_SECONDS, samplers: NodeSamplers | None = None) -> NodeMetrics:
+        metrics = cls(pool, put, seconds, samplers)
         metrics._thread.start()
         return metrics
 
@@ -112,20 +120,23 @@ class NodeMetrics:
             self.own_node = ray.get_runtime_context().get_node_id()
         out = {node_label(node): here for node in nodes if node == self.own_node}
         nodes = [node for node in nodes if node != self.own_node]
-        for node in nodes:
-            if node not in self.actors:
-                self.actors[node] = _actor_on(node)
-        refs = {node: self.actors[node].sample.remote() for node in nodes}
+        refs = {node: self.samplers.of(node).sample.remote() for node in nodes}
         if not refs:
             return out
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=wait)
         for node, ref in refs.items():
             if ref in ready:
                 try:
-                    out[node_label(node)] = ray.get(ref)
+                    out[node_label(node)] = self._since_first(node, ray.get(ref))
                 except Exception:  # its actor died (its node went): a new one next time
-                    self.actors.pop(node, None)
+                    self.samplers.drop(node)
         return out
+
+    def _since_first(self, node: str, sample: dict[str, float]) -> dict[str, float]:
+        """The network counts from this run's first sample of the node (the actor may be older)."""
+        keys = ("network_receive_megabytes", "network_transmit_megabytes")
+        first = self.network0.setdefault(node, tuple(sample[k] for k in keys))
+        return {**sample, **{k: sample[k] - v for k, v in zip(keys, first)}}
 
     def stop(self) -> None:
         """The last sample of every node (each node's within ANSWER_SECONDS), then the
@@ -138,15 +149,38 @@ class NodeMetrics:
             self.tick()
         except Exception:
             pass
-        if self.actors:
+        if self._own:
+            self.samplers.close()
+
+
+class NodeSamplers:
+    """One sampler actor per node, made on first use; close() stops them."""
+
+    def __init__(self):
+        self.actors: dict[str, object] = {}  # Ray node id -> its sampler actor
+        self._lock = threading.Lock()  # a sweep's runs sample from threads of their own
+
+    def of(self, node_id: str):
+        with self._lock:
+            if node_id not in self.actors:
+                self.actors[node_id] = _actor_on(node_id)
+            return self.actors[node_id]
+
+    def drop(self, node_id: str) -> None:
+        with self._lock:
+            self.actors.pop(node_id, None)
+
+    def close(self) -> None:
+        with self._lock:
+            actors, self.actors = list(self.actors.values()), {}
+        if actors:
             import ray
 
-            for actor in self.actors.values():
+            for actor in actors:
                 try:
                     ray.kill(actor)
                 except Exception:
                     pass
-            self.actors.clear()
 
 
 _SAMPLER_ACTOR = None  # the actor class, made once (Ray registers each class it is given)
