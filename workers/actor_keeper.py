@@ -22,6 +22,7 @@ stopped are never kept (their pool stops them). Everything kept is stopped by
 from __future__ import annotations
 
 import threading
+from typing import Any
 from dataclasses import dataclass, field
 
 import ray
@@ -35,7 +36,7 @@ class Kept:
     that holds their CPUs."""
 
     shape: tuple
-    slot: object
+    slot: Any  # a placement reservation (cluster/placement.py, which workers/ may not import)
     actors: list = field(default_factory=list)
 
     @property

@@ -86,7 +86,8 @@ class ShardActor:
         self.detach()
         if getattr(self, "worker", None) is not None:
             self.worker.close()
-        self.worker = self.source = None  # the last job's arrays go before the new ones are read
+        for held in ("worker", "source"):  # the last job's arrays go before the new ones are read
+            self.__dict__.pop(held, None)
         self._hold(task, lo, hi)
         return self.ready()
 
