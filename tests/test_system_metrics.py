@@ -100,7 +100,7 @@ def test_the_coordinators_own_node_is_sampled_in_its_process():
         pool = type("Pool", (), {"info": [{"node_id": own}, {"node_id": own}]})()
         metrics = NodeMetrics(pool, points.extend)
         metrics.tick()
-        actors = dict(metrics.actors)
+        actors = dict(metrics.samplers.actors)
     assert actors == {}
     got = {m.key: m.value for m in points}
     for key in KEYS:
