@@ -196,10 +196,11 @@ def test_resume_on_another_worker_count_is_bitwise(tmp_path):
     assert np.array_equal(theta2, ref)
 
 
-def test_exact_sums_by_default_where_blocks_are_large_and_rows_move_only_where_the_weights_stay(tmp_path):
-    """train.exact_sums "auto" turns them on when a step's blocks hold 512 examples or more
-    on average in a network that keeps examples as rows (trainer/exact_sum.py: elsewhere a
-    step costs more). A float32 job without them
+def test_exact_sums_off_by_default_auto_where_blocks_are_large_and_rows_move_only_where_the_weights_stay(
+        tmp_path):
+    """train.exact_sums is off by default (README: Speed); "auto" turns them on when a
+    step's blocks hold 512 examples or more on average in a network that keeps examples
+    as rows (trainer/exact_sum.py: elsewhere a step costs more). A float32 job without them
     adds its sums in rank order, and no straggler rebalancing moves its rows (each move
     would change its last bits); float64, or exact sums, may move them."""
     from trainer.batches import EXACT_AUTO_MIN_EXAMPLES
@@ -210,7 +211,9 @@ def test_exact_sums_by_default_where_blocks_are_large_and_rows_move_only_where_t
     plain = training.prepare(from_dict(config(path, "adam", 64, dtype="float32")))
     exact = training.prepare(from_dict(config(path, "adam", 64, dtype="float32", exact_sums=True)))
     wide = training.prepare(from_dict(config(path, "adam", 64, dtype="float64")))
-    assert plain.cfg.train.exact_sums == "auto"
+    assert plain.cfg.train.exact_sums is False
+    auto = training.prepare(from_dict(config(path, "adam", 64, dtype="float32", exact_sums="auto")))
+    assert not auto.plan.exact  # 64-example batches: blocks of 8
     assert not plain.plan.exact and exact.plan.exact
     assert not keeps_weights(plain.task) and keeps_weights(exact.task) and keeps_weights(wide.task)
     assert LocalPool.open(plain.task, 3, plain.source, rebalance_seconds=5).balance is None

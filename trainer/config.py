@@ -110,10 +110,13 @@ class TrainConfig:
     # blocks, so this is also the most workers a job can use.
     blocks: int = ranged(DEFAULT_BLOCKS, lo=1, hi=MAX_WORKERS)
     # float32 sums taken per block and added exactly: the weights do not depend on the
-    # worker count, bit for bit (README: The math). "auto": on where it costs little, when
-    # a step's blocks hold 512 examples or more on average in a network of 256 inputs or
-    # more (trainer/exact_sum.exact_by_default); float64 runs agree to 1e-9 either way.
-    exact_sums: bool | Literal["auto"] = "auto"
+    # worker count, bit for bit (README: The math). "auto": on where a one-CPU worker's
+    # exact step costs 5% or less, when a step's blocks hold 512 examples or more on
+    # average in a network of 256 inputs or more (trainer/exact_sum.exact_by_default).
+    # Off by default: with 2 CPUs a worker (local mode) W-wide's step costs 1.15x, and
+    # W-mnist's and W-tiny's 1.3-1.8x anywhere (README: Speed). float64 runs agree to
+    # 1e-9 either way.
+    exact_sums: bool | Literal["auto"] = False
     # Where the model files, summary.json and checkpoints go: a folder or a URI (s3://, gs://,
     # file://, ... as data.source); None: runs/EXPERIMENT-TIMESTAMP. --output wins.
     output: str | None = None
