@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_submit_lines": (SLOW,),  # job_python.sh under real Python parents
     "test_sweep_resume": (SLOW,),
     "test_ui_stop": (SERVER, SLOW),
+    "test_ui_new_store": (SERVER, SLOW),
     "test_cluster_readme": (RAY, SERVER, SLOW),
     "test_elastic": (RAY, SLOW),
     "test_listeners": (RAY,),

@@ -22,7 +22,8 @@ import urllib.request
 from contextlib import contextmanager
 
 from experiments.jobs.signal_handlers import SignalHandlers
-from experiments.tracking.stores import experiment_page, experiments_with_runs, is_server, redact, sqlite_path
+from experiments.tracking.stores import (experiment_page, experiments_with_runs, is_server, redact, sqlite_path,
+                                         start_from_template)
 from trainer.errors import InputError
 
 START_SECONDS = 120  # a first start on a new sqlite file creates its tables (several seconds)
@@ -162,6 +163,9 @@ def ui(uri: str, host: str, port: int) -> int:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         print(f"rayprop ui: {db} does not exist yet: no runs were logged here", file=sys.stderr)
+        # Made whole now, as a job makes it: a server making it migrates it for seconds, and
+        # a job started meanwhile would migrate the same file too (MLflow then fails the job).
+        start_from_template(uri)
     # One worker: the UI serves one person, and the machine is busy training.
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]
