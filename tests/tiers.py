@@ -50,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_sweep_resume": (SLOW,),
     "test_ui_stop": (SERVER, SLOW),
     "test_ui_new_store": (SERVER, SLOW),
+    "test_worker_warnings": (RAY,),  # one job on a local Ray: ~15 s
     "test_cluster_readme": (RAY, SERVER, SLOW),
     "test_elastic": (RAY, SLOW),
     "test_listeners": (RAY,),

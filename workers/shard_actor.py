@@ -25,6 +25,10 @@ from workers.plane_peer import PlanePeer
 from workers.shard import ShardTask
 
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
+# A diverging step overflows in the worker: the coordinator sees the NaN and ends the
+# job with its one line (as experiments/jobs/fit.py does in local mode); numpy's warnings
+# would reach the console besides it through Ray's log forwarding.
+QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
 
 
 def plane_layout(spec, exact: bool) -> tuple[int, object]:
@@ -129,25 +133,29 @@ class ShardActor:
 
     # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> ShardSums:
-        return self.worker.gradient_sums(theta, epoch, k, scales=scales)
+        with np.errstate(**QUIET):
+            return self.worker.gradient_sums(theta, epoch, k, scales=scales)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
-        return self.worker.evaluate_sums(theta)
+        with np.errstate(**QUIET):
+            return self.worker.evaluate_sums(theta)
 
     # --- the shared-memory plane ---
     def _step(self, theta, epoch, k, out):
         """A step from the plane's buffers: theta (and after it a float32 step's scale
         exponents) in, the sums (and after them the per-tensor maxima) out."""
         P = self.worker.spec.size
-        if self.worker.exact:
-            s = self.worker.gradient_sums(theta[:P], epoch, k, out[:P], scales=theta[P:])
-            out[P:] = s.block_max
-        else:
-            s = self.worker.gradient_sums(theta, epoch, k, out)
+        with np.errstate(**QUIET):  # in the plane's thread too: numpy's error state is per thread
+            if self.worker.exact:
+                s = self.worker.gradient_sums(theta[:P], epoch, k, out[:P], scales=theta[P:])
+                out[P:] = s.block_max
+            else:
+                s = self.worker.gradient_sums(theta, epoch, k, out)
         return s.n, s.loss_sum, s.compute_seconds
 
     def _evaluate(self, theta):
-        e = self.worker.evaluate_sums(theta[:self.worker.spec.size])
+        with np.errstate(**QUIET):
+            e = self.worker.evaluate_sums(theta[:self.worker.spec.size])
         return e.n, e.loss_sum, e.correct, e.count
 
     def attach(self, ticket: tuple[str, str], slot: int) -> None:
