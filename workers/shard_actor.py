@@ -28,7 +28,8 @@ ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memor
 # A diverging step overflows in the worker: the coordinator sees the NaN and ends the
 # job with its one line (as experiments/jobs/fit.py does in local mode); numpy's warnings
 # would reach the console besides it through Ray's log forwarding.
-QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
+def quiet():
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def plane_layout(spec, exact: bool) -> tuple[int, object]:
@@ -133,11 +134,11 @@ class ShardActor:
 
     # --- the object-store path, and validation ---
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, scales=None) -> ShardSums:
-        with np.errstate(**QUIET):
+        with quiet():
             return self.worker.gradient_sums(theta, epoch, k, scales=scales)
 
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
-        with np.errstate(**QUIET):
+        with quiet():
             return self.worker.evaluate_sums(theta)
 
     # --- the shared-memory plane ---
@@ -145,7 +146,7 @@ class ShardActor:
         """A step from the plane's buffers: theta (and after it a float32 step's scale
         exponents) in, the sums (and after them the per-tensor maxima) out."""
         P = self.worker.spec.size
-        with np.errstate(**QUIET):  # in the plane's thread too: numpy's error state is per thread
+        with quiet():  # in the plane's thread too: numpy's error state is per thread
             if self.worker.exact:
                 s = self.worker.gradient_sums(theta[:P], epoch, k, out[:P], scales=theta[P:])
                 out[P:] = s.block_max
@@ -154,7 +155,7 @@ class ShardActor:
         return s.n, s.loss_sum, s.compute_seconds
 
     def _evaluate(self, theta):
-        with np.errstate(**QUIET):
+        with quiet():
             e = self.worker.evaluate_sums(theta[:self.worker.spec.size])
         return e.n, e.loss_sum, e.correct, e.count
 
