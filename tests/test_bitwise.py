@@ -239,3 +239,19 @@ def test_a_workers_blocks_split_into_consecutive_groups_of_about_equal_members()
         assert all(i < j for i, j in parts) and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert split_runs(runs, 2) == [(0, 3), (3, 5)]  # a group ends with the run that reaches its share (30 of 60)
     assert split_runs([(7, 0, 5)], 2) == [(0, 1)]
+
+
+def test_block_threads_compute_quietly_like_their_callers():
+    """A diverging step overflows inside the block threads; numpy's error state is per
+    thread, so without their own quiet one each thread printed RuntimeWarnings beside
+    the coordinator's one 'diverged' line."""
+    import warnings
+
+    X, Y = data(MNIST_LIKE, 600)
+    plan = BatchPlan(600, 512, seed=3)
+    pool = pool_of(MNIST_LIKE, plan, [8], X, Y, threads=2)
+    theta = np.full(pool.spec.size, 1e30, np.float32)  # every product overflows
+    with warnings.catch_warnings(record=True) as seen, np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("always")
+        pool.gradient_sums(theta, 0, 0, scales=np.zeros(6, np.int64))
+    assert not [w for w in seen if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in seen]

@@ -16,6 +16,7 @@ and are added in float64: exact, so the worker's total does not depend on the or
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -93,6 +94,15 @@ class BlockSums:
         """Runs i..j-1 of the step: their blocks' integer sums added into lane.total (in
         this thread: the float64 pass is the largest part of the conversion) and their
         maxima into maxima[i:j]; returns their loss sum."""
+        if threading.current_thread() is not threading.main_thread():
+            # numpy's error state is per thread: a block thread computes quietly, as its
+            # callers do (experiments/jobs/fit.py, shard_actor.quiet): a diverging step
+            # is the coordinator's to report, in one line.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._blocks(lane, theta, members, runs, scale_vector, maxima, i, j)
+        return self._blocks(lane, theta, members, runs, scale_vector, maxima, i, j)
+
+    def _blocks(self, lane: _Lane, theta, members, runs, scale_vector, maxima, i: int, j: int) -> float:
         X, Y, spec = self.X, self.Y, self.spec
         a0, b1 = runs[i][1], runs[j - 1][2]
         n = b1 - a0
