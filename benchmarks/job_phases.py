@@ -28,9 +28,6 @@ and `ray_shutdown`: ray.shutdown's own seconds, on whichever thread ran it.
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.abc
-import importlib.util
 import json
 import os
 import resource
@@ -40,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from phase_hooks import wrap_on_import
 
 EPOCHS = 5
 # module -> attribute paths wrapped as "<name> >" / "<name> <" marks
@@ -69,41 +68,7 @@ def child(argv: list[str], t0: float, out: str) -> None:
     def mark(name):
         marks.append((name, time.time() - t0))
 
-    def wrap(obj, attr):
-        orig = getattr(obj, attr, None)
-        if orig is None:
-            return
-
-        @functools.wraps(orig)
-        def timed(*a, **k):
-            mark(f"{attr} >")
-            try:
-                return orig(*a, **k)
-            finally:
-                mark(f"{attr} <")
-        setattr(obj, attr, timed)
-
-    class Hook(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname not in WRAPS:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(fullname)
-            finally:
-                sys.meta_path.insert(0, self)
-            if spec is None or spec.loader is None:
-                return spec
-            run = spec.loader.exec_module
-
-            def exec_module(module):
-                run(module)
-                for attr in WRAPS[fullname]:
-                    wrap(module, attr)
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Hook())
+    wrap_on_import(WRAPS, mark)
     try:
         from experiments.cli.rayprop import main
     except ImportError:  # a checkout before LAYOUT

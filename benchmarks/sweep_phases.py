@@ -25,9 +25,6 @@ thread, before the parent run, as `first_pool_s`):
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.abc
-import importlib.util
 import json
 import os
 import statistics
@@ -37,6 +34,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from phase_hooks import wrap_on_import
 
 # module -> attribute paths wrapped as "<name> >" / "<name> <" marks
 WRAPS = {
@@ -62,45 +61,7 @@ def child(argv: list[str], t0: float, out: str) -> None:
     def mark(name):
         marks.append((threading.current_thread().name, name, time.time() - t0))
 
-    def wrap(module, path):
-        *outer, attr = path.split(".")
-        obj = module
-        for part in outer:
-            obj = getattr(obj, part, None)
-        orig = getattr(obj, attr, None)
-        if orig is None:
-            return
-
-        @functools.wraps(orig)
-        def timed(*a, **k):
-            mark(f"{attr} >")
-            try:
-                return orig(*a, **k)
-            finally:
-                mark(f"{attr} <")
-        setattr(obj, attr, timed)
-
-    class Hook(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname not in WRAPS:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(fullname)
-            finally:
-                sys.meta_path.insert(0, self)
-            if spec is None or spec.loader is None:
-                return spec
-            run = spec.loader.exec_module
-
-            def exec_module(module):
-                run(module)
-                for attr in WRAPS[fullname]:
-                    wrap(module, attr)
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Hook())
+    wrap_on_import(WRAPS, mark)
     from experiments.cli.rayprop import main
 
     code = main(argv)
