@@ -118,7 +118,11 @@ class Ui:
         assert self.server is not None and not group_alive(self.server), "a process of the server is left"
 
     def kill(self) -> None:
-        """After a failure: both groups, while their ids are surely still theirs."""
+        """After a failure: both groups, while their ids are surely still theirs (a test
+        that failed before it looked for the server finds it now, so none is left)."""
+        if self.server is None and self.proc.poll() is None:
+            found = [p for p in children(self.proc.pid) if b"mlflow" in cmdline(p)]
+            self.server = found[0] if found else None
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         if self.server is not None and group_alive(self.server) and self._server_running():
