@@ -52,3 +52,13 @@ def ray_pool(job, workers, max_failures=None, **cluster):
 
     return RayPool(job.task, dataclasses.replace(job.cfg.cluster, **cluster), workers,
                    job.cfg.train.max_worker_failures if max_failures is None else max_failures)
+
+
+class MetricPoints:
+    """Stands where a run's MetricLogger would: keeps what its `point` receives."""
+
+    def __init__(self):
+        self.got = []
+
+    def point(self, key, value, step):
+        self.got.append((key, value, step))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.jobs import training
-from tests.raydata import config, write_parquet
+from tests.raydata import MetricPoints, config, write_parquet
 from trainer.config import from_dict
 from trainer.coordinator import train
 from trainer.optimizers import make_optimizer
@@ -108,16 +108,9 @@ def test_a_slow_ray_worker_gets_fewer_rows_and_the_weights_stay(ray_session, job
 def test_each_workers_compute_is_an_epoch_metric_and_each_move_a_line(job, capsys):
     from experiments.jobs.worker_seconds import METRIC, WorkerSeconds
 
-    class Points:  # what MetricLogger.point receives
-        def __init__(self):
-            self.got = []
-
-        def point(self, key, value, step):
-            self.got.append((key, value, step))
-
     pool = LocalPool.open(job.task, 3, job.source, rebalance_seconds=1e-6)
     pool.workers[SLOW].delay_per_row = DELAY
-    points = Points()
+    points = MetricPoints()
     theta = job.theta0.copy()
     t = job.cfg.train
     train(pool, theta, make_optimizer(t.optimizer, t.learning_rate), job.plan, 2, [WorkerSeconds(pool, points)])

@@ -13,6 +13,7 @@ from experiments.jobs.configfile import load_config
 from experiments.jobs.remote_pool import Moves, end, replay
 from experiments.jobs.worker_seconds import METRIC, WorkerSeconds
 from experiments.jobs.job import prepare
+from tests.raydata import MetricPoints
 from trainer.checkpoint import Checkpointer, checkpoint_files, read_checkpoint
 from trainer.coordinator import TrainingStopped, train
 from trainer.errors import DivergedError
@@ -123,16 +124,9 @@ def test_each_workers_seconds_and_each_rebalance_line_reach_the_client(job, tmp_
     each worker's compute seconds are this machine's MLflow metrics, as in a job whose
     pool is on this machine (a slow worker: ShardWorker.delay_per_row, a real sleep)."""
 
-    class Points:  # what MetricLogger.point receives
-        def __init__(self):
-            self.got = []
-
-        def point(self, key, value, step):
-            self.got.append((key, value, step))
-
     pool = LocalPool.open(job.task, 3, job.source, rebalance_seconds=1e-6)
     pool.workers[2].delay_per_row = 2e-4  # about 4 ms a step on its rows: past MIN_STEP_SECONDS
-    view, points = client_view(), Points()
+    view, points = client_view(), MetricPoints()
     outcome, calls, theta, opt = in_the_actor(job, pool, checkpointer(tmp_path / "e"), view=view,
                                               listeners=[WorkerSeconds(view, points)])
     end(outcome, theta, opt, time.perf_counter())
