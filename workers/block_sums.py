@@ -52,13 +52,12 @@ class _OneThreadBlas:
 class _Lane:
     """One thread's buffers: a workspace and gather buffers for its blocks' members."""
 
-    def __init__(self, spec: NetworkSpec, capacity: int, dtype, blocks: int):
+    def __init__(self, spec: NetworkSpec, capacity: int, dtype):
         # Examples as rows, whatever the network's own layout: a block's rows are then laid
         # out in memory as they would be alone (the same strides, whatever else the thread
         # holds). As columns, a block's stride is the thread's member count, and OpenBLAS
         # gave other bits for blocks of fewer than 8 examples (checked: W-tiny's layers).
         self.ws = Workspace(spec, capacity, rows=True)
-        self.ws.view_slots = blocks + 2  # theta and each block's row of sums keep their views
         self.xb = np.empty(capacity * spec.layers[0], dtype)
         self.yb = np.empty(capacity * spec.layers[-1], dtype)
         self.total = np.empty(spec.size, np.float64)  # this thread's blocks' integer sums, added
@@ -84,7 +83,7 @@ class BlockSums:
         dt = np.dtype(spec.dtype)
         self.spec, self.X, self.Y = spec, X, Y
         self.threads = max(1, min(threads, blocks))
-        self.lanes = [_Lane(spec, max(capacity, 1), dt, blocks) for _ in range(self.threads)]
+        self.lanes = [_Lane(spec, max(capacity, 1), dt) for _ in range(self.threads)]
         self.stack = np.empty((blocks, spec.size), dt)  # one row per block, theta's layout
         self.scaler = BlockScaler(spec.layers)
         self.flops_per_example = spec.flops_per_example()
