@@ -69,29 +69,27 @@ class NetworkSpec:
         """Number of parameters, the length of theta."""
         return sum(w[0] * w[1] + b[0] for w, b in self.shapes)
 
+    def _spans(self):
+        """Per layer: (W's shape, where W starts, where b starts, where b ends) in theta."""
+        at = 0
+        for (wshape, bshape) in self.shapes:
+            w_end = at + wshape[0] * wshape[1]
+            yield wshape, at, w_end, w_end + bshape[0]
+            at = w_end + bshape[0]
+
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """W and b views into a flat vector laid out as theta; W[0] is layer 1."""
         assert flat.shape == (self.size,), f"flat vector of {flat.shape}, spec needs ({self.size},)"
-        Ws, bs, at = [], [], 0
-        for (wshape, bshape) in self.shapes:
-            nw = wshape[0] * wshape[1]
-            Ws.append(flat[at : at + nw].reshape(wshape))
-            at += nw
-            bs.append(flat[at : at + bshape[0]].reshape(bshape))
-            at += bshape[0]
-        return Ws, bs
+        spans = list(self._spans())
+        return ([flat[a:w].reshape(wshape) for wshape, a, w, _ in spans],
+                [flat[w:b].reshape(-1, 1) for _, _, w, b in spans])
 
     def views_of_rows(self, rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """views() of every row of a (q, size) array at once: W[l] as (q, n_l, n_{l-1}),
         b[l] as (q, n_l)."""
-        Ws, bs, at = [], [], 0
-        for (wshape, bshape) in self.shapes:
-            nw = wshape[0] * wshape[1]
-            Ws.append(rows[:, at : at + nw].reshape(-1, *wshape))
-            at += nw
-            bs.append(rows[:, at : at + bshape[0]])
-            at += bshape[0]
-        return Ws, bs
+        spans = list(self._spans())
+        return ([rows[:, a:w].reshape(-1, *wshape) for wshape, a, w, _ in spans],
+                [rows[:, w:b] for _, _, w, b in spans])
 
     def flops_per_example(self) -> int:
         """Multiply-adds x2 of one forward + backward pass (docs/workloads.md): 2 per weight
