@@ -11,8 +11,8 @@ needs of the run becomes events in a queue that the client takes in batches
 (`poll`): each step's loss, each epoch's metrics, the pool's changes of size and its
 lost-worker lines, each checkpoint (theta, optimizer buffers, position) and, at the
 end, the outcome (the final theta and optimizer state, the stop's position, or the
-error). The client replays them to its own listeners and checkpointer
-(experiments/jobs/remote_pool.py), so MLflow, the progress bar and the files stay where
+error); workers/run_events.py defines them. The client replays them to its own
+listeners and checkpointer (experiments/jobs/remote_pool.py), so MLflow, the progress bar and the files stay where
 they were. `stop` is Ctrl-C: the coordinator reads the flag after every step.
 
 No MLflow here: this module runs in the cluster's Python.
@@ -23,91 +23,16 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
-import traceback
 
 import numpy as np
 import ray
 
-from trainer.checkpoint import Checkpointer, Position
-from trainer.coordinator import TrainingStopped, train
+from trainer.coordinator import train
 from trainer.errors import InputError, RunError
 from workers.ray_pool import RayPool
+from workers.run_events import EventQueue, QueuedCheckpoints, outcome_of
 
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only the head node has
-
-
-class QueuedCheckpoints(Checkpointer):
-    """The client's Checkpointer's schedule (every_epochs, min_seconds, max_seconds,
-    last_epoch), kept here where the steps are; a checkpoint that falls due becomes an
-    event, and the client's Checkpointer writes it."""
-
-    def __init__(self, schedule: dict, put):
-        # Not Checkpointer.__init__: it would look for files in the client's folder.
-        self.every_epochs, self.max_seconds = schedule["every_epochs"], schedule["max_seconds"]
-        self.min_seconds, self.last_epoch = schedule["min_seconds"], schedule["last_epoch"]
-        self.clock = time.monotonic
-        self.last_time = self.clock()
-        self.written = []
-        self._put = put
-
-    def save(self, theta, optimizer, position: Position):
-        state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
-        self._put(("checkpoint", theta.copy(), state, position))
-        self.last_time = self.clock()
-        return None
-
-
-class EventQueue:
-    """Coordinator listener: each step and epoch, and the pool's news before them."""
-
-    def __init__(self, pool: RayPool):
-        self.pool = pool
-        self._items: list[tuple] = []
-        self._lock = threading.Lock()
-        self._seen = self._now()  # resizes, lost-worker lines, workers, nodes: the client has these
-        self._moves_seen = 0  # rebalance lines the client has
-
-    def _now(self) -> tuple:
-        p = self.pool
-        return len(p.resizes), len(p.events), p.num_workers, p.num_nodes
-
-    def put(self, item: tuple) -> None:
-        with self._lock:
-            self._items.append(item)
-
-    def take(self) -> list[tuple]:
-        with self._lock:
-            items, self._items = self._items, []
-        return items
-
-    def pool_news(self) -> None:
-        """The pool changes size (and loses workers) only inside the coordinator's
-        calls to it, i.e. before the step or epoch event that follows."""
-        p = self.pool
-        resizes, events = self._seen[:2]
-        now = self._now()
-        if now != self._seen:
-            self.put(("pool", p.num_workers, p.num_nodes, p.resizes[resizes:], p.events[events:]))
-            self._seen = now
-
-    def on_step(self, step, epoch, loss, n):
-        self.pool_news()
-        self.workers_news()
-        self.put(("step", step, epoch, loss, n))
-
-    def workers_news(self) -> None:
-        """Each worker's compute seconds in the step just taken and the rebalance lines
-        since the last step: the client's WorkerSeconds listener makes them MLflow
-        metrics and console lines (experiments/jobs/worker_seconds.py)."""
-        balance = getattr(self.pool, "balance", None)
-        lines = balance.lines[self._moves_seen:] if balance is not None else []
-        self._moves_seen += len(lines)
-        self.put(("workers", list(getattr(self.pool, "worker_seconds", ())), list(lines)))
-
-    def on_epoch(self, epoch, metrics):
-        self.pool_news()
-        self.put(("epoch", epoch, metrics))
 
 
 class CoordinatorActor:
@@ -145,18 +70,15 @@ class CoordinatorActor:
         # Arrays that arrive through Ray are read-only views of the object store; the
         # coordinator updates theta and the optimizer's buffers in place.
         theta, optimizer = theta.copy(), copy.deepcopy(optimizer)
-        try:
+
+        def run():
             with np.errstate(over="ignore", invalid="ignore"):  # divergence: the coordinator says so
                 result = train(self.pool, theta, optimizer, plan, epochs, [self.queue],
                                resume=resume, checkpointer=checkpointer,
                                should_stop=self._stop.is_set)
-            outcome = ("done", result, theta, optimizer.state())
-        except TrainingStopped as e:
-            outcome = ("stopped", e.position)
-        except (InputError, RunError) as e:  # plain classes: they pickle with their hint
-            outcome = ("error", e)
-        except BaseException:  # a bug: its traceback, as text (its class may not unpickle)
-            outcome = ("bug", traceback.format_exc())
+            return result, theta, optimizer
+
+        outcome = outcome_of(run)
         self.queue.pool_news()
         self.queue.put(("end", outcome))
         self._done.set()

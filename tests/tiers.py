@@ -68,6 +68,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_sweep_reuse": (RAY, SLOW),  # sweeps whose trials reuse worker processes, on a local Ray: ~1 min
     "test_uris": (RAY, SERVER),
     "test_worker_loss": (RAY,),
+    "test_solo": (RAY,),  # one-worker pools training inside their worker, on a local Ray: ~20 s
 }
 
 # Fixture -> markers of every test that uses it, in any module: what starts a process.

@@ -18,6 +18,8 @@ from workers.shard import ShardTask, ShardWorker
 
 
 class LocalPool:
+    solo = False  # its steps run in this process already (a RayPool of one worker: workers/solo.py)
+
     def __init__(self, workers: list[ShardWorker], task: ShardTask | None = None, source=None,
                  ranges: list[tuple[int, int]] | None = None, rebalance_seconds: float = 0):
         """task, source, ranges: what opens workers over other rows, and the source rows
@@ -28,6 +30,7 @@ class LocalPool:
         assert workers, "a pool needs at least one worker"
         self.workers = workers
         self.resizes: list[str] = []  # an in-process pool keeps its size
+        self.events: list[str] = []  # ... and loses no worker
         self.worker_seconds: list[float] = [0.0] * len(workers)  # each worker's compute in the last step
         self._task, self._source, self.ranges = task, source, ranges
         rebalances = rebalance_seconds and len(workers) > 1 and task is not None and keeps_weights(task)

@@ -58,6 +58,7 @@ from workers.pool_waits import Waits
 from workers.rebalance import PoolBalance, keeps_weights, rows_to_read
 from workers.shard import ShardTask
 from workers.shard_actor import ShardActor
+from workers.solo import SoloTraining
 from workers.transports import make_transport
 
 GROW_CHECK_SECONDS = 5.0  # how often a pool that may grow asks Ray for free CPUs (never per step)
@@ -146,6 +147,19 @@ class RayPool(Recovery, Growth):
     @property
     def spec(self):
         return self._task.spec
+
+    @property
+    def solo(self) -> bool:
+        """One worker, never more: its steps run inside it (workers/solo.py, `coordinate`)."""
+        return self.max_workers is None and self.num_workers == 1
+
+    def coordinate(self, theta: np.ndarray, optimizer, plan, epochs: int, listeners=(), resume=None,
+                   checkpointer=None, should_stop=None, end_early=None):
+        """trainer.coordinator.train's loop, run inside the pool's one worker (workers/solo.py);
+        theta and the optimizer end as there."""
+        assert self.solo and end_early is None, "a solo pool's worker decides no early stop"
+        return SoloTraining(self, theta, optimizer, plan, epochs, listeners, resume, checkpointer,
+                            should_stop).run(theta)
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
                       scales=None) -> list[ShardSums]:

@@ -23,6 +23,7 @@ from workers.node_plane import OP_EVAL, OP_STEP
 from workers.plane_host import PlaneHost
 from workers.plane_peer import PlanePeer
 from workers.shard import ShardTask
+from workers.solo_run import SoloRun
 
 ATTACH_TIMEOUT_S = 60  # for the workers of a node to attach to its shared memory
 # A diverging step overflows in the worker: the coordinator sees the NaN and ends the
@@ -78,6 +79,7 @@ class ShardActor:
         self.peer: PlanePeer | None = None  # this worker's side of its node's plane
         self.plane: PlaneHost | None = None  # the plane it hosts, when it leads its node
         self.delay_per_row = 0.0  # a test and benchmark hook (slow_down)
+        self.solo: SoloRun | None = None  # a one-worker pool's run in this process (workers/solo.py)
         try:
             self.source = task.open_source()
             self.worker = task.open(lo, hi, self.source, threads=self.cpus)  # float32 blocks on its CPUs
@@ -140,6 +142,21 @@ class ShardActor:
     def evaluate_sums(self, theta: np.ndarray) -> EvalSums:
         with quiet():
             return self.worker.evaluate_sums(theta)
+
+    # --- a one-worker pool's run, in this process (workers/solo.py) ---
+    def solo_start(self, theta: np.ndarray, optimizer, plan, epochs: int, resume, schedule) -> None:
+        """Train over this worker's rows in a thread of this actor, from `resume`; the
+        driver takes the events with solo_poll."""
+        assert self.solo is None or not self.solo.running, "one run at a time"
+        self.solo = SoloRun(self.worker, theta, optimizer, plan, epochs, resume, schedule, quiet)
+
+    def solo_poll(self, seconds: float) -> list[tuple]:
+        assert self.solo is not None, "solo_start comes first"
+        return self.solo.poll(seconds)
+
+    def solo_stop(self) -> None:
+        if self.solo is not None:
+            self.solo.stop()
 
     # --- the shared-memory plane ---
     def _step(self, theta, epoch, k, out):

@@ -14,21 +14,18 @@ step; its errors are raised here as the same kinds (same exit codes).
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 
 import numpy as np
 
-from trainer.coordinator import TrainResult, TrainingStopped
+from trainer.coordinator import TrainResult
 from trainer.errors import WorkerLostError, one_line
+from workers.run_events import end, replay
 
 POLL_SECONDS = 0.25  # how stale the client's view may get; the end arrives at once
 CLOSE_SECONDS = 10  # for the actor to close its pool before it is killed
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-# The logger RayPool says lost workers with, so the line reads the same from either place.
-pool_log = logging.getLogger("workers.ray_pool")
 
 
 class RemotePool:
@@ -101,49 +98,3 @@ class Moves:
 
     def __init__(self):
         self.lines: list[str] = []
-
-
-def replay(events: list[tuple], pool, listeners, optimizer, checkpointer):
-    """Hand the coordinator's events to this machine's listeners and checkpointer, in
-    order, and keep `pool`'s size and resize lines current; the outcome when the batch
-    holds the end (cluster/remote_coordinator.py), else None."""
-    for event in events:
-        kind = event[0]
-        if kind == "step":
-            for lst in listeners:
-                lst.on_step(*event[1:])
-        elif kind == "epoch":
-            for lst in listeners:
-                lst.on_epoch(*event[1:])
-        elif kind == "pool":
-            pool.num_workers, pool.num_nodes = event[1], event[2]
-            pool.resizes += event[3]  # PoolSize reads the new lines at the next step
-            for line in event[4]:
-                pool_log.warning("rayprop: %s", line)
-        elif kind == "workers":  # before its step event: the listeners read it there
-            pool.worker_seconds = event[1]
-            pool.balance.lines += event[2]
-        elif kind == "checkpoint":
-            _, theta, state, position = event
-            optimizer.load_state(state)
-            checkpointer.save(theta, optimizer, position)
-        elif kind == "end":
-            return event[1]
-    return None
-
-
-def end(outcome, theta, optimizer, t0) -> TrainResult:
-    """The result, with theta and the optimizer as the coordinator left them; or its
-    stop or error, raised here."""
-    kind = outcome[0]
-    if kind == "done":
-        _, result, final, state = outcome
-        theta[...] = final
-        optimizer.load_state(state)
-        result.wall_seconds = time.perf_counter() - t0  # as this machine waited for it
-        return result
-    if kind == "stopped":
-        raise TrainingStopped(outcome[1])
-    if kind == "error":
-        raise outcome[1]
-    raise RuntimeError(f"the job's coordinator in the cluster failed:\n{outcome[1]}")

@@ -1,0 +1,110 @@
+"""The worker's side of a one-worker pool's run (workers/solo.py): the coordinator loop
+in the worker's own process, over its own rows.
+
+`SoloRun` runs trainer.coordinator.train over a LocalPool of the worker's ShardWorker
+in a thread of the actor, with an EventQueue as its listener (workers/run_events.py):
+the steps are the same calls a Ray step makes of that ShardWorker (Eq. 1 and Eq. 12
+over its rows, with its CPUs' threads), then the same division by m and optimizer
+step (Eq. 3) that the driver's coordinator would take. Its checkpointer
+(`MarkedCheckpoints`) queues the driver's checkpoints as events, and besides them a
+*mark* (theta, the optimizer's buffers, the position) at least every MARK_SECONDS
+and at every epoch's end: where the driver starts again on a new worker if this
+one is lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import numpy as np
+
+from trainer.checkpoint import Position
+from trainer.coordinator import train
+from workers.local_pool import LocalPool
+from workers.run_events import EventQueue, QueuedCheckpoints, outcome_of
+
+MARK_SECONDS = 1.0  # at most this much work (and at least one step) is done again after a loss
+# The schedule of a run the driver checkpoints nowhere: marks only.
+NO_CHECKPOINTS = {"every_epochs": 2**62, "max_seconds": math.inf, "min_seconds": 0.0, "last_epoch": None}
+
+
+class MarkedCheckpoints(QueuedCheckpoints):
+    """The driver's checkpoint schedule, as QueuedCheckpoints keeps it, and a mark
+    event after any step or epoch that brought no checkpoint (which is a mark too),
+    once MARK_SECONDS have passed since the last, and at every epoch's end."""
+
+    def __init__(self, schedule: dict | None, put):
+        super().__init__(schedule or NO_CHECKPOINTS, put)
+        self.checkpoints = schedule is not None
+        self.saves = 0
+        self.last_mark = self.clock()
+
+    def save(self, theta, optimizer, position: Position):
+        if not self.checkpoints:  # a stop's final checkpoint: the driver keeps none, so a mark
+            return self.mark(theta, optimizer, position)
+        super().save(theta, optimizer, position)
+        self.saves += 1
+        self.last_mark = self.last_time
+        return None
+
+    def mark(self, theta, optimizer, position: Position) -> None:
+        state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
+        self._put(("mark", theta.copy(), state, position))
+        self.last_mark = self.clock()
+
+    def after_step(self, theta, optimizer, position: Position):
+        saves = self.saves
+        super().after_step(theta, optimizer, position)
+        if self.saves == saves and self.clock() - self.last_mark >= MARK_SECONDS:
+            self.mark(theta, optimizer, position)
+
+    def after_epoch(self, theta, optimizer, position: Position, epochs_done: int):
+        saves = self.saves
+        super().after_epoch(theta, optimizer, position, epochs_done)
+        if self.saves == saves:
+            self.mark(theta, optimizer, position)
+
+
+class SoloRun:
+    """trainer.coordinator.train over `worker`'s rows, in a thread of this process,
+    from `resume` (a mark's or a checkpoint's position; None: the start); the outcome
+    is the last event. `errstate()`: numpy's error state for the thread (it is per
+    thread): the coordinator sees a diverging step's NaN and says so itself."""
+
+    def __init__(self, worker, theta: np.ndarray, optimizer, plan, epochs: int, resume: Position | None,
+                 schedule: dict | None, errstate):
+        self.pool = LocalPool([worker])
+        self.queue = EventQueue(self.pool)
+        self._stop, self._done = threading.Event(), threading.Event()
+        # Arrays that arrive through Ray are read-only views of the object store; the
+        # coordinator updates theta and the optimizer's buffers in place.
+        theta, optimizer = theta.copy(), copy.deepcopy(optimizer)
+        marks = MarkedCheckpoints(schedule, self.queue.put)
+
+        def run():
+            with errstate():
+                result = train(self.pool, theta, optimizer, plan, epochs, [self.queue], resume=resume,
+                               checkpointer=marks, should_stop=self._stop.is_set)
+            return result, theta, optimizer
+
+        def thread():
+            self.queue.put(("end", outcome_of(run)))
+            self._done.set()
+
+        self._thread = threading.Thread(target=thread, name="rayprop-solo", daemon=True)
+        self._thread.start()
+
+    def poll(self, seconds: float) -> list[tuple]:
+        """The events since the last poll, after at most `seconds` (at once when training ended)."""
+        self._done.wait(seconds)
+        return self.queue.take()
+
+    def stop(self) -> None:
+        """Stop after the step in flight, with a checkpoint (or a mark)."""
+        self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
