@@ -46,6 +46,7 @@ WRAPS = {
     "experiments.jobs.training": ["prepare", "connect_ray", "open_pool", "coordinate"],
     "experiments.jobs.pools": ["connect_ray", "open_pool"],  # since layout phase 2
     "experiments.jobs.fit": ["coordinate"],
+    "workers.ray_pool": ["RayPool.coordinate"],  # a one-worker pool's run (workers/solo.py)
     "experiments.training": ["prepare", "connect_ray", "open_pool", "coordinate"],  # before LAYOUT
     "experiments.tracking.run_artifacts": ["log_outputs"],
     "experiments.run_artifacts": ["log_outputs"],

@@ -44,7 +44,7 @@ WRAPS = {
     "experiments.tracking.run_artifacts": ["log_outputs"],
     "experiments.tracking.run": ["TrackedRun.__enter__", "TrackedRun.__exit__"],
     "experiments.sweeps.sweep": ["_train_trial"],
-    "workers.ray_pool": ["RayPool.close", "RayPool.hand_over"],
+    "workers.ray_pool": ["RayPool.close", "RayPool.hand_over", "RayPool.coordinate"],  # coordinate: workers/solo.py
     "cluster.placement": ["Reservation.wait"],
 }
 PHASES = [("pool", "open_pool >", "open_pool <"), ("run", "__enter__ >", "record <"),
@@ -67,6 +67,9 @@ def child(argv: list[str], t0: float, out: str) -> None:
     code = main(argv)
     mark("main returned")
     Path(out).write_text(json.dumps({"code": code, "marks": marks}))
+    import gc
+
+    gc.freeze()  # as experiments.cli's entry does: no last pass of the collector at exit
     sys.exit(code)
 
 

@@ -155,7 +155,7 @@ def test_a_lost_worker_is_replaced_and_training_goes_on_from_its_last_mark(ray_s
     ref_theta, ref_rec, ref_result = reference
     pool = ray_pool(job, 1, max_failures=1, hang_seconds=2.0)
     slow(pool)
-    hook, hit = kill_at(pool, 60, sig)  # handed on at a mark in epoch 2: the worker is further on
+    hook, hit = kill_at(pool, 60, sig)  # handed on at a mark ~1 s in: the worker is further on
     rec = Record(hook)
     try:
         theta, result = solo(job, pool, [rec])

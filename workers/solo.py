@@ -13,16 +13,16 @@ listeners and checkpointer (workers/run_events.py). The worker takes the same st
 with the same calls, so the weights are those of the driver's loop, bit for bit.
 
 Faults, as the Ray pool's (README: Faults and elasticity). The worker sends a mark
-(theta, the optimizer's buffers, the position) at least every MARK_SECONDS and at
-every epoch's end; the driver hands a mark's later events to its listeners only once
-the next mark (or a checkpoint, or the end) has come. A worker that dies, or is
-silent past the hang bound of a step and an evaluation (workers/hang.py), is lost:
-the pool replaces it like any lost worker (workers/pool_recovery.py, counted against
-train.max_worker_failures), and training goes on from the last mark on the new
-worker. The events after that mark are dropped, so MLflow gets every step once, and
-a step depends only on (theta, epoch, k), so the weights do not change. A stop
-request reaches the worker after its step (a checkpoint, then the end); a worker
-silent then is given up after STOP_GRACE_S, and the job stops at the last mark.
+(theta, the optimizer's buffers, the position) about every MARK_SECONDS
+(workers/solo_run.py). A worker that dies, or is silent past the hang bound of a
+step and an evaluation (workers/hang.py), is lost: the pool replaces it like any
+lost worker (workers/pool_recovery.py, counted against train.max_worker_failures),
+and training goes on from the last mark on the new worker. A step depends only on
+(theta, epoch, k), so the weights do not change; the steps and epochs it takes
+again, up to the last one handed on, are not handed on twice, so MLflow gets each
+once. A stop request reaches the worker after its step (a checkpoint, then the
+end); a worker silent then is given up after STOP_GRACE_S, and the job stops at the
+last mark.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class SoloTraining:
         self.mark = (theta.copy(), state, resume or Position(0, 0, 0))
         self.epoch_metrics: list[tuple[int, dict]] = []  # (epoch, metrics) handed to the listeners, all attempts
         self.attempts = 0
+        start = self.mark[2]
+        self.steps_handed, self.next_epoch = start.global_step, start.epoch  # handed on so far
 
     def run(self, theta: np.ndarray) -> TrainResult:
         t0 = time.perf_counter()
@@ -91,9 +93,9 @@ class SoloTraining:
         waits.all([actor.solo_start.remote(theta, optimizer, self.plan, self.epochs, resume,
                                            schedule_of(self.checkpointer))],
                   [[0]], time.monotonic() + self._silence_bound())
-        held: list[tuple] = []  # events after the last mark
         heard = time.monotonic()
         stop_sent = False
+        said = None  # a step's "workers" event, handed on with its step
         while True:
             if not stop_sent and self.should_stop():
                 actor.solo_stop.remote()
@@ -109,23 +111,32 @@ class SoloTraining:
             heard = time.monotonic()
             for event in events:
                 kind = event[0]
-                if kind == "workers" and event[1]:
-                    waits.step_bound.record(max(event[1]))  # a step's compute: the hang bound goes by it
-                if kind not in ("mark", "checkpoint", "end"):
-                    held.append(event)
-                    continue
-                self._hand_on(held)
-                held = []
-                if kind == "end":
+                if kind == "workers":
+                    if event[1]:
+                        waits.step_bound.record(max(event[1]))  # a step's compute: the hang bound goes by it
+                    said = event
+                elif kind == "step":
+                    if event[1] > self.steps_handed:  # not one taken again after a loss
+                        self._hand_on([said, event] if said is not None else [event])
+                        self.steps_handed = event[1]
+                    said = None
+                elif kind == "epoch":
+                    if event[1] >= self.next_epoch:
+                        self._hand_on([event])
+                        self.epoch_metrics.append((event[1], event[2]))
+                        self.next_epoch = event[1] + 1
+                elif kind in ("mark", "checkpoint"):
+                    if kind == "checkpoint":
+                        self._hand_on([event])
+                    self.mark = event[1:4]
+                elif kind == "end":
                     return event[1]
-                if kind == "checkpoint":
-                    replay([event], self.pool, [], self.optimizer, self.checkpointer)
-                self.mark = event[1:4]
+                else:
+                    self._hand_on([event])
 
     def _hand_on(self, events: list[tuple]) -> None:
-        """Events up to a mark, to the driver's listeners (the pool's worker seconds kept current)."""
+        """Events to the driver's listeners and checkpointer (the pool's worker seconds kept current)."""
         replay(events, self.pool, self.listeners, self.optimizer, self.checkpointer)
-        self.epoch_metrics += [(event[1], event[2]) for event in events if event[0] == "epoch"]
 
     def _silence_bound(self) -> float:
         """How long the worker may send nothing: a step's hang bound and an evaluation's."""

@@ -7,9 +7,10 @@ the steps are the same calls a Ray step makes of that ShardWorker (Eq. 1 and Eq.
 over its rows, with its CPUs' threads), then the same division by m and optimizer
 step (Eq. 3) that the driver's coordinator would take. Its checkpointer
 (`MarkedCheckpoints`) queues the driver's checkpoints as events, and besides them a
-*mark* (theta, the optimizer's buffers, the position) at least every MARK_SECONDS
-and at every epoch's end: where the driver starts again on a new worker if this
-one is lost.
+*mark* (theta, the optimizer's buffers, the position) after a step or an epoch once
+MARK_SECONDS have passed since the last (longer for a network whose copy costs more:
+MARK_COST_FACTOR times that copy's time): where the driver starts again on a new
+worker if this one is lost.
 """
 
 from __future__ import annotations
@@ -26,20 +27,24 @@ from workers.local_pool import LocalPool
 from workers.run_events import EventQueue, QueuedCheckpoints, outcome_of
 
 MARK_SECONDS = 1.0  # at most this much work (and at least one step) is done again after a loss
+# A mark is copied here, then serialized and sent to the driver: a few times the copy's
+# time, so marks cost about 2% of the run at most (W-wide with Adam: 250 MB a mark).
+MARK_COST_FACTOR = 100
 # The schedule of a run the driver checkpoints nowhere: marks only.
 NO_CHECKPOINTS = {"every_epochs": 2**62, "max_seconds": math.inf, "min_seconds": 0.0, "last_epoch": None}
 
 
 class MarkedCheckpoints(QueuedCheckpoints):
     """The driver's checkpoint schedule, as QueuedCheckpoints keeps it, and a mark
-    event after any step or epoch that brought no checkpoint (which is a mark too),
-    once MARK_SECONDS have passed since the last, and at every epoch's end."""
+    event after any step or epoch that brought no checkpoint (a checkpoint is a mark
+    too), once the time between marks (module doc) has passed."""
 
     def __init__(self, schedule: dict | None, put):
         super().__init__(schedule or NO_CHECKPOINTS, put)
         self.checkpoints = schedule is not None
         self.saves = 0
         self.last_mark = self.clock()
+        self.mark_cost = 0.0  # seconds the last mark's copies took
 
     def save(self, theta, optimizer, position: Position):
         if not self.checkpoints:  # a stop's final checkpoint: the driver keeps none, so a mark
@@ -50,21 +55,26 @@ class MarkedCheckpoints(QueuedCheckpoints):
         return None
 
     def mark(self, theta, optimizer, position: Position) -> None:
+        t0 = self.clock()
         state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
         self._put(("mark", theta.copy(), state, position))
         self.last_mark = self.clock()
+        self.mark_cost = self.last_mark - t0
+
+    def _marked(self, saves: int, theta, optimizer, position: Position) -> None:
+        due = max(MARK_SECONDS, MARK_COST_FACTOR * self.mark_cost)
+        if self.saves == saves and self.clock() - self.last_mark >= due:
+            self.mark(theta, optimizer, position)
 
     def after_step(self, theta, optimizer, position: Position):
         saves = self.saves
         super().after_step(theta, optimizer, position)
-        if self.saves == saves and self.clock() - self.last_mark >= MARK_SECONDS:
-            self.mark(theta, optimizer, position)
+        self._marked(saves, theta, optimizer, position)
 
     def after_epoch(self, theta, optimizer, position: Position, epochs_done: int):
         saves = self.saves
         super().after_epoch(theta, optimizer, position, epochs_done)
-        if self.saves == saves:
-            self.mark(theta, optimizer, position)
+        self._marked(saves, theta, optimizer, position)
 
 
 class SoloRun:
