@@ -129,7 +129,8 @@ def main() -> None:
             print(f"{c} repeat {r + 1}: {res.get('wall_s', res.get('error'))}", file=sys.stderr)
             runs[c].append(res)
     report = {"command": f"rayprop train w-mnist --workers 2 --set train.epochs={EPOCHS} --output NEW "
-                         f"--tracking-uri sqlite:///NEW/mlflow.db", "cpus": os.cpu_count(), "checkouts": {}}
+                         f"--tracking-uri sqlite:///NEW/mlflow.db {' '.join(args.extra)}".rstrip(),
+              "cpus": os.cpu_count(), "checkouts": {}}
     for c, results in runs.items():
         ok = [x for x in results if "wall_s" in x]
         names = [p for p, _, _ in PHASES if any(p in x["phases_s"] for x in ok)]
