@@ -50,6 +50,43 @@ def test_a_one_worker_job_trains_in_its_worker(tmp_path, monkeypatch, rayprop):
     assert (tmp_path / "out" / "model.npz").exists() and time.monotonic() - started < 120
 
 
+def test_an_early_stopping_sweep_decides_as_in_local_mode(tmp_path, monkeypatch, rayprop):
+    """asha (grace 1, factor 2) over 4 learning rates, one worker a trial, two at a time
+    on Ray: each trial's worker asks the sweep at its milestones (no step through the
+    driver), and the sweep stops the same trials at the same epochs, with the same
+    weights (float64, 1e-9), as the same sweep in local mode. Before the module's ray_session."""
+    import yaml
+
+    from tests.raydata import config
+    from tests.test_sweep_parallel import children_of
+    from trainer.model_io import load_model
+    from workers.ray_pool import RayPool
+
+    calls = []
+    real = RayPool.gradient_sums
+    monkeypatch.setattr(RayPool, "gradient_sums", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    raw = config(write_parquet(tmp_path / "d.parquet", m=400), "sgd", 32, epochs=4)
+    raw["sweep"] = {"train.learning_rate": [0.1, 0.002, 0.001, 0.05]}
+    raw.update(sweep_scheduler="asha", sweep_grace_epochs=1, sweep_reduction_factor=2)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    outcomes = {}
+    for mode in ("ray", "local"):
+        uri = f"sqlite:///{tmp_path / mode}.db"
+        proc = rayprop("sweep", "sweep.yaml", *(["--local"] if mode == "local" else []), "--workers", "1",
+                       "--concurrency", "2", "--tracking-uri", uri, "--output", tmp_path / mode, "--quiet")
+        assert proc.code == 0, proc.stderr
+        _, kids, _ = children_of(uri)
+        outcomes[mode] = {float(r.data.params["train.learning_rate"]):
+                          (r.data.tags.get("rayprop.stopped_at_epoch"), load_model(r.data.tags["rayprop.output"])[1])
+                          for r in kids}
+    assert not calls, "a trial's steps went through the driver"
+    ray_side, local = outcomes["ray"], outcomes["local"]
+    assert {lr: at for lr, (at, _) in ray_side.items()} == {lr: at for lr, (at, _) in local.items()}
+    assert sum(at is not None for at, _ in local.values()) >= 2  # the slow rates stop early
+    for lr, (_, theta) in ray_side.items():
+        np.testing.assert_allclose(theta, local[lr][1], rtol=1e-9, atol=1e-12)
+
+
 class Record:
     """A listener keeping every step's (step, epoch, loss, n) and every epoch's metrics."""
 

@@ -157,9 +157,10 @@ class RayPool(Recovery, Growth):
                    checkpointer=None, should_stop=None, end_early=None):
         """trainer.coordinator.train's loop, run inside the pool's one worker (workers/solo.py);
         theta and the optimizer end as there."""
-        assert self.solo and end_early is None, "a solo pool's worker decides no early stop"
+        assert self.solo and (end_early is None or hasattr(end_early, "milestones")), \
+            "the worker asks a sweep's scheduler at its milestones only"
         return SoloTraining(self, theta, optimizer, plan, epochs, listeners, resume, checkpointer,
-                            should_stop).run(theta)
+                            should_stop, end_early).run(theta)
 
     def gradient_sums(self, theta: np.ndarray, epoch: int, k: int, should_stop=None,
                       scales=None) -> list[ShardSums]:

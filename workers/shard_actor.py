@@ -144,14 +144,17 @@ class ShardActor:
             return self.worker.evaluate_sums(theta)
 
     # --- a one-worker pool's run, in this process (workers/solo.py) ---
-    def solo_start(self, theta: np.ndarray, optimizer, plan, epochs: int, resume, schedule) -> None:
+    def solo_start(self, theta: np.ndarray, optimizer, plan, epochs: int, resume, schedule, asks=None) -> None:
         """Train over this worker's rows in a thread of this actor, from `resume`; the
-        driver takes the events with solo_poll."""
+        driver takes the events with solo_poll (workers/solo_run.py)."""
         assert self.solo is None or not self.solo.running, "one run at a time"
-        self.solo = SoloRun(self.worker, theta, optimizer, plan, epochs, resume, schedule, quiet)
+        self.solo = SoloRun(self.worker, theta, optimizer, plan, epochs, resume, schedule, quiet, asks)
 
-    def solo_poll(self, seconds: float) -> list[tuple]:
+    def solo_poll(self, seconds: float, answer: tuple[int, bool] | None = None) -> list[tuple]:
+        """The run's events after at most `seconds`; `answer`: (epoch, stop) for its last ask."""
         assert self.solo is not None, "solo_start comes first"
+        if answer is not None:
+            self.solo.answer(*answer)
         return self.solo.poll(seconds)
 
     def solo_stop(self) -> None:

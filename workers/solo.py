@@ -10,7 +10,10 @@ trainer.coordinator.train in that worker's process over its own rows
 (workers/solo_run.py), as a Ray Client job's coordinator runs in the cluster: the
 driver takes the events in batches (every POLL_SECONDS) and hands them to its own
 listeners and checkpointer (workers/run_events.py). The worker takes the same steps
-with the same calls, so the weights are those of the driver's loop, bit for bit.
+with the same calls, so the weights are those of the driver's loop, bit for bit. A
+sweep's early stopping (`end_early` with its `milestones`) is asked at those epochs
+only: the worker sends an "ask" with the epoch's metrics and waits; the driver's
+answer goes with its next poll.
 
 Faults, as the Ray pool's (README: Faults and elasticity). The worker sends a mark
 (theta, the optimizer's buffers, the position) about every MARK_SECONDS
@@ -53,8 +56,12 @@ class SoloTraining:
     """One call of trainer.coordinator.train, carried out by the pool's one worker (module doc)."""
 
     def __init__(self, pool, theta: np.ndarray, optimizer, plan, epochs: int, listeners,
-                 resume: Position | None, checkpointer, should_stop):
+                 resume: Position | None, checkpointer, should_stop, end_early=None):
+        """end_early: a sweep's early-stopping decision with its `milestones`
+        (experiments/sweeps/early_stopping.py), asked when the worker reaches one."""
         self.pool, self.plan, self.epochs = pool, plan, epochs
+        self.end_early = end_early
+        self.answers: dict[int, bool] = {}  # {epoch: the sweep's answer there}, over every attempt
         self.optimizer, self.listeners, self.checkpointer = optimizer, list(listeners), checkpointer
         self.should_stop = should_stop or (lambda: False)
         state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
@@ -90,12 +97,14 @@ class SoloTraining:
         optimizer.load_state(state)
         resume = None if position == Position(0, 0, 0) else position
         waits = self.pool.waits
+        asks = None if self.end_early is None else list(self.end_early.milestones)
         waits.all([actor.solo_start.remote(theta, optimizer, self.plan, self.epochs, resume,
-                                           schedule_of(self.checkpointer))],
+                                           schedule_of(self.checkpointer), asks)],
                   [[0]], time.monotonic() + self._silence_bound())
         heard = time.monotonic()
         stop_sent = False
         said = None  # a step's "workers" event, handed on with its step
+        answer = None  # to the worker's ask, sent with the next poll
         while True:
             if not stop_sent and self.should_stop():
                 actor.solo_stop.remote()
@@ -103,7 +112,9 @@ class SoloTraining:
             if stop_sent and waits.give_up():  # the worker's thread did not come to a step's end
                 raise StepAbandoned("stopped while the worker did not answer")
             bound = self._silence_bound()
-            events = waits.all([actor.solo_poll.remote(POLL_SECONDS)], [[0]], heard + bound + POLL_SECONDS)[0]
+            events = waits.all([actor.solo_poll.remote(POLL_SECONDS, answer)], [[0]],
+                               heard + bound + POLL_SECONDS)[0]
+            answer = None
             if not events:
                 if time.monotonic() - heard > bound:  # the actor answers, its training does not
                     raise WorkersLost([0], f"hung: no step within {bound:.0f} s (cluster.hang_seconds)")
@@ -129,10 +140,19 @@ class SoloTraining:
                     if kind == "checkpoint":
                         self._hand_on([event])
                     self.mark = event[1:4]
+                elif kind == "ask":  # a milestone: the sweep decides (it may wait for earlier trials)
+                    answer = (event[1], self._decide(event[1], event[2]))
+                    heard = time.monotonic()
                 elif kind == "end":
                     return event[1]
                 else:
                     self._hand_on([event])
+
+    def _decide(self, epochs_done: int, metrics: dict) -> bool:
+        """The sweep's answer at a milestone, once: a replacement that reaches it again gets the same."""
+        if epochs_done not in self.answers:
+            self.answers[epochs_done] = self.end_early(epochs_done, metrics)
+        return self.answers[epochs_done]
 
     def _hand_on(self, events: list[tuple]) -> None:
         """Events to the driver's listeners and checkpointer (the pool's worker seconds kept current)."""

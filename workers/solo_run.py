@@ -81,22 +81,28 @@ class SoloRun:
     """trainer.coordinator.train over `worker`'s rows, in a thread of this process,
     from `resume` (a mark's or a checkpoint's position; None: the start); the outcome
     is the last event. `errstate()`: numpy's error state for the thread (it is per
-    thread): the coordinator sees a diverging step's NaN and says so itself."""
+    thread): the coordinator sees a diverging step's NaN and says so itself.
+    `asks`: a sweep's early-stopping milestones (epochs), or None: at each, the run
+    sends an "ask" event with the epoch's metrics and waits for the driver's answer
+    (`answer`), as trainer.coordinator.train's `end_early` would decide there."""
 
     def __init__(self, worker, theta: np.ndarray, optimizer, plan, epochs: int, resume: Position | None,
-                 schedule: dict | None, errstate):
+                 schedule: dict | None, errstate, asks: list[int] | None = None):
         self.pool = LocalPool([worker])
         self.queue = EventQueue(self.pool)
         self._stop, self._done = threading.Event(), threading.Event()
+        self._answers: dict[int, bool] = {}
+        self._answered = threading.Condition()
         # Arrays that arrive through Ray are read-only views of the object store; the
         # coordinator updates theta and the optimizer's buffers in place.
         theta, optimizer = theta.copy(), copy.deepcopy(optimizer)
         marks = MarkedCheckpoints(schedule, self.queue.put)
+        end_early = None if asks is None else self._asker(set(asks))
 
         def run():
             with errstate():
                 result = train(self.pool, theta, optimizer, plan, epochs, [self.queue], resume=resume,
-                               checkpointer=marks, should_stop=self._stop.is_set)
+                               checkpointer=marks, should_stop=self._stop.is_set, end_early=end_early)
             return result, theta, optimizer
 
         def thread():
@@ -106,6 +112,23 @@ class SoloRun:
         self._thread = threading.Thread(target=thread, name="rayprop-solo", daemon=True)
         self._thread.start()
 
+    def _asker(self, asks: set[int]):
+        def end_early(epochs_done: int, metrics: dict) -> bool:
+            if epochs_done not in asks:
+                return False
+            self.queue.put(("ask", epochs_done, metrics))
+            with self._answered:
+                # A stop ends the wait: the run goes on, and stops after its next step.
+                self._answered.wait_for(lambda: epochs_done in self._answers or self._stop.is_set())
+                return self._answers.get(epochs_done, False)
+        return end_early
+
+    def answer(self, epochs_done: int, stop: bool) -> None:
+        """The driver's answer to the ask at `epochs_done`: True ends training there."""
+        with self._answered:
+            self._answers[epochs_done] = stop
+            self._answered.notify_all()
+
     def poll(self, seconds: float) -> list[tuple]:
         """The events since the last poll, after at most `seconds` (at once when training ended)."""
         self._done.wait(seconds)
@@ -114,6 +137,8 @@ class SoloRun:
     def stop(self) -> None:
         """Stop after the step in flight, with a checkpoint (or a mark)."""
         self._stop.set()
+        with self._answered:
+            self._answered.notify_all()
 
     @property
     def running(self) -> bool:

@@ -91,8 +91,8 @@ def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught by the coordinator
             # A Ray Client job's coordinator runs in the cluster; a pool of one worker's, in
-            # that worker (workers/solo.py), unless a sweep's scheduler decides each epoch.
-            solo = not remote and pool.solo and end_early is None
+            # that worker (workers/solo.py), which asks a sweep's scheduler at its milestones.
+            solo = not remote and pool.solo and (end_early is None or hasattr(end_early, "milestones"))
             drive = pool.coordinate if remote or solo else functools.partial(coordinate, pool)
             result = drive(theta, optimizer, job.plan, t.epochs,
                            [*listeners, run.metrics, PoolSize(pool, run.metrics), WorkerSeconds(pool, run.metrics)],

@@ -70,11 +70,22 @@ class SuccessiveHalving:
             order = sorted(rung, key=lambda j: (rung[j], j))
             return order.index(trial) >= math.ceil(len(rung) / self.rf)
 
-    def hook(self, trial: int, epochs: int):
+    def hook(self, trial: int, epochs: int) -> EndEarly:
         """The coordinator's `end_early(epochs_done, metrics)` for trial `trial`, of `epochs` epochs."""
         with self._changed:
             self.epochs[trial] = epochs
-        def end_early(epochs_done: int, metrics: dict) -> bool:
-            score = metrics.get("val_loss", metrics["epoch_loss"])
-            return self.decide(trial, epochs_done, score, epochs)
-        return end_early
+        return EndEarly(self, trial, epochs)
+
+
+class EndEarly:
+    """A trial's `end_early(epochs_done, metrics)`: True at a milestone where it ranks
+    out. `milestones`: the only epochs at which it can say True, so a coordinator that
+    runs away from the sweep (workers/solo.py) asks at those alone."""
+
+    def __init__(self, halving: SuccessiveHalving, trial: int, epochs: int):
+        self.halving, self.trial, self.epochs = halving, trial, epochs
+        self.milestones = milestones(halving.grace, halving.rf, epochs)
+
+    def __call__(self, epochs_done: int, metrics: dict) -> bool:
+        score = metrics.get("val_loss", metrics["epoch_loss"])
+        return self.halving.decide(self.trial, epochs_done, score, self.epochs)
