@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiers import markers_of
+from tests.tiers import FIRST, markers_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in markers_of(item):
             item.add_marker(name)
+    # The longest modules first (tiers.FIRST), each module's tests in their own order.
+    items.sort(key=lambda item: FIRST.index(item.module.__name__.rsplit(".", 1)[-1])
+               if item.module.__name__.rsplit(".", 1)[-1] in FIRST else len(FIRST))
 
 
 @dataclass

@@ -197,7 +197,8 @@ def test_a_lost_worker_is_replaced_and_training_goes_on_from_its_last_mark(ray_s
     try:
         theta, result = solo(job, pool, [rec])
         assert pool.failures == 1 and len(pool.events) == 1, pool.events
-        assert "worker 0" in pool.events[0] and pool.info[0]["pid"] != hit[0]
+        assert "worker 0" in pool.events[0] and "goes on from its last mark" in pool.events[0], pool.events
+        assert pool.info[0]["pid"] != hit[0]
     finally:
         pool.close()
         if hit:

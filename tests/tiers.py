@@ -71,6 +71,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_solo": (RAY,),  # one-worker pools training inside their worker, on a local Ray: ~20 s
 }
 
+# Modules collected first, longest first: `.ci/run` splits the rest tier over two
+# processes a module at a time (pytest-xdist, --dist loadfile), and the README's cluster
+# walk-through alone takes ~3 min: started last, it would run on while the other
+# process sat idle.
+FIRST = ("test_cluster_readme", "test_ray_client", "test_remote", "test_elastic")
+
 # Fixture -> markers of every test that uses it, in any module: what starts a process.
 FIXTURES: dict[str, tuple[str, ...]] = {
     "ray_session": (RAY,),

@@ -66,9 +66,11 @@ class Recovery(Launching):
         ranges = list(self.ranges)
         takers = [None if r in lost else r for r in range(self.num_workers)]
         started = self._launch(ranges, takers, self.placement_timeout, "while starting as a replacement")
+        # A solo pool's worker took the steps itself: its replacement goes on from its last mark.
+        redo = "training goes on from its last mark" if self.in_worker else "the step is recomputed"
         for r in started:
             event = (f"worker {r} (rows {ranges[r][0]}-{ranges[r][1]}) lost ({reason}); replaced on node "
-                     f"{started[r][1]['node_id'][:8]}, the step is recomputed")
+                     f"{started[r][1]['node_id'][:8]}, {redo}")
             self.events.append(event)
             log.warning("rayprop: %s", event)
         if len(started) == len(lost):

@@ -39,6 +39,7 @@ class PoolState:
     # Workers starting on free CPUs: (ranges, takers, {rank: (actor, ready ref)}, deadline).
     _joining: tuple[list[Rows], list[int | None], dict, float] | None
     _last_look: float
+    in_worker: bool  # its one worker runs the coordinator loop now (workers/solo.py)
 
     @property
     def num_workers(self) -> int:

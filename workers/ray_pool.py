@@ -100,6 +100,7 @@ class RayPool(Recovery, Growth):
         # Stragglers (workers/rebalance.py): each worker's compute seconds in the last step,
         # by rank, and what moves rows from slow workers to fast ones (None: never).
         self.worker_seconds: list[float] = []
+        self.in_worker = False  # the coordinator loop runs in the one worker (workers/solo.py)
         rebalances = cluster.rebalance_seconds and keeps_weights(task)
         self.balance = PoolBalance(task, cluster.rebalance_seconds) if rebalances else None
         # Per-step parameter-sized arrays the coordinator sent and received, in bytes.

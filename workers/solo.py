@@ -75,6 +75,7 @@ class SoloTraining:
     def run(self, theta: np.ndarray) -> TrainResult:
         t0 = time.perf_counter()
         self.pool.waits.stop_on(self.should_stop)
+        self.pool.in_worker = True  # a replacement's line says where training goes on from
         try:
             outcome = self.pool._with_recovery(self._attempt)
         except StepAbandoned:  # stopped while the worker did not answer: at the last mark
@@ -83,6 +84,8 @@ class SoloTraining:
                 self.optimizer.load_state(state)
                 self.checkpointer.save(mark_theta, self.optimizer, position)
             raise TrainingStopped(position) from None
+        finally:
+            self.pool.in_worker = False
         result = end(outcome, theta, self.optimizer, t0)
         if self.attempts > 1:
             self._whole(result)
