@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from cluster.remote_coordinator import CoordinatorActor, EventQueue
+from cluster.remote_coordinator import CoordinatorActor
 from experiments.jobs.configfile import load_config
-from experiments.jobs.remote_pool import Moves, end, replay
+from experiments.jobs.remote_pool import Moves
 from experiments.jobs.worker_seconds import METRIC, WorkerSeconds
 from experiments.jobs.job import prepare
 from tests.raydata import MetricPoints
@@ -19,6 +19,7 @@ from trainer.coordinator import TrainingStopped, train
 from trainer.errors import DivergedError
 from trainer.optimizers import make_optimizer
 from workers.local_pool import LocalPool
+from workers.run_events import EventQueue, end, replay
 
 EPOCHS = 3
 

@@ -31,6 +31,21 @@ from trainer.errors import InputError, RunError
 
 # The logger RayPool says lost workers with, so the line reads the same from either place.
 pool_log = logging.getLogger("workers.ray_pool")
+POLL_SECONDS = 0.25  # how stale the driver's view may get; the end arrives at once
+
+
+def schedule_of(checkpointer) -> dict | None:
+    """The driver's Checkpointer's schedule, for QueuedCheckpoints to keep where the
+    steps are (None: no checkpoints)."""
+    if checkpointer is None:
+        return None
+    return {"every_epochs": checkpointer.every_epochs, "max_seconds": checkpointer.max_seconds,
+            "min_seconds": checkpointer.min_seconds, "last_epoch": checkpointer.last_epoch}
+
+
+def state_copy(optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's buffers, copied: the run goes on changing its own in place."""
+    return {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
 
 
 class QueuedCheckpoints(Checkpointer):
@@ -48,8 +63,7 @@ class QueuedCheckpoints(Checkpointer):
         self._put = put
 
     def save(self, theta, optimizer, position: Position):
-        state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
-        self._put(("checkpoint", theta.copy(), state, position))
+        self._put(("checkpoint", theta.copy(), state_copy(optimizer), position))
         self.last_time = self.clock()
         return None
 

@@ -39,18 +39,7 @@ from trainer.checkpoint import Position
 from trainer.coordinator import TrainResult, TrainingStopped
 from trainer.pool import StepAbandoned
 from workers.pool_waits import WorkersLost
-from workers.run_events import end, replay
-
-POLL_SECONDS = 0.25  # how stale the driver's view may get; the end arrives at once
-
-
-def schedule_of(checkpointer) -> dict | None:
-    """The driver's checkpoint schedule, for the worker to keep (None: no checkpoints)."""
-    if checkpointer is None:
-        return None
-    return {"every_epochs": checkpointer.every_epochs, "max_seconds": checkpointer.max_seconds,
-            "min_seconds": checkpointer.min_seconds, "last_epoch": checkpointer.last_epoch}
-
+from workers.run_events import POLL_SECONDS, end, replay, schedule_of, state_copy
 
 class SoloTraining:
     """One call of trainer.coordinator.train, carried out by the pool's one worker (module doc)."""
@@ -64,9 +53,8 @@ class SoloTraining:
         self.answers: dict[int, bool] = {}  # {epoch: the sweep's answer there}, over every attempt
         self.optimizer, self.listeners, self.checkpointer = optimizer, list(listeners), checkpointer
         self.should_stop = should_stop or (lambda: False)
-        state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
         # Where training goes on from if the worker is lost: (theta, optimizer state, position).
-        self.mark = (theta.copy(), state, resume or Position(0, 0, 0))
+        self.mark = (theta.copy(), state_copy(optimizer), resume or Position(0, 0, 0))
         self.epoch_metrics: list[tuple[int, dict]] = []  # (epoch, metrics) handed to the listeners, all attempts
         self.attempts = 0
         start = self.mark[2]

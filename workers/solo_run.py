@@ -24,7 +24,7 @@ import numpy as np
 from trainer.checkpoint import Position
 from trainer.coordinator import train
 from workers.local_pool import LocalPool
-from workers.run_events import EventQueue, QueuedCheckpoints, outcome_of
+from workers.run_events import EventQueue, QueuedCheckpoints, outcome_of, state_copy
 
 MARK_SECONDS = 1.0  # at most this much work (and at least one step) is done again after a loss
 # A mark is copied here, then serialized and sent to the driver: a few times the copy's
@@ -56,8 +56,7 @@ class MarkedCheckpoints(QueuedCheckpoints):
 
     def mark(self, theta, optimizer, position: Position) -> None:
         t0 = self.clock()
-        state = {k: np.array(v, copy=True) for k, v in optimizer.state().items()}
-        self._put(("mark", theta.copy(), state, position))
+        self._put(("mark", theta.copy(), state_copy(optimizer), position))
         self.last_mark = self.clock()
         self.mark_cost = self.last_mark - t0
 

@@ -33,20 +33,16 @@ from trainer.model_io import save_model, write_json
 from trainer.optimizers import make_optimizer
 from trainer.param_hash import param_hash
 
-_imports_frozen: list[bool] = []  # once per process: see freeze_imports
-
-
+@functools.cache  # once per process
 def freeze_imports() -> None:
     """Move every object alive now (Ray's, MLflow's, pandas' modules: ~300,000 of them)
     out of the cyclic collector's reach, once per process, as training starts. Each
     full collection otherwise walked them all: 7 of them, 0.84 s with the GIL held, in
     a 6-trial sweep whose trials' coordinators share this interpreter. Objects made
     later (a trial's pool, its run) are collected as before."""
-    if not _imports_frozen:
-        import gc
+    import gc
 
-        gc.freeze()
-        _imports_frozen.append(True)
+    gc.freeze()
 
 
 def fit(job: Job, pool, run, out_dir: Path, listeners, ray_kind: str,

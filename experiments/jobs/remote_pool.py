@@ -21,9 +21,8 @@ import numpy as np
 
 from trainer.coordinator import TrainResult
 from trainer.errors import WorkerLostError, one_line
-from workers.run_events import end, replay
+from workers.run_events import POLL_SECONDS, end, replay, schedule_of
 
-POLL_SECONDS = 0.25  # how stale the client's view may get; the end arrives at once
 CLOSE_SECONDS = 10  # for the actor to close its pool before it is killed
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -67,11 +66,8 @@ class RemotePool:
                    resume=None, checkpointer=None, should_stop=None, end_early=None) -> TrainResult:
         """trainer.coordinator.train, run in the cluster; theta and optimizer end as there."""
         assert end_early is None, "a sweep's trials drive their pools from this machine"
-        schedule = None if checkpointer is None else {
-            "every_epochs": checkpointer.every_epochs, "max_seconds": checkpointer.max_seconds,
-            "min_seconds": checkpointer.min_seconds, "last_epoch": checkpointer.last_epoch}
         t0 = time.perf_counter()
-        self._get(self.actor.start.remote(theta, optimizer, plan, epochs, resume, schedule))
+        self._get(self.actor.start.remote(theta, optimizer, plan, epochs, resume, schedule_of(checkpointer)))
         stop_sent = False
         while True:
             if not stop_sent and should_stop is not None and should_stop():
